@@ -1,0 +1,42 @@
+"""``await amap(...)`` with ``model="asyncio"``: the driver on the caller's own event loop.
+
+Coroutines must run on the loop that owns what they use (an aiohttp session, a database
+pool), so here the items run as tasks of the caller's loop rather than on a loop of ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Iterable
+from typing import Any
+
+from ._backends import Setup
+from ._backends._asyncio import ItemRunner
+from ._driver import Done, Plan, Schedule
+from ._task import Outcome
+
+
+async def adrive(items: Iterable[Any], plan: Plan, setup: Setup) -> AsyncGenerator[Done, None]:
+    """Like :func:`pickpool._driver.drive`, on the running loop."""
+    schedule = Schedule(items, plan)
+    outbox: asyncio.Queue[list[Outcome]] = asyncio.Queue()
+    runner = ItemRunner(setup, outbox.put_nowait)
+    finished = False
+    try:
+        while True:
+            for task in schedule.tasks():
+                runner.start(task)
+            if schedule.finished:
+                finished = True
+                return
+            outcomes = await outbox.get()
+            while not outbox.empty():
+                outcomes += outbox.get_nowait()
+            retries, dones = schedule.accept(outcomes)
+            for task in retries:
+                runner.start(task)
+            for done in dones:
+                yield done
+    finally:
+        await runner.cancel()
+        runner.shutdown_executor(wait=finished)

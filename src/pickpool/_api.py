@@ -1,0 +1,482 @@
+"""``map``, ``imap`` and ``amap``: argument checks, model resolution, error policy."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import threading
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Iterator
+from typing import Any, Literal, TypeVar, overload
+
+from . import _backends
+from ._driver import Done, Plan, drive
+from ._options import check_fn, length_hint, make_plan
+from ._outcome import Failure
+from ._progress import bar, wants_progress
+from ._task import OK, is_async_callable
+
+T = TypeVar("T")
+R = TypeVar("R")
+Model = Literal["auto", "serial", "threads", "processes", "asyncio"]
+OnError = Literal["raise", "collect", "skip"]
+Progress = bool | Literal["always"]
+
+
+class _RemoteTraceback(Exception):
+    """Carries a worker process's traceback text, chained under the re-raised exception."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+def _resolve(model: object, is_async: bool) -> str:
+    if not isinstance(model, str):
+        raise TypeError(f"model must be a string such as 'threads', not {type(model).__name__}")
+    if model == "auto":
+        # Until the probe decides by measuring: coroutines on an event loop, plain functions on
+        # threads, which need no pickling and never run slower than the loop by more than
+        # the hand-off.
+        return "asyncio" if is_async else "threads"
+    return model
+
+
+class _Run:
+    """One call's checked inputs: what runs, on what, with which error policy."""
+
+    def __init__(
+        self,
+        fn: Any,
+        items: Any,
+        *,
+        model: object,
+        workers: object,
+        chunksize: object,
+        ordered: object,
+        timeout: object,
+        retries: object,
+        on_error: object,
+        progress: object,
+    ) -> None:
+        check_fn(fn)
+        try:
+            self.source: Iterator[Any] = iter(items)
+        except TypeError:
+            raise TypeError(
+                f"items must be an iterable (a list, a generator...), not {type(items).__name__}"
+            ) from None
+        self.length = length_hint(items)
+        self.is_async = is_async_callable(fn)
+        self.plan: Plan = make_plan(
+            model=_resolve(model, self.is_async),
+            is_async=self.is_async,
+            length=self.length,
+            workers=workers,
+            chunksize=chunksize,
+            ordered=ordered,
+            timeout=timeout,
+            retries=retries,
+            on_error=on_error,
+        )
+        self.on_error = on_error
+        self.progress = wants_progress(progress)
+        self.setup = _backends.Setup(fn, self.plan.workers, self.is_async, self.plan.timeout)
+        self.description = f"{getattr(fn, '__name__', 'fn')} [{self.plan.model}]"
+
+    def output(self, done: Done) -> tuple[bool, Any]:
+        """(keep, value) for one finished item, raising under on_error="raise"."""
+        if done.status == OK:
+            return True, done.value
+        exc: BaseException = done.value
+        if self.on_error == "raise":
+            if exc.__traceback__ is None and done.traceback and exc.__cause__ is None:
+                # It crossed a process boundary: chain the worker's traceback, as
+                # concurrent.futures does, so the user sees where it really happened.
+                exc.__cause__ = _RemoteTraceback(done.traceback)
+            raise exc
+        if self.on_error == "skip":
+            return False, None
+        return True, Failure(done.index, done.item, exc, done.traceback or "", done.attempts)
+
+    def iterate(self, cancel: threading.Event | None = None) -> Generator[Any, None, None]:
+        dones = drive(
+            self.source, self.plan, self.setup, _backends.load(self.plan.model), cancel=cancel
+        )
+        try:
+            if not self.progress:
+                for done in dones:
+                    keep, value = self.output(done)
+                    if keep:
+                        yield value
+                return
+            with bar(self.length, self.description) as advance:
+                for done in dones:
+                    advance()
+                    keep, value = self.output(done)
+                    if keep:
+                        yield value
+        finally:
+            dones.close()
+
+    async def aiterate(self) -> AsyncGenerator[Any, None]:
+        from ._aio import adrive
+
+        dones = adrive(self.source, self.plan, self.setup)
+        try:
+            if not self.progress:
+                async for done in dones:
+                    keep, value = self.output(done)
+                    if keep:
+                        yield value
+                return
+            with bar(self.length, self.description) as advance:
+                async for done in dones:
+                    advance()
+                    keep, value = self.output(done)
+                    if keep:
+                        yield value
+        finally:
+            await dones.aclose()
+
+
+# Signatures: an async function's results are what its coroutines return; "collect" puts a
+# Failure where an item failed.
+@overload
+def map(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T],
+    *,
+    model: Model = ...,
+    workers: int | None = ...,
+    chunksize: int | None = ...,
+    ordered: bool = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    on_error: Literal["raise", "skip"] = ...,
+    progress: Progress = ...,
+) -> list[R]: ...
+@overload
+def map(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T],
+    *,
+    model: Model = ...,
+    workers: int | None = ...,
+    chunksize: int | None = ...,
+    ordered: bool = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    on_error: Literal["collect"],
+    progress: Progress = ...,
+) -> list[R | Failure]: ...
+@overload
+def map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    model: Model = ...,
+    workers: int | None = ...,
+    chunksize: int | None = ...,
+    ordered: bool = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    on_error: Literal["raise", "skip"] = ...,
+    progress: Progress = ...,
+) -> list[R]: ...
+@overload
+def map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    model: Model = ...,
+    workers: int | None = ...,
+    chunksize: int | None = ...,
+    ordered: bool = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    on_error: Literal["collect"],
+    progress: Progress = ...,
+) -> list[R | Failure]: ...
+def map(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    *,
+    model: Model = "auto",
+    workers: int | None = None,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    timeout: float | None = None,
+    retries: int = 0,
+    on_error: OnError = "raise",
+    progress: Progress = False,
+) -> list[Any]:
+    """Call ``fn`` on every item, concurrently, and return the results as a list.
+
+    ``pickpool.map(f, xs)`` returns what ``[f(x) for x in xs]`` returns, whichever model runs
+    it; an ``async def`` function's coroutines are awaited (``[await f(x) for x in xs]``).
+
+    Args:
+        fn: a function of one argument, plain or ``async def``. For several arguments per
+            item, wrap it: ``pickpool.star(fn)``.
+        items: any iterable; read lazily, a window at a time.
+        model: ``"serial"`` (a plain loop), ``"threads"`` (blocking I/O, C code that releases
+            the GIL), ``"processes"`` (pure-Python CPU work), ``"asyncio"`` (many slow waits),
+            or ``"auto"``. ``"auto"`` runs coroutine functions under ``"asyncio"`` and plain
+            functions under ``"threads"`` (it will measure the work once the probe lands).
+        workers: how many at once. Defaults: processes, the usable cores; threads, 8 per
+            core (at most 64); asyncio, 1024 coroutines; serial, 1.
+        chunksize: items per hand-off to a worker. Defaults to 1, except for processes: about
+            4 chunks per worker over the input, at most 256 items (32 for an input of
+            unknown length).
+        ordered: ``True``: results in input order. ``False``: as they complete.
+        timeout: seconds each item may run; an item past it fails with
+            :class:`pickpool.TaskTimeout` (its process killed under ``"processes"``; a thread
+            cannot be killed and is left to finish in the background). Implies chunksize 1.
+        retries: how many more times a failed item is tried before it counts as failed.
+        on_error: ``"raise"``: the first failure (the lowest index when ordered) stops the run
+            and is re-raised as itself, a worker process's traceback chained. ``"collect"``:
+            a :class:`pickpool.Failure` stands where the item failed. ``"skip"``: failed items
+            are left out.
+        progress: ``True``: a bar on stderr when it is a terminal; ``"always"``: even when not.
+
+    Returns:
+        The results, one per item (fewer under ``on_error="skip"``).
+
+    Raises:
+        ValueError: an unknown model, bad worker or chunk count, bad timeout.
+        TypeError: ``fn`` not callable, ``items`` not iterable, or something that cannot be
+            pickled to a worker process (the message names it and what to do).
+
+    Example::
+
+        >>> import pickpool
+        >>> pickpool.map(abs, [-1, 2, -3], model="threads")
+        [1, 2, 3]
+    """
+    run = _Run(
+        fn,
+        items,
+        model=model,
+        workers=workers,
+        chunksize=chunksize,
+        ordered=ordered,
+        timeout=timeout,
+        retries=retries,
+        on_error=on_error,
+        progress=progress,
+    )
+    return builtins.list(run.iterate())
+
+
+@overload
+def imap(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T],
+    *,
+    model: Model = ...,
+    workers: int | None = ...,
+    chunksize: int | None = ...,
+    ordered: bool = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    on_error: Literal["raise", "skip"] = ...,
+    progress: Progress = ...,
+) -> Iterator[R]: ...
+@overload
+def imap(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T],
+    *,
+    model: Model = ...,
+    workers: int | None = ...,
+    chunksize: int | None = ...,
+    ordered: bool = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    on_error: Literal["collect"],
+    progress: Progress = ...,
+) -> Iterator[R | Failure]: ...
+@overload
+def imap(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    model: Model = ...,
+    workers: int | None = ...,
+    chunksize: int | None = ...,
+    ordered: bool = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    on_error: Literal["raise", "skip"] = ...,
+    progress: Progress = ...,
+) -> Iterator[R]: ...
+@overload
+def imap(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    model: Model = ...,
+    workers: int | None = ...,
+    chunksize: int | None = ...,
+    ordered: bool = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    on_error: Literal["collect"],
+    progress: Progress = ...,
+) -> Iterator[R | Failure]: ...
+def imap(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    *,
+    model: Model = "auto",
+    workers: int | None = None,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    timeout: float | None = None,
+    retries: int = 0,
+    on_error: OnError = "raise",
+    progress: Progress = False,
+) -> Iterator[Any]:
+    """Like :func:`map`, but a lazy iterator: results come as they are ready, memory stays flat.
+
+    The input is read a window at a time (a few chunks per worker), so ``imap`` works on
+    endless iterators and keeps memory bounded. Workers start on the first ``next()`` and
+    stop when the loop ends, on ``break``, on ``.close()``, or when the iterator is
+    garbage-collected. Options are checked at the call, before anything runs.
+
+    Example::
+
+        >>> import itertools, pickpool
+        >>> squares = pickpool.imap(lambda x: x * x, itertools.count(), model="threads")
+        >>> [next(squares) for _ in range(4)]
+        [0, 1, 4, 9]
+        >>> squares.close()  # stops the workers
+    """
+    run = _Run(
+        fn,
+        items,
+        model=model,
+        workers=workers,
+        chunksize=chunksize,
+        ordered=ordered,
+        timeout=timeout,
+        retries=retries,
+        on_error=on_error,
+        progress=progress,
+    )
+    return run.iterate()
+
+
+@overload
+async def amap(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T],
+    *,
+    model: Model = ...,
+    workers: int | None = ...,
+    chunksize: int | None = ...,
+    ordered: bool = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    on_error: Literal["raise", "skip"] = ...,
+    progress: Progress = ...,
+) -> list[R]: ...
+@overload
+async def amap(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T],
+    *,
+    model: Model = ...,
+    workers: int | None = ...,
+    chunksize: int | None = ...,
+    ordered: bool = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    on_error: Literal["collect"],
+    progress: Progress = ...,
+) -> list[R | Failure]: ...
+@overload
+async def amap(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    model: Model = ...,
+    workers: int | None = ...,
+    chunksize: int | None = ...,
+    ordered: bool = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    on_error: Literal["raise", "skip"] = ...,
+    progress: Progress = ...,
+) -> list[R]: ...
+@overload
+async def amap(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    model: Model = ...,
+    workers: int | None = ...,
+    chunksize: int | None = ...,
+    ordered: bool = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    on_error: Literal["collect"],
+    progress: Progress = ...,
+) -> list[R | Failure]: ...
+async def amap(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    *,
+    model: Model = "auto",
+    workers: int | None = None,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    timeout: float | None = None,
+    retries: int = 0,
+    on_error: OnError = "raise",
+    progress: Progress = False,
+) -> list[Any]:
+    """:func:`map` for callers already inside an event loop: ``await pickpool.amap(f, xs)``.
+
+    Under ``model="asyncio"`` the items run as tasks of the caller's own loop, so coroutines
+    may use what that loop owns (a client session, a connection pool). Other models run in a
+    helper thread while the loop stays free. Cancelling the awaiting task stops the run and
+    its workers before the cancellation propagates.
+
+    Example::
+
+        async def main():
+            pages = await pickpool.amap(fetch, urls, model="asyncio", workers=100)
+    """
+    run = _Run(
+        fn,
+        items,
+        model=model,
+        workers=workers,
+        chunksize=chunksize,
+        ordered=ordered,
+        timeout=timeout,
+        retries=retries,
+        on_error=on_error,
+        progress=progress,
+    )
+    if run.plan.model == "asyncio":
+        results = run.aiterate()
+        try:
+            return [value async for value in results]
+        finally:
+            await results.aclose()
+    cancel = threading.Event()
+    future = asyncio.ensure_future(asyncio.to_thread(lambda: builtins.list(run.iterate(cancel))))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        # Stop the run and wait until its workers are gone, then let the cancellation through.
+        cancel.set()
+        await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # retrieved: the run's own Cancelled (or error) yields to ours
+        raise

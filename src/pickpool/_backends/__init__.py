@@ -1,0 +1,57 @@
+"""One module per concurrency model, each a small class behind :class:`Backend`.
+
+The driver (``pickpool._driver``) knows no backend by name: it submits chunks and collects
+outcomes. A backend knows nothing of chunking, ordering, retries or error policy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .._task import Outcome, Task
+
+MODELS: tuple[str, ...] = ("serial", "threads", "processes", "asyncio")
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """What a backend is started with."""
+
+    fn: Callable[[Any], Any]
+    workers: int
+    is_async: bool
+    timeout: float | None
+
+
+class Backend(Protocol):
+    """The contract every model implements: start, take chunks, hand back outcomes, stop.
+
+    * ``__init__(setup)`` starts the workers (or prepares to, lazily).
+    * :meth:`submit` hands over a task and returns at once; it never runs user code in the
+      caller's thread except in the serial backend, and raises ``TypeError`` at once for work
+      that cannot be sent (an unpicklable item for processes).
+    * :meth:`collect` blocks up to ``timeout`` seconds (``None``: until something happens) and
+      returns the outcomes that finished, possibly for part of a task and possibly none. Every
+      item submitted gets exactly one outcome unless the backend is closed first; an item that
+      overran ``setup.timeout`` gets a :class:`~pickpool.TaskTimeout` outcome, one whose worker
+      died a :class:`~pickpool.WorkerCrashed` outcome.
+    * :meth:`close` stops every worker. ``cancel=True`` abandons work not yet started and stops
+      what runs as far as the model allows (processes are killed; threads are waited for).
+      It must be safe to call twice, and after a failed ``__init__``.
+    """
+
+    def submit(self, task: Task) -> None: ...
+
+    def collect(self, timeout: float | None) -> list[Outcome]: ...
+
+    def close(self, *, cancel: bool) -> None: ...
+
+
+def load(model: str) -> Callable[[Setup], Backend]:
+    """The backend class of ``model``, importing its module only now (processes stay unimported)."""
+    module = importlib.import_module(f"{__name__}._{model}")
+    backend_class: Callable[[Setup], Backend] = module.backend_class
+    return backend_class

@@ -1,0 +1,160 @@
+"""``model="asyncio"``: one event loop running many items at once.
+
+``async def`` functions are awaited on the loop, at most ``workers`` at a time. A plain
+function runs through ``asyncio.to_thread``-style calls on a pool of ``workers`` threads, as
+the seeds advise for mixing blocking code into async code. A ``timeout`` cancels the await; a
+plain function's thread cannot be stopped and finishes in the background.
+
+From ``map``/``imap`` the loop runs in a thread of its own (:class:`AsyncioBackend`); from
+``await amap(...)`` the same :class:`ItemRunner` runs on the caller's own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .._errors import TaskTimeout
+from .._task import ERROR, OK, Outcome, Task, failed, format_traceback
+from . import Setup
+
+
+class ItemRunner:
+    """Runs items as tasks on the current event loop and reports each outcome to ``emit``."""
+
+    def __init__(self, setup: Setup, emit: Callable[[list[Outcome]], None]) -> None:
+        self._setup = setup
+        self._emit = emit
+        self._limit = asyncio.Semaphore(setup.workers)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.executor: ThreadPoolExecutor | None = None
+        if not setup.is_async:
+            self.executor = ThreadPoolExecutor(setup.workers, thread_name_prefix="pickpool-async")
+
+    def start(self, task: Task) -> None:
+        loop = asyncio.get_running_loop()
+        for index, item in task[1]:
+            t = loop.create_task(self._one(index, item))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    async def cancel(self) -> None:
+        """Cancel every item still running and wait for their ``finally`` blocks."""
+        for t in self._tasks:
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def shutdown_executor(self, *, wait: bool) -> None:
+        # A plain function stuck in a thread cannot be stopped: wait for it only if the run
+        # ended normally; after a cancel it finishes in the background.
+        if self.executor is not None:
+            self.executor.shutdown(wait=wait, cancel_futures=True)
+
+    async def _one(self, index: int, item: Any) -> None:
+        async with self._limit:
+            limit = self._setup.timeout
+            try:
+                if limit is None:
+                    outcome: Outcome = (index, OK, await self._call(item), None)
+                else:
+                    outcome = await self._call_with_timeout(index, item, limit)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                outcome = failed(index, exc)
+        self._emit([outcome])
+
+    async def _call_with_timeout(self, index: int, item: Any, limit: float) -> Outcome:
+        deadline = asyncio.timeout(limit)
+        try:
+            async with deadline:
+                value = await self._call(item)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the function's own TimeoutError, not ours
+            exc = TaskTimeout(f"item {index} ran longer than timeout={limit:g}s and was cancelled")
+            return (index, ERROR, exc, format_traceback(exc))
+        return (index, OK, value, None)
+
+    async def _call(self, item: Any) -> Any:
+        if self._setup.is_async:
+            return await self._setup.fn(item)
+        # asyncio.to_thread, on our own executor so that `workers` bounds the threads.
+        call = functools.partial(contextvars.copy_context().run, self._setup.fn, item)
+        result = await asyncio.get_running_loop().run_in_executor(self.executor, call)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+class AsyncioBackend:
+    """An :class:`ItemRunner` on a fresh event loop in a thread of its own."""
+
+    def __init__(self, setup: Setup) -> None:
+        self._outbox: queue.SimpleQueue[list[Outcome]] = queue.SimpleQueue()
+        self._in_flight = 0
+        self._closed = False
+        self._loop = asyncio.new_event_loop()
+        self._runner: ItemRunner | None = None
+        started = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run_loop, args=(setup, started), name="pickpool-asyncio", daemon=True
+        )
+        self._thread.start()
+        started.wait()
+
+    def submit(self, task: Task) -> None:
+        assert self._runner is not None
+        self._in_flight += len(task[1])
+        self._loop.call_soon_threadsafe(self._runner.start, task)
+
+    def collect(self, timeout: float | None) -> list[Outcome]:
+        if self._in_flight == 0:
+            return []
+        try:
+            outcomes = self._outbox.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                outcomes += self._outbox.get_nowait()
+            except queue.Empty:
+                break
+        self._in_flight -= len(outcomes)
+        return outcomes
+
+    def close(self, *, cancel: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        if self._runner is not None:
+            self._loop.run_until_complete(self._runner.cancel())
+            self._runner.shutdown_executor(wait=not cancel)
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        self._loop.close()
+
+    def __repr__(self) -> str:
+        return f"<AsyncioBackend {self._in_flight} items in flight>"
+
+    def _run_loop(self, setup: Setup, started: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._runner = ItemRunner(setup, self._outbox.put)
+            self._loop.call_soon(started.set)
+            self._loop.run_forever()
+        finally:
+            started.set()  # never leave __init__ waiting, even if the runner failed to start
+            asyncio.set_event_loop(None)
+
+
+backend_class = AsyncioBackend

@@ -1,0 +1,276 @@
+"""``model="processes"``: worker processes, each on a pipe of its own.
+
+Processes run pure-Python CPU work in parallel, one GIL each, at the price of pickling.
+Unlike ``ProcessPoolExecutor`` (one shared queue), the parent hands each chunk to a chosen
+worker, so it always knows who holds what: a worker that dies fails only the item it was
+running (a multi-item chunk is re-run one item at a time to find the culprit), and an item
+that overruns ``timeout`` gets its worker killed and replaced while the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from .. import _machine
+from .._errors import TaskTimeout, WorkerCrashed
+from .._pickling import dumps_function, dumps_task, loads
+from .._task import ERROR, Outcome, Task, format_traceback
+from . import Setup
+
+# A second chunk is queued on a busy worker so it never waits for the parent between chunks,
+# but only a small one: the parent must never block writing to a worker that is busy, or the
+# two could each wait for the other to read.
+_PIPELINE = 2
+_SMALL = 16 * 1024
+_STOP_GRACE = 2.0
+
+
+class _Worker:
+    __slots__ = ("conn", "process", "started", "tasks")
+
+    def __init__(self, process: Any, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self.tasks: deque[Task] = deque()
+        self.started = 0.0  # when the head task began running, as far as the parent can tell
+
+
+class ProcessesBackend:
+    def __init__(self, setup: Setup) -> None:
+        self._setup = setup
+        self._fn_bytes = dumps_function(setup.fn)  # fails at once, before any process starts
+        self._context = multiprocessing.get_context(_machine.start_method())
+        self._workers: list[_Worker] = []
+        self._pending: deque[tuple[Task, bytes]] = deque()
+        self._ready: list[Outcome] = []
+        self._closed = False
+
+    # The driver's thread --------------------------------------------------------------------
+
+    def submit(self, task: Task) -> None:
+        self._pending.append((task, dumps_task(task)))
+        self._dispatch()
+
+    def collect(self, timeout: float | None) -> list[Outcome]:
+        outcomes, self._ready = self._ready, []
+        busy = [w for w in self._workers if w.tasks]
+        if outcomes or not busy:
+            return outcomes
+        limit = self._setup.timeout
+        if limit is not None:
+            soonest = min(w.started for w in busy) + limit - time.monotonic()
+            timeout = max(0.0, soonest if timeout is None else min(timeout, soonest))
+        by_handle: dict[Any, _Worker] = {}
+        for w in busy:
+            by_handle[w.conn] = w
+            by_handle[w.process.sentinel] = w
+        ready = wait(list(by_handle), timeout)
+        now = time.monotonic()
+        lost: list[_Worker] = []
+        # Results first: a worker may have sent its last result and then died.
+        for handle in ready:
+            w = by_handle[handle]
+            if handle is w.conn:
+                self._receive(w, now, lost)
+        for handle in ready:
+            w = by_handle[handle]
+            if handle is not w.conn and w not in lost and not w.conn.poll():
+                lost.append(w)  # exited with nothing left to read
+        for w in lost:
+            self._lost(w)
+        if limit is not None:
+            for w in [w for w in self._workers if w.tasks and now - w.started >= limit]:
+                self._overrun(w, limit)
+        self._dispatch()
+        outcomes, self._ready = self._ready, []
+        return outcomes
+
+    def close(self, *, cancel: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pending.clear()
+        workers, self._workers = self._workers, []
+        for w in workers:
+            if cancel or w.tasks:
+                w.process.terminate()
+            else:
+                try:
+                    w.conn.send_bytes(b"")
+                except OSError:
+                    w.process.terminate()
+        deadline = time.monotonic() + _STOP_GRACE
+        for w in workers:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.exitcode is None:
+                w.process.kill()
+                w.process.join()
+            w.conn.close()
+            w.process.close()
+
+    def __repr__(self) -> str:
+        busy = sum(1 for w in self._workers if w.tasks)
+        return (
+            f"<ProcessesBackend {len(self._workers)} workers ({busy} busy), "
+            f"{len(self._pending)} chunks queued>"
+        )
+
+    # Handing out work -------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while self._pending:
+            task, payload = self._pending[0]
+            w = self._pick(len(payload))
+            if w is None:
+                return
+            self._pending.popleft()
+            try:
+                w.conn.send_bytes(payload)
+            except OSError:
+                # Died before it could take the chunk: the sentinel reports it on next collect.
+                self._pending.appendleft((task, payload))
+                self._lost(w)
+                continue
+            if not w.tasks:
+                w.started = time.monotonic()
+            w.tasks.append(task)
+
+    def _pick(self, size: int) -> _Worker | None:
+        idle = [w for w in self._workers if not w.tasks]
+        if idle:
+            return idle[0]
+        if len(self._workers) < self._setup.workers:
+            return self._spawn()
+        if size > _SMALL:
+            return None
+        queued = [w for w in self._workers if len(w.tasks) < _PIPELINE]
+        return min(queued, key=lambda w: len(w.tasks)) if queued else None
+
+    def _spawn(self) -> _Worker:
+        from .. import _procworker
+
+        parent, child = self._context.Pipe(duplex=True)
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=_procworker.main,
+            args=(child, self._fn_bytes),
+            name="pickpool-worker",
+            daemon=True,
+        )
+        with _main_module_hidden():
+            process.start()
+        child.close()
+        w = _Worker(process, parent)
+        self._workers.append(w)
+        return w
+
+    # Reading results, and what to do when a worker is gone -------------------------------------
+
+    def _receive(self, w: _Worker, now: float, lost: list[_Worker]) -> None:
+        try:
+            message = w.conn.recv_bytes()
+        except (EOFError, OSError):
+            lost.append(w)
+            return
+        task = w.tasks.popleft()
+        w.started = now
+        try:
+            outcomes: list[Outcome] = loads(message)
+        except Exception as exc:
+            outcomes = [(-1, ERROR, exc, format_traceback(exc))]
+        if len(outcomes) == 1 and outcomes[0][0] == -1:
+            _, status, error, text = outcomes[0]
+            outcomes = [(index, status, error, text) for index, _ in task[1]]
+        self._ready.extend(outcomes)
+
+    def _retire(self, w: _Worker) -> None:
+        self._workers.remove(w)
+        w.conn.close()
+        w.process.join(_STOP_GRACE)
+        if w.process.exitcode is None:
+            w.process.kill()
+            w.process.join()
+
+    def _lost(self, w: _Worker) -> None:
+        """``w`` died: fail its running item; put the rest of its work back in line."""
+        self._retire(w)
+        cause = _describe_exit(w.process.exitcode)
+        w.process.close()
+        if not w.tasks:
+            return
+        running, *queued = w.tasks
+        for task in reversed(queued):
+            self._pending.appendleft((task, dumps_task(task)))
+        items = running[1]
+        if len(items) == 1:
+            index = items[0][0]
+            crash = WorkerCrashed(
+                f"the worker process running item {index} died ({cause}); likely causes: a "
+                "crash in C code, os._exit or sys.exit in a library, or the machine running "
+                "out of memory (the OOM killer sends SIGKILL)"
+            )
+            self._ready.append((index, ERROR, crash, format_traceback(crash)))
+            return
+        # Which item of the chunk crashed it is unknown: run them one by one to find out.
+        for index, item in reversed(items):
+            single: Task = (running[0], [(index, item)])
+            self._pending.appendleft((single, dumps_task(single)))
+
+    def _overrun(self, w: _Worker, limit: float) -> None:
+        running = w.tasks.popleft()
+        w.process.kill()
+        self._lost(w)
+        for index, _item in running[1]:
+            exc = TaskTimeout(
+                f"item {index} ran longer than timeout={limit:g}s; its worker process was "
+                "killed and replaced"
+            )
+            self._ready.append((index, ERROR, exc, format_traceback(exc)))
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start a child that does not re-run the user's script.
+
+    Under ``spawn`` and ``forkserver``, multiprocessing re-imports the parent's ``__main__`` in
+    each child, which re-runs a script's top level unless it is guarded by
+    ``if __name__ == "__main__"``. pickpool sends the function and data by value (cloudpickle),
+    so the child needs none of it: multiprocessing skips the import when ``__main__`` has no
+    ``__spec__`` and no ``__file__``, as in an interactive session, so hide them while the child
+    is started (the parent's own code runs on, unaffected, in the meantime).
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {
+        name: main.__dict__[name] for name in ("__spec__", "__file__") if name in main.__dict__
+    }
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+backend_class = ProcessesBackend

@@ -1,0 +1,81 @@
+"""Facts about the machine the run is on: usable cores and the process start method."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+from pathlib import Path
+
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_cpu_limit(root: Path = _CGROUP_ROOT) -> float | None:
+    """CPUs a cgroup quota grants (v2 ``cpu.max``, v1 ``cfs_quota_us``), None if unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    if quota_us > 0 and period_us > 0:
+        return quota_us / period_us
+    return None
+
+
+def _affinity_count() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def usable_cores(*, cgroup_root: Path = _CGROUP_ROOT) -> int:
+    """The CPUs this process may really use: its affinity mask, capped by a cgroup CPU quota.
+
+    ``os.cpu_count()`` reports the machine's cores even in a container limited to one; this
+    honours ``os.sched_getaffinity`` and the cgroup quota, rounding a fractional quota up.
+    """
+    cores = _affinity_count()
+    limit = _cgroup_cpu_limit(cgroup_root)
+    if limit is not None:
+        cores = min(cores, max(1, math.ceil(limit)))
+    return max(1, cores)
+
+
+@functools.cache
+def cores() -> int:
+    """:func:`usable_cores`, read once per process."""
+    return usable_cores()
+
+
+START_METHOD_ENV = "PICKPOOL_START_METHOD"
+
+
+def start_method() -> str:
+    """The multiprocessing start method pickpool's worker processes use.
+
+    ``forkserver`` where the platform has it (safe when the caller has threads, and Python
+    3.14's default on Linux), else ``spawn``. The environment variable ``PICKPOOL_START_METHOD``
+    (``fork``, ``forkserver`` or ``spawn``) overrides it.
+    """
+    import multiprocessing
+
+    available = multiprocessing.get_all_start_methods()
+    wanted = os.environ.get(START_METHOD_ENV, "").strip()
+    if wanted:
+        if wanted not in available:
+            raise ValueError(
+                f"{START_METHOD_ENV}={wanted!r} is not a start method on this platform; "
+                f"use one of {', '.join(available)}"
+            )
+        return wanted
+    if "forkserver" in available and sys.platform != "darwin":
+        return "forkserver"
+    return "spawn"

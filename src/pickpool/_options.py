@@ -1,0 +1,147 @@
+"""Checking the options of ``map``/``imap``/``amap`` and filling in defaults.
+
+Every check runs before any work starts, so bad input costs nothing and loses nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Final
+
+from . import _machine
+from ._backends import MODELS
+from ._driver import Plan
+
+ON_ERROR: Final = ("raise", "collect", "skip")
+ALL_MODELS: Final = ("auto", *MODELS)
+
+# Threads mostly wait (blocking I/O), so more of them than cores pays; bounded because each
+# blocked thread costs memory and a GIL hand-off.
+THREADS_PER_CORE: Final = 8
+MAX_THREADS: Final = 64
+# Coroutines cost ~1 kB suspended: many can wait at once.
+ASYNC_CONCURRENCY: Final = 1024
+# Process chunks: about 4 per worker over the input (as multiprocessing.Pool.map does), never
+# so large that one chunk holds the tail, never smaller than 1.
+CHUNKS_PER_WORKER: Final = 4
+MAX_CHUNK: Final = 256
+CHUNK_UNKNOWN_LENGTH: Final = 32
+# Each worker may have this many chunks' worth of items in flight or waiting to be handed out.
+WINDOW_CHUNKS_PER_WORKER: Final = 4
+
+
+def default_workers(model: str, *, is_async: bool) -> int:
+    """Workers when none are given: cores for CPU work, more for threads that wait.
+
+    ``serial``: 1. ``processes``: the usable cores (affinity and cgroup quota). ``threads``:
+    8 per usable core, at most 64. ``asyncio``: 1024 concurrent coroutines for an async
+    function; for a plain function, the thread count of ``threads``.
+    """
+    cores = _machine.cores()
+    if model == "serial":
+        return 1
+    if model == "processes":
+        return cores
+    if model == "asyncio" and is_async:
+        return ASYNC_CONCURRENCY
+    return min(MAX_THREADS, THREADS_PER_CORE * cores)
+
+
+def default_chunksize(model: str, workers: int, length: int | None) -> int:
+    """Items per chunk when none is given: 1 except for processes, which batch to hide dispatch."""
+    if model != "processes":
+        return 1
+    if length is None:
+        return CHUNK_UNKNOWN_LENGTH
+    return max(1, min(MAX_CHUNK, math.ceil(length / (CHUNKS_PER_WORKER * workers))))
+
+
+def _positive_int(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number or None, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return int(value)
+
+
+def check_fn(fn: object) -> None:
+    if not callable(fn):
+        raise TypeError(
+            f"fn must be a callable that takes one item, not {type(fn).__name__}; "
+            "for several arguments per item use pickpool.star(fn)"
+        )
+
+
+def make_plan(
+    *,
+    model: str,
+    is_async: bool,
+    length: int | None,
+    workers: object,
+    chunksize: object,
+    ordered: object,
+    timeout: object,
+    retries: object,
+    on_error: object,
+) -> Plan:
+    """Check the user's options; return the :class:`Plan` for a concrete (non-auto) model."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; use one of {', '.join(map(repr, ALL_MODELS))}")
+    n_workers = _positive_int("workers", workers)
+    size = _positive_int("chunksize", chunksize)
+    if not isinstance(ordered, bool):
+        raise TypeError(f"ordered must be True or False, not {ordered!r}")
+    if on_error not in ON_ERROR:
+        raise ValueError(
+            f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, not {on_error!r}"
+        )
+    if isinstance(retries, bool) or not isinstance(retries, numbers.Integral):
+        raise TypeError(f"retries must be a whole number, not {type(retries).__name__}")
+    retries = int(retries)
+    if retries < 0:
+        raise ValueError(f"retries must be 0 or more, got {retries}")
+    limit = _check_timeout(timeout)
+    if limit is not None and size is not None and size > 1:
+        raise ValueError(
+            f"timeout applies to each item, so it needs chunksize=1 (got chunksize={size}); "
+            "leave chunksize unset"
+        )
+    backend = model
+    if model == "serial" and limit is not None:
+        # The caller's own thread cannot be interrupted: a one-thread pool can be abandoned.
+        backend = "threads"
+    n_workers = n_workers or default_workers(model, is_async=is_async)
+    size = 1 if limit is not None else size or default_chunksize(model, n_workers, length)
+    window = size if model == "serial" else WINDOW_CHUNKS_PER_WORKER * n_workers * size
+    return Plan(
+        model=backend,
+        workers=n_workers,
+        chunksize=size,
+        window=window,
+        ordered=ordered,
+        timeout=limit,
+        retries=int(retries),
+        fail_fast=on_error == "raise",
+    )
+
+
+def _check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be seconds (a number) or None, not {type(timeout).__name__}")
+    seconds = float(timeout)
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+    return seconds
+
+
+def length_hint(items: Any) -> int | None:
+    """``len(items)`` where it exists, without consuming anything."""
+    try:
+        return len(items)
+    except TypeError:
+        return None
