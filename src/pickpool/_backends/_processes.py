@@ -250,7 +250,7 @@ def _main_module_hidden() -> Iterator[None]:
     if main is None:
         yield
         return
-    saved = {
+    saved: dict[str, Any] = {
         name: main.__dict__[name] for name in ("__spec__", "__file__") if name in main.__dict__
     }
     main.__dict__.pop("__file__", None)
