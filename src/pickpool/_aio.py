@@ -21,13 +21,11 @@ async def adrive(items: Iterable[Any], plan: Plan, setup: Setup) -> AsyncGenerat
     schedule = Schedule(items, plan)
     outbox: asyncio.Queue[list[Outcome]] = asyncio.Queue()
     runner = ItemRunner(setup, outbox.put_nowait)
-    finished = False
     try:
         while True:
             for task in schedule.tasks():
                 runner.start(task)
             if schedule.finished:
-                finished = True
                 return
             outcomes = await outbox.get()
             while not outbox.empty():
@@ -39,4 +37,4 @@ async def adrive(items: Iterable[Any], plan: Plan, setup: Setup) -> AsyncGenerat
                 yield done
     finally:
         await runner.cancel()
-        runner.shutdown_executor(wait=finished)
+        await runner.ashutdown_executor()

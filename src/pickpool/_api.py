@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Iterator
@@ -226,8 +225,8 @@ def map(
             the GIL), ``"processes"`` (pure-Python CPU work), ``"asyncio"`` (many slow waits),
             or ``"auto"``. ``"auto"`` runs coroutine functions under ``"asyncio"`` and plain
             functions under ``"threads"`` (it will measure the work once the probe lands).
-        workers: how many at once. Defaults: processes, the usable cores; threads, 8 per
-            core (at most 64); asyncio, 1024 coroutines; serial, 1.
+        workers: how many at once (``"serial"`` always runs one). Defaults: processes, the
+            usable cores; threads, 8 per core (at most 64); asyncio, 1024 coroutines.
         chunksize: items per hand-off to a worker. Defaults to 1, except for processes: about
             4 chunks per worker over the input, at most 256 items (32 for an input of
             unknown length).
@@ -463,6 +462,8 @@ async def amap(
         on_error=on_error,
         progress=progress,
     )
+    import asyncio  # here, so that `import pickpool` stays light
+
     if run.plan.model == "asyncio":
         results = run.aiterate()
         try:

@@ -113,7 +113,9 @@ def make_plan(
     if model == "serial" and limit is not None:
         # The caller's own thread cannot be interrupted: a one-thread pool can be abandoned.
         backend = "threads"
-    n_workers = n_workers or default_workers(model, is_async=is_async)
+    # serial is one at a time whatever `workers` says, so that switching a call to serial to
+    # debug it needs no other change.
+    n_workers = 1 if model == "serial" else n_workers or default_workers(model, is_async=is_async)
     size = 1 if limit is not None else size or default_chunksize(model, n_workers, length)
     window = size if model == "serial" else WINDOW_CHUNKS_PER_WORKER * n_workers * size
     return Plan(

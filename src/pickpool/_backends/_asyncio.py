@@ -34,6 +34,7 @@ class ItemRunner:
         self._emit = emit
         self._limit = asyncio.Semaphore(setup.workers)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._abandoned = False  # a plain function's thread overran its timeout
         self.executor: ThreadPoolExecutor | None = None
         if not setup.is_async:
             self.executor = ThreadPoolExecutor(setup.workers, thread_name_prefix="pickpool-async")
@@ -52,11 +53,21 @@ class ItemRunner:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def shutdown_executor(self, *, wait: bool) -> None:
-        # A plain function stuck in a thread cannot be stopped: wait for it only if the run
-        # ended normally; after a cancel it finishes in the background.
+    def shutdown_executor(self) -> None:
+        """Drop queued calls; wait for running ones unless one overran its timeout.
+
+        A thread cannot be stopped: a call that is running is waited for, as any thread pool
+        does, except after a timeout, when the stuck thread is left to finish in the background.
+        """
         if self.executor is not None:
-            self.executor.shutdown(wait=wait, cancel_futures=True)
+            self.executor.shutdown(wait=not self._abandoned, cancel_futures=True)
+
+    async def ashutdown_executor(self) -> None:
+        """:meth:`shutdown_executor` without blocking the event loop while it waits."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            if not self._abandoned:
+                await asyncio.to_thread(self.executor.shutdown, wait=True)
 
     async def _one(self, index: int, item: Any) -> None:
         async with self._limit:
@@ -80,6 +91,7 @@ class ItemRunner:
         except TimeoutError:
             if not deadline.expired():
                 raise  # the function's own TimeoutError, not ours
+            self._abandoned = self.executor is not None
             exc = TaskTimeout(f"item {index} ran longer than timeout={limit:g}s and was cancelled")
             return (index, ERROR, exc, format_traceback(exc))
         return (index, OK, value, None)
@@ -139,7 +151,7 @@ class AsyncioBackend:
         self._thread.join()
         if self._runner is not None:
             self._loop.run_until_complete(self._runner.cancel())
-            self._runner.shutdown_executor(wait=not cancel)
+            self._runner.shutdown_executor()
         self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         self._loop.close()
 

@@ -190,43 +190,49 @@ class ProcessesBackend:
             outcomes = [(index, status, error, text) for index, _ in task[1]]
         self._ready.extend(outcomes)
 
-    def _retire(self, w: _Worker) -> None:
+    def _remove(self, w: _Worker) -> tuple[Task | None, str]:
+        """Take ``w`` out of the pool and put the chunks it had not started back in line.
+
+        Returns the chunk it was running, if any, and how it ended.
+        """
         self._workers.remove(w)
         w.conn.close()
         w.process.join(_STOP_GRACE)
         if w.process.exitcode is None:
             w.process.kill()
             w.process.join()
+        cause = _describe_exit(w.process.exitcode)
+        w.process.close()
+        running = w.tasks.popleft() if w.tasks else None
+        for task in reversed(w.tasks):
+            self._pending.appendleft((task, dumps_task(task)))
+        return running, cause
 
     def _lost(self, w: _Worker) -> None:
         """``w`` died: fail its running item; put the rest of its work back in line."""
-        self._retire(w)
-        cause = _describe_exit(w.process.exitcode)
-        w.process.close()
-        if not w.tasks:
+        running, cause = self._remove(w)
+        if running is None:
             return
-        running, *queued = w.tasks
-        for task in reversed(queued):
-            self._pending.appendleft((task, dumps_task(task)))
         items = running[1]
-        if len(items) == 1:
-            index = items[0][0]
-            crash = WorkerCrashed(
-                f"the worker process running item {index} died ({cause}); likely causes: a "
-                "crash in C code, os._exit or sys.exit in a library, or the machine running "
-                "out of memory (the OOM killer sends SIGKILL)"
-            )
-            self._ready.append((index, ERROR, crash, format_traceback(crash)))
+        if len(items) > 1:
+            # Which item of the chunk crashed it is unknown: run them one by one to find out.
+            for index, item in reversed(items):
+                single: Task = (running[0], [(index, item)])
+                self._pending.appendleft((single, dumps_task(single)))
             return
-        # Which item of the chunk crashed it is unknown: run them one by one to find out.
-        for index, item in reversed(items):
-            single: Task = (running[0], [(index, item)])
-            self._pending.appendleft((single, dumps_task(single)))
+        index = items[0][0]
+        crash = WorkerCrashed(
+            f"the worker process running item {index} died ({cause}); likely causes: a "
+            "crash in C code, os._exit or sys.exit in a library, or the machine running "
+            "out of memory (the OOM killer sends SIGKILL)"
+        )
+        self._ready.append((index, ERROR, crash, format_traceback(crash)))
 
     def _overrun(self, w: _Worker, limit: float) -> None:
-        running = w.tasks.popleft()
+        """``w``'s item ran past ``timeout``: kill it, fail that item, requeue the rest."""
         w.process.kill()
-        self._lost(w)
+        running, _ = self._remove(w)
+        assert running is not None
         for index, _item in running[1]:
             exc = TaskTimeout(
                 f"item {index} ran longer than timeout={limit:g}s; its worker process was "

@@ -92,10 +92,10 @@ class ThreadsBackend:
 
     # Timeouts -------------------------------------------------------------------------------
 
-    def _next_deadline(self, limit: float) -> float | None:
+    def _next_deadline(self, limit: float) -> float:
         starts = [slot.started for slot in self._threads.values() if slot.task is not None]
         if not starts:
-            return None
+            return limit  # nothing started yet: look again within a timeout's length
         return max(0.0, min(starts) + limit - time.monotonic())
 
     def _abandon_overdue(self, limit: float) -> list[Outcome]:

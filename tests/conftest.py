@@ -1,0 +1,77 @@
+"""Shared fixtures: every model, and a guard that no thread or child process outlives a test."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+MODELS = ["serial", "threads", "processes", "asyncio"]
+
+# Threads a test may leave behind on purpose: abandoned after a timeout, by design.
+_ALLOWED_THREAD_PREFIXES = ("pickpool-thread", "pickpool-async")
+
+
+@pytest.fixture(params=MODELS)
+def model(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=["fork", "forkserver", "spawn"])
+def start_method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("PICKPOOL_START_METHOD", request.param)
+    return str(request.param)
+
+
+def _helper_pids() -> set[int]:
+    """Processes multiprocessing keeps for the whole session: fork server, resource tracker."""
+    from multiprocessing import forkserver, resource_tracker
+
+    pids = {
+        getattr(forkserver._forkserver, "_forkserver_pid", None),
+        getattr(resource_tracker._resource_tracker, "_pid", None),
+    }
+    return {pid for pid in pids if pid}
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)} - _helper_pids()
+
+
+def _wait_until(predicate: object, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return bool(predicate())  # type: ignore[operator]
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    threads_before = set(threading.enumerate())
+    children_before = _children()
+    yield
+    allow_threads = request.node.get_closest_marker("leaves_threads") is not None
+    # Reaped children and joined threads are gone at once; the short grace only absorbs the
+    # OS's own bookkeeping of an exiting process.
+    assert _wait_until(lambda: _children() <= children_before, 5.0), (
+        f"child processes left behind: {_children() - children_before}"
+    )
+    assert multiprocessing.active_children() == []
+    extra = [
+        t
+        for t in set(threading.enumerate()) - threads_before
+        if t.is_alive() and not (allow_threads and t.name.startswith(_ALLOWED_THREAD_PREFIXES))
+    ]
+    assert not extra, f"threads left behind: {extra}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "leaves_threads: a timed-out thread is abandoned by design, not joined"
+    )

@@ -1,0 +1,59 @@
+"""Module-level functions for tests: importable by worker processes under every start method."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+
+class Boom(Exception):
+    """The exception the test functions raise on purpose."""
+
+
+def square_or_fail(item: tuple[int, bool]) -> int:
+    value, fail = item
+    if fail:
+        raise Boom(f"item {value} fails")
+    return value * value
+
+
+async def asquare_or_fail(item: tuple[int, bool]) -> int:
+    await asyncio.sleep(0)
+    return square_or_fail(item)
+
+
+def where(_: object) -> tuple[int, int]:
+    """Which process and thread ran the call; waits a little so that several workers take part."""
+    time.sleep(0.02)
+    return os.getpid(), threading.get_ident()
+
+
+def identity(x: object) -> object:
+    return x
+
+
+def crash(x: int) -> int:
+    if x == 3:
+        os._exit(7)
+    return x
+
+
+def hang_on(x: float) -> float:
+    """Negative items hang: long enough that only a timeout ends them in a test."""
+    if x < 0:
+        time.sleep(-x)
+    return x
+
+
+def flaky(folder: str, x: int) -> int:
+    """Odd items fail on their first two tries; tries are counted in files, across processes."""
+    marks = os.path.join(folder, str(x))
+    with open(marks, "a") as f:
+        f.write(".")
+    with open(marks) as f:
+        tries = len(f.read())
+    if x % 2 and tries < 3:
+        raise Boom(f"item {x} try {tries}")
+    return x

@@ -1,0 +1,113 @@
+"""imap reads lazily, works on endless input, and stops its workers when the consumer stops."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+import pickpool
+from tests.helpers import identity
+
+
+def counting(n: int | None, seen: list[int]) -> Iterator[int]:
+    for i in itertools.count() if n is None else range(n):
+        seen.append(i)
+        yield i
+
+
+def test_imap_on_an_endless_iterator(model: str) -> None:
+    seen: list[int] = []
+    results = pickpool.imap(identity, counting(None, seen), model=model)  # type: ignore[arg-type]
+    assert [next(results) for _ in range(50)] == list(range(50))
+    results.close()
+    assert len(seen) < 50 + 5000  # read a bounded window ahead, never the whole input
+
+
+def test_nothing_runs_before_the_first_next(model: str) -> None:
+    seen: list[int] = []
+    results = pickpool.imap(identity, counting(10, seen), model=model)  # type: ignore[arg-type]
+    assert seen == []
+    assert list(results) == list(range(10))
+
+
+@pytest.mark.parametrize("how", ["break", "close", "garbage"])
+def test_stopping_early_stops_the_workers(model: str, how: str) -> None:
+    # The autouse no_leaks fixture checks that no thread or process is left afterwards.
+    seen: list[int] = []
+    results = pickpool.imap(identity, counting(None, seen), model=model)  # type: ignore[arg-type]
+    if how == "break":
+        for value in results:
+            if value == 20:
+                break
+        results.close()  # what a for loop's end does to a generator it no longer references
+    elif how == "close":
+        next(results)
+        results.close()
+    else:
+        next(results)
+        del results
+        gc.collect()
+
+
+def test_unordered_yields_as_completed() -> None:
+    import time
+
+    def slow_first(x: int) -> int:
+        time.sleep(0.5 if x == 0 else 0)
+        return x
+
+    first = next(pickpool.imap(slow_first, range(4), model="threads", ordered=False))
+    assert first != 0
+
+
+def test_an_error_in_the_input_propagates_after_cleanup(model: str) -> None:
+    def broken() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise OSError("input went away")
+
+    got: list[int] = []
+    with pytest.raises(OSError, match="input went away"):
+        got.extend(pickpool.imap(identity, broken(), model=model))  # type: ignore[arg-type]
+
+
+RSS_SCRIPT = """
+import resource, sys, pickpool
+
+def inc(x):
+    return x + 1
+
+async def ainc(x):
+    return x + 1
+
+model = sys.argv[1]
+fn = ainc if model == "asyncio" else inc
+n = 1_000_000
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+total = 0
+for r in pickpool.imap(fn, (i for i in range(n)), model=model):
+    total += r
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert total == n * (n + 1) // 2, total
+print((after - before) / 1024)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_million_items_in_flat_memory(model: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", RSS_SCRIPT, model],
+        capture_output=True,
+        text=True,
+        timeout=230,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    grown_mb = float(done.stdout.strip())
+    assert grown_mb < 150, f"max RSS grew by {grown_mb:.0f} MB over 1M items under {model}"
