@@ -1,0 +1,30 @@
+"""The demo's workloads give the same answers under every model, and the demo runs."""
+
+from __future__ import annotations
+
+import pytest
+
+import pickpool
+from pickpool import lab
+from pickpool.lab import __main__ as demo
+
+
+@pytest.mark.parametrize("fn", [lab.crunch, lab.digest, lab.blocking_wait, lab.async_wait])
+def test_workloads_agree_across_models(
+    model: str, fn: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lab, "CRUNCH_N", 1000)
+    expected = pickpool.map(fn, range(4), model="serial")  # type: ignore[call-overload]
+    assert pickpool.map(fn, range(4), model=model) == expected  # type: ignore[call-overload]
+
+
+def test_demo_prints_the_table_and_a_verdict_per_workload(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = [(name, fn, 4, advised, why) for name, fn, _, advised, why in demo.WORKLOADS]
+    monkeypatch.setattr(demo, "WORKLOADS", small)
+    assert demo.main() == 0
+    out = capsys.readouterr().out
+    for model in ("serial", "threads", "processes", "asyncio"):
+        assert model in out
+    assert out.count("held") + out.count("did NOT hold") >= len(small)
