@@ -10,10 +10,7 @@ from pickpool.lab import __main__ as demo
 
 
 @pytest.mark.parametrize("fn", [lab.crunch, lab.digest, lab.blocking_wait, lab.async_wait])
-def test_workloads_agree_across_models(
-    model: str, fn: object, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(lab, "CRUNCH_N", 1000)
+def test_workloads_agree_across_models(model: str, fn: object) -> None:
     expected = pickpool.map(fn, range(4), model="serial")  # type: ignore[call-overload]
     assert pickpool.map(fn, range(4), model=model) == expected  # type: ignore[call-overload]
 

@@ -1,0 +1,54 @@
+"""Per-item cost of each model against a plain loop, measured in one run.
+
+    .venv/bin/python benchmarks/overhead.py [N]
+
+Prints, for N trivial items and for N/100 items of ~1 ms of pure-Python work, each model's
+time and its ratio to the plain loop. Ratios, not absolute times, are what to compare across
+machines. (Timing claims live here, never in unit tests.)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pickpool
+from pickpool._api import Model
+
+MODELS: tuple[Model, ...] = ("serial", "threads", "processes", "asyncio")
+
+
+def trivial(x: int) -> int:
+    return x + 1
+
+
+def millisecond(x: int) -> int:
+    total = x
+    for i in range(15_000):
+        total = (total * 31 + i) % 1_000_003
+    return total
+
+
+def timed(call: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    for name, fn, count in (("trivial", trivial, n), ("~1 ms CPU", millisecond, n // 100)):
+        items = range(count)
+        loop = timed(lambda fn=fn, items=items: [fn(x) for x in items])  # type: ignore[misc]
+        print(f"\n{name} x{count}: plain loop {loop:.3f} s")
+        print(f"{'model':<10} {'seconds':>8} {'vs loop':>8} {'us/item over loop':>18}")
+        for model in MODELS:
+            t = timed(lambda fn=fn, items=items, model=model: pickpool.map(fn, items, model=model))  # type: ignore[misc]
+            extra = (t - loop) / count * 1e6
+            print(f"{model:<10} {t:8.3f} {t / loop:7.2f}x {extra:18.1f}")
+
+
+if __name__ == "__main__":
+    main()
