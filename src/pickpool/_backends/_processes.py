@@ -60,8 +60,6 @@ class ProcessesBackend:
         self._dispatch()
 
     def collect(self, timeout: float | None) -> list[Outcome]:
-        # Hand out queued chunks first, so that work never waits on a pool that could take it.
-        self._dispatch()
         outcomes, self._ready = self._ready, []
         busy = [w for w in self._workers if w.tasks]
         if outcomes or not busy:
