@@ -15,9 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pickpool
-from pickpool._api import Model
-
-MODELS: tuple[Model, ...] = ("serial", "threads", "processes", "asyncio")
+from pickpool._backends import MODELS
 
 
 def trivial(x: int) -> int:

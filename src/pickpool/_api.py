@@ -16,7 +16,7 @@ from ._task import OK, is_async_callable
 
 T = TypeVar("T")
 R = TypeVar("R")
-Model = Literal["auto", "serial", "threads", "processes", "asyncio"]
+Model = Literal["auto", _backends.ModelName]
 OnError = Literal["raise", "collect", "skip"]
 Progress = bool | Literal["always"]
 

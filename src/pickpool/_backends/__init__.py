@@ -9,11 +9,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from .._task import Outcome, Task
 
-MODELS: tuple[str, ...] = ("serial", "threads", "processes", "asyncio")
+ModelName = Literal["serial", "threads", "processes", "asyncio"]
+MODELS: tuple[ModelName, ...] = ("serial", "threads", "processes", "asyncio")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,11 @@ from typing import Any
 import pickpool
 from pickpool import _machine
 from pickpool._api import Model
+from pickpool._backends import MODELS, ModelName
 from pickpool.lab import async_wait, blocking_wait, crunch, digest
 
-MODELS: tuple[Model, ...] = ("serial", "threads", "processes", "asyncio")
 # (name, function, items, the model the seeds advise, why)
-WORKLOADS: list[tuple[str, Callable[[int], Any], int, Model, str]] = [
+WORKLOADS: list[tuple[str, Callable[[int], Any], int, ModelName, str]] = [
     ("pure-Python CPU", crunch, 40, "processes", "the GIL lets one thread compute at a time"),
     ("hashlib (releases GIL)", digest, 40, "threads", "C code releases the GIL"),
     ("blocking wait 20 ms", blocking_wait, 200, "threads", "threads overlap blocking waits"),
