@@ -16,11 +16,13 @@ from tests.helpers import identity, where
 def test_all_is_exactly_the_public_api() -> None:
     assert sorted(pickpool.__all__) == sorted(
         [
+            "Advice",
             "BackendUnavailable",
             "Failure",
             "PickpoolError",
             "TaskTimeout",
             "WorkerCrashed",
+            "advise",
             "amap",
             "imap",
             "map",

@@ -2,19 +2,25 @@
 
 ``pickpool.map(f, xs)`` returns what ``[f(x) for x in xs]`` returns, run serially, on threads,
 on processes or on an event loop, with the same ordering and error semantics on each.
+``pickpool.advise(f, xs)`` measures ``f`` on a few items and says which of them to use, and
+why; ``model="auto"`` (the default) does that on the first items and runs the rest on it.
 """
 
+from ._advise import Advice
 from ._api import amap, imap, map
+from ._auto import advise
 from ._errors import BackendUnavailable, PickpoolError, TaskTimeout, WorkerCrashed
 from ._outcome import Failure
 from ._star import star
 
 __all__ = [
+    "Advice",
     "BackendUnavailable",
     "Failure",
     "PickpoolError",
     "TaskTimeout",
     "WorkerCrashed",
+    "advise",
     "amap",
     "imap",
     "map",

@@ -16,9 +16,11 @@ from ._driver import Done, Plan, Schedule
 from ._task import Outcome
 
 
-async def adrive(items: Iterable[Any], plan: Plan, setup: Setup) -> AsyncGenerator[Done, None]:
+async def adrive(
+    items: Iterable[Any], plan: Plan, setup: Setup, *, start: int = 0
+) -> AsyncGenerator[Done, None]:
     """Like :func:`pickpool._driver.drive`, on the running loop."""
-    schedule = Schedule(items, plan)
+    schedule = Schedule(items, plan, start=start)
     outbox: asyncio.Queue[list[Outcome]] = asyncio.Queue()
     runner = ItemRunner(setup, outbox.put_nowait)
     try:

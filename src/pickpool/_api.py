@@ -8,9 +8,11 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iter
 from typing import Any, Literal, TypeVar, overload
 
 from . import _backends
+from ._auto import AutoRun, in_thread
 from ._driver import Done, Plan, drive
-from ._options import check_fn, length_hint, make_plan
+from ._options import check_fn, length_hint, make_plan, positive_int
 from ._outcome import Failure
+from ._probe import Wishes
 from ._progress import bar, wants_progress
 from ._task import OK, is_async_callable
 
@@ -32,14 +34,9 @@ class _RemoteTraceback(Exception):
         return f'\n"""\n{self.text}"""'
 
 
-def _resolve(model: object, is_async: bool) -> str:
+def _check_model(model: object) -> str:
     if not isinstance(model, str):
         raise TypeError(f"model must be a string such as 'threads', not {type(model).__name__}")
-    if model == "auto":
-        # Until the probe decides by measuring: coroutines on an event loop, plain functions on
-        # threads, which need no pickling and never run slower than the loop by more than
-        # the hand-off.
-        return "asyncio" if is_async else "threads"
     return model
 
 
@@ -69,8 +66,11 @@ class _Run:
             ) from None
         self.length = length_hint(items)
         self.is_async = is_async_callable(fn)
+        name = _check_model(model)
+        self.auto: AutoRun | None = None
+        # Under "auto" the options are checked here all the same, before anything runs.
         self.plan: Plan = make_plan(
-            model=_resolve(model, self.is_async),
+            model="threads" if name == "auto" else name,
             is_async=self.is_async,
             length=self.length,
             workers=workers,
@@ -80,10 +80,25 @@ class _Run:
             retries=retries,
             on_error=on_error,
         )
+        if name == "auto":
+            self.auto = AutoRun(
+                fn,
+                self.source,
+                is_async=self.is_async,
+                length=self.length,
+                wishes=Wishes(
+                    workers=positive_int("workers", workers),
+                    chunksize=positive_int("chunksize", chunksize),
+                    timeout=self.plan.timeout,
+                    retries=self.plan.retries,
+                    on_error=str(on_error),
+                    ordered=self.plan.ordered,
+                ),
+            )
         self.on_error = on_error
         self.progress = wants_progress(progress)
         self.setup = _backends.Setup(fn, self.plan.workers, self.is_async, self.plan.timeout)
-        self.description = f"{getattr(fn, '__name__', 'fn')} [{self.plan.model}]"
+        self.description = f"{getattr(fn, '__name__', 'fn')} [{name}]"
 
     def output(self, done: Done) -> tuple[bool, Any]:
         """(keep, value) for one finished item, raising under on_error="raise"."""
@@ -100,10 +115,18 @@ class _Run:
             return False, None
         return True, Failure(done.index, done.item, exc, done.traceback or "", done.attempts)
 
+    @property
+    def runs_on_caller_loop(self) -> bool:
+        """Whether ``amap`` runs it natively on the caller's loop (else in a helper thread)."""
+        return self.plan.model == "asyncio" if self.auto is None else self.is_async
+
     def iterate(self, cancel: threading.Event | None = None) -> Generator[Any, None, None]:
-        dones = drive(
-            self.source, self.plan, self.setup, _backends.load(self.plan.model), cancel=cancel
-        )
+        if self.auto is not None:
+            dones = self.auto.dones(cancel)
+        else:
+            dones = drive(
+                self.source, self.plan, self.setup, _backends.load(self.plan.model), cancel=cancel
+            )
         try:
             if not self.progress:
                 for done in dones:
@@ -123,7 +146,10 @@ class _Run:
     async def aiterate(self) -> AsyncGenerator[Any, None]:
         from ._aio import adrive
 
-        dones = adrive(self.source, self.plan, self.setup)
+        if self.auto is not None:
+            dones = self.auto.adones()
+        else:
+            dones = adrive(self.source, self.plan, self.setup)
         try:
             if not self.progress:
                 async for done in dones:
@@ -462,22 +488,11 @@ async def amap(
         on_error=on_error,
         progress=progress,
     )
-    import asyncio  # here, so that `import pickpool` stays light
-
-    if run.plan.model == "asyncio":
+    if run.runs_on_caller_loop:
         results = run.aiterate()
         try:
             return [value async for value in results]
         finally:
             await results.aclose()
-    cancel = threading.Event()
-    future = asyncio.ensure_future(asyncio.to_thread(lambda: builtins.list(run.iterate(cancel))))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        # Stop the run and wait until its workers are gone, then let the cancellation through.
-        cancel.set()
-        await asyncio.wait([future])
-        if not future.cancelled():
-            future.exception()  # retrieved: the run's own Cancelled (or error) yields to ours
-        raise
+    result: list[Any] = await in_thread(lambda cancel: builtins.list(run.iterate(cancel)))
+    return result

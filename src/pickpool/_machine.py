@@ -79,3 +79,16 @@ def start_method() -> str:
     if "forkserver" in available and sys.platform != "darwin":
         return "forkserver"
     return "spawn"
+
+
+def gil_enabled() -> bool:
+    """False on a free-threaded build running without the GIL (3.13t and later)."""
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
+def fork_server_running() -> bool:
+    """Whether multiprocessing's fork server is already up (new workers then start in ~3 ms)."""
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(forkserver, "_forkserver", None)
+    return getattr(server, "_forkserver_pid", None) is not None

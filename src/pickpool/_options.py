@@ -57,7 +57,7 @@ def default_chunksize(model: str, workers: int, length: int | None) -> int:
     return max(1, min(MAX_CHUNK, math.ceil(length / (CHUNKS_PER_WORKER * workers))))
 
 
-def _positive_int(name: str, value: object) -> int | None:
+def positive_int(name: str, value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -90,8 +90,8 @@ def make_plan(
     """Check the user's options; return the :class:`Plan` for a concrete (non-auto) model."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; use one of {', '.join(map(repr, ALL_MODELS))}")
-    n_workers = _positive_int("workers", workers)
-    size = _positive_int("chunksize", chunksize)
+    n_workers = positive_int("workers", workers)
+    size = positive_int("chunksize", chunksize)
     if not isinstance(ordered, bool):
         raise TypeError(f"ordered must be True or False, not {ordered!r}")
     if on_error not in ON_ERROR:

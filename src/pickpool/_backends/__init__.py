@@ -42,6 +42,10 @@ class Backend(Protocol):
     * :meth:`close` stops every worker. ``cancel=True`` abandons work not yet started and stops
       what runs as far as the model allows (processes are killed; threads are waited for).
       It must be safe to call twice, and after a failed ``__init__``.
+
+    A backend that runs each item in the caller's thread, one at a time (serial), may also
+    have an ``inline`` attribute, a :class:`~pickpool._task.Caller`: the driver then runs the
+    plain loop with it instead of submitting and collecting, which costs a third as much.
     """
 
     def submit(self, task: Task) -> None: ...

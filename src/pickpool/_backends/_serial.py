@@ -9,10 +9,15 @@ from . import Setup
 
 
 class SerialBackend:
-    """Runs each task in the caller's thread when the driver collects it, so nothing runs ahead."""
+    """Runs each task in the caller's thread when the driver collects it, so nothing runs ahead.
+
+    It also offers its :class:`Caller` as ``inline``: the driver then runs the plain loop
+    itself, skipping the scheduler.
+    """
 
     def __init__(self, setup: Setup) -> None:
         self._caller = Caller(setup.fn)
+        self.inline = self._caller
         self._queue: deque[Task] = deque()
 
     def submit(self, task: Task) -> None:

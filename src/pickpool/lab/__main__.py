@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pickpool
 from pickpool import _machine
-from pickpool._api import Model
+from pickpool._advise import Advice
+from pickpool._api import Model, _Run
 from pickpool._backends import MODELS, ModelName
 from pickpool.lab import async_wait, blocking_wait, crunch, digest
 
@@ -33,6 +34,22 @@ def _time(fn: Callable[[int], Any], n: int, model: Model) -> float:
     return time.perf_counter() - start
 
 
+def run_auto(fn: Callable[[Any], Any], items: Sequence[Any]) -> tuple[float, Advice | None]:
+    """Seconds of ``map(fn, items, model="auto")``, probe included, and the advice it followed.
+
+    (The advice is read off the run's private state: ``map`` itself returns only results.)
+    """
+    start = time.perf_counter()
+    run = _Run(
+        fn, items, model="auto", workers=None, chunksize=None, ordered=True, timeout=None,
+        retries=0, on_error="raise", progress=False,
+    )  # fmt: skip
+    results = list(run.iterate())
+    seconds = time.perf_counter() - start
+    assert len(results) == len(items)
+    return seconds, run.auto.advice if run.auto is not None else None
+
+
 def main() -> int:
     from rich.console import Console
     from rich.table import Table
@@ -47,12 +64,17 @@ def main() -> int:
     for model in MODELS:
         table.add_column(model, justify="right")
     table.add_column("fastest")
+    table.add_column("auto (probe incl.)", justify="right")
+    table.add_column("auto chose")
     verdicts = []
     for name, fn, n, advised, why in WORKLOADS:
         times = {model: _time(fn, n, model) for model in MODELS}
         best = min(times, key=lambda m: times[m])
+        auto, advice = run_auto(fn, range(n))
         cells = [f"{times[m]:.2f} ({times['serial'] / times[m]:.1f}x)" for m in MODELS]
-        table.add_row(f"{name} x{n}", *cells, best)
+        chose = f"{advice.model} x{advice.workers} ({advice.kind})" if advice else "(all probed)"
+        auto_cell = f"{auto:.2f} ({times['serial'] / auto:.1f}x)"
+        table.add_row(f"{name} x{n}", *cells, best, auto_cell, chose)
         # The advice held if the advised model is within 15% of the fastest.
         held = times[advised] <= 1.15 * times[best]
         verdicts.append(

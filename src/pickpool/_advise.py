@@ -1,0 +1,544 @@
+"""From evidence to advice: a cost model that predicts each model's seconds for the batch.
+
+With ``t`` the wall time of a call alone, ``c`` its CPU time, ``g`` the time it holds the GIL,
+``P`` usable cores and ``N`` workers, each model's time per item is its slowest stage::
+
+    serial     t
+    threads    max(t/N, c/P, g + hand-off)            g from the scaling test or the knocker
+    asyncio    max(t/N, b + task)                     b: what a coroutine blocks its loop for
+    processes  max(parent, worker/N, all CPU/P)       parent: bookkeeping, pickling, pipe
+
+plus each model's start-up and the last chunk's tail. The constants below are pickpool's own
+costs, measured on a 2-core Linux machine with CPython 3.11 (``benchmarks/overhead.py``,
+``benchmarks/auto.py``); what the probe measures of the user's function dominates them
+whenever parallelism matters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from . import _machine
+from ._probe import Evidence
+
+Kind = Literal["cpu", "cpu-nogil", "blocking-io", "async-io", "tiny", "mixed"]
+
+SERIAL_ITEM: Final = 1.5e-6  # the driver's bookkeeping per item
+THREADS_ITEM: Final = 2.5e-6  # the same under threads, GIL held
+THREADS_CHUNK: Final = 15e-6  # a chunk's queue hand-off and wake-up, GIL held
+THREAD_START: Final = 0.2e-3
+ASYNC_ITEM: Final = 18e-6  # one task on the loop, with its bookkeeping
+LOOP_START: Final = 1e-3
+TO_THREAD_ITEM: Final = 60e-6  # a plain function under asyncio: the loop's trip to a thread
+LOOP_CALL: Final = 30e-6  # one coroutine run to the end on a worker's own loop
+PROCESS_ITEM: Final = 2.6e-6  # the parent's bookkeeping per item
+PROCESS_CHUNK: Final = 25e-6  # a chunk's trip to a worker and back
+PIPE_BYTE: Final = 1.5e-9  # seconds per byte through a worker's pipe, paid at both ends
+LOADS_PER_DUMPS: Final = 2.0  # unpickling takes about twice as long as pickling
+PIPELINED_BYTES: Final = 16 * 1024  # larger chunks wait for an idle worker
+WORKER_START: Final = {"fork": 3e-3, "forkserver": 4e-3, "spawn": 80e-3}
+FORK_SERVER_START: Final = 70e-3
+WORKER_STOP: Final = 1e-3
+# A process chunk should run this long, so that its trip (~25 µs) is lost in it.
+PROCESS_CHUNK_SECONDS: Final = 5e-3
+THREAD_CHUNK_SECONDS: Final = 0.5e-3
+MAX_CHUNK_BYTES: Final = 16 * 1024 * 1024
+# A simpler model within this much of the fastest one is preferred: no pickling, fewer moving
+# parts, and the prediction is no better than that.
+TIE: Final = 1.05
+# Predictions for an input of unknown length are for this many items.
+UNKNOWN_LENGTH: Final = 1000
+TINY: Final = 1e-3
+QUEUED_EFFICIENCY: Final = 0.6  # under ~10x a pool round trip: parallelism rarely pays
+
+_ORDER_SYNC: Final = ("serial", "threads", "asyncio", "processes")
+_ORDER_ASYNC: Final = ("serial", "asyncio", "threads", "processes")
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    """The facts about this machine that the cost model needs."""
+
+    cores: int
+    gil: bool
+    start_method: str
+    server_running: bool
+
+    @classmethod
+    def here(cls) -> Machine:
+        return cls(
+            cores=_machine.cores(),
+            gil=_machine.gil_enabled(),
+            start_method=_machine.start_method(),
+            server_running=_machine.fork_server_running(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One model, sized, with its predicted seconds."""
+
+    model: str
+    workers: int
+    chunksize: int
+    seconds: float
+    per_item: float = 0.0  # seconds per item once running: the pace auto watches for drift
+
+
+@dataclass(frozen=True)
+class Advice:
+    """Which model to run a batch on, with how many workers and chunks, and why.
+
+    ``model``, ``workers`` and ``chunksize`` are what to pass to :func:`pickpool.map`
+    (:attr:`options` holds them as keyword arguments). ``kind`` names the work:
+    ``"cpu"`` (holds the GIL), ``"cpu-nogil"`` (C code that releases it), ``"blocking-io"``,
+    ``"async-io"``, ``"tiny"`` (too short for parallelism to pay) or ``"mixed"``.
+    ``predicted`` maps each model to its predicted seconds for :attr:`items` items,
+    ``evidence`` holds the measurements, ``reasons`` says why in sentences.
+
+    Example::
+
+        >>> advice = pickpool.advise(crunch, range(200))
+        >>> advice.model, advice.kind
+        ('processes', 'cpu')
+        >>> pickpool.map(crunch, range(200), **advice.options)
+    """
+
+    model: str
+    workers: int
+    chunksize: int
+    kind: Kind
+    evidence: Evidence
+    predicted: Mapping[str, float]
+    reasons: tuple[str, ...]
+    items: int
+    sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    pace: float = field(default=0.0, repr=False)  # predicted seconds per item once running
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """``model``, ``workers`` and ``chunksize`` as keyword arguments for ``map``."""
+        return {"model": self.model, "workers": self.workers, "chunksize": self.chunksize}
+
+    def __str__(self) -> str:
+        lines = [
+            f"Use model={self.model!r} with workers={self.workers}, chunksize={self.chunksize}"
+            f" ({_KIND_TEXT[self.kind]})."
+        ]
+        lines += [f"  - {reason}" for reason in self.reasons]
+        lines.append(f"  Predicted for {self.items:,} items:")
+        for model, seconds in sorted(self.predicted.items(), key=lambda kv: kv[1]):
+            workers, chunk = self.sizes.get(model, (0, 0))
+            sizing = f"{_plural(workers, 'worker')}, chunks of {chunk}" if workers else ""
+            mark = "  <- advised" if model == self.model else ""
+            lines.append(f"    {model:<10} {_seconds(seconds):>10}   {sizing}{mark}")
+        return "\n".join(lines)
+
+
+_KIND_TEXT: Final[dict[str, str]] = {
+    "cpu": "CPU-bound, holding the GIL",
+    "cpu-nogil": "CPU-bound in code that releases the GIL",
+    "blocking-io": "mostly blocking waits",
+    "async-io": "coroutines that mostly await",
+    "tiny": "calls too short for parallelism to pay",
+    "mixed": "a mix of computing and waiting",
+}
+
+
+def _serialised(ev: Evidence, machine: Machine) -> float | None:
+    """Seconds per item the scaling test could not beat, if its calls queued on something."""
+    if ev.scaling is None or not ev.threads:
+        return None
+    t, c, n = ev.wall, ev.cpu, ev.threads
+    measured = t / ev.scaling  # seconds per item with n threads
+    bound = max(t / n, c / min(n, machine.cores))
+    # Efficiency under 0.6 of what the cores allow: the calls queue on something (PROBE-NOTES'
+    # threshold). Above it, a busy machine's noise is as likely as a limit.
+    return measured if measured * QUEUED_EFFICIENCY > bound else None
+
+
+def _gil_free(ev: Evidence, machine: Machine) -> bool:
+    return not machine.gil or (ev.gil_held is not None and ev.gil_held < 0.3)
+
+
+def gil_time(ev: Evidence, machine: Machine) -> float:
+    """Seconds of each call during which it holds the GIL (threads cannot overlap those)."""
+    t, c = ev.wall, ev.cpu
+    if not machine.gil:
+        return 0.0
+    knocked = None if ev.gil_held is None else min(t, ev.gil_held * t)
+    if knocked is not None and ev.gil_held is not None and ev.gil_held < 0.3:
+        # A low reading is mostly the knocker's noise: a thread holds the GIL only while it runs.
+        knocked = min(knocked, c)
+    queued = _serialised(ev, machine)
+    if queued is not None:
+        # The calls queued on something. The knocker tells whether it is the GIL; if it is
+        # not, it is something processes share too (see shared_floor).
+        return knocked if knocked is not None and _gil_free(ev, machine) else queued
+    if ev.scaling is not None:
+        return min(t / ev.scaling, c if knocked is None else knocked)
+    if knocked is not None:
+        return knocked
+    return c  # no evidence: assume computing holds the GIL, as pure Python does
+
+
+def gil_share(ev: Evidence, machine: Machine) -> float:
+    """How much of its computing a call does holding the GIL, 0..1, for telling kinds apart."""
+    if not machine.gil:
+        return 0.0
+    if ev.gil_held is not None:
+        return ev.gil_held / max(ev.cpu_share, ev.gil_held, 1e-9)
+    if ev.scaling is not None and ev.threads:
+        # 1x with n threads: held throughout; the ideal min(n, cores)x: never held.
+        ideal = min(ev.threads, machine.cores)
+        if ideal > 1:
+            return min(1.0, max(0.0, (ideal - ev.scaling) / (ideal - 1)))
+    return 1.0  # no evidence: assume pure Python
+
+
+def shared_floor(ev: Evidence, machine: Machine) -> float:
+    """Seconds per item no parallel model beats: calls that queue on something not the GIL.
+
+    Memory bandwidth, a lock, a disk or a server: when threads free of the GIL still do not
+    scale, processes would meet the same limit.
+    """
+    queued = _serialised(ev, machine)
+    return queued if queued is not None and _gil_free(ev, machine) else 0.0
+
+
+def _counts(candidates: set[int], given: int | None, n: int) -> list[int]:
+    if given is not None:
+        return [given]
+    return sorted(k for k in candidates if 1 <= k <= max(1, n)) or [1]
+
+
+class _Model:
+    """The cost model for one piece of evidence on one machine, for ``n`` items."""
+
+    def __init__(
+        self,
+        ev: Evidence,
+        machine: Machine,
+        n: int,
+        *,
+        workers: int | None,
+        chunksize: int | None,
+        timeout: float | None,
+    ) -> None:
+        self.ev, self.m, self.n = ev, machine, n
+        self.workers, self.chunksize, self.timeout = workers, chunksize, timeout
+        self.g = gil_time(ev, machine)
+        self.floor = shared_floor(ev, machine)
+
+    def chunk(self, model: str, workers: int) -> int:
+        if self.timeout is not None:
+            return 1
+        if self.chunksize is not None:
+            return self.chunksize
+        ev, n = self.ev, self.n
+        if model == "processes":
+            target = PROCESS_CHUNK_SECONDS
+        elif model == "threads":
+            target = THREAD_CHUNK_SECONDS
+        else:
+            return 1
+        size = math.ceil(target / max(ev.wall, 1e-7))
+        size = min(size, math.ceil(n / (4 * workers)))
+        per_item = ev.item_bytes + ev.result_bytes
+        if per_item:
+            size = min(size, MAX_CHUNK_BYTES // per_item)
+        return max(1, size)
+
+    def _fewer_than_measured(self, k: int) -> float:
+        """Seconds per item with ``k`` threads, fewer than the scaling test ran, at its efficiency.
+
+        The test saw n threads scale ``scaling``x. Efficiency falls as threads are added, so k < n
+        threads do at least as well per thread, but how much better is unknown: when the n
+        threads hit a limit, the model cannot tell how few would hit it too, and is kept from
+        trading measured throughput for a guess.
+        """
+        ev = self.ev
+        if ev.scaling is None or not ev.threads or k >= ev.threads:
+            return 0.0
+        efficiency = min(1.0, ev.scaling / ev.threads)
+        return ev.wall / (k * efficiency)
+
+    def serial(self) -> Option:
+        extra = LOOP_CALL if self.ev.is_async else 0.0
+        per = self.ev.wall + SERIAL_ITEM + extra
+        return Option("serial", 1, 1, self.n * per, per)
+
+    def threads(self) -> Option:
+        ev, cores = self.ev, self.m.cores
+        extra = LOOP_CALL if ev.is_async else 0.0
+        best: Option | None = None
+        for k in _counts({cores, 2 * cores, 4 * cores, 8, 16, 32, 64}, self.workers, self.n):
+            ch = self.chunk("threads", k)
+            per = max(
+                (ev.wall + extra) / k,
+                (ev.cpu + ev.child_cpu) / cores,
+                self.g + extra + THREADS_ITEM + THREADS_CHUNK / ch,
+                self.floor,
+                self._fewer_than_measured(k),
+            )
+            seconds = k * THREAD_START + self.n * per + (ch - 1) * ev.wall
+            best = _better(best, Option("threads", k, ch, seconds, per))
+        assert best is not None
+        return best
+
+    def asyncio(self) -> Option:
+        ev, cores = self.ev, self.m.cores
+        best: Option | None = None
+        if ev.is_async:
+            blocks = ev.cpu if ev.loop_blocked is None else ev.loop_blocked * ev.wall
+            for k in _counts({16, 64, 256, 1024}, self.workers, self.n):
+                per = max(ev.wall / k, blocks + ASYNC_ITEM)
+                best = _better(best, Option("asyncio", k, 1, LOOP_START + self.n * per, per))
+        else:
+            for k in _counts({cores, 2 * cores, 4 * cores, 8, 16, 32, 64}, self.workers, self.n):
+                per = max(
+                    ev.wall / k,
+                    (ev.cpu + ev.child_cpu) / cores,
+                    self.g + TO_THREAD_ITEM,
+                    self.floor,
+                )
+                seconds = LOOP_START + k * THREAD_START + self.n * per
+                best = _better(best, Option("asyncio", k, 1, seconds, per))
+        assert best is not None
+        return best
+
+    def processes(self) -> Option:
+        ev, m = self.ev, self.m
+        if ev.unpicklable:
+            return Option("processes", m.cores, 1, math.inf)
+        wall = ev.wall + (LOOP_CALL if ev.is_async else 0.0)
+        pipe = (ev.item_bytes + ev.result_bytes) * PIPE_BYTE
+        candidates = set(range(1, m.cores + 1))
+        if ev.cpu < wall / 1.5:
+            # Waiting too: more processes than cores keep the cores busy (Little's law).
+            candidates |= {2 * m.cores, 4 * m.cores}
+        start_each = WORKER_START.get(m.start_method, WORKER_START["spawn"])
+        server = 0.0 if m.server_running or m.start_method != "forkserver" else FORK_SERVER_START
+        best: Option | None = None
+        for k in _counts(candidates, self.workers, self.n):
+            ch = self.chunk("processes", k)
+            parent = (
+                PROCESS_ITEM
+                + PROCESS_CHUNK / ch
+                + ev.item_pickle
+                + LOADS_PER_DUMPS * ev.result_pickle
+                + pipe
+            )
+            unpickle = LOADS_PER_DUMPS * ev.item_pickle + ev.result_pickle
+            worker = wall + unpickle + pipe
+            cpu = ev.cpu + ev.child_cpu + unpickle + parent
+            per = max(parent, worker / k, cpu / m.cores, self.floor)
+            if (ev.item_bytes + ev.result_bytes) * ch > PIPELINED_BYTES:
+                # Large chunks are not queued behind a busy worker: parent and workers
+                # partly take turns.
+                per += 0.5 * min(parent, worker / k)
+            fixed = server + k * (start_each + WORKER_STOP)
+            seconds = fixed + self.n * per + 0.5 * ch * wall
+            best = _better(best, Option("processes", k, ch, seconds, per))
+        assert best is not None
+        return best
+
+    def options(self) -> dict[str, Option]:
+        return {
+            "serial": self.serial(),
+            "threads": self.threads(),
+            "processes": self.processes(),
+            "asyncio": self.asyncio(),
+        }
+
+
+def _better(best: Option | None, new: Option) -> Option:
+    # Fewer workers on a near tie: the prediction is no finer than that.
+    if best is None or new.seconds < best.seconds / TIE:
+        return new
+    return best
+
+
+def choose(options: Mapping[str, Option], *, is_async: bool) -> Option:
+    """The fastest option, or a simpler one within :data:`TIE` of it."""
+    fastest = min(options.values(), key=lambda o: o.seconds)
+    for model in _ORDER_ASYNC if is_async else _ORDER_SYNC:
+        option = options[model]
+        if option.seconds <= fastest.seconds * TIE:
+            return option
+    return fastest
+
+
+def classify(ev: Evidence, machine: Machine, chosen: Option) -> Kind:
+    """The kind of work, from the evidence (and, for ``"tiny"``, from what won)."""
+    share = ev.cpu_share
+    if ev.is_async and share < 0.5 and (ev.loop_blocked is None or ev.loop_blocked < 0.5):
+        return "async-io"
+    if (
+        chosen.model == "serial"
+        and ev.wall < TINY
+        and ev.item_pickle + ev.result_pickle < max(ev.wall, 20e-6)
+    ):
+        return "tiny"  # (when pickling is what rules processes out, the work is not tiny)
+    if share >= 0.7:
+        return "cpu" if gil_share(ev, machine) >= 0.5 else "cpu-nogil"
+    if share <= 0.3:
+        return "blocking-io"
+    return "mixed"
+
+
+def decide(
+    ev: Evidence,
+    *,
+    items: int | None,
+    workers: int | None = None,
+    chunksize: int | None = None,
+    timeout: float | None = None,
+    machine: Machine | None = None,
+) -> Advice:
+    """The :class:`Advice` for running ``items`` more items like the probed ones."""
+    machine = machine or Machine.here()
+    n = UNKNOWN_LENGTH if items is None else max(1, items)
+    model = _Model(ev, machine, n, workers=workers, chunksize=chunksize, timeout=timeout)
+    options = model.options()
+    chosen = choose(options, is_async=ev.is_async)
+    kind = classify(ev, machine, chosen)
+    return Advice(
+        model=chosen.model,
+        workers=chosen.workers,
+        chunksize=chosen.chunksize,
+        kind=kind,
+        evidence=ev,
+        predicted={name: o.seconds for name, o in options.items()},
+        reasons=tuple(_reasons(ev, machine, model.g, options, chosen, kind, n, items is None)),
+        items=n,
+        sizes={name: (o.workers, o.chunksize) for name, o in options.items()},
+        pace=chosen.per_item,
+    )
+
+
+# Explaining it -----------------------------------------------------------------------------
+
+
+def _seconds(s: float) -> str:
+    if math.isinf(s):
+        return "impossible"
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e6:.0f} µs"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _workers(option: Option) -> str:
+    return _plural(option.workers, "coroutine" if option.model == "asyncio" else "worker")
+
+
+def _bytes(n: int) -> str:
+    if n >= 1024 * 1024:
+        return f"{n / 1024 / 1024:.1f} MiB"
+    if n >= 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n} bytes"
+
+
+def _reasons(
+    ev: Evidence,
+    machine: Machine,
+    g: float,
+    options: Mapping[str, Option],
+    chosen: Option,
+    kind: Kind,
+    n: int,
+    unknown_length: bool,
+) -> list[str]:
+    t, share = ev.wall, ev.cpu_share
+    out = []
+    what = "coroutine" if ev.is_async else "call"
+    rest = "" if share >= 0.9 else ", the rest waiting"
+    out.append(f"Each {what} took {_seconds(t)} alone, {share:.0%} of it on the CPU{rest}.")
+    if ev.is_async and ev.loop_blocked is not None:
+        span = 1 + (ev.coroutines - 1) * ev.loop_blocked
+        if ev.loop_blocked >= 0.5:
+            out.append(
+                f"{ev.coroutines} coroutines at once took {span:.1f}x as long as one: it blocks "
+                f"its event loop for {ev.loop_blocked:.0%} of each call (time.sleep, blocking "
+                "I/O or CPU work inside async def), so one loop runs them one at a time."
+            )
+        else:
+            out.append(
+                f"{ev.coroutines} coroutines at once took {span:.1f}x as long as one: they "
+                "await without blocking the loop, so one loop overlaps many."
+            )
+    elif ev.scaling is not None:
+        held = gil_share(ev, machine)
+        if share < 0.5:
+            verdict = (
+                "its waits overlap"
+                if ev.scaling >= 0.6 * ev.threads
+                else ("something they share (a lock, a device, a server) serialises them")
+            )
+        elif not machine.gil:
+            verdict = "this interpreter runs without the GIL"
+        elif held >= 0.5 and not _gil_free(ev, machine):
+            verdict = "the GIL serialises its computing"
+        elif ev.scaling >= 0.6 * min(ev.threads, machine.cores):
+            verdict = "it runs in code that releases the GIL"
+        else:
+            verdict = "it releases the GIL but more threads do not help (memory or a lock)"
+        out.append(f"{ev.threads} threads ran {ev.scaling:.1f}x as fast as one: {verdict}.")
+    if ev.child_cpu > 0.1 * t:
+        out.append(
+            f"Each call also waits for {_seconds(ev.child_cpu)} of CPU work in child processes: "
+            f"{machine.cores} cores cap how many can run at once."
+        )
+    if ev.gil_held is not None and machine.gil and share >= 0.3 and not ev.is_async:
+        out.append(f"The GIL was held {ev.gil_held:.0%} of the time a call ran.")
+    pickle_time = ev.item_pickle + ev.result_pickle
+    if ev.unpicklable:
+        out.append(f"It cannot run in worker processes: {ev.unpicklable}")
+    elif t > 0:
+        out.append(
+            f"Pickling an item and its result takes {_seconds(pickle_time)} "
+            f"({pickle_time / t:.1%} of a call; {_bytes(ev.item_bytes + ev.result_bytes)})."
+        )
+    serial = options["serial"].seconds
+    for_n = f"for {n:,} items" + (" (the input's length is unknown)" if unknown_length else "")
+    if chosen.model == "serial":
+        runner = min((o for o in options.values() if o.model != "serial"), key=lambda o: o.seconds)
+        if kind == "tiny":
+            why = (
+                f"a call is so short ({_seconds(t)}) that handing it to a worker costs about "
+                "as much as running it"
+            )
+        elif not ev.unpicklable and (1 + LOADS_PER_DUMPS) * pickle_time > 0.5 * t:
+            why = (
+                f"pickling to and from processes costs more than the work itself, and "
+                f"threads cannot run it {'' if share < 0.5 else 'in parallel '}any faster"
+            )
+        else:
+            why = "starting workers would cost more than they save"
+        out.append(
+            f"A plain loop is predicted fastest, {_seconds(serial)} {for_n}: {why}; "
+            f"the best alternative, {runner.model} with {_workers(runner)}, "
+            f"{_seconds(runner.seconds)}."
+        )
+    else:
+        sizing = f"{chosen.model} with {_workers(chosen)}"
+        if chosen.chunksize > 1:
+            sizing += f" in chunks of {chosen.chunksize}"
+        speedup = serial / chosen.seconds
+        out.append(
+            f"{sizing[0].upper()}{sizing[1:]} is predicted {speedup:.1f}x faster than a plain "
+            f"loop: {_seconds(chosen.seconds)} against {_seconds(serial)} {for_n}."
+        )
+    if ev.failed:
+        out.append(f"{ev.failed} of the {ev.calls} probed calls failed; they are timed too.")
+    return out

@@ -1,0 +1,311 @@
+"""``model="auto"`` and :func:`advise`: probe the first items, decide, run the rest.
+
+Auto runs the probe's phases (``_probe.Pilot``) through the ordinary driver, handing their
+results on as they come, then asks the cost model (``_advise``) for the fastest model for the
+items left, and runs those on it, numbered on from where the probe stopped. Every item is
+run exactly once, in one of the phases; order and error handling are those of any run.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
+from typing import Any, Final
+
+from . import _backends
+from ._advise import Advice, decide
+from ._driver import Done, Plan, drive
+from ._options import check_fn, length_hint
+from ._probe import ADVISE_SHARE, Phase, Pilot, Wishes
+from ._task import OK, is_async_callable
+
+# Auto probes at most about this long, and for at most this share of the batch's serial time
+# (beyond a few calls); ``advise``'s default budget is the same second.
+AUTO_BUDGET: Final = 1.0
+AUTO_SHARE: Final = 0.03
+# Drift: the pace auto re-decides at (5x off the prediction, either way), how long it watches
+# before judging, and how often it may re-decide in one run.
+DRIFT: Final = 5.0
+DRIFT_WATCH: Final = 0.5
+MAX_REDECISIONS: Final = 3
+
+
+class _Watch:
+    """Feeds the chosen model its items and watches its pace against the prediction.
+
+    The pace is the time the run had control (not the time the consumer of ``imap`` spent
+    between items) per item handed out, over a window of at least :data:`DRIFT_WATCH` seconds
+    and 10 items. When it is :data:`DRIFT` times slower or faster than
+    predicted, :attr:`drift` says which, and no more items are fed, so the run winds down.
+    Faster is only judged when the consumer is not what sets the pace.
+    """
+
+    def __init__(self, source: Iterator[Any], predicted: float) -> None:
+        self._source = source
+        self._predicted = predicted
+        self._min_items = 10  # and a few items, so that one slow item is not a drift
+        self._began = time.perf_counter()
+        self._busy = 0.0
+        self._count = 0
+        self.taken = 0
+        self.exhausted = False
+        self.drift: str | None = None
+
+    def __iter__(self) -> _Watch:
+        return self
+
+    def __next__(self) -> Any:
+        if self.drift is not None:
+            raise StopIteration
+        try:
+            item = next(self._source)
+        except StopIteration:
+            self.exhausted = True
+            raise
+        self.taken += 1
+        return item
+
+    def saw(self, busy: float) -> None:
+        """One item handed out, after the run had control for ``busy`` seconds."""
+        self._busy += busy
+        self._count += 1
+        if self._busy < DRIFT_WATCH or self._count < self._min_items or self._predicted <= 0:
+            return
+        pace = self._busy / self._count
+        elapsed = time.perf_counter() - self._began
+        if pace > DRIFT * self._predicted:
+            self.drift = "slower"
+        elif pace * DRIFT < self._predicted and self._busy > 0.5 * elapsed:
+            self.drift = "faster"
+        # A new window: what counts is the recent pace, not the average since the start.
+        self._busy, self._count, self._began = 0.0, 0, time.perf_counter()
+
+
+class AutoRun:
+    """The phases of one ``model="auto"`` call, and the decision between them."""
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        source: Iterator[Any],
+        *,
+        is_async: bool,
+        length: int | None,
+        wishes: Wishes,
+    ) -> None:
+        self.fn, self.is_async, self.wishes = fn, is_async, wishes
+        self.source, self.length = source, length
+        self.pilot = self._new_pilot(0)
+        self.advice: Advice | None = None
+        self.decisions: list[Advice] = []  # the first, then one per re-decision after a drift
+
+    def _new_pilot(self, start: int) -> Pilot:
+        return Pilot(
+            self.fn,
+            self.source,
+            is_async=self.is_async,
+            length=self.length,
+            budget=AUTO_BUDGET,
+            share=AUTO_SHARE,
+            wishes=self.wishes,
+            start=start,
+        )
+
+    def rest(self) -> tuple[Plan, _backends.Setup, Iterator[Any], int] | None:
+        """After the probe: the plan for the items left, or None if there are none."""
+        pilot = self.pilot
+        if pilot.exhausted or pilot.evidence is None:
+            return None
+        wishes = self.wishes
+        advice = decide(
+            pilot.evidence,
+            items=pilot.remaining(),
+            workers=wishes.workers,
+            chunksize=wishes.chunksize,
+            timeout=wishes.timeout,
+        )
+        plan = wishes.plan(
+            advice.model,
+            is_async=self.is_async,
+            workers=advice.workers,
+            chunksize=advice.chunksize,
+        )
+        self.advice = advice
+        self.decisions.append(advice)
+        setup = _backends.Setup(self.fn, plan.workers, self.is_async, plan.timeout)
+        return plan, setup, pilot.source, pilot.taken
+
+    def dones(self, cancel: threading.Event | None = None) -> Generator[Done, None, None]:
+        """Every item's :class:`Done`: the probe's phases, then the rest on the chosen model.
+
+        While the rest runs, its pace is watched: if items come 5x slower or faster than the
+        decision predicted (see :class:`_Watch`), auto stops feeding that model, lets it finish
+        what it holds, probes the next items afresh and decides again, at most
+        :data:`MAX_REDECISIONS` times in a run.
+        """
+        redecisions = 0
+        while True:
+            yield from self._probe(cancel)
+            rest = self.rest()
+            if rest is None:
+                return
+            plan, setup, items, start = rest
+            backend = _backends.load(plan.model)
+            if redecisions == MAX_REDECISIONS or plan.model == "serial":
+                # Out of re-decisions, the last choice runs the rest unwatched. Nor is a plain
+                # loop watched: chosen for items too small to hand out or too few to pay for
+                # workers, it has nothing to resize, and watching costs it 30% per item.
+                yield from drive(items, plan, setup, backend, cancel=cancel, start=start)
+                return
+            assert self.advice is not None
+            watch = _Watch(items, self.advice.pace)
+            resumed = time.perf_counter()
+            for done in drive(watch, plan, setup, backend, cancel=cancel, start=start):
+                watch.saw(time.perf_counter() - resumed)
+                yield done
+                resumed = time.perf_counter()
+            if watch.exhausted or watch.drift is None:
+                return
+            redecisions += 1
+            self.pilot = self._new_pilot(start + watch.taken)
+
+    def _probe(self, cancel: threading.Event | None) -> Generator[Done, None, None]:
+        phases = self.pilot.phases()
+        try:
+            for phase in phases:
+                yield from self._phase(phase, cancel)
+        finally:
+            phases.close()
+
+    def _phase(self, phase: Phase, cancel: threading.Event | None) -> Generator[Done, None, None]:
+        backend = _backends.load(phase.plan.model)
+        for done in drive(
+            phase.items, phase.plan, phase.setup, backend, cancel=cancel, start=phase.start
+        ):
+            self.pilot.saw(done)
+            yield done
+
+    async def adones(self) -> AsyncGenerator[Done, None]:
+        """:meth:`dones` for ``amap``: coroutines probed and run on the caller's own loop."""
+        from ._aio import adrive
+
+        phases = self.pilot.phases()
+        try:
+            for phase in phases:
+                async for done in adrive(phase.items, phase.plan, phase.setup, start=phase.start):
+                    self.pilot.saw(done)
+                    yield done
+        finally:
+            phases.close()
+        rest = self.rest()
+        if rest is None:
+            return
+        plan, setup, items, start = rest
+        if plan.model == "asyncio":
+            async for done in adrive(items, plan, setup, start=start):
+                yield done
+            return
+        backend = _backends.load(plan.model)
+        for done in await in_thread(
+            lambda cancel: list(drive(items, plan, setup, backend, cancel=cancel, start=start))
+        ):
+            yield done
+
+
+async def in_thread(work: Callable[[threading.Event], Any]) -> Any:
+    """``await work(cancel)`` run in a thread; cancelling the await stops it and waits for it."""
+    import asyncio
+
+    cancel = threading.Event()
+    future = asyncio.ensure_future(asyncio.to_thread(work, cancel))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        # Stop the run and wait until its workers are gone, then let the cancellation through.
+        cancel.set()
+        await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # retrieved: the run's own Cancelled (or error) yields to ours
+        raise
+
+
+def advise(fn: Callable[[Any], Any], items: Iterable[Any], *, budget: float = 1.0) -> Advice:
+    """Measure ``fn`` on the first few items and advise which model to run the batch on.
+
+    ``fn`` is called on real items, as :func:`pickpool.map` would call it (mind side effects):
+    first one at a time, timing wall and CPU time while a watcher thread measures how much of
+    the time the GIL is held; then several at once, in threads (or, for an ``async def``
+    function, as coroutines on one loop) to see how throughput scales. It also times pickling
+    the function, the items and the results. A cost model then predicts each model's seconds
+    for the whole batch (``len(items)`` items, or 1,000 if the length is unknown); the advice
+    is the fastest, sized, with its reasons. From an iterator, the probed items are consumed.
+
+    Args:
+        fn: the function to measure, plain or ``async def``.
+        items: the batch, or a sample of it.
+        budget: about how many seconds the measuring may take (a few calls at least).
+
+    Raises:
+        ValueError: ``items`` is empty, ``budget`` is not a positive number, or every
+            probed call failed (the first failure is chained).
+
+    Example::
+
+        >>> advice = pickpool.advise(lab.crunch, range(100))
+        >>> print(advice)
+        Use model='processes' with workers=2, chunksize=1 (CPU-bound, holding the GIL).
+          - Each call took 23.4 ms alone, 100% of it on the CPU.
+          ...
+    """
+    check_fn(fn)
+    seconds = _check_budget(budget)
+    try:
+        source = iter(items)
+    except TypeError:
+        raise TypeError(
+            f"items must be an iterable (a list, a generator...), not {type(items).__name__}"
+        ) from None
+    length = length_hint(items)
+    pilot = Pilot(
+        fn,
+        source,
+        is_async=is_async_callable(fn),
+        length=length,
+        budget=seconds,
+        share=ADVISE_SHARE,
+        wishes=Wishes(on_error="collect"),
+    )
+    first_failure: BaseException | None = None
+    for phase in pilot.phases():
+        for done in drive(
+            phase.items,
+            phase.plan,
+            phase.setup,
+            _backends.load(phase.plan.model),
+            start=phase.start,
+        ):
+            pilot.saw(done)
+            if done.status != OK and first_failure is None:
+                first_failure = done.value
+    evidence = pilot.evidence
+    assert evidence is not None
+    if evidence.calls == 0 and first_failure is None:
+        raise ValueError("advise needs at least one item to measure, and items was empty")
+    if evidence.failed >= max(1, evidence.calls):
+        raise ValueError(
+            f"every probed call failed ({evidence.failed} of {evidence.failed}), so there is "
+            f"nothing to measure; the first failure: {first_failure!r}"
+        ) from first_failure
+    return decide(evidence, items=length)
+
+
+def _check_budget(budget: object) -> float:
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
+        raise TypeError(f"budget must be seconds (a number), not {type(budget).__name__}")
+    seconds = float(budget)
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"budget must be a positive number of seconds, got {budget}")
+    return seconds

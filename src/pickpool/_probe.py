@@ -1,0 +1,527 @@
+"""Measuring the user's function on its first items: the evidence behind ``advise`` and auto.
+
+The probe never calls the function on made-up input, and never twice on one item: it runs the
+first real items through the ordinary driver, so errors, retries and timeouts behave as in any
+run and every result is kept. The function is wrapped in a timer (wall and thread CPU time per
+call) and run in up to two *phases*:
+
+1. ``alone``: one call at a time, while a *knocker* thread measures how much of the time the GIL
+   is held (it naps 0.5 ms in a loop: when another thread holds the GIL it wakes up to a switch
+   interval late);
+2. ``together``: several calls at once — threads for a plain function, one event loop for a
+   coroutine function — to measure how throughput scales.
+
+:class:`Pilot` hands each phase to its caller to run (``drive`` or ``adrive``), reads the timings,
+decides whether the next phase is worth its cost, and finally turns them into
+:class:`Evidence`. What to make of the evidence is ``_advise``'s business.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from . import _machine
+from ._backends import Setup
+from ._driver import Done, Plan
+from ._options import make_plan
+from ._task import OK
+
+Record = tuple[float, float, float]  # (start, wall seconds, thread CPU seconds) of one call
+
+
+class _Timed:
+    """``fn`` with each call's wall and thread CPU time appended to ``records``."""
+
+    __slots__ = ("fn", "records")
+
+    def __init__(self, fn: Callable[[Any], Any], records: list[Record]) -> None:
+        self.fn = fn
+        self.records = records
+
+    def __call__(self, item: Any) -> Any:
+        start, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return self.fn(item)
+        finally:
+            self.records.append((start, time.perf_counter() - start, time.thread_time() - cpu))
+
+
+class _AsyncTimed(_Timed):
+    """:class:`_Timed` for a coroutine function (CPU time is the loop thread's over the await)."""
+
+    __slots__ = ()
+
+    async def __call__(self, item: Any) -> Any:
+        start, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return await self.fn(item)
+        finally:
+            self.records.append((start, time.perf_counter() - start, time.thread_time() - cpu))
+
+
+class Knocker:
+    """Measures the share of time some other thread holds the GIL.
+
+    A thread naps :attr:`NAP` seconds in a loop. Waking, it needs the GIL: when the GIL is free it
+    runs on at once, when a thread holds it (pure Python) it waits until the interpreter forces a
+    switch, up to ``sys.getswitchinterval()`` (5 ms). Lateness beyond the nap's usual oversleep,
+    over the time watched, scaled so that a GIL held throughout reads 1.0, is the held share.
+    It costs the measured code one GIL hand-off per ~5 ms.
+    """
+
+    NAP = 0.0005
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._late = 0.0
+        self._watched = 0.0
+        self._baseline = 0.0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        # The oversleep of a nap with nothing else running: the lateness that is not the GIL.
+        samples = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            time.sleep(self.NAP)
+            samples.append(time.perf_counter() - t0 - self.NAP)
+        self._baseline = max(0.0, statistics.median(samples))
+        self._thread = threading.Thread(target=self._run, name="pickpool-knocker", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        nap, baseline = self.NAP, self._baseline
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            time.sleep(nap)
+            elapsed = time.perf_counter() - t0
+            self._late += max(0.0, elapsed - nap - baseline)
+            self._watched += elapsed
+
+    def stop(self) -> tuple[float, float]:
+        """(held share 0..1, seconds watched)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._watched <= 0:
+            return 0.0, 0.0
+        switch = sys.getswitchinterval()
+        full = switch / (switch + self.NAP)  # what a GIL held throughout reads
+        return min(1.0, self._late / self._watched / full), self._watched
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the probe measured on the first items of a batch. Times are seconds per call.
+
+    Example::
+
+        >>> advice = pickpool.advise(fn, items)
+        >>> advice.evidence.cpu_share
+        0.99
+    """
+
+    is_async: bool
+    calls: int  # calls the probe made (alone and together)
+    failed: int  # of which raised or timed out
+    wall: float  # one call alone, wall clock (median)
+    cpu: float  # one call alone, CPU time of its thread (median)
+    gil_held: float | None  # share of a call's wall time the GIL was held (None: too short to see)
+    child_cpu: float  # CPU time of child processes a call ran and waited for
+    threads: int  # calls run at once in threads in the scaling test (0: not run)
+    scaling: float | None  # throughput with `threads` at once / throughput alone
+    coroutines: int  # coroutines run at once on one loop (0: not run)
+    loop_blocked: float | None  # share of a coroutine's time it blocks its event loop
+    item_bytes: int  # pickled size of an item (median)
+    result_bytes: int  # pickled size of a result (median)
+    item_pickle: float  # seconds to pickle an item (median)
+    result_pickle: float  # seconds to pickle a result (median)
+    unpicklable: str | None  # why the function or its data cannot go to a process (None: it can)
+    length: int | None  # items in the whole batch, if known
+    seconds: float  # the probe's own wall time
+
+    @property
+    def cpu_share(self) -> float:
+        """CPU time over wall time of a call alone: ~1 computes, ~0 waits."""
+        return min(1.0, self.cpu / self.wall) if self.wall > 0 else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Wishes:
+    """The caller's own ``map`` options, checked: what every phase and the rest must honour."""
+
+    workers: int | None = None
+    chunksize: int | None = None
+    timeout: float | None = None
+    retries: int = 0
+    on_error: str = "raise"
+    ordered: bool = True
+
+    def plan(self, model: str, *, is_async: bool, workers: int, chunksize: int | None) -> Plan:
+        """The plan for running some of the items on ``model``, with these options."""
+        return make_plan(
+            model=model,
+            is_async=is_async,
+            length=None,
+            workers=workers,
+            chunksize=None if self.timeout is not None else chunksize,
+            ordered=self.ordered,
+            timeout=self.timeout,
+            retries=self.retries,
+            on_error=self.on_error,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """Items to run under ``plan`` (with a timing ``setup``), numbered from ``start``."""
+
+    name: str  # "alone", "together" or "run"
+    plan: Plan
+    setup: Setup
+    items: Iterator[Any]
+    start: int
+
+
+class _Gate:
+    """Hands a phase the next items of the shared input while ``allow()`` says so."""
+
+    def __init__(self, pilot: Pilot, allow: Callable[[], bool]) -> None:
+        self._pilot = pilot
+        self._allow = allow
+        self._closed = False
+
+    def __iter__(self) -> _Gate:
+        return self
+
+    def __next__(self) -> Any:
+        if self._closed or not self._allow():
+            self._closed = True
+            raise StopIteration
+        try:
+            item = next(self._pilot.source)
+        except StopIteration:
+            self._pilot.exhausted = True
+            self._closed = True
+            raise
+        self._pilot.taken += 1
+        return item
+
+
+# Pickling is measured on this many results (and their items), the first ones that succeed.
+_PICKLE_SAMPLES = 5
+# The alone phase stops once it has seen this much of a run that is mostly waiting: waiting
+# is measured faster and better together.
+_WAITING_SHARE = 0.3
+# Below this much watched time the knocker's reading is noise.
+_KNOCKER_MIN = 0.01
+_MAX_PROBE_THREADS = 16
+# advise's share: its only job is to measure, so it may take a larger part of the batch.
+ADVISE_SHARE = 0.1
+_MAX_PROBE_COROUTINES = 16
+
+
+class Pilot:
+    """Plans the probe's phases, one after the other, and gathers their :class:`Evidence`.
+
+    ``share``: the part of the whole batch's serial time the alone phase may take (auto keeps
+    it small; ``advise``, whose only job is to measure, may take more).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        source: Iterator[Any],
+        *,
+        is_async: bool,
+        length: int | None,
+        budget: float,
+        share: float,
+        wishes: Wishes,
+        start: int = 0,
+    ) -> None:
+        self.fn = fn
+        self.source = source
+        self.is_async = is_async
+        self.length = length
+        self.budget = budget
+        self.share = share
+        self.wishes = wishes
+        self.workers, self.timeout = wishes.workers, wishes.timeout
+        # The index of the next item. A probe that starts mid-run (auto re-deciding after a
+        # drift) starts at the first item it has not run.
+        self.first = self.taken = start
+        self.exhausted = False
+        self.evidence: Evidence | None = None
+        self._began = time.perf_counter()
+        self._alone: list[Record] = []
+        self._together: list[Record] = []
+        self._failed = 0
+        self._pickled: list[tuple[int, float, int, float]] = []
+        self._unpicklable: str | None = None
+        self._gil: float | None = None
+        self._child_cpu = 0.0
+        self._scaling: float | None = None
+        self._threads = 0
+        self._coroutines = 0
+        self._blocked: float | None = None
+
+    # What the caller does with the phases --------------------------------------------------
+
+    def saw(self, done: Done) -> None:
+        """Note one finished item of a probe phase (its result's pickling, or its failure)."""
+        if done.status != OK:
+            self._failed += 1
+        elif len(self._pickled) < _PICKLE_SAMPLES and self._unpicklable is None:
+            self._measure_pickling(done.item, done.value)
+
+    def phases(self) -> Generator[Phase, None, None]:
+        """The probe's phases; each is yielded once the one before it has run to the end."""
+        yield from self._alone_phase()
+        if self._exhausted_or_enough():
+            self.evidence = self._evidence()
+            return
+        together = self._together_phase()
+        if together is not None:
+            yield together
+            self._read_together()
+        self.evidence = self._evidence()
+
+    def remaining(self) -> int | None:
+        """Items not yet taken, if the input's length is known."""
+        if self.exhausted:
+            return 0
+        return None if self.length is None else max(0, self.length - self.taken)
+
+    # The phases ---------------------------------------------------------------------------
+
+    def _plan(self, model: str, workers: int, chunksize: int | None) -> Plan:
+        return self.wishes.plan(model, is_async=self.is_async, workers=workers, chunksize=chunksize)
+
+    def _timed(self, records: list[Record]) -> Callable[[Any], Any]:
+        return (_AsyncTimed if self.is_async else _Timed)(self.fn, records)
+
+    def _alone_phase(self) -> Generator[Phase, None, None]:
+        # A coroutine function runs on an event loop even alone, as it would under asyncio.
+        model = "asyncio" if self.is_async else "serial"
+        # A window of one: the next item is taken only once the last one is timed, so that the
+        # phase stops as soon as it has seen enough.
+        plan = dataclasses.replace(self._plan(model, 1, 1), window=1)
+        setup = Setup(self._timed(self._alone), 1, self.is_async, self.timeout)
+        began = time.perf_counter()
+        cap = self._item_cap()
+
+        def allow() -> bool:
+            n = len(self._alone)
+            if self.taken - self.first >= cap or (
+                self.length is not None and n >= 3 and 2 * n >= self.length - self.first
+            ):
+                return False  # (and half a known batch is left to run together)
+            if n < 2:
+                return True
+            elapsed = time.perf_counter() - began
+            wall, cpu = _typical(self._alone)
+            if elapsed >= 0.35 * self.budget:
+                return False
+            if wall > 0 and cpu / wall < _WAITING_SHARE:
+                return False  # mostly waiting: together tells more, sooner
+            return n < 3 or elapsed < self._alone_target(wall)
+
+        knocker = Knocker()
+        knocker.start()
+        children = _children_cpu()
+        try:
+            yield Phase("alone", plan, setup, _Gate(self, allow), self.taken)
+        finally:
+            held, watched = knocker.stop()
+        self._gil = held if watched >= _KNOCKER_MIN and self._alone else None
+        if self._alone:
+            self._child_cpu = max(0.0, _children_cpu() - children) / len(self._alone)
+
+    def _alone_target(self, wall: float) -> float:
+        """How long the alone phase should run, given the time of one call."""
+        total = math.inf if self.length is None else (self.length - self.first) * wall
+        target = min(self.share * total, 0.35 * self.budget)
+        if wall < 20e-6:
+            # Items this small need a few milliseconds to time, nothing more.
+            target = min(target, 0.005)
+        return max(target, 0.002)
+
+    def _item_cap(self) -> int:
+        """The most items the probe may take: a small part of a known batch."""
+        if self.length is None:
+            return sys.maxsize
+        if self.share >= ADVISE_SHARE:
+            return self.length - self.first  # advise: measuring is all it does
+        return max(4, math.ceil(0.1 * (self.length - self.first)))
+
+    def _exhausted_or_enough(self) -> bool:
+        if self.exhausted or not self._alone:
+            return True
+        if self.workers == 1:
+            return True  # the caller allows one at a time: nothing to scale
+        wall, cpu = _typical(self._alone)
+        share = cpu / wall if wall > 0 else 1.0
+        # Clearly GIL-bound computing: threads cannot help, and the knocker has shown it.
+        if self._gil is not None and self._gil >= 0.7 and share >= 0.8 and not self.is_async:
+            return True
+        # So little work left that running it together cannot save a millisecond.
+        left = self.remaining()
+        return left is not None and left * wall < 0.002
+
+    def _together_phase(self) -> Phase | None:
+        wall, cpu = _typical(self._alone)
+        cap = self._item_cap()
+        room = cap - (self.taken - self.first) if cap != sys.maxsize else sys.maxsize
+        left = self.remaining()
+        if left is not None:
+            room = min(room, left)
+        if self.is_async:
+            k = min(_MAX_PROBE_COROUTINES, room, self.workers or _MAX_PROBE_COROUTINES)
+            if k < 2:
+                return None
+            self._coroutines = k
+            plan = self._plan("asyncio", k, 1)
+            setup = Setup(self._timed(self._together), k, True, self.timeout)
+            limit = k
+        else:
+            cores = _machine.cores()
+            # Enough threads that, if the GIL were free, the cores would be busy.
+            wanted = max(2, cores, math.ceil(cores * wall / max(cpu, wall / 64)))
+            n = min(_MAX_PROBE_THREADS, wanted, self.workers or _MAX_PROBE_THREADS, room)
+            if n < 2:
+                return None
+            target = min(0.2 * self.budget, max(0.02, 4 * wall))
+            per_thread = max(1, min(1000, round(target / wall) if wall > 0 else 1000))
+            per_thread = min(per_thread, room // n)
+            self._threads = n
+            plan = self._plan("threads", n, per_thread)
+            setup = Setup(self._timed(self._together), n, False, self.timeout)
+            limit = n * per_thread
+        start = self.taken
+        return Phase(
+            "together", plan, setup, _Gate(self, lambda: self.taken - start < limit), start
+        )
+
+    def _read_together(self) -> None:
+        records = self._together
+        if len(records) < 2:
+            return
+        wall, _ = _typical(self._alone)
+        if wall <= 0:
+            return
+        if self.is_async:
+            # k coroutines that overlap take about one call's time; ones that block the loop
+            # take k calls' time. The excess over one call, spread over the other k-1, is what
+            # each one blocks.
+            span = max(s + w for s, w, _ in records) - min(s for s, _, _ in records)
+            k = len(records)
+            self._blocked = min(1.0, max(0.0, (span - wall) / (k - 1) / wall))
+        elif wall >= 2 * sys.getswitchinterval():
+            # How much longer a call takes while n run at once: under a held GIL n times as
+            # long, when nothing is shared no longer. Per call rather than over the phase's
+            # span, so that threads starting or finishing apart do not count.
+            crowded = statistics.median(w for _, w, _ in records)
+            self._scaling = min(self._threads, self._threads * wall / crowded)
+        else:
+            # Calls shorter than the GIL's switch interval run whole between switches, so
+            # their own times show no waiting: count what the threads got done together.
+            span = max(s + w for s, w, _ in records) - min(s for s, _, _ in records)
+            self._scaling = min(self._threads, len(records) * wall / span) if span > 0 else None
+
+    # Evidence -----------------------------------------------------------------------------
+
+    def _measure_pickling(self, item: Any, result: Any) -> None:
+        from ._pickling import dumps
+
+        try:
+            t0 = time.perf_counter()
+            item_size = len(dumps(item))
+            t1 = time.perf_counter()
+            result_size = len(dumps(result))
+            t2 = time.perf_counter()
+        except Exception as exc:
+            self._unpicklable = f"an item or its result cannot be pickled ({exc})"
+            return
+        # Items travel in chunks, pickled together: what counts is each one's share of the
+        # work, not the few microseconds every separate dumps() call costs.
+        base = _dumps_overhead()
+        self._pickled.append(
+            (item_size, max(0.0, t1 - t0 - base), result_size, max(0.0, t2 - t1 - base))
+        )
+
+    def _evidence(self) -> Evidence:
+        from ._pickling import dumps_function
+
+        if self._unpicklable is None:
+            try:
+                dumps_function(self.fn)
+            except TypeError as exc:
+                self._unpicklable = str(exc)
+        wall, cpu = _typical(self._alone) if self._alone else (0.0, 0.0)
+        if not self._alone and self.timeout is not None and self._failed:
+            wall = self.timeout  # every call overran: at least this long
+        pickled = self._pickled or [(0, 0.0, 0, 0.0)]
+        return Evidence(
+            is_async=self.is_async,
+            calls=len(self._alone) + len(self._together),
+            failed=self._failed,
+            wall=wall,
+            cpu=min(cpu, wall),
+            gil_held=self._gil,
+            child_cpu=self._child_cpu,
+            threads=self._threads if self._scaling is not None else 0,
+            scaling=self._scaling,
+            coroutines=self._coroutines if self._blocked is not None else 0,
+            loop_blocked=self._blocked,
+            item_bytes=int(statistics.median(p[0] for p in pickled)),
+            item_pickle=statistics.median(p[1] for p in pickled),
+            result_bytes=int(statistics.median(p[2] for p in pickled)),
+            result_pickle=statistics.median(p[3] for p in pickled),
+            unpicklable=self._unpicklable,
+            length=self.length,
+            seconds=time.perf_counter() - self._began,
+        )
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished, waited-for child processes (0 where unknown)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@functools.cache
+def _dumps_overhead() -> float:
+    """What one ``dumps()`` call costs for nothing: the least of a few on a small int."""
+    from ._pickling import dumps
+
+    best = math.inf
+    for _ in range(20):
+        t0 = time.perf_counter()
+        dumps(0)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _typical(records: list[Record]) -> tuple[float, float]:
+    """(wall, cpu) of a typical call: the median, leaving out the first (warm-up) of 3 or more."""
+    if not records:
+        return 0.0, 0.0
+    if len(records) < 3:
+        best = min(records, key=lambda r: r[1])
+        return best[1], best[2]
+    rest = records[1:]
+    return statistics.median(r[1] for r in rest), statistics.median(r[2] for r in rest)

@@ -1,0 +1,304 @@
+"""advise(): the cost model on made-up evidence, and the probe on real workloads of each kind.
+
+The cost-model tests are exact: evidence in, advice out. The workload tests measure for real,
+so they assert what the measurements decide by a wide margin (the knocker reads ~1.0 for pure
+Python whatever the load, ~0 for zlib), and the model only where no busy machine could flip it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import itertools
+import time
+
+import pytest
+
+import pickpool
+from pickpool import _machine, lab
+from pickpool._advise import Machine, decide
+from pickpool._probe import Evidence
+
+TWO_CORES = Machine(cores=2, gil=True, start_method="forkserver", server_running=True)
+
+
+def evidence(**kw: object) -> Evidence:
+    base: dict[str, object] = {
+        "is_async": False,
+        "calls": 8,
+        "failed": 0,
+        "wall": 0.025,
+        "cpu": 0.025,
+        "gil_held": None,
+        "child_cpu": 0.0,
+        "threads": 0,
+        "scaling": None,
+        "coroutines": 0,
+        "loop_blocked": None,
+        "item_bytes": 30,
+        "result_bytes": 30,
+        "item_pickle": 1e-6,
+        "result_pickle": 1e-6,
+        "unpicklable": None,
+        "length": 200,
+        "seconds": 0.2,
+    }
+    base.update(kw)
+    return Evidence(**base)  # type: ignore[arg-type]
+
+
+# The cost model ---------------------------------------------------------------------------
+
+
+def test_pure_python_cpu_goes_to_processes() -> None:
+    advice = decide(evidence(gil_held=0.97), items=200, machine=TWO_CORES)
+    assert (advice.model, advice.kind, advice.workers) == ("processes", "cpu", 2)
+    assert advice.predicted["processes"] < 0.6 * advice.predicted["serial"]
+    assert "GIL was held 97%" in str(advice)
+
+
+def test_gil_releasing_cpu_goes_to_threads() -> None:
+    advice = decide(evidence(gil_held=0.02, threads=2, scaling=1.9), items=200, machine=TWO_CORES)
+    assert (advice.model, advice.kind) == ("threads", "cpu-nogil")
+    assert "releases the GIL" in str(advice)
+
+
+def test_scaling_without_knocker_decides_the_gil() -> None:
+    held = decide(evidence(threads=2, scaling=1.0), items=200, machine=TWO_CORES)
+    free = decide(evidence(threads=2, scaling=1.95), items=200, machine=TWO_CORES)
+    assert (held.model, held.kind) == ("processes", "cpu")
+    assert (free.model, free.kind) == ("threads", "cpu-nogil")
+
+
+def test_gil_free_but_not_scaling_is_not_sent_to_processes() -> None:
+    # Memory bandwidth or a lock: processes would meet the same limit, and they pickle.
+    advice = decide(evidence(gil_held=0.01, threads=2, scaling=1.0), items=200, machine=TWO_CORES)
+    assert advice.model != "processes"
+    assert "do not help" in str(advice)
+
+
+def test_blocking_waits_go_to_many_threads() -> None:
+    ev = evidence(wall=0.02, cpu=0.0002, gil_held=0.01, threads=16, scaling=15.5)
+    advice = decide(ev, items=500, machine=TWO_CORES)
+    assert (advice.model, advice.kind) == ("threads", "blocking-io")
+    assert advice.workers >= 16
+    assert advice.predicted["threads"] < advice.predicted["serial"] / 10
+
+
+def test_tiny_items_stay_serial() -> None:
+    advice = decide(evidence(wall=2e-6, cpu=2e-6, gil_held=0.95), items=100_000, machine=TWO_CORES)
+    assert (advice.model, advice.kind) == ("serial", "tiny")
+    assert "so short" in str(advice)
+
+
+def test_pickling_that_costs_more_than_the_work_rules_processes_out() -> None:
+    ev = evidence(wall=0.0005, cpu=0.0005, gil_held=0.97, item_bytes=2_000_000, item_pickle=0.003)
+    advice = decide(ev, items=100, machine=TWO_CORES)
+    assert advice.model == "serial"
+    assert advice.kind == "cpu"
+    assert "pickling" in str(advice)
+
+
+def test_an_unpicklable_function_never_goes_to_processes() -> None:
+    ev = evidence(gil_held=0.97, unpicklable="cannot send function f to a worker process")
+    advice = decide(ev, items=200, machine=TWO_CORES)
+    assert advice.model != "processes"
+    assert advice.predicted["processes"] == float("inf")
+    assert "cannot run in worker processes" in str(advice)
+
+
+def test_mixed_work_gets_more_processes_than_cores() -> None:
+    # 10 ms waiting + 10 ms holding the GIL: threads top out at 2x, processes at cores*2x.
+    ev = evidence(wall=0.02, cpu=0.01, gil_held=0.5, threads=4, scaling=2.0)
+    advice = decide(ev, items=200, machine=TWO_CORES)
+    assert advice.kind == "mixed"
+    assert (advice.model, advice.workers) == ("processes", 4)
+
+
+def test_async_waits_go_to_asyncio() -> None:
+    ev = evidence(is_async=True, wall=0.02, cpu=0.0001, coroutines=16, loop_blocked=0.0)
+    advice = decide(ev, items=1000, machine=TWO_CORES)
+    assert (advice.model, advice.kind) == ("asyncio", "async-io")
+    assert advice.workers >= 64
+
+
+def test_async_that_blocks_its_loop_goes_elsewhere() -> None:
+    sleeps = evidence(is_async=True, wall=0.02, cpu=0.0001, gil_held=0.01, coroutines=16,
+                      loop_blocked=1.0)  # fmt: skip
+    computes = evidence(is_async=True, gil_held=0.97, coroutines=16, loop_blocked=1.0)
+    a, b = (decide(ev, items=200, machine=TWO_CORES) for ev in (sleeps, computes))
+    assert (a.model, a.kind) == ("threads", "blocking-io")
+    assert (b.model, b.kind) == ("processes", "cpu")
+    assert "blocks its event loop" in str(a)
+    assert "blocks its event loop" in str(b)
+
+
+def test_without_the_gil_threads_run_python_in_parallel() -> None:
+    free_threaded = dataclasses.replace(TWO_CORES, gil=False)
+    advice = decide(evidence(gil_held=0.0, threads=2, scaling=1.95), items=200,
+                    machine=free_threaded)  # fmt: skip
+    assert (advice.model, advice.kind) == ("threads", "cpu-nogil")
+
+
+def test_one_core_never_pays_for_processes() -> None:
+    one = dataclasses.replace(TWO_CORES, cores=1)
+    advice = decide(evidence(gil_held=0.97), items=200, machine=one)
+    assert advice.model == "serial"
+
+
+def test_a_short_batch_does_not_pay_for_starting_processes() -> None:
+    spawn = dataclasses.replace(TWO_CORES, start_method="spawn")
+    advice = decide(evidence(wall=0.02, gil_held=0.97), items=3, machine=spawn)
+    assert advice.model == "serial"
+    assert "starting workers" in str(advice)
+
+
+def test_given_workers_and_timeout_are_respected() -> None:
+    advice = decide(evidence(wall=0.02, cpu=0.0001, threads=16, scaling=15.0), items=500,
+                    workers=5, timeout=1.0, machine=TWO_CORES)  # fmt: skip
+    assert advice.workers == 5
+    assert advice.chunksize == 1
+
+
+def test_unknown_length_is_said() -> None:
+    advice = decide(evidence(gil_held=0.97), items=None, machine=TWO_CORES)
+    assert advice.items == 1000
+    assert "length is unknown" in str(advice)
+
+
+def test_advice_options_run_as_they_are() -> None:
+    advice = decide(evidence(gil_held=0.97), items=10, machine=TWO_CORES)
+    assert pickpool.map(lab.tiny, range(10), **advice.options) == [lab.tiny(x) for x in range(10)]
+
+
+# The API ------------------------------------------------------------------------------------
+
+
+def test_advise_checks_its_arguments() -> None:
+    with pytest.raises(ValueError, match="at least one item"):
+        pickpool.advise(lab.tiny, [])
+    with pytest.raises(ValueError, match="budget"):
+        pickpool.advise(lab.tiny, [1], budget=0)
+    with pytest.raises(TypeError, match="budget"):
+        pickpool.advise(lab.tiny, [1], budget="1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="callable"):
+        pickpool.advise(3, [1])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="iterable"):
+        pickpool.advise(lab.tiny, 3)  # type: ignore[arg-type]
+
+
+def test_advise_when_every_call_fails() -> None:
+    def broken(x: int) -> int:
+        raise KeyError(x)
+
+    with pytest.raises(ValueError, match="every probed call failed") as info:
+        pickpool.advise(broken, range(10))
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_advise_takes_only_what_it_measures_from_an_iterator() -> None:
+    source = iter(range(100_000))
+    advice = pickpool.advise(lab.tiny, source)
+    left = sum(1 for _ in source)
+    assert advice.evidence.calls + left == 100_000
+    assert left > 0
+
+
+def test_advise_respects_its_budget() -> None:
+    t0 = time.perf_counter()
+    advice = pickpool.advise(lab.blocking_wait, itertools.repeat(0), budget=0.3)
+    assert time.perf_counter() - t0 < 3  # about 0.3 s; slack for a busy machine
+    assert advice.evidence.seconds < 3
+
+
+# Real workloads, one of each kind -------------------------------------------------------------
+
+needs_two = pytest.mark.skipif(_machine.cores() < 2, reason="parallelism needs 2 cores")
+
+
+@needs_two
+def test_pure_python_cpu_is_cpu() -> None:
+    advice = pickpool.advise(lab.crunch, range(200))
+    assert (advice.kind, advice.model) == ("cpu", "processes"), str(advice)
+
+
+@pytest.mark.parametrize("fn", [lab.squeeze, lab.digest], ids=["zlib", "hashlib"])
+def test_c_code_that_releases_the_gil_is_cpu_nogil(fn: object) -> None:
+    advice = pickpool.advise(fn, range(100))  # type: ignore[arg-type]
+    assert advice.kind == "cpu-nogil", str(advice)
+    assert advice.model != "processes", str(advice)
+
+
+def test_sleeping_is_blocking_io() -> None:
+    advice = pickpool.advise(lab.blocking_wait, range(300))
+    assert (advice.kind, advice.model) == ("blocking-io", "threads"), str(advice)
+    assert advice.workers >= 8
+
+
+def test_a_local_socket_is_blocking_io() -> None:
+    with lab.server(0.02) as address:
+        advice = pickpool.advise(functools.partial(lab.fetch, address), range(300))
+    assert (advice.kind, advice.model) == ("blocking-io", "threads"), str(advice)
+
+
+def test_waiting_on_a_child_process_is_blocking_io() -> None:
+    advice = pickpool.advise(lab.child, range(100))
+    assert advice.kind == "blocking-io", str(advice)
+    assert advice.model in ("threads", "asyncio"), str(advice)
+
+
+def test_tiny_work_is_tiny() -> None:
+    advice = pickpool.advise(lab.tiny, range(100_000))
+    assert (advice.kind, advice.model) == ("tiny", "serial"), str(advice)
+
+
+def test_light_work_on_large_arguments_stays_out_of_processes() -> None:
+    big = list(range(200_000))
+    advice = pickpool.advise(lab.sample_sum, [big] * 50)
+    assert advice.model != "processes", str(advice)
+    assert advice.evidence.item_bytes > 500_000
+
+
+@needs_two
+def test_half_waiting_half_computing_is_mixed() -> None:
+    advice = pickpool.advise(lab.mixed, range(200))
+    assert advice.kind == "mixed", str(advice)
+    assert advice.model != "serial", str(advice)
+
+
+def test_async_waits_are_async_io() -> None:
+    advice = pickpool.advise(lab.async_wait, range(1000))
+    assert (advice.kind, advice.model) == ("async-io", "asyncio"), str(advice)
+
+
+def test_async_that_sleeps_blocking_is_caught() -> None:
+    advice = pickpool.advise(lab.async_blocking, range(200))
+    assert advice.evidence.loop_blocked is not None
+    assert advice.evidence.loop_blocked > 0.5
+    assert "blocks its event loop" in str(advice)
+    assert (advice.kind, advice.model) == ("blocking-io", "threads"), str(advice)
+
+
+@needs_two
+def test_async_that_computes_is_caught() -> None:
+    advice = pickpool.advise(lab.async_crunch, range(100))
+    assert "blocks its event loop" in str(advice)
+    assert (advice.kind, advice.model) == ("cpu", "processes"), str(advice)
+
+
+def test_advise_works_from_inside_an_event_loop() -> None:
+    async def main() -> str:
+        return pickpool.advise(lab.tiny, range(1000)).model
+
+    assert asyncio.run(main()) == "serial"
+
+
+def test_child_processes_cpu_caps_the_threads() -> None:
+    # 30 ms waiting on a child that computes 10 ms: 2 cores run at most 200 such children a
+    # second, whatever the thread count.
+    ev = evidence(wall=0.03, cpu=0.0003, child_cpu=0.01, gil_held=0.01, threads=4, scaling=3.5)
+    advice = decide(ev, items=100, machine=TWO_CORES)
+    assert advice.model == "threads"
+    assert advice.predicted["threads"] >= 100 * 0.01 / 2
+    assert "child processes" in str(advice)
