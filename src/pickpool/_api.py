@@ -249,13 +249,15 @@ def map(
         items: any iterable; read lazily, a window at a time.
         model: ``"serial"`` (a plain loop), ``"threads"`` (blocking I/O, C code that releases
             the GIL), ``"processes"`` (pure-Python CPU work), ``"asyncio"`` (many slow waits),
-            or ``"auto"``. ``"auto"`` runs coroutine functions under ``"asyncio"`` and plain
-            functions under ``"threads"`` (it will measure the work once the probe lands).
+            or ``"auto"`` (the default): measure ``fn`` on the first items, as
+            :func:`pickpool.advise` does, and run the rest on the fastest model, sized. Those
+            first items' results are kept: every item is computed once.
         workers: how many at once (``"serial"`` always runs one). Defaults: processes, the
-            usable cores; threads, 8 per core (at most 64); asyncio, 1024 coroutines.
+            usable cores; threads, 8 per core (at most 64); asyncio, 1024 coroutines; auto,
+            what its cost model finds fastest (given, auto keeps it).
         chunksize: items per hand-off to a worker. Defaults to 1, except for processes: about
             4 chunks per worker over the input, at most 256 items (32 for an input of
-            unknown length).
+            unknown length); auto sizes chunks to the measured time per item.
         ordered: ``True``: results in input order. ``False``: as they complete.
         timeout: seconds each item may run; an item past it fails with
             :class:`pickpool.TaskTimeout` (its process killed under ``"processes"``; a thread

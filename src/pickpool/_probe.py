@@ -317,8 +317,8 @@ class Pilot:
         # phase stops as soon as it has seen enough.
         plan = dataclasses.replace(self._plan(model, 1, 1), window=1)
         setup = Setup(self._timed(self._alone), 1, self.is_async, self.timeout)
-        began = time.perf_counter()
         cap = self._item_cap()
+        typical: list[tuple[float, float]] = []  # the last estimate, redone as calls add up
 
         def allow() -> bool:
             n = len(self._alone)
@@ -329,7 +329,10 @@ class Pilot:
             if n < 2:
                 return True
             elapsed = time.perf_counter() - began
-            wall, cpu = _typical(self._alone)
+            if n <= 16 or n % 64 == 0 or not typical:
+                # (A median per call would cost tiny calls more than the calls themselves.)
+                typical[:] = [_typical(self._alone)]
+            wall, cpu = typical[0]
             if elapsed >= 0.35 * self.budget:
                 return False
             if wall > 0 and cpu / wall < _WAITING_SHARE:
@@ -338,6 +341,7 @@ class Pilot:
 
         knocker = Knocker()
         knocker.start()
+        began = time.perf_counter()
         children = _children_cpu()
         try:
             yield Phase("alone", plan, setup, _Gate(self, allow), self.taken)
@@ -352,8 +356,9 @@ class Pilot:
         total = math.inf if self.length is None else (self.length - self.first) * wall
         target = min(self.share * total, 0.35 * self.budget)
         if wall < 20e-6:
-            # Items this small need a few milliseconds to time, nothing more.
-            target = min(target, 0.005)
+            # Calls this short take milliseconds to time: just enough for the knocker to tell
+            # whether they hold the GIL, which settles whether running them together can pay.
+            target = min(target, 1.2 * _KNOCKER_MIN)
         return max(target, 0.002)
 
     def _item_cap(self) -> int:
