@@ -294,3 +294,26 @@ def test_a_run_out_of_re_decisions_still_runs_every_item(monkeypatch: pytest.Mon
     run = auto_run(lab.blocking_wait, iter(range(400)), length=400, workers=4)
     assert [done.value for done in run.dones()] == list(range(400))
     assert len(run.decisions) == _auto.MAX_REDECISIONS + 1
+
+
+def test_slow_items_are_probed_with_as_few_calls_as_can_tell(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A call alone takes half the budget (the budget made small here): one call alone is all
+    # auto makes before it runs calls together, where a second one would cost the run.
+    monkeypatch.setattr(_auto, "AUTO_BUDGET", 0.2)
+    monkeypatch.setattr(lab, "WAIT_SECONDS", 0.1)
+    run = auto_run(lab.blocking_wait, iter(range(30)), length=30)
+    pilot = run.pilot
+    assert [done.value for done in run.dones()] == list(range(30))
+    assert len(pilot._alone) == 1
+    assert pilot.evidence is not None
+    assert pilot.evidence.threads >= 2
+
+
+def test_fast_items_get_a_second_call_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lab, "WAIT_SECONDS", 0.01)
+    run = auto_run(lab.blocking_wait, iter(range(30)), length=30)
+    pilot = run.pilot
+    assert [done.value for done in run.dones()] == list(range(30))
+    assert len(pilot._alone) == 2  # waiting: together tells the rest

@@ -96,8 +96,10 @@ class Advice:
     (:attr:`options` holds them as keyword arguments). ``kind`` names the work:
     ``"cpu"`` (holds the GIL), ``"cpu-nogil"`` (C code that releases it), ``"blocking-io"``,
     ``"async-io"``, ``"tiny"`` (too short for parallelism to pay) or ``"mixed"``.
-    ``predicted`` maps each model to its predicted seconds for :attr:`items` items,
-    ``evidence`` holds the measurements, ``reasons`` says why in sentences.
+    ``predicted`` maps each model to its predicted seconds for :attr:`items` items (``sizes``,
+    to the workers and chunk size each prediction assumed; ``pace``, the advised model's
+    seconds per item once running), ``evidence`` holds the measurements, ``reasons`` says why
+    in sentences.
 
     Example::
 

@@ -326,9 +326,11 @@ class Pilot:
                 self.length is not None and n >= 3 and 2 * n >= self.length - self.first
             ):
                 return False  # (and half a known batch is left to run together)
-            if n < 2:
-                return True
             elapsed = time.perf_counter() - began
+            if n < 2:
+                # A second call shows what the first one's warm-up (imports, caches) hid,
+                # unless the first alone took most of the budget.
+                return n == 0 or elapsed < 0.35 * self.budget
             if n <= 16 or n % 64 == 0 or not typical:
                 # (A median per call would cost tiny calls more than the calls themselves.)
                 typical[:] = [_typical(self._alone)]
