@@ -60,6 +60,8 @@ def test_an_unpicklable_function_fails_at_once_with_advice() -> None:
 
     with pytest.raises(TypeError, match=r"cannot send function .*uses_lock.*model='threads'"):
         pickpool.map(uses_lock, range(3), model="processes")
+    with pytest.raises(TypeError, match=r"cannot send function .*uses_lock"):
+        pickpool.imap(uses_lock, range(3), model="processes")  # at the call, not at next()
 
 
 def test_an_unpicklable_item_is_named() -> None:

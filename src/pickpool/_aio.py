@@ -23,11 +23,13 @@ async def adrive(
     schedule = Schedule(items, plan, start=start)
     outbox: asyncio.Queue[list[Outcome]] = asyncio.Queue()
     runner = ItemRunner(setup, outbox.put_nowait)
+    finished = False
     try:
         while True:
             for task in schedule.tasks():
                 runner.start(task)
             if schedule.finished:
+                finished = True
                 return
             outcomes = await outbox.get()
             while not outbox.empty():
@@ -39,4 +41,4 @@ async def adrive(
                 yield done
     finally:
         await runner.cancel()
-        await runner.ashutdown_executor()
+        await runner.ashutdown_executor(cancel=not finished)

@@ -80,6 +80,11 @@ class _Run:
             retries=retries,
             on_error=on_error,
         )
+        if self.plan.model == "processes":
+            # Here rather than when the pool starts, so that imap raises at the call too.
+            from ._pickling import dumps_function
+
+            dumps_function(fn)
         if name == "auto":
             self.auto = AutoRun(
                 fn,

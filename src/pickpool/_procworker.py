@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+import time
 from multiprocessing.connection import Connection
 
 from ._pickling import dumps_outcomes, loads
 from ._task import Caller, Outcome, Task, failed
 
 
-def main(conn: Connection, fn_bytes: bytes) -> None:
+def main(conn: Connection, fn_bytes: bytes, owner: int) -> None:
     """Receive pickled tasks on ``conn``, run them, send pickled outcomes back.
 
-    An empty message, or the parent closing its end, stops the worker.
+    An empty message, or the parent closing its end, stops the worker; so does the death of
+    ``owner``, the process that started the pool.
     """
     # Ctrl-C reaches the whole process group; the parent decides what stops and when.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(
+        target=_exit_with_parent, args=(owner,), name="pickpool-orphan-watch", daemon=True
+    ).start()
     caller: Caller | None = None
     load_error: BaseException | None = None
     try:
@@ -50,3 +57,40 @@ def main(conn: Connection, fn_bytes: bytes) -> None:
     finally:
         if caller is not None:
             caller.close()
+
+
+# How often a worker checks that its parent is still there.
+PARENT_POLL = 0.5
+ORPHANED = 70  # the exit code of a worker whose parent died
+
+
+def _exit_with_parent(owner: int) -> None:
+    """End this worker soon after the process that owns the pool dies, even mid-item.
+
+    An idle worker ends at once (its pipe reaches EOF), but one busy in an item would run on as
+    an orphan if its owner was SIGKILLed. Under fork and spawn the owner is the parent, and a
+    dead parent's children are re-parented; under forkserver the parent is the fork server,
+    which outlives the owner as long as any worker lives, so the owner is looked up itself.
+    (Linux's PR_SET_PDEATHSIG would watch the wrong process under forkserver, and fires when
+    the *thread* that started the worker ends.)
+    """
+    parent = os.getppid()
+    while True:
+        time.sleep(PARENT_POLL)
+        if os.getppid() != parent or not _alive(owner):
+            os._exit(ORPHANED)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # A killed process stays a zombie until its own parent reaps it: dead all the same.
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc: the signal check is all there is

@@ -17,13 +17,17 @@ import functools
 import inspect
 import queue
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
 
 from .._errors import TaskTimeout
 from .._task import ERROR, OK, Outcome, Task, failed, format_traceback
 from . import Setup
+from ._threads import CANCEL_GRACE
+
+T = TypeVar("T")
 
 
 class ItemRunner:
@@ -35,9 +39,9 @@ class ItemRunner:
         self._limit = asyncio.Semaphore(setup.workers)
         self._tasks: set[asyncio.Task[None]] = set()
         self._abandoned = False  # a plain function's thread overran its timeout
-        self.executor: ThreadPoolExecutor | None = None
+        self.executor: DaemonThreads | None = None
         if not setup.is_async:
-            self.executor = ThreadPoolExecutor(setup.workers, thread_name_prefix="pickpool-async")
+            self.executor = DaemonThreads(setup.workers)
 
     def start(self, task: Task) -> None:
         loop = asyncio.get_running_loop()
@@ -53,21 +57,26 @@ class ItemRunner:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def shutdown_executor(self) -> None:
+    def shutdown_executor(self, *, cancel: bool = False) -> None:
         """Drop queued calls; wait for running ones unless one overran its timeout.
 
         A thread cannot be stopped: a call that is running is waited for, as any thread pool
-        does, except after a timeout, when the stuck thread is left to finish in the background.
+        does, except after a timeout, when the stuck thread is left to finish in the background,
+        and for at most :data:`CANCEL_GRACE` seconds when the run stops early.
         """
         if self.executor is not None:
-            self.executor.shutdown(wait=not self._abandoned, cancel_futures=True)
+            self.executor.shutdown(
+                wait=not self._abandoned,
+                cancel_futures=True,
+                grace=CANCEL_GRACE if cancel else None,
+            )
 
-    async def ashutdown_executor(self) -> None:
+    async def ashutdown_executor(self, *, cancel: bool = False) -> None:
         """:meth:`shutdown_executor` without blocking the event loop while it waits."""
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
             if not self._abandoned:
-                await asyncio.to_thread(self.executor.shutdown, wait=True)
+                await asyncio.to_thread(self.shutdown_executor, cancel=cancel)
 
     async def _one(self, index: int, item: Any) -> None:
         async with self._limit:
@@ -116,6 +125,7 @@ class AsyncioBackend:
         self._closed = False
         self._loop = asyncio.new_event_loop()
         self._runner: ItemRunner | None = None
+        self._cancelling = False
         started = threading.Event()
         self._thread = threading.Thread(
             target=self._run_loop, args=(setup, started), name="pickpool-asyncio", daemon=True
@@ -147,13 +157,12 @@ class AsyncioBackend:
         if self._closed:
             return
         self._closed = True
+        self._cancelling = cancel
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        if self._runner is not None:
-            self._loop.run_until_complete(self._runner.cancel())
-            self._runner.shutdown_executor()
-        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-        self._loop.close()
+        # The loop's thread cleans up after itself (see _run_loop). Stopping early, it gets a
+        # grace period: a coroutine that blocks the loop (time.sleep in async def) cannot be
+        # interrupted, and the daemon thread finishes on its own once it returns.
+        self._thread.join(CANCEL_GRACE if cancel else None)
 
     def __repr__(self) -> str:
         return f"<AsyncioBackend {self._in_flight} items in flight>"
@@ -161,12 +170,82 @@ class AsyncioBackend:
     def _run_loop(self, setup: Setup, started: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
         try:
-            self._runner = ItemRunner(setup, self._outbox.put)
+            self._runner = runner = ItemRunner(setup, self._outbox.put)
             self._loop.call_soon(started.set)
             self._loop.run_forever()
+            # Stopped by close(): cancel what still runs, let its finally blocks run.
+            self._loop.run_until_complete(runner.cancel())
+            runner.shutdown_executor(cancel=self._cancelling)
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         finally:
             started.set()  # never leave __init__ waiting, even if the runner failed to start
             asyncio.set_event_loop(None)
+            self._loop.close()
+
+
+class DaemonThreads(Executor):
+    """``workers`` daemon threads behind the ``Executor`` interface, for ``run_in_executor``.
+
+    Not ``ThreadPoolExecutor``: its threads are joined when the interpreter exits, so one call
+    stuck past a timeout or a Ctrl-C would hold the whole program open until it returned.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._workers = workers
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot submit after shutdown")
+            self._jobs.put((future, functools.partial(fn, *args, **kwargs)))
+            if self._idle == 0 and len(self._threads) < self._workers:
+                thread = threading.Thread(target=self._work, name="pickpool-async", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            else:
+                self._idle -= 1
+        return future
+
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, grace: float | None = None
+    ) -> None:
+        with self._lock:
+            already, self._shutdown = self._shutdown, True
+            threads = list(self._threads)
+        if not already:
+            if cancel_futures:
+                while True:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is not None:
+                        job[0].cancel()
+            for _ in threads:
+                self._jobs.put(None)
+        if wait:
+            deadline = None if grace is None else time.monotonic() + grace
+            for thread in threads:
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, call = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call())
+                except BaseException as exc:
+                    future.set_exception(exc)
+            with self._lock:
+                self._idle += 1
 
 
 backend_class = AsyncioBackend

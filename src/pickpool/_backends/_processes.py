@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import signal
 import sys
 import time
@@ -162,7 +163,7 @@ class ProcessesBackend:
         parent, child = self._context.Pipe(duplex=True)
         process = self._context.Process(  # type: ignore[attr-defined]
             target=_procworker.main,
-            args=(child, self._fn_bytes),
+            args=(child, self._fn_bytes, os.getpid()),
             name="pickpool-worker",
             daemon=True,
         )

@@ -16,6 +16,9 @@ from .._errors import TaskTimeout
 from .._task import FATAL, Caller, Outcome, Task, format_traceback
 from . import Setup
 
+# Seconds a run that stops early waits for its running items before it abandons them.
+CANCEL_GRACE = 1.0
+
 
 class _Slot:
     """What one worker thread is running, so that an overrun can be detected and abandoned."""
@@ -81,8 +84,15 @@ class ThreadsBackend:
                     break
         for _ in self._threads:
             self._inbox.put(None)
-        for thread in self._threads:
-            thread.join()
+        # Stopping early (an error, Ctrl-C, break): running items get a grace period to return;
+        # a thread cannot be killed, so one still running after it is abandoned like a
+        # timed-out one, a daemon that exits when its call returns, its result dropped.
+        deadline = time.monotonic() + CANCEL_GRACE if cancel else None
+        for thread, slot in self._threads.items():
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                with slot.lock:
+                    slot.abandoned = True
 
     def __repr__(self) -> str:
         return (
