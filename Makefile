@@ -12,11 +12,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,demo]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m pickpool.lab
+	$(BIN)/pickpool demo --quick --plot pickpool-demo.png
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import functools
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,16 +28,31 @@ def test_workloads_agree_across_models(model: str, fn: object) -> None:
     assert pickpool.map(fn, range(4), model=model) == expected  # type: ignore[call-overload]
 
 
-def test_demo_prints_the_table_and_a_verdict_per_workload(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_demo_prints_the_table_a_verdict_per_workload_and_the_plot(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    small = [(name, fn, 4, advised, why) for name, fn, _, advised, why in demo.WORKLOADS]
-    monkeypatch.setattr(demo, "WORKLOADS", small)
-    assert demo.main() == 0
+    small = [dataclasses.replace(w, quick=4) for w in demo.WORKLOADS]
+    plot = tmp_path / "demo.png"
+    assert demo.main(quick=True, plot=plot, workloads=small) == 0
     out = capsys.readouterr().out
     for model in ("serial", "threads", "processes", "asyncio", "auto"):
         assert model in out
-    assert out.count("held") + out.count("did NOT hold") >= len(small)
+    assert out.count("held") + out.count("did NOT hold") == len(small)
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("model", ["serial", "threads", "processes", "asyncio"])
+@pytest.mark.parametrize("client", [lab.http_get, lab.ahttp_get], ids=["blocking", "async"])
+def test_the_http_lab_answers_every_model(model: str, client: Any) -> None:
+    with lab.http_server(0.001) as url:
+        fetch = functools.partial(client, url)
+        assert pickpool.map(fetch, range(20), model=model) == list(range(20))
+
+
+def test_the_async_client_works_without_aiohttp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # import fails: the streams client
+    with lab.http_server(0.001) as url:
+        assert asyncio.run(lab.ahttp_get(url, 7)) == 7
 
 
 def test_the_local_server_answers_every_model(model: str) -> None:

@@ -9,6 +9,7 @@ why; ``model="auto"`` (the default) does that on the first items and runs the re
 from ._advise import Advice
 from ._api import amap, imap, map
 from ._auto import advise
+from ._bench import BenchResult, BenchRow, bench
 from ._errors import BackendUnavailable, PickpoolError, TaskTimeout, WorkerCrashed
 from ._outcome import Failure
 from ._star import star
@@ -16,12 +17,15 @@ from ._star import star
 __all__ = [
     "Advice",
     "BackendUnavailable",
+    "BenchResult",
+    "BenchRow",
     "Failure",
     "PickpoolError",
     "TaskTimeout",
     "WorkerCrashed",
     "advise",
     "amap",
+    "bench",
     "imap",
     "map",
     "star",

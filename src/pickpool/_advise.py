@@ -136,7 +136,7 @@ class Advice:
             workers, chunk = self.sizes.get(model, (0, 0))
             sizing = f"{_plural(workers, 'worker')}, chunks of {chunk}" if workers else ""
             mark = "  <- advised" if model == self.model else ""
-            lines.append(f"    {model:<10} {_seconds(seconds):>10}   {sizing}{mark}")
+            lines.append(f"    {model:<10} {format_seconds(seconds):>10}   {sizing}{mark}")
         return "\n".join(lines)
 
 
@@ -425,7 +425,8 @@ def decide(
 # Explaining it -----------------------------------------------------------------------------
 
 
-def _seconds(s: float) -> str:
+def format_seconds(s: float) -> str:
+    """Seconds for people: 1.23 s, 45.6 ms, 789 µs."""
     if math.isinf(s):
         return "impossible"
     if s >= 1:
@@ -465,7 +466,7 @@ def _reasons(
     out = []
     what = "coroutine" if ev.is_async else "call"
     rest = "" if share >= 0.9 else ", the rest waiting"
-    out.append(f"Each {what} took {_seconds(t)} alone, {share:.0%} of it on the CPU{rest}.")
+    out.append(f"Each {what} took {format_seconds(t)} alone, {share:.0%} of it on the CPU{rest}.")
     if ev.is_async and ev.loop_blocked is not None:
         span = 1 + (ev.coroutines - 1) * ev.loop_blocked
         if ev.loop_blocked >= 0.5:
@@ -498,8 +499,8 @@ def _reasons(
         out.append(f"{ev.threads} threads ran {ev.scaling:.1f}x as fast as one: {verdict}.")
     if ev.child_cpu > 0.1 * t:
         out.append(
-            f"Each call also waits for {_seconds(ev.child_cpu)} of CPU work in child processes: "
-            f"{machine.cores} cores cap how many can run at once."
+            f"Each call also waits for {format_seconds(ev.child_cpu)} of CPU work in child "
+            f"processes: {machine.cores} cores cap how many can run at once."
         )
     if ev.gil_held is not None and machine.gil and share >= 0.3 and not ev.is_async:
         out.append(f"The GIL was held {ev.gil_held:.0%} of the time a call ran.")
@@ -508,7 +509,7 @@ def _reasons(
         out.append(f"It cannot run in worker processes: {ev.unpicklable}")
     elif t > 0:
         out.append(
-            f"Pickling an item and its result takes {_seconds(pickle_time)} "
+            f"Pickling an item and its result takes {format_seconds(pickle_time)} "
             f"({pickle_time / t:.1%} of a call; {_bytes(ev.item_bytes + ev.result_bytes)})."
         )
     serial = options["serial"].seconds
@@ -517,7 +518,7 @@ def _reasons(
         runner = min((o for o in options.values() if o.model != "serial"), key=lambda o: o.seconds)
         if kind == "tiny":
             why = (
-                f"a call is so short ({_seconds(t)}) that handing it to a worker costs about "
+                f"a call is so short ({format_seconds(t)}) that handing it to a worker costs about "
                 "as much as running it"
             )
         elif not ev.unpicklable and (1 + LOADS_PER_DUMPS) * pickle_time > 0.5 * t:
@@ -528,9 +529,9 @@ def _reasons(
         else:
             why = "starting workers would cost more than they save"
         out.append(
-            f"A plain loop is predicted fastest, {_seconds(serial)} {for_n}: {why}; "
+            f"A plain loop is predicted fastest, {format_seconds(serial)} {for_n}: {why}; "
             f"the best alternative, {runner.model} with {_workers(runner)}, "
-            f"{_seconds(runner.seconds)}."
+            f"{format_seconds(runner.seconds)}."
         )
     else:
         sizing = f"{chosen.model} with {_workers(chosen)}"
@@ -539,7 +540,7 @@ def _reasons(
         speedup = serial / chosen.seconds
         out.append(
             f"{sizing[0].upper()}{sizing[1:]} is predicted {speedup:.1f}x faster than a plain "
-            f"loop: {_seconds(chosen.seconds)} against {_seconds(serial)} {for_n}."
+            f"loop: {format_seconds(chosen.seconds)} against {format_seconds(serial)} {for_n}."
         )
     if ev.failed:
         out.append(f"{ev.failed} of the {ev.calls} probed calls failed; they are timed too.")

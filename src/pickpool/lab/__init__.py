@@ -15,14 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import http.server
 import socket
 import socketserver
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 # Sized so that one call takes ~20-30 ms on a 2020s core: long enough for any model's
 # hand-off to be small beside it.
@@ -132,7 +136,13 @@ def server(delay: float = WAIT_SECONDS) -> Iterator[tuple[str, int]]:
         ...     pickpool.map(functools.partial(lab.fetch, address), range(3))
         [0, 1, 2]
     """
-    srv = _Server(("127.0.0.1", 0), _Handler)
+    with _serving(_Server(("127.0.0.1", 0), _Handler), delay) as (host, port):
+        yield host, port
+
+
+@contextlib.contextmanager
+def _serving(srv: socketserver.TCPServer, delay: float) -> Iterator[tuple[str, int]]:
+    """Serve ``srv`` from a thread until the block ends; yields (host, port)."""
     srv.delay = delay  # type: ignore[attr-defined]
     thread = threading.Thread(target=srv.serve_forever, name="pickpool-lab-server", daemon=True)
     thread.start()
@@ -143,3 +153,70 @@ def server(delay: float = WAIT_SECONDS) -> Iterator[tuple[str, int]]:
         srv.shutdown()
         srv.server_close()
         thread.join()
+
+
+class _HTTPHandler(http.server.BaseHTTPRequestHandler):
+    """Answers ``GET /<n>`` with ``n`` after the server's delay, like a slowish web service."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        time.sleep(self.server.delay)  # type: ignore[attr-defined]
+        body = self.path.strip("/").encode() or b"0"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: the demo prints its own table
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512
+
+
+@contextlib.contextmanager
+def http_server(delay: float = WAIT_SECONDS) -> Iterator[str]:
+    """A real HTTP server on loopback, each answer ``delay`` seconds late; yields its base URL.
+
+    Example::
+
+        >>> with lab.http_server(0.02) as url:
+        ...     pickpool.map(functools.partial(lab.http_get, url), range(3))
+        [0, 1, 2]
+    """
+    with _serving(_HTTPServer(("127.0.0.1", 0), _HTTPHandler), delay) as (host, port):
+        yield f"http://{host}:{port}"
+
+
+def http_get(url: str, n: int) -> int:
+    """``GET url/n`` with a blocking client (urllib): the seeds' case for threads."""
+    with urllib.request.urlopen(f"{url}/{n}", timeout=30) as response:
+        return int(response.read())
+
+
+async def ahttp_get(url: str, n: int) -> int:
+    """``GET url/n`` with an async client (aiohttp if installed, else asyncio streams)."""
+    try:
+        import aiohttp
+    except ImportError:
+        return await _raw_get(url, n)
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/{n}") as response:
+        return int(await response.read())
+
+
+async def _raw_get(url: str, n: int) -> int:
+    """HTTP/1.0 GET over asyncio streams: the async client when aiohttp is not installed."""
+    parts = urllib.parse.urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        writer.write(f"GET /{n} HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode())
+        await writer.drain()
+        response = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return int(response.split(b"\r\n\r\n", 1)[1])
