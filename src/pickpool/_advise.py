@@ -211,6 +211,11 @@ def shared_floor(ev: Evidence, machine: Machine) -> float:
     return queued if queued is not None and _gil_free(ev, machine) else 0.0
 
 
+def _thread_counts(cores: int) -> set[int]:
+    """Thread counts worth predicting: from the cores up to the largest pool, 64."""
+    return {cores, 2 * cores, 4 * cores, 8, 16, 32, 64}
+
+
 def _counts(candidates: set[int], given: int | None, n: int) -> list[int]:
     if given is not None:
         return [given]
@@ -277,7 +282,7 @@ class _Model:
         ev, cores = self.ev, self.m.cores
         extra = LOOP_CALL if ev.is_async else 0.0
         best: Option | None = None
-        for k in _counts({cores, 2 * cores, 4 * cores, 8, 16, 32, 64}, self.workers, self.n):
+        for k in _counts(_thread_counts(cores), self.workers, self.n):
             ch = self.chunk("threads", k)
             per = max(
                 (ev.wall + extra) / k,
@@ -300,7 +305,7 @@ class _Model:
                 per = max(ev.wall / k, blocks + ASYNC_ITEM)
                 best = _better(best, Option("asyncio", k, 1, LOOP_START + self.n * per, per))
         else:
-            for k in _counts({cores, 2 * cores, 4 * cores, 8, 16, 32, 64}, self.workers, self.n):
+            for k in _counts(_thread_counts(cores), self.workers, self.n):
                 per = max(
                     ev.wall / k,
                     (ev.cpu + ev.child_cpu) / cores,

@@ -8,8 +8,6 @@ run exactly once, in one of the phases; order and error handling are those of an
 
 from __future__ import annotations
 
-import math
-import numbers
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
@@ -18,7 +16,7 @@ from typing import Any, Final
 from . import _backends
 from ._advise import Advice, decide
 from ._driver import Done, Plan, drive
-from ._options import check_fn, length_hint
+from ._options import check_fn, length_hint, positive_seconds
 from ._probe import ADVISE_SHARE, Phase, Pilot, Wishes
 from ._task import OK, is_async_callable
 
@@ -261,7 +259,8 @@ def advise(fn: Callable[[Any], Any], items: Iterable[Any], *, budget: float = 1.
           ...
     """
     check_fn(fn)
-    seconds = _check_budget(budget)
+    seconds = positive_seconds("budget", budget)
+    assert seconds is not None
     try:
         source = iter(items)
     except TypeError:
@@ -300,12 +299,3 @@ def advise(fn: Callable[[Any], Any], items: Iterable[Any], *, budget: float = 1.
             f"nothing to measure; the first failure: {first_failure!r}"
         ) from first_failure
     return decide(evidence, items=length)
-
-
-def _check_budget(budget: object) -> float:
-    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
-        raise TypeError(f"budget must be seconds (a number), not {type(budget).__name__}")
-    seconds = float(budget)
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise ValueError(f"budget must be a positive number of seconds, got {budget}")
-    return seconds

@@ -103,7 +103,7 @@ def make_plan(
     retries = int(retries)
     if retries < 0:
         raise ValueError(f"retries must be 0 or more, got {retries}")
-    limit = _check_timeout(timeout)
+    limit = positive_seconds("timeout", timeout, optional=True)
     if limit is not None and size is not None and size > 1:
         raise ValueError(
             f"timeout applies to each item, so it needs chunksize=1 (got chunksize={size}); "
@@ -130,14 +130,16 @@ def make_plan(
     )
 
 
-def _check_timeout(timeout: object) -> float | None:
-    if timeout is None:
+def positive_seconds(name: str, value: object, *, optional: bool = False) -> float | None:
+    """``value`` as a positive, finite number of seconds, or a TypeError/ValueError naming it."""
+    if value is None and optional:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise TypeError(f"timeout must be seconds (a number) or None, not {type(timeout).__name__}")
-    seconds = float(timeout)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        or_none = " or None" if optional else ""
+        raise TypeError(f"{name} must be seconds (a number){or_none}, not {type(value).__name__}")
+    seconds = float(value)
     if not (seconds > 0 and math.isfinite(seconds)):
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+        raise ValueError(f"{name} must be a positive number of seconds, got {value}")
     return seconds
 
 

@@ -256,7 +256,6 @@ class Pilot:
         self.budget = budget
         self.share = share
         self.wishes = wishes
-        self.workers, self.timeout = wishes.workers, wishes.timeout
         # The index of the next item. A probe that starts mid-run (auto re-deciding after a
         # drift) starts at the first item it has not run.
         self.first = self.taken = start
@@ -316,7 +315,7 @@ class Pilot:
         # A window of one: the next item is taken only once the last one is timed, so that the
         # phase stops as soon as it has seen enough.
         plan = dataclasses.replace(self._plan(model, 1, 1), window=1)
-        setup = Setup(self._timed(self._alone), 1, self.is_async, self.timeout)
+        setup = Setup(self._timed(self._alone), 1, self.is_async, self.wishes.timeout)
         cap = self._item_cap()
         typical: list[tuple[float, float]] = []  # the last estimate, redone as calls add up
 
@@ -374,7 +373,7 @@ class Pilot:
     def _exhausted_or_enough(self) -> bool:
         if self.exhausted or not self._alone:
             return True
-        if self.workers == 1:
+        if self.wishes.workers == 1:
             return True  # the caller allows one at a time: nothing to scale
         wall, cpu = _typical(self._alone)
         share = cpu / wall if wall > 0 else 1.0
@@ -393,18 +392,18 @@ class Pilot:
         if left is not None:
             room = min(room, left)
         if self.is_async:
-            k = min(_MAX_PROBE_COROUTINES, room, self.workers or _MAX_PROBE_COROUTINES)
+            k = min(_MAX_PROBE_COROUTINES, room, self.wishes.workers or _MAX_PROBE_COROUTINES)
             if k < 2:
                 return None
             self._coroutines = k
             plan = self._plan("asyncio", k, 1)
-            setup = Setup(self._timed(self._together), k, True, self.timeout)
+            setup = Setup(self._timed(self._together), k, True, self.wishes.timeout)
             limit = k
         else:
             cores = _machine.cores()
             # Enough threads that, if the GIL were free, the cores would be busy.
             wanted = max(2, cores, math.ceil(cores * wall / max(cpu, wall / 64)))
-            n = min(_MAX_PROBE_THREADS, wanted, self.workers or _MAX_PROBE_THREADS, room)
+            n = min(_MAX_PROBE_THREADS, wanted, self.wishes.workers or _MAX_PROBE_THREADS, room)
             if n < 2:
                 return None
             target = min(0.2 * self.budget, max(0.02, 4 * wall))
@@ -412,7 +411,7 @@ class Pilot:
             per_thread = min(per_thread, room // n)
             self._threads = n
             plan = self._plan("threads", n, per_thread)
-            setup = Setup(self._timed(self._together), n, False, self.timeout)
+            setup = Setup(self._timed(self._together), n, False, self.wishes.timeout)
             limit = n * per_thread
         start = self.taken
         return Phase(
@@ -475,8 +474,8 @@ class Pilot:
             except TypeError as exc:
                 self._unpicklable = str(exc)
         wall, cpu = _typical(self._alone) if self._alone else (0.0, 0.0)
-        if not self._alone and self.timeout is not None and self._failed:
-            wall = self.timeout  # every call overran: at least this long
+        if not self._alone and self.wishes.timeout is not None and self._failed:
+            wall = self.wishes.timeout  # every call overran: at least this long
         pickled = self._pickled or [(0, 0.0, 0, 0.0)]
         return Evidence(
             is_async=self.is_async,
