@@ -240,12 +240,12 @@ def test_the_watch_judges_pace_over_windows() -> None:
     steady = _Watch(iter(range(1000)), predicted=0.01)
     for _ in range(200):
         next(steady)
-        steady.saw(0.012)  # 1.2x the prediction: noise, not drift
+        steady.saw(0.012, 1)  # 1.2x the prediction: noise, not drift
     assert steady.drift is None
     slower = _Watch(iter(range(1000)), predicted=0.001)
     for taken in range(1, 100):  # noqa: B007 - read after the loop
         next(slower)
-        slower.saw(0.03)
+        slower.saw(0.03, 1)
         if slower.drift:
             break
     # Judged once it had watched 0.5 s and 10 items: after 17 items of 30 ms.
@@ -256,7 +256,7 @@ def test_the_watch_judges_pace_over_windows() -> None:
     faster = _Watch(iter(range(1000)), predicted=1.0)
     while faster.drift is None and faster.taken < 100:
         next(faster)
-        faster.saw(0.1)
+        faster.saw(0.1, 1)
     assert (faster.drift, faster.taken) == ("faster", 10)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 import pickpool
+from tests.conftest import MODELS
 from tests.helpers import identity
 
 
@@ -87,7 +88,7 @@ async def ainc(x):
 
 model = sys.argv[1]
 fn = ainc if model == "asyncio" else inc
-n = 1_000_000
+n = 2_000_000
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 total = 0
 for r in pickpool.imap(fn, (i for i in range(n)), model=model):
@@ -100,7 +101,8 @@ print((after - before) / 1024)
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_a_million_items_in_flat_memory(model: str) -> None:
+@pytest.mark.parametrize("model", [*MODELS, "auto"])
+def test_two_million_items_in_flat_memory(model: str) -> None:
     done = subprocess.run(
         [sys.executable, "-c", RSS_SCRIPT, model],
         capture_output=True,
@@ -110,4 +112,4 @@ def test_a_million_items_in_flat_memory(model: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     grown_mb = float(done.stdout.strip())
-    assert grown_mb < 150, f"max RSS grew by {grown_mb:.0f} MB over 1M items under {model}"
+    assert grown_mb < 100, f"max RSS grew by {grown_mb:.0f} MB over 2M items under {model}"

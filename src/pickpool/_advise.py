@@ -30,8 +30,9 @@ SERIAL_ITEM: Final = 1.5e-6  # the driver's bookkeeping per item
 THREADS_ITEM: Final = 2.5e-6  # the same under threads, GIL held
 THREADS_CHUNK: Final = 15e-6  # a chunk's queue hand-off and wake-up, GIL held
 THREAD_START: Final = 0.2e-3
-ASYNC_ITEM: Final = 18e-6  # one task on the loop, with its bookkeeping
+ASYNC_ITEM: Final = 8e-6  # one task on the loop, with its bookkeeping
 LOOP_START: Final = 1e-3
+MAX_COROUTINES: Final = 100_000
 TO_THREAD_ITEM: Final = 60e-6  # a plain function under asyncio: the loop's trip to a thread
 LOOP_CALL: Final = 30e-6  # one coroutine run to the end on a worker's own loop
 PROCESS_ITEM: Final = 2.6e-6  # the parent's bookkeeping per item
@@ -301,7 +302,10 @@ class _Model:
         best: Option | None = None
         if ev.is_async:
             blocks = ev.cpu if ev.loop_blocked is None else ev.loop_blocked * ev.wall
-            for k in _counts({16, 64, 256, 1024}, self.workers, self.n):
+            # Little's law: enough coroutines waiting that the loop is never idle while one
+            # of them is away, twice over; bounded, since each costs ~1 kB while it waits.
+            little = min(MAX_COROUTINES, self.n, math.ceil(2 * ev.wall / (blocks + ASYNC_ITEM)))
+            for k in _counts({little}, self.workers, self.n):
                 per = max(ev.wall / k, blocks + ASYNC_ITEM)
                 best = _better(best, Option("asyncio", k, 1, LOOP_START + self.n * per, per))
         else:

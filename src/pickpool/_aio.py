@@ -8,19 +8,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
 from ._backends import Setup
 from ._backends._asyncio import ItemRunner
-from ._driver import Done, Plan, Schedule
+from ._driver import Block, Done, Plan, Schedule
 from ._task import Outcome
 
 
+@overload
+def adrive(
+    items: Iterable[Any],
+    plan: Plan,
+    setup: Setup,
+    *,
+    start: int = ...,
+    blocks: Literal[False] = ...,
+) -> AsyncGenerator[Done, None]: ...
+@overload
+def adrive(
+    items: Iterable[Any], plan: Plan, setup: Setup, *, start: int = ..., blocks: bool
+) -> AsyncGenerator[Done | Block, None]: ...
 async def adrive(
-    items: Iterable[Any], plan: Plan, setup: Setup, *, start: int = 0
-) -> AsyncGenerator[Done, None]:
+    items: Iterable[Any], plan: Plan, setup: Setup, *, start: int = 0, blocks: bool = False
+) -> AsyncGenerator[Done | Block, None]:
     """Like :func:`pickpool._driver.drive`, on the running loop."""
-    schedule = Schedule(items, plan, start=start)
+    schedule = Schedule(items, plan, start=start, blocks=blocks)
     outbox: asyncio.Queue[list[Outcome]] = asyncio.Queue()
     runner = ItemRunner(setup, outbox.put_nowait)
     finished = False

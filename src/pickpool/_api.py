@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import builtins
+import contextlib
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Iterator
 from typing import Any, Literal, TypeVar, overload
 
 from . import _backends
 from ._auto import AutoRun, in_thread
-from ._driver import Done, Plan, drive
+from ._driver import Block, Done, Plan, drive
 from ._options import check_fn, length_hint, make_plan, positive_int
 from ._outcome import Failure
 from ._probe import Wishes
@@ -21,6 +21,10 @@ R = TypeVar("R")
 Model = Literal["auto", _backends.ModelName]
 OnError = Literal["raise", "collect", "skip"]
 Progress = bool | Literal["always"]
+
+
+def _no_progress(count: int) -> None:
+    pass
 
 
 class _RemoteTraceback(Exception):
@@ -80,11 +84,12 @@ class _Run:
             retries=retries,
             on_error=on_error,
         )
+        fn_bytes = None
         if self.plan.model == "processes":
             # Here rather than when the pool starts, so that imap raises at the call too.
             from ._pickling import dumps_function
 
-            dumps_function(fn)
+            fn_bytes = dumps_function(fn)
         if name == "auto":
             self.auto = AutoRun(
                 fn,
@@ -102,7 +107,9 @@ class _Run:
             )
         self.on_error = on_error
         self.progress = wants_progress(progress)
-        self.setup = _backends.Setup(fn, self.plan.workers, self.is_async, self.plan.timeout)
+        self.setup = _backends.Setup(
+            fn, self.plan.workers, self.is_async, self.plan.timeout, fn_bytes
+        )
         self.description = f"{getattr(fn, '__name__', 'fn')} [{name}]"
 
     def output(self, done: Done) -> tuple[bool, Any]:
@@ -125,51 +132,78 @@ class _Run:
         """Whether ``amap`` runs it natively on the caller's loop (else in a helper thread)."""
         return self.plan.model == "asyncio" if self.auto is None else self.is_async
 
-    def iterate(self, cancel: threading.Event | None = None) -> Generator[Any, None, None]:
+    def dones(self, cancel: threading.Event | None = None) -> Generator[Done | Block, None, None]:
+        """What the driver hands out for this call."""
         if self.auto is not None:
-            dones = self.auto.dones(cancel)
-        else:
-            dones = drive(
-                self.source, self.plan, self.setup, _backends.load(self.plan.model), cancel=cancel
-            )
+            return self.auto.dones(cancel, blocks=True)
+        model = _backends.load(self.plan.model)
+        return drive(self.source, self.plan, self.setup, model, cancel=cancel, blocks=True)
+
+    def iterate(self, cancel: threading.Event | None = None) -> Generator[Any, None, None]:
+        dones = self.dones(cancel)
         try:
-            if not self.progress:
+            with self._bar() as advance:
                 for done in dones:
-                    keep, value = self.output(done)
-                    if keep:
-                        yield value
-                return
-            with bar(self.length, self.description) as advance:
-                for done in dones:
-                    advance()
+                    if type(done) is Block:
+                        advance(len(done.values))
+                        yield from done.values
+                        continue
+                    assert type(done) is Done
+                    advance(1)
                     keep, value = self.output(done)
                     if keep:
                         yield value
         finally:
             dones.close()
 
+    def collect(self, cancel: threading.Event | None = None) -> list[Any]:
+        """:meth:`iterate` into a list, a block of results at a time."""
+        results: list[Any] = []
+        dones = self.dones(cancel)
+        try:
+            with self._bar() as advance:
+                for done in dones:
+                    if type(done) is Block:
+                        advance(len(done.values))
+                        results += done.values
+                        continue
+                    assert type(done) is Done
+                    advance(1)
+                    keep, value = self.output(done)
+                    if keep:
+                        results.append(value)
+        finally:
+            dones.close()
+        return results
+
     async def aiterate(self) -> AsyncGenerator[Any, None]:
         from ._aio import adrive
 
+        dones: AsyncGenerator[Done | Block, None]
         if self.auto is not None:
             dones = self.auto.adones()
         else:
-            dones = adrive(self.source, self.plan, self.setup)
+            dones = adrive(self.source, self.plan, self.setup, blocks=True)
         try:
-            if not self.progress:
+            with self._bar() as advance:
                 async for done in dones:
-                    keep, value = self.output(done)
-                    if keep:
-                        yield value
-                return
-            with bar(self.length, self.description) as advance:
-                async for done in dones:
-                    advance()
+                    if type(done) is Block:
+                        advance(len(done.values))
+                        for value in done.values:
+                            yield value
+                        continue
+                    assert type(done) is Done
+                    advance(1)
                     keep, value = self.output(done)
                     if keep:
                         yield value
         finally:
             await dones.aclose()
+
+    def _bar(self) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+        if not self.progress:
+            return contextlib.nullcontext(_no_progress)
+        return bar(self.length, self.description)
 
 
 # Signatures: an async function's results are what its coroutines return; "collect" puts a
@@ -300,7 +334,7 @@ def map(
         on_error=on_error,
         progress=progress,
     )
-    return builtins.list(run.iterate())
+    return run.collect()
 
 
 @overload
@@ -501,5 +535,5 @@ async def amap(
             return [value async for value in results]
         finally:
             await results.aclose()
-    result: list[Any] = await in_thread(lambda cancel: builtins.list(run.iterate(cancel)))
+    result: list[Any] = await in_thread(run.collect)
     return result

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from . import _backends
 from ._advise import Advice, decide
-from ._driver import Done, Plan, drive
+from ._driver import Block, Done, Plan, drive
 from ._options import check_fn, length_hint, positive_seconds
 from ._probe import ADVISE_SHARE, Phase, Pilot, Wishes
 from ._task import OK, is_async_callable
@@ -66,10 +66,10 @@ class _Watch:
         self.taken += 1
         return item
 
-    def saw(self, busy: float) -> None:
-        """One item handed out, after the run had control for ``busy`` seconds."""
+    def saw(self, busy: float, count: int) -> None:
+        """``count`` items handed out, after the run had control for ``busy`` seconds."""
         self._busy += busy
-        self._count += 1
+        self._count += count
         if self._busy < DRIFT_WATCH or self._count < self._min_items or self._predicted <= 0:
             return
         pace = self._busy / self._count
@@ -96,12 +96,13 @@ class AutoRun:
     ) -> None:
         self.fn, self.is_async, self.wishes = fn, is_async, wishes
         self.source, self.length = source, length
+        self.fn_bytes: bytes | None = None  # pickled for processes once, by the first probe
         self.pilot = self._new_pilot(0)
         self.advice: Advice | None = None
         self.decisions: list[Advice] = []  # the first, then one per re-decision after a drift
 
     def _new_pilot(self, start: int) -> Pilot:
-        return Pilot(
+        pilot = Pilot(
             self.fn,
             self.source,
             is_async=self.is_async,
@@ -111,6 +112,8 @@ class AutoRun:
             wishes=self.wishes,
             start=start,
         )
+        pilot.fn_bytes = self.fn_bytes
+        return pilot
 
     def rest(self) -> tuple[Plan, _backends.Setup, Iterator[Any], int] | None:
         """After the probe: the plan for the items left, or None if there are none."""
@@ -130,14 +133,22 @@ class AutoRun:
             is_async=self.is_async,
             workers=advice.workers,
             chunksize=advice.chunksize,
+            adaptive=True,
+            length=pilot.remaining(),
         )
         self.advice = advice
         self.decisions.append(advice)
-        setup = _backends.Setup(self.fn, plan.workers, self.is_async, plan.timeout)
+        # A re-decision's probe needs not pickle the function again.
+        self.fn_bytes = self.fn_bytes or pilot.fn_bytes
+        setup = _backends.Setup(self.fn, plan.workers, self.is_async, plan.timeout, self.fn_bytes)
         return plan, setup, pilot.source, pilot.taken
 
-    def dones(self, cancel: threading.Event | None = None) -> Generator[Done, None, None]:
+    def dones(
+        self, cancel: threading.Event | None = None, *, blocks: bool = False
+    ) -> Generator[Done | Block, None, None]:
         """Every item's :class:`Done`: the probe's phases, then the rest on the chosen model.
+
+        ``blocks``: for the rest, :class:`Block` for runs of results, as ``drive`` hands out.
 
         While the rest runs, its pace is watched: if items come 5x slower or faster than the
         decision predicted (see :class:`_Watch`), auto stops feeding that model, lets it finish
@@ -156,13 +167,19 @@ class AutoRun:
                 # Out of re-decisions, the last choice runs the rest unwatched. Nor is a plain
                 # loop watched: chosen for items too small to hand out or too few to pay for
                 # workers, it has nothing to resize, and watching costs it 30% per item.
-                yield from drive(items, plan, setup, backend, cancel=cancel, start=start)
+                yield from drive(
+                    items, plan, setup, backend, cancel=cancel, start=start, blocks=blocks
+                )
                 return
             assert self.advice is not None
             watch = _Watch(items, self.advice.pace)
             resumed = time.perf_counter()
-            for done in drive(watch, plan, setup, backend, cancel=cancel, start=start):
-                watch.saw(time.perf_counter() - resumed)
+            for done in drive(
+                watch, plan, setup, backend, cancel=cancel, start=start, blocks=blocks
+            ):
+                watch.saw(
+                    time.perf_counter() - resumed, len(done.values) if type(done) is Block else 1
+                )
                 yield done
                 resumed = time.perf_counter()
             if watch.exhausted or watch.drift is None:
@@ -186,7 +203,7 @@ class AutoRun:
             self.pilot.saw(done)
             yield done
 
-    async def adones(self) -> AsyncGenerator[Done, None]:
+    async def adones(self) -> AsyncGenerator[Done | Block, None]:
         """:meth:`dones` for ``amap``: coroutines probed and run on the caller's own loop."""
         from ._aio import adrive
 
@@ -203,14 +220,16 @@ class AutoRun:
             return
         plan, setup, items, start = rest
         if plan.model == "asyncio":
-            async for done in adrive(items, plan, setup, start=start):
-                yield done
+            async for block in adrive(items, plan, setup, start=start, blocks=True):
+                yield block
             return
         backend = _backends.load(plan.model)
-        for done in await in_thread(
-            lambda cancel: list(drive(items, plan, setup, backend, cancel=cancel, start=start))
+        for block in await in_thread(
+            lambda cancel: list(
+                drive(items, plan, setup, backend, cancel=cancel, start=start, blocks=True)
+            )
         ):
-            yield done
+            yield block
 
 
 async def in_thread(work: Callable[[threading.Event], Any]) -> Any:

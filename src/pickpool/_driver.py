@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal, overload
 
 from ._backends import Backend, Setup
-from ._task import ERROR, FATAL, OK, Caller, Outcome, Task
+from ._task import BLOCK, ERROR, FATAL, OK, Caller, Outcome, Task, expand
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,12 +27,15 @@ class Plan:
 
     model: str  # the backend that runs it
     workers: int
-    chunksize: int
+    chunksize: int  # the first chunks' size; the size of every chunk unless ``adaptive``
     window: int  # items submitted but not yet handed to the consumer, at most
     ordered: bool
     timeout: float | None
     retries: int
     fail_fast: bool  # on_error="raise": start nothing after the first final failure
+    # Resize chunks to the measured pace (see :class:`Chunking`); the input's length, if known.
+    adaptive: bool = False
+    length: int | None = None
 
 
 @dataclass(slots=True)
@@ -49,25 +53,113 @@ class Done:
     attempts: int
 
 
+@dataclass(slots=True)
+class Block:
+    """The results of consecutive items from ``index`` on, each of which worked at its first try.
+
+    Handed out instead of one :class:`Done` per item when the consumer asks for blocks: the
+    common case then costs the driver a few operations per chunk rather than per item.
+    """
+
+    index: int
+    values: list[Any]
+
+
 class Cancelled(Exception):
     """The caller asked the run to stop (``amap``'s task was cancelled)."""
 
 
-class Schedule:
-    """What to submit next and what to hand out, given the outcomes so far."""
+# Adaptive chunks: how long a worker's chunk should take (long enough to hide the hand-off,
+# ~0.1 ms for threads and processes, short enough that every worker is busy until near the
+# end), and the largest chunk.
+CHUNK_SECONDS: Final = 0.005
+# An asyncio chunk is only a hop between threads, its items run concurrently: hop this often.
+HOP_SECONDS: Final = 0.001
+MAX_HOP: Final = 256
+MAX_CHUNK: Final = 8192
+# Near the end, chunks shrink so that the last round splits over every worker at least twice.
+TAIL_SPLIT: Final = 2
 
-    def __init__(self, items: Iterable[Any], plan: Plan, *, start: int = 0) -> None:
+
+class Chunking:
+    """The next chunk's size: fixed, or fitted to the measured pace, and smaller at the tail.
+
+    The pace is measured where it is felt, in items handed back per second over the last
+    stretch of the run, so it includes every overhead, start-up and consumer alike; each chunk
+    then aims at :data:`CHUNK_SECONDS` of one worker's time. A size at most doubles per step,
+    so one fast chunk cannot make the next enormous; it shrinks at once when the pace drops.
+    joblib's auto batching aims at batches of 0.2-2 s and halves only slowly; chunks of a few
+    milliseconds keep every worker busy to the end and still hide a hand-off of ~0.1 ms.
+    """
+
+    __slots__ = ("_began", "_done", "_plan", "_rate", "size")
+
+    def __init__(self, plan: Plan) -> None:
+        self._plan = plan
+        self.size = plan.chunksize
+        self._began = 0.0
+        self._done = 0
+        self._rate = 0.0  # items per second, smoothed
+
+    def started(self) -> None:
+        if not self._began:
+            self._began = time.perf_counter()
+
+    def finished(self, count: int) -> None:
+        """``count`` more items came back: update the pace and the chunk size."""
+        plan = self._plan
+        if not plan.adaptive or not count:
+            return
+        self._done += count
+        now = time.perf_counter()
+        elapsed = now - self._began
+        # Judge over a few chunks' worth, not one outcome: outcomes of threads come singly.
+        if elapsed < 2 * CHUNK_SECONDS:
+            return
+        rate = self._done / elapsed
+        self._rate = rate if not self._rate else 0.5 * (self._rate + rate)
+        self._began, self._done = now, 0
+        if plan.model == "asyncio":
+            ideal = min(MAX_HOP, self._rate * HOP_SECONDS)
+        else:
+            ideal = self._rate * CHUNK_SECONDS / plan.workers
+        self.size = max(1, min(MAX_CHUNK, 2 * self.size, round(ideal)))
+
+    def next(self, taken: int) -> int:
+        """The size of the next chunk, ``taken`` items having been read so far."""
+        size = self.size
+        length = self._plan.length
+        if length is not None and self._plan.adaptive:
+            left = length - taken
+            size = min(size, max(1, -(-left // (TAIL_SPLIT * self._plan.workers))))
+        return size
+
+
+class Schedule:
+    """What to submit next and what to hand out, given the outcomes so far.
+
+    ``blocks``: hand out a :class:`Block` for consecutive results that all worked at the first
+    try; otherwise one :class:`Done` per item.
+    """
+
+    def __init__(
+        self, items: Iterable[Any], plan: Plan, *, start: int = 0, blocks: bool = False
+    ) -> None:
         # ``start``: the index of the first item, when an earlier run already took the ones
         # before it (``model="auto"`` continues where its probe stopped).
-        self._source = enumerate(items, start)
+        self._source = iter(items)
         self._plan = plan
+        self._blocks = blocks
+        self._start = start
+        self._next_in = start  # the index of the next item read
         self._outstanding: dict[int, Any] = {}  # index -> item: submitted, not yet handed out
         self._attempts: dict[int, int] = {}  # only items tried more than once
-        self._buffer: dict[int, Done] = {}  # ordered: finished, waiting for earlier items
+        self._buffer: dict[int, Done | Block] = {}  # ordered: finished, waiting for earlier
         self._next_out = start
         self._next_task = 0
         self._exhausted = False
         self._failed_at: int | None = None
+        self.chunking = Chunking(plan)
 
     @property
     def finished(self) -> bool:
@@ -76,71 +168,135 @@ class Schedule:
 
     def tasks(self) -> list[Task]:
         """Chunks to submit now: as many as the window has room for."""
-        plan, tasks = self._plan, []
+        plan, tasks, chunking = self._plan, [], self.chunking
+        outstanding = self._outstanding
         while not self._exhausted and self._failed_at is None:
-            room = plan.window - len(self._outstanding)
-            if room < min(plan.chunksize, plan.window):
+            size = chunking.next(self._next_in - self._start)
+            # The window holds a few chunks per worker, whatever size chunks have grown to
+            # (asyncio's workers are coroutines, fed by hops, not chunks).
+            window = plan.window
+            if plan.adaptive:
+                holders = 1 if plan.model == "asyncio" else plan.workers
+                window = max(window, min(MAX_WINDOW, WINDOW_CHUNKS * holders * size))
+            room = window - len(outstanding)
+            if room < min(size, window):
                 break
-            chunk = list(itertools.islice(self._source, min(plan.chunksize, room)))
+            chunk = list(itertools.islice(self._source, min(size, room)))
             if not chunk:
                 self._exhausted = True
                 break
-            self._outstanding.update(chunk)
-            tasks.append(self._task(chunk))
+            first = self._next_in
+            self._next_in += len(chunk)
+            outstanding.update(zip(range(first, self._next_in), chunk, strict=True))
+            tasks.append(self._task(first, chunk))
+        if tasks:
+            chunking.started()
         return tasks
 
-    def accept(self, outcomes: list[Outcome]) -> tuple[list[Task], list[Done]]:
-        """Take finished outcomes; return (retries to submit, items to hand out in order)."""
+    def accept(self, outcomes: list[Outcome]) -> tuple[list[Task], list[Done | Block]]:
+        """Take finished outcomes; return (retries to submit, what to hand out, in order)."""
         plan, retries, out = self._plan, [], []
         outstanding, attempts, buffer = self._outstanding, self._attempts, self._buffer
         ordered, fail_fast = plan.ordered, plan.fail_fast
-        for index, status, value, text in outcomes:
-            if status == OK and not attempts:
-                # The common case, kept short: one item's first and only try worked.
-                done = Done(index, outstanding[index], OK, value, None, 1)
-            else:
-                if status == FATAL:
-                    raise value
-                tries = attempts.get(index, 1)
-                if status == ERROR and tries <= plan.retries:
-                    attempts[index] = tries + 1
-                    retries.append(self._task([(index, outstanding[index])]))
+        count = 0
+        for outcome in outcomes:
+            index, status, value, text = outcome
+            done: Done | Block
+            if status == BLOCK:
+                size = len(value)
+                if not self._blocks or (size == 1 and index in attempts):
+                    more, dones = self.accept(expand(outcome))
+                    retries += more
+                    out += dones
                     continue
-                attempts.pop(index, None)
-                done = Done(index, outstanding[index], status, value, text, tries)
-                # As in the serial loop, the lowest failing index is the one raised: items
-                # before it still run, nothing after it is started any more.
-                if (
-                    ordered
-                    and status == ERROR
-                    and fail_fast
-                    and (self._failed_at is None or index < self._failed_at)
-                ):
-                    self._failed_at = index
+                count += size
+                done = Block(index, value)
+            else:
+                count += 1
+                size = 1
+                if status == OK and not attempts:
+                    done = Done(index, outstanding[index], OK, value, None, 1)
+                else:
+                    if status == FATAL:
+                        raise value
+                    tries = attempts.get(index, 1)
+                    if status == ERROR and tries <= plan.retries:
+                        attempts[index] = tries + 1
+                        retries.append(self._task(index, [outstanding[index]]))
+                        continue
+                    attempts.pop(index, None)
+                    done = Done(index, outstanding[index], status, value, text, tries)
+                    # As in the serial loop, the lowest failing index is the one raised: items
+                    # before it still run, nothing after it is started any more.
+                    if (
+                        ordered
+                        and status == ERROR
+                        and fail_fast
+                        and (self._failed_at is None or index < self._failed_at)
+                    ):
+                        self._failed_at = index
             if not ordered:
-                del outstanding[index]
+                _forget(outstanding, index, size)
                 out.append(done)
             elif index == self._next_out and not buffer:
-                del outstanding[index]
+                _forget(outstanding, index, size)
                 out.append(done)
-                self._next_out = index + 1
+                self._next_out = index + size
             else:
                 buffer[index] = done
         while self._next_out in buffer:
-            out.append(buffer.pop(self._next_out))
-            del outstanding[self._next_out]
-            self._next_out += 1
+            done = buffer.pop(self._next_out)
+            size = len(done.values) if type(done) is Block else 1
+            _forget(outstanding, self._next_out, size)
+            out.append(done)
+            self._next_out += size
+        self.chunking.finished(count)
         return retries, out
 
-    def _task(self, chunk: list[tuple[int, Any]]) -> Task:
+    def _task(self, first: int, items: list[Any]) -> Task:
         self._next_task += 1
-        return (self._next_task, chunk)
+        return (self._next_task, first, items)
+
+
+WINDOW_CHUNKS: Final = 4
+# However large chunks grow, at most this many items are read ahead of the consumer.
+MAX_WINDOW: Final = 65536
+
+
+def _forget(outstanding: dict[int, Any], index: int, size: int) -> None:
+    if size == 1:
+        del outstanding[index]
+    else:
+        for i in range(index, index + size):
+            del outstanding[i]
 
 
 # How often a run that can be cancelled from another thread looks at its cancel flag.
 _CANCEL_POLL = 0.05
 
 
+@overload
+def drive(
+    items: Iterable[Any],
+    plan: Plan,
+    setup: Setup,
+    open_backend: Callable[[Setup], Backend],
+    *,
+    cancel: threading.Event | None = ...,
+    start: int = ...,
+    blocks: Literal[False] = ...,
+) -> Generator[Done, None, None]: ...
+@overload
+def drive(
+    items: Iterable[Any],
+    plan: Plan,
+    setup: Setup,
+    open_backend: Callable[[Setup], Backend],
+    *,
+    cancel: threading.Event | None = ...,
+    start: int = ...,
+    blocks: bool,
+) -> Generator[Done | Block, None, None]: ...
 def drive(
     items: Iterable[Any],
     plan: Plan,
@@ -149,19 +305,24 @@ def drive(
     *,
     cancel: threading.Event | None = None,
     start: int = 0,
-) -> Generator[Done, None, None]:
-    """Run ``setup.fn`` over ``items`` under ``plan``; yield each item's :class:`Done` once."""
+    blocks: bool = False,
+) -> Generator[Done | Block, None, None]:
+    """Run ``setup.fn`` over ``items`` under ``plan``; account for each item once.
+
+    Yields a :class:`Done` per item, or with ``blocks=True`` a :class:`Block` for consecutive
+    items that worked at the first try (and a :class:`Done` for the others).
+    """
     backend = open_backend(setup)
     finished = False
     inline: Caller | None = getattr(backend, "inline", None)
     if inline is not None:
         try:
-            yield from _loop(items, plan, inline, cancel, start)
+            yield from _loop(items, plan, inline, cancel, start, blocks)
             finished = True
         finally:
             backend.close(cancel=not finished)
         return
-    schedule = Schedule(items, plan, start=start)
+    schedule = Schedule(items, plan, start=start, blocks=blocks)
     poll = _CANCEL_POLL if cancel is not None else None
     try:
         while True:
@@ -181,30 +342,67 @@ def drive(
         backend.close(cancel=not finished)
 
 
+# The plain loop's chunks: grown (doubling) while a chunk takes less than this, so that a
+# slow function is handed out item by item and a trivial one runs in C-speed batches.
+LOOP_CHUNK_SECONDS: Final = 0.002
+LOOP_MAX_CHUNK: Final = 4096
+
+
 def _loop(
     items: Iterable[Any],
     plan: Plan,
     caller: Caller,
     cancel: threading.Event | None,
     start: int,
-) -> Generator[Done, None, None]:
+    blocks: bool,
+) -> Generator[Done | Block, None, None]:
     """The serial model: the plain loop itself, with retries, and nothing run after a failure.
 
-    Exactly what ``for x in items: fn(x)`` calls, at a third of the scheduler's cost per item.
+    Exactly what ``for x in items: fn(x)`` calls, in the same order, one at a time. Unless the
+    caller fixed ``chunksize``, items are read a chunk ahead, and results handed out a chunk at
+    a time (a chunk doubles while it takes under 2 ms and halves when it takes longer); a
+    chunk that all works costs no more than ``map(fn, chunk)``.
     """
     retries, fail_fast = plan.retries, plan.fail_fast
-    for index, item in enumerate(items, start):
+    source = iter(items)
+    index, size = start, plan.chunksize
+    while True:
         if cancel is not None and cancel.is_set():
             raise Cancelled
-        tries = 1
-        _, status, value, text = caller.call(index, item)
-        while status != OK:
-            if status == FATAL:
-                raise value
-            if tries > retries:
-                break
-            tries += 1
-            _, status, value, text = caller.call(index, item)
-        yield Done(index, item, status, value, text, tries)
-        if status != OK and fail_fast:
+        chunk = list(itertools.islice(source, size))
+        if not chunk:
             return
+        began = time.perf_counter()
+        pos = 0
+        while pos < len(chunk):
+            # Stop at a failure: it is retried at once, and under on_error="raise" nothing
+            # after it runs, as in the plain loop.
+            for outcome in caller.run_items(index + pos, chunk[pos:] if pos else chunk, stop=True):
+                first, status, value, text = outcome
+                if status == BLOCK:
+                    pos += len(value)
+                    if blocks:
+                        yield Block(first, value)
+                    else:
+                        for k, result in enumerate(value):
+                            yield Done(first + k, chunk[first - index + k], OK, result, None, 1)
+                    continue
+                item, tries = chunk[pos], 1
+                pos += 1
+                while status != OK:
+                    if status == FATAL:
+                        raise value
+                    if tries > retries:
+                        break
+                    tries += 1
+                    _, status, value, text = caller.call(first, item)
+                yield Done(first, item, status, value, text, tries)
+                if status != OK and fail_fast:
+                    return
+        index += len(chunk)
+        if not plan.adaptive:
+            continue
+        if time.perf_counter() - began < LOOP_CHUNK_SECONDS:
+            size = min(LOOP_MAX_CHUNK, 2 * size)
+        elif size > 1:
+            size //= 2

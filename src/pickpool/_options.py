@@ -116,6 +116,8 @@ def make_plan(
     # serial is one at a time whatever `workers` says, so that switching a call to serial to
     # debug it needs no other change.
     n_workers = 1 if model == "serial" else n_workers or default_workers(model, is_async=is_async)
+    # Chunks not given are fitted to the measured pace as the run goes (a timeout is per item).
+    adaptive = size is None and limit is None
     size = 1 if limit is not None else size or default_chunksize(model, n_workers, length)
     window = size if model == "serial" else WINDOW_CHUNKS_PER_WORKER * n_workers * size
     return Plan(
@@ -127,6 +129,8 @@ def make_plan(
         timeout=limit,
         retries=int(retries),
         fail_fast=on_error == "raise",
+        adaptive=adaptive,
+        length=length,
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import cloudpickle
 
-from ._task import ERROR, OK, Item, Outcome, Task, format_traceback
+from ._task import BLOCK, ERROR, OK, Outcome, Task, expand, format_traceback
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _HINT = (
@@ -53,15 +53,15 @@ def dumps_task(task: Task) -> bytes:
     try:
         return dumps(task)
     except Exception as exc:
-        index, item = _first_unpicklable(task[1]) or (task[1][0] if task[1] else (-1, None))
+        index, item = _first_unpicklable(task[1], task[2]) or (task[1], None)
         raise TypeError(
             f"cannot send item {index} ({_describe(item)}) to a worker process: "
             f"{type(exc).__name__}: {exc}; {_HINT}"
         ) from exc
 
 
-def _first_unpicklable(items: Sequence[Item]) -> Item | None:
-    for index, item in items:
+def _first_unpicklable(first: int, items: Sequence[Any]) -> tuple[int, Any] | None:
+    for index, item in enumerate(items, first):
         try:
             dumps(item)
         except Exception:
@@ -76,11 +76,12 @@ def dumps_outcomes(outcomes: list[Outcome]) -> bytes:
     other arguments than it passes to ``Exception.__init__`` pickles fine but fails to load in
     the parent, which would lose the whole chunk there.
     """
-    outcomes = [_travelling(o) if o[1] != OK else o for o in outcomes]
+    outcomes = [_travelling(o) if o[1] not in (OK, BLOCK) else o for o in outcomes]
     try:
         return dumps(outcomes)
     except Exception:
-        return dumps([_travelling(o) for o in outcomes])
+        # Some result cannot travel: find it, item by item.
+        return dumps([_travelling(o) for outcome in outcomes for o in expand(outcome)])
 
 
 def _travelling(outcome: Outcome) -> Outcome:

@@ -166,18 +166,34 @@ class Wishes:
     on_error: str = "raise"
     ordered: bool = True
 
-    def plan(self, model: str, *, is_async: bool, workers: int, chunksize: int | None) -> Plan:
-        """The plan for running some of the items on ``model``, with these options."""
-        return make_plan(
+    def plan(
+        self,
+        model: str,
+        *,
+        is_async: bool,
+        workers: int,
+        chunksize: int | None,
+        adaptive: bool = False,
+        length: int | None = None,
+    ) -> Plan:
+        """The plan for running some of the items on ``model``, with these options.
+
+        ``adaptive``: chunks start at ``chunksize`` and follow the measured pace, unless the
+        caller fixed the chunk size; ``length``: how many items the plan runs, if known.
+        """
+        plan = make_plan(
             model=model,
             is_async=is_async,
-            length=None,
+            length=length,
             workers=workers,
             chunksize=None if self.timeout is not None else chunksize,
             ordered=self.ordered,
             timeout=self.timeout,
             retries=self.retries,
             on_error=self.on_error,
+        )
+        return dataclasses.replace(
+            plan, adaptive=adaptive and self.timeout is None and self.chunksize is None
         )
 
 
@@ -219,6 +235,10 @@ class _Gate:
 
 # Pickling is measured on this many results (and their items), the first ones that succeed.
 _PICKLE_SAMPLES = 5
+# Small items are timed again together, as chunks travel: a separate dumps() of a small int
+# costs more than its share of a chunk's, and sub-microsecond timings are mostly noise.
+_SMALL_SAMPLES = 64
+_SMALL_BYTES = 1024
 # The alone phase stops once it has seen this much of a run that is mostly waiting: waiting
 # is measured faster and better together.
 _WAITING_SHARE = 0.3
@@ -266,6 +286,8 @@ class Pilot:
         self._together: list[Record] = []
         self._failed = 0
         self._pickled: list[tuple[int, float, int, float]] = []
+        self._small: list[tuple[Any, Any]] = []  # small items and results, timed together
+        self.fn_bytes: bytes | None = None  # the function pickled for processes, once
         self._unpicklable: str | None = None
         self._gil: float | None = None
         self._child_cpu = 0.0
@@ -273,6 +295,7 @@ class Pilot:
         self._threads = 0
         self._coroutines = 0
         self._blocked: float | None = None
+        self._shared_cpu: float | None = None
 
     # What the caller does with the phases --------------------------------------------------
 
@@ -280,8 +303,11 @@ class Pilot:
         """Note one finished item of a probe phase (its result's pickling, or its failure)."""
         if done.status != OK:
             self._failed += 1
-        elif len(self._pickled) < _PICKLE_SAMPLES and self._unpicklable is None:
-            self._measure_pickling(done.item, done.value)
+        elif self._unpicklable is None:
+            if len(self._pickled) < _PICKLE_SAMPLES:
+                self._measure_pickling(done.item, done.value)
+            elif len(self._small) < _SMALL_SAMPLES and self._pickled[-1][0] < _SMALL_BYTES:
+                self._small.append((done.item, done.value))
 
     def phases(self) -> Generator[Phase, None, None]:
         """The probe's phases; each is yielded once the one before it has run to the end."""
@@ -432,6 +458,10 @@ class Pilot:
             span = max(s + w for s, w, _ in records) - min(s for s, _, _ in records)
             k = len(records)
             self._blocked = min(1.0, max(0.0, (span - wall) / (k - 1) / wall))
+            if self._blocked < 0.1:
+                # Overlapping coroutines: the loop's CPU time over the phase, shared by k, is a
+                # truer cost per coroutine than one alone, which also pays the loop's idle turns.
+                self._shared_cpu = max(c for _, _, c in records) / k
         elif wall >= 2 * sys.getswitchinterval():
             # How much longer a call takes while n run at once: under a held GIL n times as
             # long, when nothing is shared no longer. Per call rather than over the phase's
@@ -468,15 +498,21 @@ class Pilot:
     def _evidence(self) -> Evidence:
         from ._pickling import dumps_function
 
-        if self._unpicklable is None:
+        if self._unpicklable is None and self.fn_bytes is None:
             try:
-                dumps_function(self.fn)
+                self.fn_bytes = dumps_function(self.fn)
             except TypeError as exc:
                 self._unpicklable = str(exc)
         wall, cpu = _typical(self._alone) if self._alone else (0.0, 0.0)
+        if self._shared_cpu is not None:
+            cpu = min(cpu, self._shared_cpu)
         if not self._alone and self.wishes.timeout is not None and self._failed:
             wall = self.wishes.timeout  # every call overran: at least this long
         pickled = self._pickled or [(0, 0.0, 0, 0.0)]
+        item_pickle = statistics.median(p[1] for p in pickled)
+        result_pickle = statistics.median(p[3] for p in pickled)
+        if len(self._small) >= 8 and self._unpicklable is None:
+            item_pickle, result_pickle = _pickled_together(self._small)
         return Evidence(
             is_async=self.is_async,
             calls=len(self._alone) + len(self._together),
@@ -490,9 +526,9 @@ class Pilot:
             coroutines=self._coroutines if self._blocked is not None else 0,
             loop_blocked=self._blocked,
             item_bytes=int(statistics.median(p[0] for p in pickled)),
-            item_pickle=statistics.median(p[1] for p in pickled),
+            item_pickle=item_pickle,
             result_bytes=int(statistics.median(p[2] for p in pickled)),
-            result_pickle=statistics.median(p[3] for p in pickled),
+            result_pickle=result_pickle,
             unpicklable=self._unpicklable,
             length=self.length,
             seconds=time.perf_counter() - self._began,
@@ -507,6 +543,22 @@ def _children_cpu() -> float:
         return 0.0
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def _pickled_together(pairs: list[tuple[Any, Any]]) -> tuple[float, float]:
+    """Seconds per item to pickle the items, and their results, a list at a time (best of 3)."""
+    from ._pickling import dumps
+
+    items, results = [p[0] for p in pairs], [p[1] for p in pairs]
+    best_items = best_results = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        dumps(items)
+        t1 = time.perf_counter()
+        dumps(results)
+        t2 = time.perf_counter()
+        best_items, best_results = min(best_items, t1 - t0), min(best_results, t2 - t1)
+    return best_items / len(pairs), best_results / len(pairs)
 
 
 @functools.cache

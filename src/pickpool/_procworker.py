@@ -9,14 +9,20 @@ import time
 from multiprocessing.connection import Connection
 
 from ._pickling import dumps_outcomes, loads
-from ._task import Caller, Outcome, Task, failed
+from ._task import Caller, Outcome, Task, failed, task_indices
+
+# The message that announces a function: the next message is the function, pickled.
+FUNCTION = b"F"
+# A worker no run has used for this long exits (a warm pool's workers outlive their run).
+IDLE_LIFETIME = 60.0
 
 
-def main(conn: Connection, fn_bytes: bytes, owner: int) -> None:
+def main(conn: Connection, owner: int) -> None:
     """Receive pickled tasks on ``conn``, run them, send pickled outcomes back.
 
-    An empty message, or the parent closing its end, stops the worker; so does the death of
-    ``owner``, the process that started the pool.
+    :data:`FUNCTION` followed by a pickled function sets the function later tasks run. An
+    empty message, the parent closing its end, :data:`IDLE_LIFETIME` seconds without a
+    message, or the death of ``owner`` (the process that started the pool) stop the worker.
     """
     # Ctrl-C reaches the whole process group; the parent decides what stops and when.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -26,17 +32,16 @@ def main(conn: Connection, fn_bytes: bytes, owner: int) -> None:
     caller: Caller | None = None
     load_error: BaseException | None = None
     try:
-        caller = Caller(loads(fn_bytes))
-    except BaseException as exc:
-        exc.add_note(
-            "pickpool: the function could not be loaded in the worker process; the module that "
-            "defines it must be importable there (or define it in __main__ / a notebook)"
-        )
-        load_error = exc
-    try:
         while True:
             try:
+                if not conn.poll(IDLE_LIFETIME):
+                    return
                 message = conn.recv_bytes()
+                if message == FUNCTION:
+                    if caller is not None:
+                        caller.close()
+                    caller, load_error = _load(conn.recv_bytes())
+                    continue
             except (EOFError, OSError):
                 return
             if not message:
@@ -52,11 +57,22 @@ def main(conn: Connection, fn_bytes: bytes, owner: int) -> None:
                     outcomes = caller.run(task)
                 else:
                     assert load_error is not None
-                    outcomes = [failed(index, load_error) for index, _ in task[1]]
+                    outcomes = [failed(index, load_error) for index in task_indices(task)]
             conn.send_bytes(dumps_outcomes(outcomes))
     finally:
         if caller is not None:
             caller.close()
+
+
+def _load(fn_bytes: bytes) -> tuple[Caller | None, BaseException | None]:
+    try:
+        return Caller(loads(fn_bytes)), None
+    except BaseException as exc:
+        exc.add_note(
+            "pickpool: the function could not be loaded in the worker process; the module that "
+            "defines it must be importable there (or define it in __main__ / a notebook)"
+        )
+        return None, exc
 
 
 # How often a worker checks that its parent is still there.

@@ -20,8 +20,8 @@ def wants_progress(progress: object) -> bool:
 
 
 @contextlib.contextmanager
-def bar(total: int | None, description: str) -> Iterator[Callable[[], None]]:
-    """A bar (items done, rate, elapsed, ETA); yields the function that advances it by one."""
+def bar(total: int | None, description: str) -> Iterator[Callable[[int], None]]:
+    """A bar (items done, rate, elapsed, ETA); yields the function that advances it by n."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -52,4 +52,4 @@ def bar(total: int | None, description: str) -> Iterator[Callable[[], None]]:
         console=console,
     ) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda: progress.advance(task)
+        yield lambda count: progress.advance(task, count)

@@ -25,6 +25,7 @@ class Setup:
     workers: int
     is_async: bool
     timeout: float | None
+    fn_bytes: bytes | None = None  # ``fn`` pickled for processes, when the caller did already
 
 
 class Backend(Protocol):

@@ -9,11 +9,13 @@ that overruns ``timeout`` gets its worker killed and replaced while the others g
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from typing import Any
 from .. import _machine
 from .._errors import TaskTimeout, WorkerCrashed
 from .._pickling import dumps_function, dumps_task, loads
-from .._task import ERROR, Outcome, Task, format_traceback
+from .._task import ERROR, Outcome, Task, format_traceback, task_indices
 from . import Setup
 
 # A second chunk is queued on a busy worker so it never waits for the parent between chunks,
@@ -35,19 +37,82 @@ _STOP_GRACE = 2.0
 
 
 class _Worker:
-    __slots__ = ("conn", "process", "started", "tasks")
+    __slots__ = ("conn", "fn_bytes", "method", "process", "started", "tasks")
 
-    def __init__(self, process: Any, conn: Connection) -> None:
+    def __init__(self, process: Any, conn: Connection, method: str) -> None:
         self.process = process
         self.conn = conn
+        self.method = method  # its start method: a warm worker is reused only under the same
+        self.fn_bytes = b""  # the function it has loaded
         self.tasks: deque[Task] = deque()
         self.started = 0.0  # when the head task began running, as far as the parent can tell
+
+
+class _WarmPool:
+    """Workers kept between runs, so that start-up is paid once per program, not per call.
+
+    A run takes idle workers from here before it starts new ones, sends each the run's function
+    (unless it already has those very bytes), and gives back the workers that end the run idle
+    and healthy. A run that stops early (an error, Ctrl-C, ``break``) kills its workers
+    instead: what they were doing is unknown. Kept workers exit after
+    :data:`~pickpool._procworker.IDLE_LIFETIME` seconds unused, when this process exits, and
+    when it dies (they watch it).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+        self._exit_hook = False
+
+    def take(self, method: str) -> _Worker | None:
+        with self._lock:
+            while self._idle:
+                w = self._idle.pop()
+                # Alive, started the same way, and with nothing to read (no EOF: not exited).
+                if w.method == method and w.process.exitcode is None and not w.conn.poll():
+                    return w
+                _stop([w], kill=True)
+        return None
+
+    def give(self, workers: list[_Worker]) -> list[_Worker]:
+        """Keep what fits; return the workers that did not fit."""
+        with self._lock:
+            room = max(0, WARM_WORKERS_PER_CORE * _machine.cores() - len(self._idle))
+            kept, rest = workers[:room], workers[room:]
+            self._idle += kept
+            if kept and not self._exit_hook:
+                atexit.register(self.clear)
+                self._exit_hook = True
+        return rest
+
+    def clear(self) -> None:
+        """Stop every idle worker (at exit, and in tests)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        _stop(idle, kill=False)
+
+    def forget(self) -> None:
+        """In a forked child: the parent's workers are not ours to use or stop."""
+        self._lock = threading.Lock()
+        for w in self._idle:
+            with contextlib.suppress(OSError):
+                w.conn.close()
+        self._idle = []
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+
+WARM_WORKERS_PER_CORE = 4
+warm = _WarmPool()
+os.register_at_fork(after_in_child=warm.forget)
 
 
 class ProcessesBackend:
     def __init__(self, setup: Setup) -> None:
         self._setup = setup
-        self._fn_bytes = dumps_function(setup.fn)  # fails at once, before any process starts
+        # Pickled once per run (by the caller, usually), and before any process starts.
+        self._fn_bytes = setup.fn_bytes or dumps_function(setup.fn)
         self._context = multiprocessing.get_context(_machine.start_method())
         if self._context.get_start_method() == "forkserver":
             _preload_worker_module()
@@ -102,22 +167,10 @@ class ProcessesBackend:
         self._closed = True
         self._pending.clear()
         workers, self._workers = self._workers, []
-        for w in workers:
-            if cancel or w.tasks:
-                w.process.terminate()
-            else:
-                try:
-                    w.conn.send_bytes(b"")
-                except OSError:
-                    w.process.terminate()
-        deadline = time.monotonic() + _STOP_GRACE
-        for w in workers:
-            w.process.join(max(0.0, deadline - time.monotonic()))
-            if w.process.exitcode is None:
-                w.process.kill()
-                w.process.join()
-            w.conn.close()
-            w.process.close()
+        if not cancel:
+            idle = [w for w in workers if not w.tasks and w.process.exitcode is None]
+            workers = [w for w in workers if w not in idle] + warm.give(idle)
+        _stop(workers, kill=True)
 
     def __repr__(self) -> str:
         busy = sum(1 for w in self._workers if w.tasks)
@@ -160,19 +213,40 @@ class ProcessesBackend:
     def _spawn(self) -> _Worker:
         from .. import _procworker
 
+        method = self._context.get_start_method()
+        w = warm.take(method)
+        if w is not None:
+            self._workers.append(w)
+            try:
+                self._load(w)
+            except OSError:
+                # It died while idle, after the check: start a fresh one instead.
+                self._remove(w)
+            else:
+                return w
         parent, child = self._context.Pipe(duplex=True)
         process = self._context.Process(  # type: ignore[attr-defined]
             target=_procworker.main,
-            args=(child, self._fn_bytes, os.getpid()),
+            args=(child, os.getpid()),
             name="pickpool-worker",
             daemon=True,
         )
         with _main_module_hidden():
             process.start()
         child.close()
-        w = _Worker(process, parent)
+        w = _Worker(process, parent, method)
         self._workers.append(w)
+        self._load(w)
         return w
+
+    def _load(self, w: _Worker) -> None:
+        """Send ``w`` this run's function, unless it has those very bytes loaded already."""
+        from .._procworker import FUNCTION
+
+        if w.fn_bytes != self._fn_bytes:
+            w.conn.send_bytes(FUNCTION)
+            w.conn.send_bytes(self._fn_bytes)
+            w.fn_bytes = self._fn_bytes
 
     # Reading results, and what to do when a worker is gone -------------------------------------
 
@@ -190,7 +264,7 @@ class ProcessesBackend:
             outcomes = [(-1, ERROR, exc, format_traceback(exc))]
         if len(outcomes) == 1 and outcomes[0][0] == -1:
             _, status, error, text = outcomes[0]
-            outcomes = [(index, status, error, text) for index, _ in task[1]]
+            outcomes = [(index, status, error, text) for index in task_indices(task)]
         self._ready.extend(outcomes)
 
     def _remove(self, w: _Worker) -> tuple[Task | None, str]:
@@ -216,14 +290,14 @@ class ProcessesBackend:
         running, cause = self._remove(w)
         if running is None:
             return
-        items = running[1]
+        _, first, items = running
         if len(items) > 1:
             # Which item of the chunk crashed it is unknown: run them one by one to find out.
-            for index, item in reversed(items):
-                single: Task = (running[0], [(index, item)])
+            for index, item in reversed(list(enumerate(items, first))):
+                single: Task = (running[0], index, [item])
                 self._pending.appendleft((single, dumps_task(single)))
             return
-        index = items[0][0]
+        index = first
         crash = WorkerCrashed(
             f"the worker process running item {index} died ({cause}); likely causes: a "
             "crash in C code, os._exit or sys.exit in a library, or the machine running "
@@ -236,12 +310,32 @@ class ProcessesBackend:
         w.process.kill()
         running, _ = self._remove(w)
         assert running is not None
-        for index, _item in running[1]:
+        for index in task_indices(running):
             exc = TaskTimeout(
                 f"item {index} ran longer than timeout={limit:g}s; its worker process was "
                 "killed and replaced"
             )
             self._ready.append((index, ERROR, exc, format_traceback(exc)))
+
+
+def _stop(workers: list[_Worker], *, kill: bool) -> None:
+    """Stop ``workers``: ask them (or, with ``kill``, those still busy are terminated) and reap."""
+    for w in workers:
+        if kill and w.tasks:
+            w.process.terminate()
+            continue
+        try:
+            w.conn.send_bytes(b"")
+        except OSError:
+            w.process.terminate()
+    deadline = time.monotonic() + _STOP_GRACE
+    for w in workers:
+        w.process.join(max(0.0, deadline - time.monotonic()))
+        if w.process.exitcode is None:
+            w.process.kill()
+            w.process.join()
+        w.conn.close()
+        w.process.close()
 
 
 def _preload_worker_module() -> None:

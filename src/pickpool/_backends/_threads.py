@@ -13,7 +13,7 @@ import threading
 import time
 
 from .._errors import TaskTimeout
-from .._task import FATAL, Caller, Outcome, Task, format_traceback
+from .._task import FATAL, Caller, Outcome, Task, format_traceback, task_indices
 from . import Setup
 
 # Seconds a run that stops early waits for its running items before it abandons them.
@@ -120,7 +120,7 @@ class ThreadsBackend:
             del self._threads[thread]
             self._abandoned.append(thread)
             self._in_flight -= 1
-            for index, _item in task[1]:
+            for index in task_indices(task):
                 exc = TaskTimeout(
                     f"item {index} ran longer than timeout={limit:g}s; its thread cannot be "
                     "killed and was left to finish in the background. Use model='processes' "
@@ -150,7 +150,7 @@ class ThreadsBackend:
                 try:
                     outcomes = caller.run(task)
                 except BaseException as exc:  # KeyboardInterrupt raised inside this thread
-                    outcomes = [(i, FATAL, exc, format_traceback(exc)) for i, _ in task[1]]
+                    outcomes = [(i, FATAL, exc, format_traceback(exc)) for i in task_indices(task)]
                 with slot.lock:
                     if slot.abandoned:
                         return
