@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint types pytest clean
+.PHONY: demo test bench lint types pytest clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pickpool needs Python 3.11+; set PYTHON=python3.11")'
@@ -17,6 +17,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 demo: $(STAMP)
 	$(BIN)/pickpool demo --quick --plot pickpool-demo.png
+
+# pickpool's auto mode against concurrent.futures, joblib, mpire, pebble and asyncio (~6 min).
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev,demo,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python benchmarks/peers.py --markdown bench-peers.md --plot bench-peers.png
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

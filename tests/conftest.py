@@ -59,9 +59,10 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     allow_threads = request.node.get_closest_marker("leaves_threads") is not None
     # Worker processes kept warm between runs are stopped here, so that every test starts
     # from nothing; what a test leaves beyond them is a leak.
-    from pickpool._backends._processes import warm
+    from pickpool._backends import _processes, _threads
 
-    warm.clear()
+    _processes.warm.clear()
+    _threads.warm.clear()
     # Reaped children and joined threads are gone at once; the short grace only absorbs the
     # OS's own bookkeeping of an exiting process.
     assert _wait_until(lambda: _children() <= children_before, 5.0), (

@@ -97,6 +97,8 @@ class AutoRun:
         self.fn, self.is_async, self.wishes = fn, is_async, wishes
         self.source, self.length = source, length
         self.fn_bytes: bytes | None = None  # pickled for processes once, by the first probe
+        # Time in the probe's phases, consumer included (benchmarks report it).
+        self.probe_seconds = 0.0
         self.pilot = self._new_pilot(0)
         self.advice: Advice | None = None
         self.decisions: list[Advice] = []  # the first, then one per re-decision after a drift
@@ -189,11 +191,13 @@ class AutoRun:
 
     def _probe(self, cancel: threading.Event | None) -> Generator[Done, None, None]:
         phases = self.pilot.phases()
+        began = time.perf_counter()
         try:
             for phase in phases:
                 yield from self._phase(phase, cancel)
         finally:
             phases.close()
+            self.probe_seconds += time.perf_counter() - began
 
     def _phase(self, phase: Phase, cancel: threading.Event | None) -> Generator[Done, None, None]:
         backend = _backends.load(phase.plan.model)

@@ -88,13 +88,7 @@ class Knocker:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        # The oversleep of a nap with nothing else running: the lateness that is not the GIL.
-        samples = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            time.sleep(self.NAP)
-            samples.append(time.perf_counter() - t0 - self.NAP)
-        self._baseline = max(0.0, statistics.median(samples))
+        self._baseline = _oversleep(self.NAP)
         self._thread = threading.Thread(target=self._run, name="pickpool-knocker", daemon=True)
         self._thread.start()
 
@@ -117,6 +111,18 @@ class Knocker:
         switch = sys.getswitchinterval()
         full = switch / (switch + self.NAP)  # what a GIL held throughout reads
         return min(1.0, self._late / self._watched / full), self._watched
+
+
+@functools.cache
+def _oversleep(nap: float) -> float:
+    """How late a nap of ``nap`` seconds wakes with nothing else running: the lateness that is
+    not the GIL's. A fact of the machine, measured once per process (it costs ~3 ms)."""
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        time.sleep(nap)
+        samples.append(time.perf_counter() - t0 - nap)
+    return max(0.0, statistics.median(samples))
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +241,7 @@ class _Gate:
 
 # Pickling is measured on this many results (and their items), the first ones that succeed.
 _PICKLE_SAMPLES = 5
+_HANDOFF = 5e-6  # seconds to hand a call to a thread and take its result back, at least
 # Small items are timed again together, as chunks travel: a separate dumps() of a small int
 # costs more than its share of a chunk's, and sub-microsecond timings are mostly noise.
 _SMALL_SAMPLES = 64
@@ -382,6 +389,10 @@ class Pilot:
         """How long the alone phase should run, given the time of one call."""
         total = math.inf if self.length is None else (self.length - self.first) * wall
         target = min(self.share * total, 0.35 * self.budget)
+        if wall < _HANDOFF and not self.is_async:
+            # No together phase follows (see _exhausted_or_enough): a few milliseconds give
+            # the time per call and the pickling, which is all the cost model needs.
+            return 0.002
         if wall < 20e-6:
             # Calls this short take milliseconds to time: just enough for the knocker to tell
             # whether they hold the GIL, which settles whether running them together can pay.
@@ -406,9 +417,13 @@ class Pilot:
         # Clearly GIL-bound computing: threads cannot help, and the knocker has shown it.
         if self._gil is not None and self._gil >= 0.7 and share >= 0.8 and not self.is_async:
             return True
-        # So little work left that running it together cannot save a millisecond.
+        # A call shorter than handing it to a thread: threads cannot gain, and processes are
+        # judged from this phase alone.
+        if wall < _HANDOFF and not self.is_async:
+            return True
+        # So little work left that running it together cannot save what measuring costs.
         left = self.remaining()
-        return left is not None and left * wall < 0.002
+        return left is not None and left * wall < 0.01
 
     def _together_phase(self) -> Phase | None:
         wall, cpu = _typical(self._alone)

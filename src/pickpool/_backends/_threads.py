@@ -8,6 +8,7 @@ thread (a daemon) exits on its own when the call finally returns, its result thr
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -23,13 +24,96 @@ CANCEL_GRACE = 1.0
 class _Slot:
     """What one worker thread is running, so that an overrun can be detected and abandoned."""
 
-    __slots__ = ("abandoned", "lock", "started", "task")
+    __slots__ = ("abandoned", "lock", "released", "started", "task")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.task: Task | None = None
         self.started = 0.0
         self.abandoned = False
+        self.released = threading.Event()  # the thread is done with this run
+
+
+# A thread no run has used for this long exits.
+IDLE_LIFETIME = 60.0
+WARM_THREADS = 128
+
+
+class _Parked:
+    """One idle worker thread, waiting for its next run."""
+
+    __slots__ = ("thread", "wake")
+
+    def __init__(self) -> None:
+        self.wake: queue.SimpleQueue[tuple[ThreadsBackend, _Slot] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._main, name="pickpool-thread", daemon=True)
+
+    def _main(self) -> None:
+        while True:
+            try:
+                job = self.wake.get(timeout=IDLE_LIFETIME)
+            except queue.Empty:
+                if warm.leave(self):
+                    return
+                job = self.wake.get()  # taken just now: its job is on the way
+            if job is None:
+                return
+            backend, slot = job
+            if not backend._work(slot) or not warm.park(self):
+                return
+
+
+class _WarmThreads:
+    """Worker threads kept between runs: a run takes idle ones before it starts new ones.
+
+    A thread is kept when its run ended normally, at most :data:`WARM_THREADS` of them, each
+    for :data:`IDLE_LIFETIME` seconds unused. They are daemon threads: they never keep the
+    interpreter alive.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[_Parked] = []
+
+    def take(self) -> _Parked | None:
+        with self._lock:
+            return self._idle.pop() if self._idle else None
+
+    def park(self, parked: _Parked) -> bool:
+        with self._lock:
+            if len(self._idle) >= WARM_THREADS:
+                return False
+            self._idle.append(parked)
+            return True
+
+    def leave(self, parked: _Parked) -> bool:
+        """An idle thread timed out: True if it may exit (no run took it meanwhile)."""
+        with self._lock:
+            if parked in self._idle:
+                self._idle.remove(parked)
+                return True
+            return False
+
+    def clear(self) -> None:
+        """Stop every idle thread and wait for it (in tests)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for parked in idle:
+            parked.wake.put(None)
+        for parked in idle:
+            parked.thread.join()
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def forget(self) -> None:
+        """In a forked child: the parent's threads do not exist there."""
+        self._lock = threading.Lock()
+        self._idle = []
+
+
+warm = _WarmThreads()
+os.register_at_fork(after_in_child=warm.forget)
 
 
 class ThreadsBackend:
@@ -88,9 +172,11 @@ class ThreadsBackend:
         # a thread cannot be killed, so one still running after it is abandoned like a
         # timed-out one, a daemon that exits when its call returns, its result dropped.
         deadline = time.monotonic() + CANCEL_GRACE if cancel else None
-        for thread, slot in self._threads.items():
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
+        for slot in self._threads.values():
+            released = slot.released.wait(
+                None if deadline is None else max(0.0, deadline - time.monotonic())
+            )
+            if not released:
                 with slot.lock:
                     slot.abandoned = True
 
@@ -135,13 +221,17 @@ class ThreadsBackend:
 
     def _start_thread(self) -> None:
         slot = _Slot()
-        thread = threading.Thread(
-            target=self._work, args=(slot,), name="pickpool-thread", daemon=True
-        )
-        self._threads[thread] = slot
-        thread.start()
+        parked = warm.take()
+        fresh = parked is None
+        if parked is None:
+            parked = _Parked()
+        self._threads[parked.thread] = slot
+        parked.wake.put((self, slot))
+        if fresh:
+            parked.thread.start()
 
-    def _work(self, slot: _Slot) -> None:
+    def _work(self, slot: _Slot) -> bool:
+        """Run tasks until told to stop; True if this thread may serve another run."""
         caller = Caller(self._setup.fn)
         try:
             while (task := self._inbox.get()) is not None:
@@ -153,11 +243,14 @@ class ThreadsBackend:
                     outcomes = [(i, FATAL, exc, format_traceback(exc)) for i in task_indices(task)]
                 with slot.lock:
                     if slot.abandoned:
-                        return
+                        return False
                     slot.task = None
                 self._outbox.put(outcomes)
         finally:
             caller.close()
+            slot.released.set()
+        with slot.lock:
+            return not slot.abandoned
 
 
 def _min(a: float | None, b: float | None) -> float | None:
