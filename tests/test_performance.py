@@ -225,3 +225,61 @@ def test_a_thread_abandoned_to_a_timeout_is_not_kept() -> None:
     kept = len(_threads.warm)
     release.set()
     assert kept <= 2  # the stuck thread was not parked while it ran
+
+
+# Hill climbing ------------------------------------------------------------------------------
+
+
+def test_the_climber_climbs_while_throughput_rises(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pickpool._backends._threads import Climber
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    climber = Climber(start=8, cap=64)
+    # A far side that serves as many at once as it is sent, up to 40: throughput = limit.
+    for _ in range(60):
+        clock[0] += 0.1
+        climber.completed(int(min(climber.limit, 40) * 100 * 0.1))
+    assert 36 <= climber.limit <= 48  # up from 8, and back near the knee at 40
+    assert max(limit for limit, _ in climber.history) < 64
+
+
+def test_the_climber_backs_off_when_more_threads_hurt(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pickpool._backends._threads import Climber
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    climber = Climber(start=32, cap=64)
+    # Contention: every thread beyond 8 costs throughput.
+    for _ in range(60):
+        clock[0] += 0.1
+        rate = 1000 - 20 * max(0, climber.limit - 8)
+        climber.completed(int(rate * 0.1))
+    assert climber.limit == 16  # down to its floor, half the start
+
+
+def test_a_climbing_pool_adds_threads_for_waits_that_overlap() -> None:
+    import dataclasses
+
+    from pickpool._backends import Setup
+    from pickpool._backends._threads import ThreadsBackend
+    from pickpool._driver import drive
+
+    backends: list[ThreadsBackend] = []
+
+    def open_backend(setup: Setup) -> ThreadsBackend:
+        backends.append(ThreadsBackend(setup))
+        return backends[-1]
+
+    def wait(x: int) -> int:
+        time.sleep(0.005)
+        return x
+
+    setup = Setup(wait, 16, False, None, concurrency=2)
+    run = dataclasses.replace(plan(model="threads", workers=16, window=64), adaptive=False)
+    dones = list(drive(range(600), run, setup, open_backend))
+    assert [d.value for d in dones] == list(range(600))
+    climber = backends[0].climber
+    assert climber is not None
+    # Sleeping threads overlap: throughput follows the limit, so it climbed from 2.
+    assert max(limit for limit, _ in climber.history) > 2

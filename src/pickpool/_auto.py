@@ -29,6 +29,8 @@ AUTO_SHARE: Final = 0.03
 DRIFT: Final = 5.0
 DRIFT_WATCH: Final = 0.5
 MAX_REDECISIONS: Final = 3
+# The most threads auto's hill climbing may reach.
+CLIMB_CAP: Final = 128
 
 
 class _Watch:
@@ -130,10 +132,14 @@ class AutoRun:
             chunksize=wishes.chunksize,
             timeout=wishes.timeout,
         )
+        # Threads start at the advised count and climb by measured throughput, up to twice
+        # as many, unless the caller fixed the count.
+        climb = advice.model == "threads" and wishes.workers is None
+        workers = min(CLIMB_CAP, 2 * advice.workers) if climb else advice.workers
         plan = wishes.plan(
             advice.model,
             is_async=self.is_async,
-            workers=advice.workers,
+            workers=max(workers, advice.workers),
             chunksize=advice.chunksize,
             adaptive=True,
             length=pilot.remaining(),
@@ -142,7 +148,14 @@ class AutoRun:
         self.decisions.append(advice)
         # A re-decision's probe needs not pickle the function again.
         self.fn_bytes = self.fn_bytes or pilot.fn_bytes
-        setup = _backends.Setup(self.fn, plan.workers, self.is_async, plan.timeout, self.fn_bytes)
+        setup = _backends.Setup(
+            self.fn,
+            plan.workers,
+            self.is_async,
+            plan.timeout,
+            self.fn_bytes,
+            concurrency=advice.workers if climb else None,
+        )
         return plan, setup, pilot.source, pilot.taken
 
     def dones(

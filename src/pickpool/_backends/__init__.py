@@ -26,6 +26,8 @@ class Setup:
     is_async: bool
     timeout: float | None
     fn_bytes: bytes | None = None  # ``fn`` pickled for processes, when the caller did already
+    # Threads: how many run at first, climbing (up to ``workers``) by measured throughput.
+    concurrency: int | None = None
 
 
 class Backend(Protocol):

@@ -14,7 +14,7 @@ import threading
 import time
 
 from .._errors import TaskTimeout
-from .._task import FATAL, Caller, Outcome, Task, format_traceback, task_indices
+from .._task import FATAL, Caller, Outcome, Task, format_traceback, outcome_count, task_indices
 from . import Setup
 
 # Seconds a run that stops early waits for its running items before it abandons them.
@@ -116,9 +116,64 @@ warm = _WarmThreads()
 os.register_at_fork(after_in_child=warm.forget)
 
 
+class Climber:
+    """How many threads may run at once, moved by the throughput it measures (hill climbing).
+
+    As .NET's thread pool does: every :data:`INTERVAL` seconds (and at least a few
+    completions), compare items per second with the last interval's; keep moving the limit the
+    same way while throughput rises by more than the noise, turn back when it falls, and hold
+    when it is flat. Steps are an eighth of the limit, at least one; the limit stays between
+    half the start and ``cap``. Blocking I/O's best thread count drifts with the far side's
+    latency: the start is Little's law on the probe's numbers, the climb follows the run.
+    """
+
+    INTERVAL = 0.1
+    NOISE = 0.05
+
+    def __init__(self, start: int, cap: int) -> None:
+        self.limit = start
+        self._low, self._high = max(1, start // 2), max(start, cap)
+        self._direction = 1
+        self._last: float | None = None
+        self._began = time.monotonic()
+        self._done = 0
+        self.history: list[tuple[int, float]] = []  # (limit, items per second) per interval
+
+    def completed(self, count: int) -> bool:
+        """``count`` more items finished; True if the limit moved."""
+        self._done += count
+        now = time.monotonic()
+        elapsed = now - self._began
+        if elapsed < self.INTERVAL or self._done < 2 * self.limit:
+            return False
+        rate = self._done / elapsed
+        self.history.append((self.limit, rate))
+        self._began, self._done = now, 0
+        last, self._last = self._last, rate
+        if last is not None:
+            if rate < last * (1 - self.NOISE):
+                self._direction = -self._direction  # worse: turn back
+            elif rate <= last * (1 + self.NOISE):
+                return False  # flat: stay
+        step = max(1, self.limit // 8)
+        moved = min(self._high, max(self._low, self.limit + self._direction * step))
+        if moved == self.limit:
+            self._direction = -self._direction
+            return False
+        self.limit = moved
+        return True
+
+
 class ThreadsBackend:
     def __init__(self, setup: Setup) -> None:
         self._setup = setup
+        # At most `limit` threads take work at once; without climbing, every thread may.
+        self._gate = threading.Condition()
+        self._running = 0
+        self.climber: Climber | None = None
+        if setup.concurrency is not None and setup.concurrency < setup.workers:
+            self.climber = Climber(setup.concurrency, setup.workers)
+        self._limit = setup.workers if self.climber is None else self.climber.limit
         self._inbox: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue[list[Outcome]] = queue.SimpleQueue()
         self._threads: dict[threading.Thread, _Slot] = {}
@@ -131,7 +186,7 @@ class ThreadsBackend:
     def submit(self, task: Task) -> None:
         self._in_flight += 1
         # Threads start as work arrives, so three items never start sixteen threads.
-        if len(self._threads) < min(self._setup.workers, self._in_flight):
+        if len(self._threads) < min(self._limit, self._in_flight):
             self._start_thread()
         self._inbox.put(task)
 
@@ -154,6 +209,16 @@ class ThreadsBackend:
                 self._in_flight -= 1
         if limit is not None:
             outcomes += self._abandon_overdue(limit)
+        if (
+            self.climber is not None
+            and outcomes
+            and self.climber.completed(outcome_count(outcomes))
+        ):
+            with self._gate:
+                self._limit = self.climber.limit
+                self._gate.notify_all()
+            while len(self._threads) < min(self._limit, self._in_flight):
+                self._start_thread()
         return outcomes
 
     def close(self, *, cancel: bool) -> None:
@@ -166,6 +231,9 @@ class ThreadsBackend:
                     self._inbox.get_nowait()
                 except queue.Empty:
                     break
+        with self._gate:  # every thread must get to its stop message
+            self._limit = len(self._threads) + len(self._abandoned) + 1
+            self._gate.notify_all()
         for _ in self._threads:
             self._inbox.put(None)
         # Stopping early (an error, Ctrl-C, break): running items get a grace period to return;
@@ -203,6 +271,7 @@ class ThreadsBackend:
                 if task is None or now - slot.started < limit:
                     continue
                 slot.abandoned = True
+            self._leave()  # its place goes to the thread that replaces it
             del self._threads[thread]
             self._abandoned.append(thread)
             self._in_flight -= 1
@@ -234,7 +303,12 @@ class ThreadsBackend:
         """Run tasks until told to stop; True if this thread may serve another run."""
         caller = Caller(self._setup.fn)
         try:
-            while (task := self._inbox.get()) is not None:
+            while True:
+                self._enter()
+                task = self._inbox.get()
+                if task is None:
+                    self._leave()
+                    break
                 with slot.lock:
                     slot.task, slot.started = task, time.monotonic()
                 try:
@@ -245,12 +319,24 @@ class ThreadsBackend:
                     if slot.abandoned:
                         return False
                     slot.task = None
+                self._leave()
                 self._outbox.put(outcomes)
         finally:
             caller.close()
             slot.released.set()
         with slot.lock:
             return not slot.abandoned
+
+    def _enter(self) -> None:
+        with self._gate:
+            while self._running >= self._limit:
+                self._gate.wait()
+            self._running += 1
+
+    def _leave(self) -> None:
+        with self._gate:
+            self._running -= 1
+            self._gate.notify()
 
 
 def _min(a: float | None, b: float | None) -> float | None:
