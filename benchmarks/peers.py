@@ -148,9 +148,9 @@ def workloads(quick: bool) -> list[Workload]:
         ),
         Workload(
             "long CPU (probe cost)",
-            f"{2000 // scale:,} x ~4 ms",
+            f"{3000 // scale:,} x ~4 ms",
             "cpu",
-            _fixed(medium, range(2000 // scale)),
+            _fixed(medium, range(3000 // scale)),
             peers=False,
         ),
     ]

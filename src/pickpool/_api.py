@@ -294,9 +294,10 @@ def map(
         workers: how many at once (``"serial"`` always runs one). Defaults: processes, the
             usable cores; threads, 8 per core (at most 64); asyncio, 1024 coroutines; auto,
             what its cost model finds fastest (given, auto keeps it).
-        chunksize: items per hand-off to a worker. Defaults to 1, except for processes: about
-            4 chunks per worker over the input, at most 256 items (32 for an input of
-            unknown length); auto sizes chunks to the measured time per item.
+        chunksize: items per hand-off to a worker, fixed. Not given, chunks adapt to the
+            measured pace: each aims at ~5 ms of a worker's time (serial: ~2 ms), shrinking
+            near the end of the input; the first is 1, or for processes about 4 chunks per
+            worker over the input (at most 256 items; 32 for an input of unknown length).
         ordered: ``True``: results in input order. ``False``: as they complete.
         timeout: seconds each item may run; an item past it fails with
             :class:`pickpool.TaskTimeout` (its process killed under ``"processes"``; a thread

@@ -23,7 +23,7 @@ from ._task import OK, is_async_callable
 # Auto probes at most about this long, and for at most this share of the batch's serial time
 # (beyond a few calls); ``advise``'s default budget is the same second.
 AUTO_BUDGET: Final = 1.0
-AUTO_SHARE: Final = 0.03
+AUTO_SHARE: Final = 0.015
 # Drift: the pace auto re-decides at (5x off the prediction, either way), how long it watches
 # before judging, and how often it may re-decide in one run.
 DRIFT: Final = 5.0
