@@ -282,7 +282,7 @@ class ThreadsBackend:
                     "to have stuck items killed"
                 )
                 outcomes.append((index, 1, exc, format_traceback(exc)))
-            if len(self._threads) < self._setup.workers:
+            if len(self._threads) < self._limit:
                 self._start_thread()
         return outcomes
 
