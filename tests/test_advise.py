@@ -302,3 +302,13 @@ def test_child_processes_cpu_caps_the_threads() -> None:
     assert advice.model == "threads"
     assert advice.predicted["threads"] >= 100 * 0.01 / 2
     assert "child processes" in str(advice)
+
+
+def test_a_far_side_slowing_down_is_not_loop_blocking() -> None:
+    # 16 coroutines took 1.7x one's time because the server slowed down, not the loop: each
+    # costs the loop its own 0.7 ms of CPU, so one loop still beats a thread per coroutine.
+    ev = evidence(
+        is_async=True, wall=0.022, cpu=0.0007, gil_held=0.04, coroutines=16, loop_blocked=0.046
+    )
+    advice = decide(ev, items=200, machine=TWO_CORES)
+    assert (advice.model, advice.kind) == ("asyncio", "async-io"), str(advice)

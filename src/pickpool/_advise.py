@@ -33,6 +33,7 @@ THREAD_START: Final = 0.2e-3
 ASYNC_ITEM: Final = 8e-6  # one task on the loop, with its bookkeeping
 LOOP_START: Final = 1e-3
 MAX_COROUTINES: Final = 100_000
+LOOP_BLOCKED: Final = 0.1  # a share of its time a coroutine blocks the loop that counts
 TO_THREAD_ITEM: Final = 60e-6  # a plain function under asyncio: the loop's trip to a thread
 LOOP_CALL: Final = 30e-6  # one coroutine run to the end on a worker's own loop
 PROCESS_ITEM: Final = 2.6e-6  # the parent's bookkeeping per item
@@ -301,7 +302,12 @@ class _Model:
         ev, cores = self.ev, self.m.cores
         best: Option | None = None
         if ev.is_async:
-            blocks = ev.cpu if ev.loop_blocked is None else ev.loop_blocked * ev.wall
+            blocks = ev.cpu
+            if ev.loop_blocked is not None and ev.loop_blocked >= LOOP_BLOCKED:
+                # It blocks the loop (time.sleep, computing): for as long as that share says.
+                # Below it, the together phase's slowdown is mostly the far side's (a server
+                # under load), and what a coroutine costs the loop is its own CPU time.
+                blocks = max(blocks, ev.loop_blocked * ev.wall)
             # Little's law: enough coroutines waiting that the loop is never idle while one
             # of them is away, twice over; bounded, since each costs ~1 kB while it waits.
             little = min(MAX_COROUTINES, self.n, math.ceil(2 * ev.wall / (blocks + ASYNC_ITEM)))
