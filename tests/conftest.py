@@ -55,6 +55,9 @@ def _wait_until(predicate: object, seconds: float) -> bool:
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     threads_before = set(threading.enumerate())
     children_before = _children()
+    # A library under test may keep processes of its own (a dask cluster restarts its workers).
+    foreign_processes = request.node.get_closest_marker("foreign_processes")
+    mp_before = set(multiprocessing.active_children())  # a module's dask cluster, say
     yield
     allow_threads = request.node.get_closest_marker("leaves_threads") is not None
     # Worker processes kept warm between runs are stopped here, so that every test starts
@@ -63,16 +66,34 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
 
     _processes.warm.clear()
     _threads.warm.clear()
+
     # Reaped children and joined threads are gone at once; the short grace only absorbs the
     # OS's own bookkeeping of an exiting process.
-    assert _wait_until(lambda: _children() <= children_before, 5.0), (
-        f"child processes left behind: {_children() - children_before}"
+    def ours() -> set[int]:
+        pids = _children()
+        if foreign_processes is not None:
+            for p in multiprocessing.active_children():
+                if p.name.startswith(tuple(foreign_processes.args)) and p.pid is not None:
+                    pids.discard(p.pid)
+        return pids
+
+    assert _wait_until(lambda: ours() <= children_before, 5.0), (
+        f"child processes left behind: {ours() - children_before}"
     )
-    assert multiprocessing.active_children() == []
+    assert {
+        p
+        for p in multiprocessing.active_children()
+        if foreign_processes is None or not p.name.startswith(tuple(foreign_processes.args))
+    } <= mp_before
+    # A library under test may start threads of its own, lazily (dask's client does).
+    foreign = request.node.get_closest_marker("foreign_threads")
+    theirs = tuple(foreign.args) if foreign is not None else ()
     extra = [
         t
         for t in set(threading.enumerate()) - threads_before
-        if t.is_alive() and not (allow_threads and t.name.startswith(_ALLOWED_THREAD_PREFIXES))
+        if t.is_alive()
+        and not (allow_threads and t.name.startswith(_ALLOWED_THREAD_PREFIXES))
+        and not (theirs and t.name.startswith(theirs))
     ]
     assert not extra, f"threads left behind: {extra}"
 
@@ -80,4 +101,10 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "leaves_threads: a timed-out thread is abandoned by design, not joined"
+    )
+    config.addinivalue_line(
+        "markers", "foreign_threads(*prefixes): threads another library starts, by name"
+    )
+    config.addinivalue_line(
+        "markers", "foreign_processes(*prefixes): multiprocessing children of another library"
     )

@@ -117,6 +117,22 @@ def test_doctor_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert isinstance(facts["gil_enabled"], bool)
     assert facts["start_method"] in ("fork", "forkserver", "spawn")
     assert facts["process_pool_start_s"] > 0
+    # What decides the models beyond one GIL and one machine.
+    assert isinstance(facts["free_threaded_build"], bool)
+    assert facts["interpreters_model"] is (sys.version_info >= (3, 14))
+    assert isinstance(facts["dask_installed"], bool)
+    assert facts["dask_client_active"] is False
+
+
+def test_run_on_an_unavailable_model_says_why_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if sys.version_info >= (3, 14):
+        pytest.skip("this interpreter has sub-interpreters")
+    code, _, err = run_cli(capsys, "run", "builtins:abs", "--range", "3", "--model", "interpreters")
+    assert code == 2
+    assert err.strip().count("\n") == 0
+    assert "Python 3.14 or later" in err
 
 
 def test_demo_command(

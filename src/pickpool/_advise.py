@@ -17,6 +17,8 @@ whenever parallelism matters.
 from __future__ import annotations
 
 import math
+import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -33,6 +35,8 @@ THREAD_START: Final = 0.2e-3
 ASYNC_ITEM: Final = 8e-6  # one task on the loop, with its bookkeeping
 LOOP_START: Final = 1e-3
 MAX_COROUTINES: Final = 100_000
+INTERPRETER_START: Final = 20e-3  # a sub-interpreter and its thread (measured on 3.13: 19 ms)
+DASK_TASK: Final = 1e-3  # what the scheduler and the client spend on each task
 LOOP_BLOCKED: Final = 0.1  # a share of its time a coroutine blocks the loop that counts
 TO_THREAD_ITEM: Final = 60e-6  # a plain function under asyncio: the loop's trip to a thread
 LOOP_CALL: Final = 30e-6  # one coroutine run to the end on a worker's own loop
@@ -56,8 +60,17 @@ UNKNOWN_LENGTH: Final = 1000
 TINY: Final = 1e-3
 QUEUED_EFFICIENCY: Final = 0.6  # under ~10x a pool round trip: parallelism rarely pays
 
-_ORDER_SYNC: Final = ("serial", "threads", "asyncio", "processes")
-_ORDER_ASYNC: Final = ("serial", "asyncio", "threads", "processes")
+# On a near tie, the first of these: fewer moving parts, no pickling, one machine.
+_ORDER_SYNC: Final = ("serial", "threads", "asyncio", "processes", "interpreters", "dask")
+_ORDER_ASYNC: Final = ("serial", "asyncio", "threads", "processes", "interpreters", "dask")
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """An active dask cluster, as the cost model sees it."""
+
+    threads: int  # worker threads across the cluster
+    round_trip: float  # seconds for a trivial task, submit to result
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,18 +78,46 @@ class Machine:
     """The facts about this machine that the cost model needs."""
 
     cores: int
-    gil: bool
+    gil: bool  # False on a free-threaded build running without it
     start_method: str
     server_running: bool
+    interpreters: bool = False  # concurrent.futures.InterpreterPoolExecutor (3.14+)
+    cluster: Cluster | None = None  # an active dask client's cluster
 
     @classmethod
     def here(cls) -> Machine:
+        from ._backends import _interpreters
+
         return cls(
             cores=_machine.cores(),
             gil=_machine.gil_enabled(),
             start_method=_machine.start_method(),
             server_running=_machine.fork_server_running(),
+            interpreters=_interpreters.available(),
+            cluster=_active_cluster(),
         )
+
+
+def _active_cluster() -> Cluster | None:
+    """The active dask client's cluster, measured; None without one (dask is not imported)."""
+    if "distributed" not in sys.modules:
+        return None  # nobody started a client without importing distributed
+    from ._backends import _dask
+
+    try:
+        client = _dask.active_client()
+    except Exception:
+        return None
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        client.submit(_noop, pure=False).result()
+        best = min(best, time.perf_counter() - start)
+    return Cluster(threads=_dask.cluster_threads(client), round_trip=best)
+
+
+def _noop() -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,10 +368,12 @@ class _Model:
         assert best is not None
         return best
 
-    def processes(self) -> Option:
+    def processes(self, model: str = "processes") -> Option:
+        """Worker processes; or, as ``model="interpreters"``, sub-interpreters, which pickle
+        alike but start in a thread (~20 ms each) with no fork server."""
         ev, m = self.ev, self.m
         if ev.unpicklable:
-            return Option("processes", m.cores, 1, math.inf)
+            return Option(model, m.cores, 1, math.inf)
         wall = ev.wall + (LOOP_CALL if ev.is_async else 0.0)
         pipe = (ev.item_bytes + ev.result_bytes) * PIPE_BYTE
         candidates = set(range(1, m.cores + 1))
@@ -339,6 +382,8 @@ class _Model:
             candidates |= {2 * m.cores, 4 * m.cores}
         start_each = WORKER_START.get(m.start_method, WORKER_START["spawn"])
         server = 0.0 if m.server_running or m.start_method != "forkserver" else FORK_SERVER_START
+        if model == "interpreters":
+            start_each, server = INTERPRETER_START, 0.0
         best: Option | None = None
         for k in _counts(candidates, self.workers, self.n):
             ch = self.chunk("processes", k)
@@ -359,17 +404,41 @@ class _Model:
                 per += 0.5 * min(parent, worker / k)
             fixed = server + k * (start_each + WORKER_STOP)
             seconds = fixed + self.n * per + 0.5 * ch * wall
-            best = _better(best, Option("processes", k, ch, seconds, per))
+            best = _better(best, Option(model, k, ch, seconds, per))
         assert best is not None
         return best
 
+    def dask(self, cluster: Cluster) -> Option:
+        """Chunks as tasks of a dask cluster: its threads, its round trip per chunk, and the
+        parent's pickling; chunks long enough to hide the round trip 20 times over."""
+        ev = self.ev
+        if ev.unpicklable:
+            return Option("dask", cluster.threads, 1, math.inf)
+        k = self.workers or cluster.threads
+        wall = ev.wall + (LOOP_CALL if ev.is_async else 0.0)
+        ch = self.chunksize or (1 if self.timeout is not None else 0)
+        if not ch:
+            ch = max(1, min(math.ceil(20 * cluster.round_trip / max(wall, 1e-7)), -(-self.n // k)))
+        pickling = ev.item_pickle + LOADS_PER_DUMPS * ev.result_pickle
+        per = max(
+            (wall + cluster.round_trip / ch) / k,
+            DASK_TASK / ch + pickling,  # the scheduler and this process, per task and item
+        )
+        seconds = 2 * cluster.round_trip + self.n * per + 0.5 * ch * wall
+        return Option("dask", k, ch, seconds, per)
+
     def options(self) -> dict[str, Option]:
-        return {
+        options = {
             "serial": self.serial(),
             "threads": self.threads(),
             "processes": self.processes(),
             "asyncio": self.asyncio(),
         }
+        if self.m.interpreters:
+            options["interpreters"] = self.processes("interpreters")
+        if self.m.cluster is not None:
+            options["dask"] = self.dask(self.m.cluster)
+        return options
 
 
 def _better(best: Option | None, new: Option) -> Option:
@@ -383,8 +452,8 @@ def choose(options: Mapping[str, Option], *, is_async: bool) -> Option:
     """The fastest option, or a simpler one within :data:`TIE` of it."""
     fastest = min(options.values(), key=lambda o: o.seconds)
     for model in _ORDER_ASYNC if is_async else _ORDER_SYNC:
-        option = options[model]
-        if option.seconds <= fastest.seconds * TIE:
+        option = options.get(model)
+        if option is not None and option.seconds <= fastest.seconds * TIE:
             return option
     return fastest
 

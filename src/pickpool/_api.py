@@ -60,6 +60,7 @@ class _Run:
         retries: object,
         on_error: object,
         progress: object,
+        client: object = None,
     ) -> None:
         check_fn(fn)
         try:
@@ -72,6 +73,18 @@ class _Run:
         self.is_async = is_async_callable(fn)
         name = _check_model(model)
         self.auto: AutoRun | None = None
+        if client is not None and name != "dask":
+            raise ValueError(f"client= is for model='dask', not model={name!r}")
+        if name == "dask":
+            from ._backends._dask import active_client, cluster_threads
+
+            # Here, so that a missing extra or cluster is reported at the call, even by imap.
+            client = active_client(client)
+            workers = cluster_threads(client) if workers is None else workers
+        elif name == "interpreters":
+            from ._backends._interpreters import check_available
+
+            check_available()
         # Under "auto" the options are checked here all the same, before anything runs.
         self.plan: Plan = make_plan(
             model="threads" if name == "auto" else name,
@@ -108,7 +121,7 @@ class _Run:
         self.on_error = on_error
         self.progress = wants_progress(progress)
         self.setup = _backends.Setup(
-            fn, self.plan.workers, self.is_async, self.plan.timeout, fn_bytes
+            fn, self.plan.workers, self.is_async, self.plan.timeout, fn_bytes, client=client
         )
         self.description = f"{getattr(fn, '__name__', 'fn')} [{name}]"
 
@@ -221,6 +234,7 @@ def map(
     retries: int = ...,
     on_error: Literal["raise", "skip"] = ...,
     progress: Progress = ...,
+    client: Any = ...,
 ) -> list[R]: ...
 @overload
 def map(
@@ -235,6 +249,7 @@ def map(
     retries: int = ...,
     on_error: Literal["collect"],
     progress: Progress = ...,
+    client: Any = ...,
 ) -> list[R | Failure]: ...
 @overload
 def map(
@@ -249,6 +264,7 @@ def map(
     retries: int = ...,
     on_error: Literal["raise", "skip"] = ...,
     progress: Progress = ...,
+    client: Any = ...,
 ) -> list[R]: ...
 @overload
 def map(
@@ -263,6 +279,7 @@ def map(
     retries: int = ...,
     on_error: Literal["collect"],
     progress: Progress = ...,
+    client: Any = ...,
 ) -> list[R | Failure]: ...
 def map(
     fn: Callable[[Any], Any],
@@ -276,6 +293,7 @@ def map(
     retries: int = 0,
     on_error: OnError = "raise",
     progress: Progress = False,
+    client: Any = None,
 ) -> list[Any]:
     """Call ``fn`` on every item, concurrently, and return the results as a list.
 
@@ -288,6 +306,8 @@ def map(
         items: any iterable; read lazily, a window at a time.
         model: ``"serial"`` (a plain loop), ``"threads"`` (blocking I/O, C code that releases
             the GIL), ``"processes"`` (pure-Python CPU work), ``"asyncio"`` (many slow waits),
+            ``"interpreters"`` (Python 3.14+: one GIL per sub-interpreter), ``"dask"`` (a
+            dask.distributed cluster: the ``client`` given or the active one; extra ``dask``),
             or ``"auto"`` (the default): measure ``fn`` on the first items, as
             :func:`pickpool.advise` does, and run the rest on the fastest model, sized. Those
             first items' results are kept: every item is computed once.
@@ -308,12 +328,16 @@ def map(
             a :class:`pickpool.Failure` stands where the item failed. ``"skip"``: failed items
             are left out.
         progress: ``True``: a bar on stderr when it is a terminal; ``"always"``: even when not.
+        client: for ``model="dask"``, the ``distributed.Client`` to run on (default: the
+            active one); its workers' threads are the default ``workers``.
 
     Returns:
         The results, one per item (fewer under ``on_error="skip"``).
 
     Raises:
         ValueError: an unknown model, bad worker or chunk count, bad timeout.
+        pickpool.BackendUnavailable: the model cannot run here (no dask extra or cluster;
+            sub-interpreters before Python 3.14); the message says what to do.
         TypeError: ``fn`` not callable, ``items`` not iterable, or something that cannot be
             pickled to a worker process (the message names it and what to do).
 
@@ -334,6 +358,7 @@ def map(
         retries=retries,
         on_error=on_error,
         progress=progress,
+        client=client,
     )
     return run.collect()
 
@@ -351,6 +376,7 @@ def imap(
     retries: int = ...,
     on_error: Literal["raise", "skip"] = ...,
     progress: Progress = ...,
+    client: Any = ...,
 ) -> Iterator[R]: ...
 @overload
 def imap(
@@ -365,6 +391,7 @@ def imap(
     retries: int = ...,
     on_error: Literal["collect"],
     progress: Progress = ...,
+    client: Any = ...,
 ) -> Iterator[R | Failure]: ...
 @overload
 def imap(
@@ -379,6 +406,7 @@ def imap(
     retries: int = ...,
     on_error: Literal["raise", "skip"] = ...,
     progress: Progress = ...,
+    client: Any = ...,
 ) -> Iterator[R]: ...
 @overload
 def imap(
@@ -393,6 +421,7 @@ def imap(
     retries: int = ...,
     on_error: Literal["collect"],
     progress: Progress = ...,
+    client: Any = ...,
 ) -> Iterator[R | Failure]: ...
 def imap(
     fn: Callable[[Any], Any],
@@ -406,6 +435,7 @@ def imap(
     retries: int = 0,
     on_error: OnError = "raise",
     progress: Progress = False,
+    client: Any = None,
 ) -> Iterator[Any]:
     """Like :func:`map`, but a lazy iterator: results come as they are ready, memory stays flat.
 
@@ -433,6 +463,7 @@ def imap(
         retries=retries,
         on_error=on_error,
         progress=progress,
+        client=client,
     )
     return run.iterate()
 
@@ -450,6 +481,7 @@ async def amap(
     retries: int = ...,
     on_error: Literal["raise", "skip"] = ...,
     progress: Progress = ...,
+    client: Any = ...,
 ) -> list[R]: ...
 @overload
 async def amap(
@@ -464,6 +496,7 @@ async def amap(
     retries: int = ...,
     on_error: Literal["collect"],
     progress: Progress = ...,
+    client: Any = ...,
 ) -> list[R | Failure]: ...
 @overload
 async def amap(
@@ -478,6 +511,7 @@ async def amap(
     retries: int = ...,
     on_error: Literal["raise", "skip"] = ...,
     progress: Progress = ...,
+    client: Any = ...,
 ) -> list[R]: ...
 @overload
 async def amap(
@@ -492,6 +526,7 @@ async def amap(
     retries: int = ...,
     on_error: Literal["collect"],
     progress: Progress = ...,
+    client: Any = ...,
 ) -> list[R | Failure]: ...
 async def amap(
     fn: Callable[[Any], Any],
@@ -505,6 +540,7 @@ async def amap(
     retries: int = 0,
     on_error: OnError = "raise",
     progress: Progress = False,
+    client: Any = None,
 ) -> list[Any]:
     """:func:`map` for callers already inside an event loop: ``await pickpool.amap(f, xs)``.
 
@@ -529,6 +565,7 @@ async def amap(
         retries=retries,
         on_error=on_error,
         progress=progress,
+        client=client,
     )
     if run.runs_on_caller_loop:
         results = run.aiterate()

@@ -10,11 +10,11 @@ import numbers
 from typing import Any, Final
 
 from . import _machine
-from ._backends import MODELS
+from ._backends import EXTRA_MODELS, MODELS
 from ._driver import Plan
 
 ON_ERROR: Final = ("raise", "collect", "skip")
-ALL_MODELS: Final = ("auto", *MODELS)
+ALL_MODELS: Final = ("auto", *MODELS, *EXTRA_MODELS)
 
 # Threads mostly wait (blocking I/O), so more of them than cores pays; bounded because each
 # blocked thread costs memory and a GIL hand-off.
@@ -41,7 +41,7 @@ def default_workers(model: str, *, is_async: bool) -> int:
     cores = _machine.cores()
     if model == "serial":
         return 1
-    if model == "processes":
+    if model in ("processes", "interpreters"):
         return cores
     if model == "asyncio" and is_async:
         return ASYNC_CONCURRENCY
@@ -49,8 +49,8 @@ def default_workers(model: str, *, is_async: bool) -> int:
 
 
 def default_chunksize(model: str, workers: int, length: int | None) -> int:
-    """Items per chunk when none is given: 1 except for processes, which batch to hide dispatch."""
-    if model != "processes":
+    """Items per chunk when none is given: 1, except where each hand-off is costly to hide."""
+    if model not in ("processes", "interpreters", "dask"):
         return 1
     if length is None:
         return CHUNK_UNKNOWN_LENGTH
@@ -88,7 +88,7 @@ def make_plan(
     on_error: object,
 ) -> Plan:
     """Check the user's options; return the :class:`Plan` for a concrete (non-auto) model."""
-    if model not in MODELS:
+    if model not in MODELS and model not in EXTRA_MODELS:
         raise ValueError(f"unknown model {model!r}; use one of {', '.join(map(repr, ALL_MODELS))}")
     n_workers = positive_int("workers", workers)
     size = positive_int("chunksize", chunksize)
@@ -120,6 +120,10 @@ def make_plan(
     adaptive = size is None and limit is None
     size = 1 if limit is not None else size or default_chunksize(model, n_workers, length)
     window = size if model == "serial" else WINDOW_CHUNKS_PER_WORKER * n_workers * size
+    if model in ("dask", "interpreters") and limit is not None:
+        # Their futures do not say when a task starts: with no more in flight than there are
+        # workers, none waits in a queue while its timeout runs.
+        window = n_workers
     return Plan(
         model=backend,
         workers=n_workers,

@@ -17,6 +17,8 @@ from typing import Any, NoReturn, TextIO, cast
 
 import click
 
+from ._errors import BackendUnavailable
+
 TARGET_HELP = "MODULE:FUNCTION, or path/to/file.py:FUNCTION"
 EXAMPLES = {
     "advise": """\b
@@ -223,8 +225,8 @@ def advise(
 
 @cli.command(epilog=EXAMPLES["run"])
 @_inputs
-@click.option("--model", default="auto", show_default=True,
-              type=click.Choice(["auto", "serial", "threads", "processes", "asyncio"]))  # fmt: skip
+@click.option("--model", default="auto", show_default=True, type=click.Choice(
+    ["auto", "serial", "threads", "processes", "asyncio", "interpreters", "dask"]))  # fmt: skip
 @click.option("--workers", type=click.IntRange(min=1), help="how many at once")
 @click.option("--chunksize", type=click.IntRange(min=1), help="items per hand-off")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="seconds per item")
@@ -390,6 +392,11 @@ def doctor(as_json: bool) -> None:
     _console().print(table)
 
 
+def _dask_client_active() -> bool:
+    distributed = sys.modules.get("distributed")  # nobody started a client without it
+    return distributed is not None and distributed.client._get_global_client() is not None
+
+
 def machine_facts() -> dict[str, Any]:
     """The facts ``doctor`` reports, measured now."""
     import platform
@@ -399,6 +406,7 @@ def machine_facts() -> dict[str, Any]:
     import pickpool
 
     from . import _machine
+    from ._backends import _interpreters
 
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     quota = _machine._cgroup_cpu_limit()
@@ -424,7 +432,9 @@ def machine_facts() -> dict[str, Any]:
             importlib.util.find_spec(name) is not None
             for name in ("concurrent.interpreters", "interpreters")
         ),
-        "dask_distributed": importlib.util.find_spec("distributed") is not None,
+        "interpreters_model": _interpreters.available(),
+        "dask_installed": importlib.util.find_spec("distributed") is not None,
+        "dask_client_active": _dask_client_active(),
         "matplotlib": importlib.util.find_spec("matplotlib") is not None,
         "aiohttp": importlib.util.find_spec("aiohttp") is not None,
     }
@@ -448,6 +458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if isinstance(exc, (Usage, click.UsageError)) else exc.exit_code
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    except BackendUnavailable as exc:
+        # The environment's, not a usage mistake in the code: one line that says what to do.
+        click.echo(f"pickpool: error: {exc}", err=True)
+        return 2
     except KeyboardInterrupt:
         click.echo("pickpool: interrupted", err=True)
         return 130

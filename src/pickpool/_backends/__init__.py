@@ -13,8 +13,10 @@ from typing import Any, Literal, Protocol
 
 from .._task import Outcome, Task
 
-ModelName = Literal["serial", "threads", "processes", "asyncio"]
+ModelName = Literal["serial", "threads", "processes", "asyncio", "interpreters", "dask"]
+# The models every interpreter has, on one machine; then those that need more.
 MODELS: tuple[ModelName, ...] = ("serial", "threads", "processes", "asyncio")
+EXTRA_MODELS: tuple[ModelName, ...] = ("interpreters", "dask")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,7 @@ class Setup:
     fn_bytes: bytes | None = None  # ``fn`` pickled for processes, when the caller did already
     # Threads: how many run at first, climbing (up to ``workers``) by measured throughput.
     concurrency: int | None = None
+    client: Any = None  # dask: the distributed.Client to run on (None: the active one)
 
 
 class Backend(Protocol):

@@ -1,0 +1,155 @@
+"""``model="dask"``: chunks as tasks of a ``dask.distributed`` cluster.
+
+For work that outgrows one machine, on a real cluster engine rather than a home-made one. The
+client is the one given (``client=``) or the active default one (``distributed.get_client``);
+pickpool never starts a cluster itself. Each chunk is one dask task that runs the chunk
+through the same :class:`~pickpool._task.Caller` as every other model, so results, errors and
+their order are the same. What dask adds:
+
+* a worker that dies mid-task has its tasks re-run elsewhere by the scheduler; a task that kept
+  killing workers (dask's ``allowed-failures``, 3 by default) fails its item with
+  :class:`~pickpool.WorkerCrashed`;
+* ``timeout`` is measured from submission (dask does not say when a task starts, so pickpool
+  keeps no more tasks in flight than the cluster has threads): an item past it fails with
+  :class:`~pickpool.TaskTimeout` and its task is cancelled, though a task already running on a
+  worker thread runs on there, as under threads, and that thread stays busy until it returns.
+
+Installed with the ``dask`` extra (``pip install 'pickpool[dask]'``), imported only here.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from .._errors import BackendUnavailable, WorkerCrashed
+from .._task import ERROR, Outcome, Task, format_traceback, task_indices
+from . import Setup
+from ._futures import overdue, run_chunk, wait_for
+
+INSTALL = "pip install 'pickpool[dask]'"
+
+
+def distributed_module() -> Any:
+    """``distributed``, or :class:`~pickpool.BackendUnavailable` saying what to install."""
+    try:
+        import distributed
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"model='dask' needs dask.distributed, which is not installed: {INSTALL}"
+        ) from exc
+    return distributed
+
+
+def active_client(client: Any = None) -> Any:
+    """``client``, or the active default client; :class:`~pickpool.BackendUnavailable` if none."""
+    distributed = distributed_module()
+    if client is not None:
+        if not isinstance(client, distributed.Client):
+            raise TypeError(f"client must be a distributed.Client, not {type(client).__name__}")
+        return client
+    try:
+        return distributed.get_client()
+    except ValueError:
+        raise BackendUnavailable(
+            "model='dask' needs a dask cluster, and no client is active: start one "
+            "(distributed.Client('tcp://scheduler:8786'), or Client() for a local cluster) "
+            "or pass client="
+        ) from None
+
+
+def cluster_threads(client: Any) -> int:
+    """Worker threads across the cluster (at least 1)."""
+    threads: int = sum(client.nthreads().values())
+    return max(1, threads)
+
+
+class DaskBackend:
+    def __init__(self, setup: Setup) -> None:
+        self._setup = setup
+        self._distributed = distributed_module()
+        self._client = active_client(setup.client)
+        self._run = uuid.uuid4().hex[:12]
+        self._futures: dict[Any, tuple[Task, float]] = {}  # future -> (task, submitted at)
+        self._closed = False
+
+    def submit(self, task: Task) -> None:
+        future = self._client.submit(
+            run_chunk,
+            self._setup.fn,
+            task,
+            key=f"pickpool-{self._run}-{task[0]}-{task[1]}",
+            pure=False,
+        )
+        self._futures[future] = (task, time.monotonic())
+
+    def collect(self, timeout: float | None) -> list[Outcome]:
+        if not self._futures:
+            return []
+        limit = self._setup.timeout
+        try:
+            done, _ = self._distributed.wait(
+                list(self._futures),
+                timeout=wait_for(self._futures, limit, timeout),
+                return_when="FIRST_COMPLETED",
+            )
+        except TimeoutError:
+            done = set()
+        outcomes: list[Outcome] = []
+        for future in done:
+            task, _ = self._futures.pop(future)
+            if len(task[2]) > 1 and _killed(future):
+                # Which item kills its workers is unknown: run them one by one to find out.
+                for index, item in enumerate(task[2], task[1]):
+                    self.submit((task[0], index, [item]))
+                continue
+            outcomes += self._outcomes(future, task)
+        if limit is not None:
+            outcomes += overdue(
+                self._futures, limit, " on the dask cluster; its task was cancelled"
+            )
+        return outcomes
+
+    def _outcomes(self, future: Any, task: Task) -> list[Outcome]:
+        if future.status == "cancelled":
+            gone = WorkerCrashed(f"the dask task of item {task[1]} was cancelled")
+            return [(i, ERROR, gone, format_traceback(gone)) for i in task_indices(task)]
+        if future.status == "finished":
+            try:
+                result: list[Outcome] = future.result()
+            except Exception as unloadable:  # it finished, but its result did not load here
+                return _failed(task, unloadable)
+            return result
+        error: BaseException = future.exception()
+        if _killed(future):
+            crash = WorkerCrashed(
+                f"the dask workers running item {task[1]} died each time ({error}); likely a "
+                "crash in C code, os._exit, or running out of memory"
+            )
+            crash.__cause__ = error
+            return _failed(task, crash)
+        return _failed(task, error)
+
+    def close(self, *, cancel: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        futures, self._futures = list(self._futures), {}
+        if futures:
+            self._client.cancel(futures)
+
+    def __repr__(self) -> str:
+        return f"<DaskBackend {len(self._futures)} tasks in flight on {self._client!r}>"
+
+
+def _failed(task: Task, error: BaseException) -> list[Outcome]:
+    return [(i, ERROR, error, format_traceback(error)) for i in task_indices(task)]
+
+
+def _killed(future: Any) -> bool:
+    """The task failed because the workers running it kept dying."""
+    return bool(future.status == "error" and type(future.exception()).__name__ == "KilledWorker")
+
+
+backend_class = DaskBackend

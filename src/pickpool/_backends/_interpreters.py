@@ -1,0 +1,88 @@
+"""``model="interpreters"``: sub-interpreters, one GIL each (Python 3.14+).
+
+``concurrent.futures.InterpreterPoolExecutor`` runs each worker thread in an interpreter of its
+own: pure-Python work runs in parallel as under processes, with no process start-up, though
+functions, items and results still cross between interpreters by pickle. Each chunk is one
+call of :func:`run_chunk` in a worker interpreter, through the same
+:class:`~pickpool._task.Caller` as every other model. A worker thread cannot be killed: an
+item past ``timeout`` is reported as :class:`~pickpool.TaskTimeout` and left to finish, as
+under threads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sys
+import time
+from typing import Any
+
+from .._errors import BackendUnavailable
+from .._task import ERROR, Outcome, Task, format_traceback, task_indices
+from . import Setup
+from ._futures import overdue, run_chunk, wait_for
+
+
+def available() -> bool:
+    return hasattr(concurrent.futures, "InterpreterPoolExecutor")
+
+
+def check_available() -> None:
+    """:class:`~pickpool.BackendUnavailable` with the reason, where there are no interpreters."""
+    if not available():
+        raise BackendUnavailable(
+            "model='interpreters' needs Python 3.14 or later "
+            "(concurrent.futures.InterpreterPoolExecutor); this is Python "
+            f"{sys.version.split()[0]}: use model='processes' for pure-Python work"
+        )
+
+
+class InterpretersBackend:
+    def __init__(self, setup: Setup) -> None:
+        check_available()
+        self._setup = setup
+        pool_class: Any = concurrent.futures.InterpreterPoolExecutor  # type: ignore[attr-defined]
+        self._pool = pool_class(max_workers=setup.workers)
+        self._futures: dict[concurrent.futures.Future[Any], tuple[Task, float]] = {}
+        self._closed = False
+
+    def submit(self, task: Task) -> None:
+        future = self._pool.submit(run_chunk, self._setup.fn, task)
+        self._futures[future] = (task, time.monotonic())
+
+    def collect(self, timeout: float | None) -> list[Outcome]:
+        if not self._futures:
+            return []
+        limit = self._setup.timeout
+        done, _ = concurrent.futures.wait(
+            list(self._futures),
+            timeout=wait_for(self._futures, limit, timeout),
+            return_when=concurrent.futures.FIRST_COMPLETED,
+        )
+        outcomes: list[Outcome] = []
+        for future in done:
+            task, _ = self._futures.pop(future)
+            error = future.exception()
+            if error is None:
+                outcomes += future.result()
+            else:  # it could not reach the interpreter, or its result could not come back
+                outcomes += [(i, ERROR, error, format_traceback(error)) for i in task_indices(task)]
+        if limit is not None:
+            outcomes += overdue(
+                self._futures,
+                limit,
+                "; a sub-interpreter's thread cannot be killed and was left to finish",
+            )
+        return outcomes
+
+    def close(self, *, cancel: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._futures.clear()
+        self._pool.shutdown(wait=not cancel, cancel_futures=True)
+
+    def __repr__(self) -> str:
+        return f"<InterpretersBackend {len(self._futures)} chunks in flight>"
+
+
+backend_class = InterpretersBackend

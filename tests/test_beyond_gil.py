@@ -1,0 +1,126 @@
+"""Beyond one GIL and one machine: the models some interpreters and installs have, and how
+the cost model weighs them. Decisions are tested on injected machine facts; the real thing
+runs where this interpreter has it."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import pickpool
+import pickpool.lab
+from pickpool._advise import Cluster, Machine, decide
+from pickpool._backends import _interpreters
+from tests.test_advise import TWO_CORES, evidence
+
+FREE_THREADED = Machine(cores=2, gil=False, start_method="forkserver", server_running=True)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+# Free-threaded CPython -----------------------------------------------------------------------
+
+
+def test_free_threaded_pure_python_goes_to_threads() -> None:
+    # What the probe measures on a free-threaded build: no GIL held, 2 threads twice as fast.
+    ev = evidence(gil_held=0.0, threads=2, scaling=2.0)
+    advice = decide(ev, items=200, machine=FREE_THREADED)
+    assert (advice.model, advice.workers, advice.kind) == ("threads", 2, "cpu-nogil"), str(advice)
+    # The same numbers under a GIL (a knocker reading of 0.97) send it to processes.
+    held = decide(evidence(gil_held=0.97), items=200, machine=TWO_CORES)
+    assert held.model == "processes"
+
+
+def test_free_threaded_heavy_pickling_favours_threads_even_more() -> None:
+    ev = evidence(gil_held=0.0, threads=2, scaling=2.0, item_bytes=4_000_000, item_pickle=2e-3)
+    assert decide(ev, items=200, machine=FREE_THREADED).model == "threads"
+
+
+@pytest.mark.skipif(
+    getattr(sys, "_is_gil_enabled", lambda: True)(), reason="needs a free-threaded build"
+)
+def test_free_threaded_for_real() -> None:
+    advice = pickpool.advise(pickpool.lab.crunch, range(20))
+    assert advice.model == "threads", str(advice)
+
+
+# Sub-interpreters -------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(_interpreters.available(), reason="this interpreter has sub-interpreters")
+def test_interpreters_say_why_they_are_unavailable() -> None:
+    with pytest.raises(pickpool.BackendUnavailable, match=r"Python 3\.14 or later"):
+        pickpool.imap(square, range(3), model="interpreters")  # at the call, even for imap
+
+
+@pytest.mark.skipif(not _interpreters.available(), reason="needs Python 3.14+")
+def test_interpreters_return_what_the_loop_returns() -> None:
+    assert pickpool.map(square, range(100), model="interpreters") == [x * x for x in range(100)]
+    with pytest.raises(ZeroDivisionError):
+        pickpool.map(lambda x: 1 // (x - 3), range(5), model="interpreters")
+
+
+def test_interpreters_are_weighed_where_they_exist() -> None:
+    def machine(server_running: bool) -> Machine:
+        return Machine(
+            cores=2,
+            gil=True,
+            start_method="forkserver",
+            server_running=server_running,
+            interpreters=True,
+        )
+
+    assert "interpreters" not in decide(evidence(), items=200, machine=TWO_CORES).predicted
+    # A short batch of pure Python: with no fork server up yet, sub-interpreters (started in a
+    # thread) are predicted faster than processes; with it up, processes start faster.
+    cold = decide(evidence(gil_held=0.97), items=8, machine=machine(server_running=False))
+    assert cold.predicted["interpreters"] < cold.predicted["processes"], str(cold)
+    assert cold.model == "interpreters", str(cold)
+    warm = decide(evidence(gil_held=0.97), items=8, machine=machine(server_running=True))
+    assert warm.predicted["processes"] < warm.predicted["interpreters"], str(warm)
+
+
+# A dask cluster --------------------------------------------------------------------------------
+
+
+def test_a_big_cluster_wins_slow_items() -> None:
+    machine = Machine(
+        cores=2,
+        gil=True,
+        start_method="forkserver",
+        server_running=True,
+        cluster=Cluster(threads=64, round_trip=0.005),
+    )
+    advice = decide(evidence(gil_held=0.97, wall=0.5, cpu=0.5), items=1000, machine=machine)
+    assert (advice.model, advice.workers) == ("dask", 64), str(advice)
+    assert advice.options["model"] == "dask"
+
+
+def test_a_cluster_does_not_win_quick_items() -> None:
+    machine = Machine(
+        cores=2,
+        gil=True,
+        start_method="forkserver",
+        server_running=True,
+        cluster=Cluster(threads=2, round_trip=0.005),
+    )
+    advice = decide(evidence(gil_held=0.97, wall=1e-5, cpu=1e-5), items=1000, machine=machine)
+    assert "dask" in advice.predicted
+    assert advice.model != "dask", str(advice)
+
+
+def test_without_a_cluster_the_error_says_what_to_do() -> None:
+    distributed = pytest.importorskip("distributed")
+    if distributed.client._get_global_client() is not None:
+        pytest.skip("a default client is active in this process")
+    with pytest.raises(pickpool.BackendUnavailable, match="no client is active"):
+        pickpool.imap(square, range(3), model="dask")  # at the call, even for imap
+
+
+def test_without_the_extra_the_error_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(pickpool.BackendUnavailable, match=r"pickpool\[dask\]"):
+        pickpool.map(square, range(3), model="dask")
