@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,8 @@ import psutil
 import pytest
 
 MODELS = ["serial", "threads", "processes", "asyncio"]
+
+_DASK_THREADS = ("Dask-", "TCP-Executor", "IO loop", "Profile", "AsyncProcess", "QueueFeeder")
 
 # Threads a test may leave behind on purpose: abandoned after a timeout, by design.
 _ALLOWED_THREAD_PREFIXES = ("pickpool-thread", "pickpool-async")
@@ -85,9 +88,9 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         for p in multiprocessing.active_children()
         if foreign_processes is None or not p.name.startswith(tuple(foreign_processes.args))
     } <= mp_before
-    # A library under test may start threads of its own, lazily (dask's client does).
-    foreign = request.node.get_closest_marker("foreign_threads")
-    theirs = tuple(foreign.args) if foreign is not None else ()
+    # dask's client starts threads of its own, lazily, even after its tests when a finalizer
+    # runs: once it is imported, threads by those names are its own.
+    theirs = _DASK_THREADS if "distributed" in sys.modules else ()
     extra = [
         t
         for t in set(threading.enumerate()) - threads_before
@@ -101,9 +104,6 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "leaves_threads: a timed-out thread is abandoned by design, not joined"
-    )
-    config.addinivalue_line(
-        "markers", "foreign_threads(*prefixes): threads another library starts, by name"
     )
     config.addinivalue_line(
         "markers", "foreign_processes(*prefixes): multiprocessing children of another library"

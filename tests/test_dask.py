@@ -17,13 +17,8 @@ import pickpool
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
 
-# The client starts threads of its own as it needs them; pickpool's are still checked.
-pytestmark = [
-    pytest.mark.foreign_threads(
-        "Dask-", "TCP-Executor", "IO loop", "Profile", "AsyncProcess", "QueueFeederThread"
-    ),
-    pytest.mark.foreign_processes("Dask Worker"),
-]
+# The cluster restarts its worker processes (conftest also leaves dask's threads to dask).
+pytestmark = pytest.mark.foreign_processes("Dask Worker")
 
 
 @pytest.fixture(scope="module")

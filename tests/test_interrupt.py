@@ -12,7 +12,11 @@ import psutil
 import pytest
 
 SCRIPT = r"""
-import asyncio, os, sys, time, pickpool
+import asyncio, os, signal, sys, time, pickpool
+
+# Ctrl-C raises KeyboardInterrupt, as in a program started from a terminal, even when this
+# test runs in the background (a shell starts background jobs with SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def slow(x):
     if x < 2:
