@@ -88,8 +88,8 @@ class Chunking:
     stretch of the run, so it includes every overhead, start-up and consumer alike; each chunk
     then aims at :data:`CHUNK_SECONDS` of one worker's time. A size at most doubles per step,
     so one fast chunk cannot make the next enormous; it shrinks at once when the pace drops.
-    joblib's auto batching aims at batches of 0.2-2 s and halves only slowly; chunks of a few
-    milliseconds keep every worker busy to the end and still hide a hand-off of ~0.1 ms.
+    (joblib's auto batching aims at batches of 0.2-2 s.) Chunks of a few milliseconds keep
+    every worker busy to the end and still hide a hand-off of ~0.1 ms.
     """
 
     __slots__ = ("_began", "_done", "_plan", "_rate", "size")

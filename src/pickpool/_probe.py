@@ -314,6 +314,7 @@ class Pilot:
             if len(self._pickled) < _PICKLE_SAMPLES:
                 self._measure_pickling(done.item, done.value)
             elif len(self._small) < _SMALL_SAMPLES and self._pickled[-1][0] < _SMALL_BYTES:
+                # (Small as the first samples were: the items of one batch tend to be alike.)
                 self._small.append((done.item, done.value))
 
     def phases(self) -> Generator[Phase, None, None]:
