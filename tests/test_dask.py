@@ -146,3 +146,12 @@ def test_advise_weighs_the_active_cluster(client: Any) -> None:
     advice = pickpool.advise(slow, range(100))
     assert "dask" in advice.predicted
     assert advice.sizes["dask"][0] == 2  # the cluster's threads
+
+
+def test_amap_runs_dask_from_inside_an_event_loop(client: Any) -> None:
+    import asyncio
+
+    async def main() -> list[int]:
+        return await pickpool.amap(square, range(20), model="dask")
+
+    assert asyncio.run(main()) == [x * x for x in range(20)]
