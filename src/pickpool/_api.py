@@ -157,15 +157,7 @@ class _Run:
         try:
             with self._bar() as advance:
                 for done in dones:
-                    if type(done) is Block:
-                        advance(len(done.values))
-                        yield from done.values
-                        continue
-                    assert type(done) is Done
-                    advance(1)
-                    keep, value = self.output(done)
-                    if keep:
-                        yield value
+                    yield from self._results(done, advance)
         finally:
             dones.close()
 
@@ -176,15 +168,7 @@ class _Run:
         try:
             with self._bar() as advance:
                 for done in dones:
-                    if type(done) is Block:
-                        advance(len(done.values))
-                        results += done.values
-                        continue
-                    assert type(done) is Done
-                    advance(1)
-                    keep, value = self.output(done)
-                    if keep:
-                        results.append(value)
+                    results += self._results(done, advance)
         finally:
             dones.close()
         return results
@@ -200,18 +184,20 @@ class _Run:
         try:
             with self._bar() as advance:
                 async for done in dones:
-                    if type(done) is Block:
-                        advance(len(done.values))
-                        for value in done.values:
-                            yield value
-                        continue
-                    assert type(done) is Done
-                    advance(1)
-                    keep, value = self.output(done)
-                    if keep:
+                    for value in self._results(done, advance):
                         yield value
         finally:
             await dones.aclose()
+
+    def _results(self, done: Done | Block, advance: Callable[[int], None]) -> list[Any]:
+        """What ``done`` adds to the output (nothing for a skipped failure); advances the bar."""
+        if type(done) is Block:
+            advance(len(done.values))
+            return done.values
+        assert type(done) is Done
+        advance(1)
+        keep, value = self.output(done)
+        return [value] if keep else []
 
     def _bar(self) -> contextlib.AbstractContextManager[Callable[[int], None]]:
         if not self.progress:

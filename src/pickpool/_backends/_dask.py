@@ -24,9 +24,9 @@ import uuid
 from typing import Any
 
 from .._errors import BackendUnavailable, WorkerCrashed
-from .._task import ERROR, Outcome, Task, format_traceback, task_indices
+from .._task import Outcome, Task
 from . import Setup
-from ._futures import overdue, run_chunk, wait_for
+from ._futures import failed_task, overdue, run_chunk, wait_for
 
 INSTALL = "pip install 'pickpool[dask]'"
 
@@ -114,12 +114,12 @@ class DaskBackend:
     def _outcomes(self, future: Any, task: Task) -> list[Outcome]:
         if future.status == "cancelled":
             gone = WorkerCrashed(f"the dask task of item {task[1]} was cancelled")
-            return [(i, ERROR, gone, format_traceback(gone)) for i in task_indices(task)]
+            return failed_task(task, gone)
         if future.status == "finished":
             try:
                 result: list[Outcome] = future.result()
             except Exception as unloadable:  # it finished, but its result did not load here
-                return _failed(task, unloadable)
+                return failed_task(task, unloadable)
             return result
         error: BaseException = future.exception()
         if _killed(future):
@@ -128,8 +128,8 @@ class DaskBackend:
                 "crash in C code, os._exit, or running out of memory"
             )
             crash.__cause__ = error
-            return _failed(task, crash)
-        return _failed(task, error)
+            return failed_task(task, crash)
+        return failed_task(task, error)
 
     def close(self, *, cancel: bool) -> None:
         if self._closed:
@@ -141,10 +141,6 @@ class DaskBackend:
 
     def __repr__(self) -> str:
         return f"<DaskBackend {len(self._futures)} tasks in flight on {self._client!r}>"
-
-
-def _failed(task: Task, error: BaseException) -> list[Outcome]:
-    return [(i, ERROR, error, format_traceback(error)) for i in task_indices(task)]
 
 
 def _killed(future: Any) -> bool:

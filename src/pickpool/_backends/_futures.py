@@ -25,6 +25,11 @@ def run_chunk(fn: Any, task: Task) -> list[Outcome]:
         caller.close()
 
 
+def failed_task(task: Task, error: BaseException) -> list[Outcome]:
+    """Every item of ``task`` failed with ``error`` (its chunk could not run or come back)."""
+    return [(i, ERROR, error, format_traceback(error)) for i in task_indices(task)]
+
+
 def wait_for(
     futures: dict[F, tuple[Task, float]], limit: float | None, timeout: float | None
 ) -> float | None:

@@ -17,9 +17,9 @@ import time
 from typing import Any
 
 from .._errors import BackendUnavailable
-from .._task import ERROR, Outcome, Task, format_traceback, task_indices
+from .._task import Outcome, Task
 from . import Setup
-from ._futures import overdue, run_chunk, wait_for
+from ._futures import failed_task, overdue, run_chunk, wait_for
 
 
 def available() -> bool:
@@ -65,7 +65,7 @@ class InterpretersBackend:
             if error is None:
                 outcomes += future.result()
             else:  # it could not reach the interpreter, or its result could not come back
-                outcomes += [(i, ERROR, error, format_traceback(error)) for i in task_indices(task)]
+                outcomes += failed_task(task, error)
         if limit is not None:
             outcomes += overdue(
                 self._futures,

@@ -71,7 +71,7 @@ class _WarmPool:
                 # Alive, started the same way, and with nothing to read (no EOF: not exited).
                 if w.method == method and w.process.exitcode is None and not w.conn.poll():
                     return w
-                _stop([w], kill=True)
+                _stop([w])
         return None
 
     def give(self, workers: list[_Worker]) -> list[_Worker]:
@@ -89,7 +89,7 @@ class _WarmPool:
         """Stop every idle worker (at exit, and in tests)."""
         with self._lock:
             idle, self._idle = self._idle, []
-        _stop(idle, kill=False)
+        _stop(idle)
 
     def forget(self) -> None:
         """In a forked child: the parent's workers are not ours to use or stop."""
@@ -170,7 +170,7 @@ class ProcessesBackend:
         if not cancel:
             idle = [w for w in workers if not w.tasks and w.process.exitcode is None]
             workers = [w for w in workers if w not in idle] + warm.give(idle)
-        _stop(workers, kill=True)
+        _stop(workers)
 
     def __repr__(self) -> str:
         busy = sum(1 for w in self._workers if w.tasks)
@@ -318,10 +318,10 @@ class ProcessesBackend:
             self._ready.append((index, ERROR, exc, format_traceback(exc)))
 
 
-def _stop(workers: list[_Worker], *, kill: bool) -> None:
-    """Stop ``workers``: ask them (or, with ``kill``, those still busy are terminated) and reap."""
+def _stop(workers: list[_Worker]) -> None:
+    """Stop ``workers``: ask the idle ones to exit, terminate the busy ones, and reap them all."""
     for w in workers:
-        if kill and w.tasks:
+        if w.tasks:
             w.process.terminate()
             continue
         try:
