@@ -43,7 +43,7 @@ async def adrive(
                 runner.start(task)
             if schedule.finished:
                 finished = True
-                return
+                break
             outcomes = await outbox.get()
             while not outbox.empty():
                 outcomes += outbox.get_nowait()
@@ -55,3 +55,4 @@ async def adrive(
     finally:
         await runner.cancel()
         await runner.ashutdown_executor(cancel=not finished)
+    schedule.check_source()

@@ -14,7 +14,7 @@ from ._options import check_fn, length_hint, make_plan, positive_int
 from ._outcome import Failure
 from ._probe import Wishes
 from ._progress import bar, wants_progress
-from ._task import OK, is_async_callable
+from ._task import OK, is_async_callable, release
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -137,6 +137,7 @@ class _Run:
                 exc.__cause__ = _RemoteTraceback(done.traceback)
             raise exc
         if self.on_error == "skip":
+            release(exc)  # what the failed call built goes now, not at a garbage collection
             return False, None
         return True, Failure(done.index, done.item, exc, done.traceback or "", done.attempts)
 

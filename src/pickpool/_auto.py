@@ -8,6 +8,7 @@ run exactly once, in one of the phases; order and error handling are those of an
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
@@ -249,19 +250,55 @@ class AutoRun:
             yield block
 
 
-async def in_thread(work: Callable[[threading.Event], Any]) -> Any:
-    """``await work(cancel)`` run in a thread; cancelling the await stops it and waits for it."""
-    import asyncio
+# How long a cancelled ``amap`` waits for its run to wind down (threads get a second to return,
+# processes are terminated) before it lets the cancellation through and leaves the rest to
+# finish in the background.
+CANCEL_WAIT: Final = 1.0
 
+
+async def in_thread(work: Callable[[threading.Event], Any]) -> Any:
+    """``await work(cancel)`` run in a thread; cancelling the await stops the run.
+
+    The thread is a daemon of its own, not ``asyncio.to_thread``'s: a call that runs on in it
+    (serial's item, which runs in that very thread) must hold up neither the cancellation,
+    beyond :data:`CANCEL_WAIT` seconds, nor the exit of ``asyncio.run`` or of the program.
+    """
+    import asyncio
+    import contextvars
+
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
     cancel = threading.Event()
-    future = asyncio.ensure_future(asyncio.to_thread(work, cancel))
+    context = contextvars.copy_context()
+
+    def settle(outcome: tuple[bool, Any]) -> None:
+        if future.done():
+            return
+        ok, value = outcome
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def target() -> None:
+        outcome: tuple[bool, Any]
+        try:
+            outcome = (True, context.run(work, cancel))
+        except BaseException as exc:
+            outcome = (False, exc)
+        # The caller's loop may be gone by now (the run was abandoned, the program ends).
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=target, name="pickpool-amap", daemon=True).start()
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        # Stop the run and wait until its workers are gone, then let the cancellation through.
         cancel.set()
-        await asyncio.wait([future])
-        if not future.cancelled():
+        await asyncio.wait([future], timeout=CANCEL_WAIT)
+        if not future.done():
+            future.cancel()  # abandoned: what the run ends with later is not wanted
+        elif not future.cancelled():
             future.exception()  # retrieved: the run's own Cancelled (or error) yields to ours
         raise
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Literal, overload
 
 from ._backends import Backend, Setup
-from ._task import BLOCK, ERROR, FATAL, OK, Caller, Outcome, Task, expand
+from ._task import BLOCK, ERROR, FATAL, OK, Caller, Outcome, Task, expand, failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +159,8 @@ class Schedule:
         self._next_task = 0
         self._exhausted = False
         self._failed_at: int | None = None
+        # What the input raised, if it did: raised once every item read before it is out.
+        self._source_error: Exception | None = None
         self.chunking = Chunking(plan)
 
     @property
@@ -181,7 +183,7 @@ class Schedule:
             room = window - len(outstanding)
             if room < min(size, window):
                 break
-            chunk = list(itertools.islice(self._source, min(size, room)))
+            chunk = take(self._source, min(size, room), self)
             if not chunk:
                 self._exhausted = True
                 break
@@ -192,6 +194,21 @@ class Schedule:
         if tasks:
             chunking.started()
         return tasks
+
+    def source_failed(self, exc: Exception) -> None:
+        """The input raised ``exc``: read no more, raise it once what was read is out."""
+        self._exhausted = True
+        self._source_error = exc
+
+    def check_source(self) -> None:
+        """At the end of the run, raise what the input raised, as a plain loop would."""
+        if self._source_error is not None:
+            exc, self._source_error = self._source_error, None
+            raise exc
+
+    def single(self, index: int) -> Task:
+        """A task of the one outstanding item ``index``."""
+        return self._task(index, [self._outstanding[index]])
 
     def accept(self, outcomes: list[Outcome]) -> tuple[list[Task], list[Done | Block]]:
         """Take finished outcomes; return (retries to submit, what to hand out, in order)."""
@@ -256,6 +273,50 @@ class Schedule:
     def _task(self, first: int, items: list[Any]) -> Task:
         self._next_task += 1
         return (self._next_task, first, items)
+
+
+def take(source: Iterator[Any], count: int, schedule: Schedule | _LoopSource) -> list[Any]:
+    """Up to ``count`` items of ``source``; if it raises, the items read before it, and the
+    error is noted with ``schedule``: like a plain loop, the run hands out every item read
+    before the input failed, and only then raises what it raised."""
+    chunk: list[Any] = []
+    try:
+        # extend() keeps what it appended before an exception; list(islice()) would lose it.
+        chunk.extend(itertools.islice(source, count))
+    except Exception as exc:
+        schedule.source_failed(exc)
+    return chunk
+
+
+class _LoopSource:
+    """The serial loop's note of what its input raised."""
+
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+    def source_failed(self, exc: Exception) -> None:
+        self.error = exc
+
+
+def send(backend: Backend, schedule: Schedule, task: Task) -> list[Outcome]:
+    """Submit ``task``; an item the backend cannot send fails alone, as its outcome here.
+
+    A backend raises ``TypeError`` at once for work it cannot send (an item that cannot be
+    pickled for a worker process): the task's items are then sent one by one, so that only
+    the culprit fails, under ``on_error="collect"`` and ``"skip"`` as any other failure.
+    """
+    try:
+        backend.submit(task)
+    except TypeError as exc:
+        if len(task[2]) == 1:
+            return [failed(task[1], exc)]
+        outcomes: list[Outcome] = []
+        for index in range(task[1], task[1] + len(task[2])):
+            outcomes += send(backend, schedule, schedule.single(index))
+        return outcomes
+    return []
 
 
 WINDOW_CHUNKS: Final = 4
@@ -324,22 +385,26 @@ def drive(
         return
     schedule = Schedule(items, plan, start=start, blocks=blocks)
     poll = _CANCEL_POLL if cancel is not None else None
+    unsent: list[Outcome] = []  # items that could not be sent: failed, not yet accepted
     try:
         while True:
             for task in schedule.tasks():
-                backend.submit(task)
+                unsent += send(backend, schedule, task)
             if schedule.finished:
                 finished = True
-                return
-            outcomes = backend.collect(poll)
+                break
+            outcomes = backend.collect(0.0 if unsent else poll)
             if cancel is not None and cancel.is_set():
                 raise Cancelled
+            if unsent:
+                outcomes, unsent = unsent + outcomes, []
             retries, dones = schedule.accept(outcomes)
             for task in retries:
-                backend.submit(task)
+                unsent += send(backend, schedule, task)
             yield from dones
     finally:
         backend.close(cancel=not finished)
+    schedule.check_source()
 
 
 # The plain loop's chunks: grown (doubling) while a chunk takes less than this, so that a
@@ -366,11 +431,14 @@ def _loop(
     retries, fail_fast = plan.retries, plan.fail_fast
     source = iter(items)
     index, size = start, plan.chunksize
+    note = _LoopSource()
     while True:
         if cancel is not None and cancel.is_set():
             raise Cancelled
-        chunk = list(itertools.islice(source, size))
+        chunk = take(source, size, note) if note.error is None else []
         if not chunk:
+            if note.error is not None:
+                raise note.error
             return
         began = time.perf_counter()
         pos = 0

@@ -50,9 +50,27 @@ def usable_cores(*, cgroup_root: Path = _CGROUP_ROOT) -> int:
 
 
 @functools.cache
-def cores() -> int:
-    """:func:`usable_cores`, read once per process."""
+def _usable() -> int:
     return usable_cores()
+
+
+_share: int | None = None
+
+
+def cores() -> int:
+    """:func:`usable_cores`, read once per process; in a worker process, its share of them."""
+    usable = _usable()
+    return usable if _share is None else max(1, min(usable, _share))
+
+
+def set_share(count: int) -> None:
+    """This process is one of several workers: ``count`` cores are its share.
+
+    A pool started inside a worker (a nested ``pickpool.map``) then sizes itself to the share,
+    so that nesting does not multiply the processes by the cores.
+    """
+    global _share
+    _share = count
 
 
 START_METHOD_ENV = "PICKPOOL_START_METHOD"

@@ -8,9 +8,11 @@ standard pickler on typical chunks: a few microseconds per chunk.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import pickle
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import cloudpickle
 
@@ -32,8 +34,18 @@ def loads(data: bytes) -> Any:
 
 
 def _describe(obj: object) -> str:
-    text = repr(obj)
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__qualname__} object, whose repr() failed>"
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _safe_str(obj: object) -> str:
+    try:
+        return str(obj)
+    except Exception:
+        return f"<{type(obj).__qualname__}, whose str() failed>"
 
 
 def dumps_function(fn: Callable[..., Any]) -> bytes:
@@ -99,9 +111,148 @@ def _travelling(outcome: Outcome) -> Outcome:
         from ._errors import PickpoolError
 
         substitute = PickpoolError(
-            f"item {index} raised {type(payload).__qualname__}: {payload}, which cannot be sent "
+            f"item {index} raised {type(payload).__qualname__}: {_safe_str(payload)}, which "
+            "cannot be sent "
             f"back from the worker process ({type(exc).__name__}: {exc}); give the exception "
             "class an __init__ that accepts the arguments it passes to Exception.__init__"
         )
         return (index, status, substitute, text)
     return outcome
+
+
+def loads_outcomes(message: bytes) -> list[Outcome]:
+    """A worker's outcomes, parent side. A result that cannot be loaded here fails its item.
+
+    The whole message is one pickle, loaded at C speed. If that fails (a result holds an
+    object whose class cannot be rebuilt here, such as an exception whose ``__init__`` wants
+    other arguments than it keeps), it is loaded again by a lenient unpickler that puts a
+    marker where an object could not be rebuilt, and only the items holding a marker fail.
+    """
+    try:
+        outcomes: list[Outcome] = loads(message)
+    except Exception as exc:
+        try:
+            outcomes = _Lenient(io.BytesIO(message)).load()
+        except Exception:
+            return [(-1, ERROR, exc, format_traceback(exc))]
+        return [o for outcome in outcomes for o in _loaded(outcome)]
+    return outcomes
+
+
+def _loaded(outcome: Outcome) -> list[Outcome]:
+    """``outcome``, with the items whose value holds a :class:`_Broken` marker failed."""
+    if _holds_broken(outcome[2]) is None:
+        return [outcome]
+    result: list[Outcome] = []
+    for index, status, payload, text in expand(outcome):
+        broken = _holds_broken(payload)
+        if broken is None:
+            result.append((index, status, payload, text))
+            continue
+        cause = broken.exc
+        what = "result" if status == OK else "exception"
+        error = TypeError(
+            f"the {what} of item {index} was sent back from the worker process but cannot be "
+            f"rebuilt here: {type(cause).__name__}: {_safe_str(cause)}; return plain data "
+            "(numbers, strings, lists, dicts), or use model='threads'"
+        )
+        error.__cause__ = cause
+        result.append((index, ERROR, error, format_traceback(error)))
+    return result
+
+
+class _Broken:
+    """Stands where the lenient unpickler could not rebuild an object; ``exc`` says why.
+
+    It takes whatever the rest of the pickle does to the object it stands for (items
+    appended, keys set, state set), so that loading goes on to the next item.
+    """
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Broken:
+        return self  # a class that could not be found: what it would have built
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+    def add(self, value: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _Lenient(pickle._Unpickler):  # the pure-Python unpickler: its steps can be overridden
+    dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except Exception as exc:
+            return _Broken(exc)
+
+    def _rebuilt(self, build: Callable[[], Any]) -> Any:
+        try:
+            return build()
+        except Exception as exc:
+            return _Broken(exc)
+
+    def load_reduce(self) -> None:
+        stack = self.stack  # type: ignore[attr-defined]
+        args = stack.pop()
+        func = stack[-1]
+        stack[-1] = self._rebuilt(lambda: func(*args))
+
+    def load_newobj(self) -> None:
+        stack = self.stack  # type: ignore[attr-defined]
+        args = stack.pop()
+        cls = stack.pop()
+        stack.append(self._rebuilt(lambda: cls.__new__(cls, *args)))
+
+    def load_newobj_ex(self) -> None:
+        stack = self.stack  # type: ignore[attr-defined]
+        kwargs = stack.pop()
+        args = stack.pop()
+        cls = stack.pop()
+        stack.append(self._rebuilt(lambda: cls.__new__(cls, *args, **kwargs)))
+
+    def load_build(self) -> None:
+        stack = self.stack  # type: ignore[attr-defined]
+        if isinstance(stack[-2], _Broken):
+            stack.pop()
+            return
+        try:
+            super().load_build()  # type: ignore[misc]
+        except Exception as exc:
+            stack[-1] = _Broken(exc)
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def _holds_broken(value: Any) -> _Broken | None:
+    """The first :class:`_Broken` marker inside ``value``, found by pickling it again."""
+    found: list[_Broken] = []
+
+    class Finder(cloudpickle.Pickler):  # type: ignore[misc]
+        def persistent_id(self, obj: Any) -> Any:
+            if type(obj) is _Broken:
+                found.append(obj)
+                return 0
+            return None
+
+    with contextlib.suppress(Exception):  # it loaded, so it is not what failed
+        Finder(io.BytesIO(), _PROTOCOL).dump(value)
+    return found[0] if found else None

@@ -2,66 +2,123 @@
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
 import os
 import signal
 import threading
 import time
 from multiprocessing.connection import Connection
 
-from ._pickling import dumps_outcomes, loads
-from ._task import Caller, Outcome, Task, failed, task_indices
+from . import _machine
+from ._errors import PickpoolError
+from ._pickling import dumps, dumps_outcomes, loads
+from ._task import (
+    ERROR,
+    FATAL,
+    Caller,
+    Outcome,
+    Task,
+    failed,
+    format_traceback,
+    release,
+    task_indices,
+)
 
 # The message that announces a function: the next message is the function, pickled.
 FUNCTION = b"F"
+# Announce each task's start (so that a timeout counts from there), or stop announcing.
+ANNOUNCE, QUIET = b"A", b"Q"
+# The message a worker sends when it starts a task, while announcing.
+STARTED = b"S"
 # A worker no run has used for this long exits (a warm pool's workers outlive their run).
 IDLE_LIFETIME = 60.0
+# A worker idle this long collects its garbage once: nothing else would, as it allocates
+# nothing while it waits.
+IDLE_COLLECT = 1.0
 
 
-def main(conn: Connection, owner: int) -> None:
+def main(conn: Connection, owner: int, cores: int) -> None:
     """Receive pickled tasks on ``conn``, run them, send pickled outcomes back.
 
     :data:`FUNCTION` followed by a pickled function sets the function later tasks run. An
     empty message, the parent closing its end, :data:`IDLE_LIFETIME` seconds without a
     message, or the death of ``owner`` (the process that started the pool) stop the worker.
+    ``cores``: this worker's share of the machine, which a pool started inside it sizes to.
     """
     # Ctrl-C reaches the whole process group; the parent decides what stops and when.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A group of its own, so that killing the worker kills what its item started too.
+    os.setpgrp()
+    # Not a daemon in its own eyes, so that your function may start processes of its own
+    # (a nested pool): the worker watches its owner, and stops its children when it exits.
+    multiprocessing.current_process().daemon = False
+    _machine.set_share(cores)
     threading.Thread(
         target=_exit_with_parent, args=(owner,), name="pickpool-orphan-watch", daemon=True
     ).start()
     caller: Caller | None = None
     load_error: BaseException | None = None
+    announce = False
     try:
         while True:
             try:
-                if not conn.poll(IDLE_LIFETIME):
-                    return
+                if not conn.poll(IDLE_COLLECT):
+                    gc.collect()
+                    if not conn.poll(IDLE_LIFETIME):
+                        return
                 message = conn.recv_bytes()
                 if message == FUNCTION:
                     if caller is not None:
                         caller.close()
                     caller, load_error = _load(conn.recv_bytes())
                     continue
+                if message in (ANNOUNCE, QUIET):
+                    announce = message == ANNOUNCE
+                    continue
+                if not message:
+                    return
+                if announce:
+                    conn.send_bytes(STARTED)
+                conn.send_bytes(_run(caller, load_error, message))
             except (EOFError, OSError):
                 return
-            if not message:
-                return
-            outcomes: list[Outcome]
-            try:
-                task: Task = loads(message)
-            except BaseException as exc:
-                # Index -1 stands for "every item of this task": their indices did not load.
-                outcomes = [failed(-1, exc)]
-            else:
-                if caller is not None:
-                    outcomes = caller.run(task)
-                else:
-                    assert load_error is not None
-                    outcomes = [failed(index, load_error) for index in task_indices(task)]
-            conn.send_bytes(dumps_outcomes(outcomes))
+            # Nothing of the task stays referenced while the worker waits for the next one.
+            del message
     finally:
         if caller is not None:
             caller.close()
+
+
+def _run(caller: Caller | None, load_error: BaseException | None, message: bytes) -> bytes:
+    """The outcomes of the task in ``message``, pickled; never raises for what ``fn`` did."""
+    outcomes: list[Outcome]
+    try:
+        task: Task = loads(message)
+    except BaseException as exc:
+        # Index -1 stands for "every item of this task": their indices did not load.
+        outcomes = [failed(-1, exc)]
+    else:
+        if caller is not None:
+            outcomes = caller.run(task)
+        else:
+            assert load_error is not None
+            outcomes = [failed(index, load_error) for index in task_indices(task)]
+    try:
+        return dumps_outcomes(outcomes)
+    except BaseException as exc:
+        # dumps_outcomes fails an item whose result or exception cannot travel; this is for
+        # what is stranger still (an exception whose every method raises): the worker lives.
+        error = PickpoolError(
+            f"the outcomes of items from {outcomes[0][0]} on could not be sent back from the "
+            f"worker process ({type(exc).__name__})"
+        )
+        return dumps([(-1, ERROR, error, format_traceback(error))])
+    finally:
+        # Sent (or not): the exceptions' frames, and what the failed calls built, go now.
+        for _, status, payload, _ in outcomes:
+            if status in (ERROR, FATAL):
+                release(payload)
 
 
 def _load(fn_bytes: bytes) -> tuple[Caller | None, BaseException | None]:
@@ -94,6 +151,9 @@ def _exit_with_parent(owner: int) -> None:
     while True:
         time.sleep(PARENT_POLL)
         if os.getppid() != parent or not _alive(owner):
+            if os.getpgrp() == os.getpid():
+                # Whatever the running item started goes too (the group is this worker's).
+                os.killpg(os.getpid(), signal.SIGKILL)
             os._exit(ORPHANED)
 
 

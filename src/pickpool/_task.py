@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
+import os
 import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -44,9 +46,59 @@ def format_traceback(exc: BaseException) -> str:
 
 
 def failed(index: int, exc: BaseException) -> Outcome:
-    """The outcome of an item whose call raised ``exc``."""
+    """The outcome of an item whose call raised ``exc``, caught by pickpool.
+
+    The traceback then starts at your function: pickpool's own frames (and asyncio's, that
+    ran a coroutine for it) are dropped from its head.
+    """
+    _drop_plumbing(exc)
     status = ERROR if isinstance(exc, Exception) else FATAL
     return (index, status, exc, format_traceback(exc))
+
+
+# The folders whose frames lead into your function: pickpool's own, and asyncio's.
+_PLUMBING: Final = (
+    os.path.dirname(__file__) + os.sep,
+    os.path.dirname(inspect.getfile(inspect)) + os.sep + "asyncio" + os.sep,
+)
+
+
+def release(exc: BaseException) -> None:
+    """Let go of what ``exc``'s traceback holds: the locals of every frame it passes through.
+
+    For an exception nobody will look at again (a skipped failure, one already sent to the
+    parent process): a traceback keeps its frames, and through them whatever the failed call
+    built, alive; through ``f_back`` the frames also hold pickpool's own, whose locals hold
+    the exception, a cycle only a garbage collection would free.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if current.__traceback__ is not None:
+            traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
+
+
+def _drop_plumbing(exc: BaseException) -> None:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PLUMBING):
+        tb = tb.tb_next
+    if tb is not None:
+        exc.__traceback__ = tb
+
+
+def _unwrapped(exc: BaseException) -> BaseException:
+    """The user's own ``StopIteration``, where a generator turned it into a RuntimeError."""
+    if type(exc) is not RuntimeError or not isinstance(exc.__cause__, StopIteration):
+        return exc
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    # Raised by our own generator in run_items, not by the function itself.
+    if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        return exc.__cause__
+    return exc
 
 
 def task_indices(task: Task) -> range:
@@ -82,6 +134,7 @@ class Caller:
         # Whether results are awaited: known for an async function, learnt from the first
         # result otherwise (None until then).
         self._awaits: bool | None = True if is_async_callable(fn) else None
+        self._guarded = False  # set once fn has raised StopIteration (see run_items)
 
     def call(self, index: int, item: Any) -> Outcome:
         """Run one item."""
@@ -91,9 +144,9 @@ class Caller:
                 self._awaits = _awaitable(result)
             if self._awaits:
                 result = self._await(result)
-        except KeyboardInterrupt:
-            raise
         except BaseException as exc:
+            # KeyboardInterrupt and SystemExit too: as a FATAL outcome, which the driver
+            # raises as itself, so that they reach the caller alike under every model.
             return failed(index, exc)
         return (index, OK, result, None)
 
@@ -128,20 +181,36 @@ class Caller:
                 # after. Plain results cost what `[fn(x) for x in items]` costs, and no more.
                 if awaits:
                     values.extend(self._await(fn(item)) for item in it)
+                elif self._guarded:
+                    values.extend(fn(item) for item in it)
                 else:
                     values.extend(map(fn, it))
-            except KeyboardInterrupt:
-                raise
             except BaseException as exc:
                 _add_block(outcomes, index, values)
                 index += len(values)
-                outcomes.append(failed(index, exc))
+                outcomes.append(failed(index, _unwrapped(exc)))
                 index += 1
                 if stop:
                     return outcomes
                 continue
             _add_block(outcomes, index, values)
-            return outcomes
+            index += len(values)
+            if index - first == len(items) - operator.length_hint(it):
+                return outcomes
+            # An item was taken but gave no value: ``fn`` raised StopIteration, which map()
+            # cannot tell from its own end. It fails that item; the exception object itself
+            # was lost inside map(), so from now on items run through a generator, where
+            # Python turns it into a RuntimeError that keeps it (PEP 479), at ~25 ns a call.
+            self._guarded = True
+            lost = StopIteration()
+            lost.add_note(
+                f"pickpool: your function raised StopIteration on item {index}; its value "
+                "and traceback were lost, as a plain map() loses them"
+            )
+            outcomes.append(failed(index, lost))
+            index += 1
+            if stop:
+                return outcomes
 
     def _await(self, awaitable: Any) -> Any:
         if self._runner is None:

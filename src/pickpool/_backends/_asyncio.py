@@ -103,6 +103,8 @@ class ItemRunner:
             raise
         except BaseException as exc:
             outcome = failed(index, exc)
+        if type(outcome[2]) is _Raised:
+            outcome = failed(index, outcome[2].exc)
         if not self._finished:
             asyncio.get_running_loop().call_soon(self._report)
         self._finished.append(outcome)
@@ -143,11 +145,30 @@ class ItemRunner:
         if self._setup.is_async:
             return await self._setup.fn(item)
         # asyncio.to_thread, on our own executor so that `workers` bounds the threads.
-        call = functools.partial(contextvars.copy_context().run, self._setup.fn, item)
+        call = functools.partial(
+            contextvars.copy_context().run, _call_in_thread, self._setup.fn, item
+        )
         result = await asyncio.get_running_loop().run_in_executor(self.executor, call)
         if inspect.isawaitable(result):
             result = await result
         return result
+
+
+class _Raised:
+    """A StopIteration raised in a thread: an asyncio future refuses to carry one, and a
+    coroutine that raised it would have Python turn it into a RuntimeError (PEP 479)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: StopIteration) -> None:
+        self.exc = exc
+
+
+def _call_in_thread(fn: Callable[[Any], Any], item: Any) -> Any:
+    try:
+        return fn(item)
+    except StopIteration as exc:
+        return _Raised(exc)
 
 
 def _index(outcome: Outcome) -> int:

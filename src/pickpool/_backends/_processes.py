@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import _machine
 from .._errors import TaskTimeout, WorkerCrashed
-from .._pickling import dumps_function, dumps_task, loads
+from .._pickling import dumps_function, dumps_task, loads_outcomes
 from .._task import ERROR, Outcome, Task, format_traceback, task_indices
 from . import Setup
 
@@ -37,15 +37,25 @@ _STOP_GRACE = 2.0
 
 
 class _Worker:
-    __slots__ = ("conn", "fn_bytes", "method", "process", "started", "tasks")
+    __slots__ = ("announces", "conn", "fn_bytes", "method", "process", "started", "tasks")
 
     def __init__(self, process: Any, conn: Connection, method: str) -> None:
         self.process = process
         self.conn = conn
         self.method = method  # its start method: a warm worker is reused only under the same
         self.fn_bytes = b""  # the function it has loaded
+        self.announces = False  # whether it says when it starts a task
         self.tasks: deque[Task] = deque()
-        self.started = 0.0  # when the head task began running, as far as the parent can tell
+        # When the head task began running, as far as the parent can tell; None while a
+        # worker that announces its starts has not announced it.
+        self.started: float | None = 0.0
+
+
+# Every worker process, from its start until it is reaped: the one owner of its pipe and its
+# process handle. Reachable from here, they are never finalized by the garbage collector
+# before the code that stops them runs (an abandoned imap collected in a cycle), which would
+# close descriptors that this code then wrote to and closed again, by then another file's.
+_live: set[_Worker] = set()
 
 
 class _WarmPool:
@@ -94,9 +104,10 @@ class _WarmPool:
     def forget(self) -> None:
         """In a forked child: the parent's workers are not ours to use or stop."""
         self._lock = threading.Lock()
-        for w in self._idle:
+        for w in _live:
             with contextlib.suppress(OSError):
                 w.conn.close()
+        _live.clear()
         self._idle = []
 
     def __len__(self) -> int:
@@ -133,8 +144,9 @@ class ProcessesBackend:
         if outcomes or not busy:
             return outcomes
         limit = self._setup.timeout
-        if limit is not None:
-            soonest = min(w.started for w in busy) + limit - time.monotonic()
+        starts = [w.started for w in busy if w.started is not None]
+        if limit is not None and starts:
+            soonest = min(starts) + limit - time.monotonic()
             timeout = max(0.0, soonest if timeout is None else min(timeout, soonest))
         by_handle: dict[Any, _Worker] = {}
         for w in busy:
@@ -155,8 +167,9 @@ class ProcessesBackend:
         for w in lost:
             self._lost(w)
         if limit is not None:
-            for w in [w for w in self._workers if w.tasks and now - w.started >= limit]:
-                self._overrun(w, limit)
+            for w in self._workers[:]:
+                if w.tasks and w.started is not None and now - w.started >= limit:
+                    self._overrun(w, limit)
         self._dispatch()
         outcomes, self._ready = self._ready, []
         return outcomes
@@ -195,7 +208,7 @@ class ProcessesBackend:
                 self._pending.appendleft((task, payload))
                 self._lost(w)
                 continue
-            if not w.tasks:
+            if not w.tasks and not w.announces:
                 w.started = time.monotonic()
             w.tasks.append(task)
 
@@ -225,9 +238,10 @@ class ProcessesBackend:
             else:
                 return w
         parent, child = self._context.Pipe(duplex=True)
+        share = max(1, _machine.cores() // self._setup.workers)
         process = self._context.Process(  # type: ignore[attr-defined]
             target=_procworker.main,
-            args=(child, os.getpid()),
+            args=(child, os.getpid(), share),
             name="pickpool-worker",
             daemon=True,
         )
@@ -235,33 +249,43 @@ class ProcessesBackend:
             process.start()
         child.close()
         w = _Worker(process, parent, method)
+        _live.add(w)
         self._workers.append(w)
         self._load(w)
         return w
 
     def _load(self, w: _Worker) -> None:
-        """Send ``w`` this run's function, unless it has those very bytes loaded already."""
-        from .._procworker import FUNCTION
+        """Send ``w`` this run's function, unless it has those very bytes loaded already, and
+        whether to announce each task's start (a timeout counts from there, not from a
+        worker's start-up, which may import for seconds)."""
+        from .._procworker import ANNOUNCE, FUNCTION, QUIET
 
         if w.fn_bytes != self._fn_bytes:
             w.conn.send_bytes(FUNCTION)
             w.conn.send_bytes(self._fn_bytes)
             w.fn_bytes = self._fn_bytes
+        announce = self._setup.timeout is not None
+        if w.announces != announce:
+            w.conn.send_bytes(ANNOUNCE if announce else QUIET)
+            w.announces = announce
+        w.started = None if announce else 0.0
 
     # Reading results, and what to do when a worker is gone -------------------------------------
 
     def _receive(self, w: _Worker, now: float, lost: list[_Worker]) -> None:
+        from .._procworker import STARTED
+
         try:
             message = w.conn.recv_bytes()
         except (EOFError, OSError):
             lost.append(w)
             return
+        if message == STARTED:
+            w.started = now
+            return
         task = w.tasks.popleft()
-        w.started = now
-        try:
-            outcomes: list[Outcome] = loads(message)
-        except Exception as exc:
-            outcomes = [(-1, ERROR, exc, format_traceback(exc))]
+        w.started = None if w.announces else now
+        outcomes = loads_outcomes(message)
         if len(outcomes) == 1 and outcomes[0][0] == -1:
             _, status, error, text = outcomes[0]
             outcomes = [(index, status, error, text) for index in task_indices(task)]
@@ -274,12 +298,11 @@ class ProcessesBackend:
         """
         self._workers.remove(w)
         w.conn.close()
-        w.process.join(_STOP_GRACE)
-        if w.process.exitcode is None:
-            w.process.kill()
-            w.process.join()
+        interrupted = _reap([w], grace=_STOP_GRACE)
         cause = _describe_exit(w.process.exitcode)
         w.process.close()
+        if interrupted is not None:
+            raise interrupted
         running = w.tasks.popleft() if w.tasks else None
         for task in reversed(w.tasks):
             self._pending.appendleft((task, dumps_task(task)))
@@ -307,7 +330,7 @@ class ProcessesBackend:
 
     def _overrun(self, w: _Worker, limit: float) -> None:
         """``w``'s item ran past ``timeout``: kill it, fail that item, requeue the rest."""
-        w.process.kill()
+        _signal(w, signal.SIGKILL)
         running, _ = self._remove(w)
         assert running is not None
         for index in task_indices(running):
@@ -319,23 +342,67 @@ class ProcessesBackend:
 
 
 def _stop(workers: list[_Worker]) -> None:
-    """Stop ``workers``: ask the idle ones to exit, terminate the busy ones, and reap them all."""
+    """Stop ``workers``: ask the idle ones to exit, terminate the busy ones, and reap them all.
+
+    Whatever the user presses meanwhile: a second Ctrl-C during the grace ends the grace
+    (what still runs is killed at once), and is raised once every worker is reaped.
+    """
+    interrupted: BaseException | None = None
+    try:
+        for w in workers:
+            if w.tasks:
+                _signal(w, signal.SIGTERM)
+                continue
+            try:
+                w.conn.send_bytes(b"")
+            except OSError:
+                _signal(w, signal.SIGTERM)
+    except KeyboardInterrupt as exc:
+        interrupted = exc
+    interrupted = _reap(workers, grace=0.0 if interrupted else _STOP_GRACE) or interrupted
     for w in workers:
-        if w.tasks:
-            w.process.terminate()
-            continue
-        try:
-            w.conn.send_bytes(b"")
-        except OSError:
-            w.process.terminate()
-    deadline = time.monotonic() + _STOP_GRACE
-    for w in workers:
-        w.process.join(max(0.0, deadline - time.monotonic()))
-        if w.process.exitcode is None:
-            w.process.kill()
-            w.process.join()
         w.conn.close()
         w.process.close()
+    if interrupted is not None:
+        raise interrupted
+
+
+def _reap(workers: list[_Worker], *, grace: float) -> BaseException | None:
+    """Wait up to ``grace`` seconds for ``workers`` to exit, kill those that did not, and reap
+    them all. A Ctrl-C meanwhile ends the grace; it is returned, to be raised by the caller
+    once nothing is left behind."""
+    interrupted: BaseException | None = None
+    deadline = time.monotonic() + grace
+    for w in workers:
+        try:
+            if interrupted is None:
+                w.process.join(max(0.0, deadline - time.monotonic()))
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    for w in workers:
+        if w.process.exitcode is None:
+            _signal(w, signal.SIGKILL)
+        while True:
+            try:
+                w.process.join()  # killed: returns at once
+                break
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+        _live.discard(w)
+    return interrupted
+
+
+def _signal(w: _Worker, signum: int) -> None:
+    """Send ``signum`` to ``w`` and to what its items started (its process group)."""
+    pid = w.process.pid
+    if pid is None or w.process.exitcode is not None:
+        return  # gone: its number may be another's by now
+    try:
+        os.killpg(pid, signum)
+    except OSError:
+        # Not yet the leader of a group of its own (it has only just started).
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
 
 
 def _preload_worker_module() -> None:
