@@ -34,6 +34,42 @@ def test_worker_processes_stay_warm_between_calls() -> None:
     assert second == first  # the same processes: no start-up paid twice
 
 
+def set_a_limit(x: int) -> int:
+    """Leaves state in its worker process: a limit on open files that later calls inherit."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    return x
+
+
+def open_files_limit(_: object) -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def test_fresh_workers_start_from_new_processes_and_are_not_kept() -> None:
+    pickpool.map(set_a_limit, range(8), model="processes", workers=2, chunksize=1)
+    # Warm workers keep what an earlier call did to them (documented); fresh ones do not.
+    assert set(pickpool.map(open_files_limit, range(8), model="processes", workers=2)) == {64}
+    kept = set(pickpool.map(pid, range(16), model="processes", workers=2, chunksize=1))
+    fresh = pickpool.map(
+        open_files_limit, range(8), model="processes", workers=2, fresh_workers=True
+    )
+    assert set(fresh) != {64}
+    new = set(pickpool.map(pid, range(16), model="processes", workers=2, fresh_workers=True))
+    assert not new & kept
+    assert len(warm) == 2  # the fresh ones were stopped, the warm ones kept
+    assert not any(_alive(p) for p in new)
+
+
+def test_fresh_threads_are_not_kept() -> None:
+    from pickpool._backends import _threads
+
+    pickpool.map(double, range(32), model="threads", workers=4, fresh_workers=True)
+    assert len(_threads.warm) == 0
+
+
 def test_a_warm_worker_takes_the_next_calls_function() -> None:
     pickpool.map(pid, range(8), model="processes", workers=2)
     assert pickpool.map(double, range(100), model="processes", workers=2) == [
@@ -146,20 +182,24 @@ def test_schedule_hands_out_every_item_once_in_order(
 ) -> None:
     # Outcomes come as a worker sends them: a block for each run of successes.
     items = list(range(len(outcomes)))
-    schedule = Schedule(items, plan(chunksize=size, window=100, adaptive=False), blocks=blocks)
+    # (on_error="collect": a failure stops nothing, so every item must come out.)
+    the_plan = plan(chunksize=size, window=100, adaptive=False, fail_fast=False)
+    schedule = Schedule(items, the_plan, blocks=blocks)
     caller = Caller(lambda x: x if outcomes[x] else 1 / 0)
     got: list[int] = []
-    for task in schedule.tasks():
-        _, out = schedule.accept(caller.run(task))
-        for d in out:
-            if type(d) is Block:
-                assert blocks
-                got += range(d.index, d.index + len(d.values))
-                assert d.values == list(range(d.index, d.index + len(d.values)))
-            else:
-                assert type(d) is Done
-                assert d.status == (OK if outcomes[d.index] else 1)
-                got.append(d.index)
+    # Until a result is weighed the window holds a chunk per worker: submit as it has room.
+    while not schedule.finished:
+        for task in schedule.tasks():
+            _, out = schedule.accept(caller.run(task))
+            for d in out:
+                if type(d) is Block:
+                    assert blocks
+                    got += range(d.index, d.index + len(d.values))
+                    assert d.values == list(range(d.index, d.index + len(d.values)))
+                else:
+                    assert type(d) is Done
+                    assert d.status == (OK if outcomes[d.index] else 1)
+                    got.append(d.index)
     assert got == items
 
 

@@ -61,6 +61,7 @@ class _Run:
         on_error: object,
         progress: object,
         client: object = None,
+        fresh_workers: object = False,
     ) -> None:
         check_fn(fn)
         try:
@@ -73,6 +74,8 @@ class _Run:
         self.is_async = is_async_callable(fn)
         name = _check_model(model)
         self.auto: AutoRun | None = None
+        if not isinstance(fresh_workers, bool):
+            raise TypeError(f"fresh_workers must be True or False, not {fresh_workers!r}")
         if client is not None and name != "dask":
             raise ValueError(f"client= is for model='dask', not model={name!r}")
         if name == "dask":
@@ -116,12 +119,19 @@ class _Run:
                     retries=self.plan.retries,
                     on_error=str(on_error),
                     ordered=self.plan.ordered,
+                    fresh_workers=fresh_workers,
                 ),
             )
         self.on_error = on_error
         self.progress = wants_progress(progress)
         self.setup = _backends.Setup(
-            fn, self.plan.workers, self.is_async, self.plan.timeout, fn_bytes, client=client
+            fn,
+            self.plan.workers,
+            self.is_async,
+            self.plan.timeout,
+            fn_bytes,
+            client=client,
+            fresh=fresh_workers,
         )
         self.description = f"{getattr(fn, '__name__', 'fn')} [{name}]"
 
@@ -222,6 +232,7 @@ def map(
     on_error: Literal["raise", "skip"] = ...,
     progress: Progress = ...,
     client: Any = ...,
+    fresh_workers: bool = ...,
 ) -> list[R]: ...
 @overload
 def map(
@@ -237,6 +248,7 @@ def map(
     on_error: Literal["collect"],
     progress: Progress = ...,
     client: Any = ...,
+    fresh_workers: bool = ...,
 ) -> list[R | Failure]: ...
 @overload
 def map(
@@ -252,6 +264,7 @@ def map(
     on_error: Literal["raise", "skip"] = ...,
     progress: Progress = ...,
     client: Any = ...,
+    fresh_workers: bool = ...,
 ) -> list[R]: ...
 @overload
 def map(
@@ -267,6 +280,7 @@ def map(
     on_error: Literal["collect"],
     progress: Progress = ...,
     client: Any = ...,
+    fresh_workers: bool = ...,
 ) -> list[R | Failure]: ...
 def map(
     fn: Callable[[Any], Any],
@@ -281,6 +295,7 @@ def map(
     on_error: OnError = "raise",
     progress: Progress = False,
     client: Any = None,
+    fresh_workers: bool = False,
 ) -> list[Any]:
     """Call ``fn`` on every item, concurrently, and return the results as a list.
 
@@ -317,6 +332,10 @@ def map(
         progress: ``True``: a bar on stderr when it is a terminal; ``"always"``: even when not.
         client: for ``model="dask"``, the ``distributed.Client`` to run on (default: the
             active one); its workers' threads are the default ``workers``.
+        fresh_workers: ``True``: start new worker processes and threads for this call, and
+            stop them after it. By default workers are kept between calls (start-up is paid
+            once), and so is any state an earlier call left in them: a global, a resource
+            limit set with ``resource.setrlimit``, a thread-local.
 
     Returns:
         The results, one per item (fewer under ``on_error="skip"``).
@@ -346,6 +365,7 @@ def map(
         on_error=on_error,
         progress=progress,
         client=client,
+        fresh_workers=fresh_workers,
     )
     return run.collect()
 
@@ -364,6 +384,7 @@ def imap(
     on_error: Literal["raise", "skip"] = ...,
     progress: Progress = ...,
     client: Any = ...,
+    fresh_workers: bool = ...,
 ) -> Iterator[R]: ...
 @overload
 def imap(
@@ -379,6 +400,7 @@ def imap(
     on_error: Literal["collect"],
     progress: Progress = ...,
     client: Any = ...,
+    fresh_workers: bool = ...,
 ) -> Iterator[R | Failure]: ...
 @overload
 def imap(
@@ -394,6 +416,7 @@ def imap(
     on_error: Literal["raise", "skip"] = ...,
     progress: Progress = ...,
     client: Any = ...,
+    fresh_workers: bool = ...,
 ) -> Iterator[R]: ...
 @overload
 def imap(
@@ -409,6 +432,7 @@ def imap(
     on_error: Literal["collect"],
     progress: Progress = ...,
     client: Any = ...,
+    fresh_workers: bool = ...,
 ) -> Iterator[R | Failure]: ...
 def imap(
     fn: Callable[[Any], Any],
@@ -423,6 +447,7 @@ def imap(
     on_error: OnError = "raise",
     progress: Progress = False,
     client: Any = None,
+    fresh_workers: bool = False,
 ) -> Iterator[Any]:
     """Like :func:`map`, but a lazy iterator: results come as they are ready, memory stays flat.
 
@@ -451,6 +476,7 @@ def imap(
         on_error=on_error,
         progress=progress,
         client=client,
+        fresh_workers=fresh_workers,
     )
     return run.iterate()
 
@@ -469,6 +495,7 @@ async def amap(
     on_error: Literal["raise", "skip"] = ...,
     progress: Progress = ...,
     client: Any = ...,
+    fresh_workers: bool = ...,
 ) -> list[R]: ...
 @overload
 async def amap(
@@ -484,6 +511,7 @@ async def amap(
     on_error: Literal["collect"],
     progress: Progress = ...,
     client: Any = ...,
+    fresh_workers: bool = ...,
 ) -> list[R | Failure]: ...
 @overload
 async def amap(
@@ -499,6 +527,7 @@ async def amap(
     on_error: Literal["raise", "skip"] = ...,
     progress: Progress = ...,
     client: Any = ...,
+    fresh_workers: bool = ...,
 ) -> list[R]: ...
 @overload
 async def amap(
@@ -514,6 +543,7 @@ async def amap(
     on_error: Literal["collect"],
     progress: Progress = ...,
     client: Any = ...,
+    fresh_workers: bool = ...,
 ) -> list[R | Failure]: ...
 async def amap(
     fn: Callable[[Any], Any],
@@ -528,6 +558,7 @@ async def amap(
     on_error: OnError = "raise",
     progress: Progress = False,
     client: Any = None,
+    fresh_workers: bool = False,
 ) -> list[Any]:
     """:func:`map` for callers already inside an event loop: ``await pickpool.amap(f, xs)``.
 
@@ -553,6 +584,7 @@ async def amap(
         on_error=on_error,
         progress=progress,
         client=client,
+        fresh_workers=fresh_workers,
     )
     if run.runs_on_caller_loop:
         results = run.aiterate()

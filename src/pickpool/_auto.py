@@ -156,6 +156,7 @@ class AutoRun:
             plan.timeout,
             self.fn_bytes,
             concurrency=advice.workers if climb else None,
+            fresh=wishes.fresh_workers,
         )
         return plan, setup, pilot.source, pilot.taken
 

@@ -10,7 +10,9 @@ when the consumer's generator is garbage-collected.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -161,6 +163,7 @@ class Schedule:
         self._failed_at: int | None = None
         # What the input raised, if it did: raised once every item read before it is out.
         self._source_error: Exception | None = None
+        self._result_bytes = 0.0  # the size of one result, estimated from samples
         self.chunking = Chunking(plan)
 
     @property
@@ -180,6 +183,14 @@ class Schedule:
             if plan.adaptive:
                 holders = 1 if plan.model == "asyncio" else plan.workers
                 window = max(window, min(MAX_WINDOW, WINDOW_CHUNKS * holders * size))
+            if self._result_bytes:
+                # Large results: no more in memory at once than MAX_WINDOW_BYTES, or one per
+                # worker, whichever is more, however slowly the consumer takes them.
+                fit = int(MAX_WINDOW_BYTES // self._result_bytes)
+                window = min(window, max(plan.workers, fit))
+            else:
+                # Until a result has been weighed, a chunk per worker.
+                window = min(window, plan.workers * size)
             room = window - len(outstanding)
             if room < min(size, window):
                 break
@@ -214,6 +225,8 @@ class Schedule:
         """Take finished outcomes; return (retries to submit, what to hand out, in order)."""
         plan, retries, out = self._plan, [], []
         outstanding, attempts, buffer = self._outstanding, self._attempts, self._buffer
+        if outcomes:
+            self._sample(outcomes[0])
         ordered, fail_fast = plan.ordered, plan.fail_fast
         count = 0
         for outcome in outcomes:
@@ -270,6 +283,17 @@ class Schedule:
         self.chunking.finished(count)
         return retries, out
 
+    def _sample(self, outcome: Outcome) -> None:
+        """Weigh one result of this batch of outcomes (one per batch: it costs ~1 µs)."""
+        status, payload = outcome[1], outcome[2]
+        if status == BLOCK:
+            size = result_bytes(payload[0])
+        elif status == OK:
+            size = result_bytes(payload)
+        else:
+            return
+        self._result_bytes = size if not self._result_bytes else 0.5 * (self._result_bytes + size)
+
     def _task(self, first: int, items: list[Any]) -> Task:
         self._next_task += 1
         return (self._next_task, first, items)
@@ -322,6 +346,25 @@ def send(backend: Backend, schedule: Schedule, task: Task) -> list[Outcome]:
 WINDOW_CHUNKS: Final = 4
 # However large chunks grow, at most this many items are read ahead of the consumer.
 MAX_WINDOW: Final = 65536
+# Nor, as far as result sizes can be told, more than this many bytes of results.
+MAX_WINDOW_BYTES: Final = 256 * 2**20
+
+
+def result_bytes(value: Any, depth: int = 2) -> float:
+    """About how many bytes ``value`` holds: exact for bytes, strings and arrays (``nbytes``),
+    estimated from the first element for lists, tuples and dicts, shallow otherwise."""
+    if isinstance(value, bytes | bytearray | str):
+        return len(value)
+    nbytes = getattr(type(value), "nbytes", None)
+    if nbytes is not None:
+        with contextlib.suppress(Exception):
+            return float(value.nbytes)
+    size = sys.getsizeof(value, 64)
+    if depth and isinstance(value, list | tuple) and value:
+        return size + len(value) * result_bytes(value[0], depth - 1)
+    if depth and isinstance(value, dict) and value:
+        return size + len(value) * result_bytes(next(iter(value.values())), depth - 1)
+    return size
 
 
 def _forget(outstanding: dict[int, Any], index: int, size: int) -> None:

@@ -171,6 +171,7 @@ class Wishes:
     retries: int = 0
     on_error: str = "raise"
     ordered: bool = True
+    fresh_workers: bool = False
 
     def plan(
         self,
@@ -439,7 +440,13 @@ class Pilot:
                 return None
             self._coroutines = k
             plan = self._plan("asyncio", k, 1)
-            setup = Setup(self._timed(self._together), k, True, self.wishes.timeout)
+            setup = Setup(
+                self._timed(self._together),
+                k,
+                True,
+                self.wishes.timeout,
+                fresh=self.wishes.fresh_workers,
+            )
             limit = k
         else:
             cores = _machine.cores()
@@ -453,7 +460,13 @@ class Pilot:
             per_thread = min(per_thread, room // n)
             self._threads = n
             plan = self._plan("threads", n, per_thread)
-            setup = Setup(self._timed(self._together), n, False, self.wishes.timeout)
+            setup = Setup(
+                self._timed(self._together),
+                n,
+                False,
+                self.wishes.timeout,
+                fresh=self.wishes.fresh_workers,
+            )
             limit = n * per_thread
         start = self.taken
         return Phase(

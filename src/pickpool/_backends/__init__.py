@@ -31,6 +31,9 @@ class Setup:
     # Threads: how many run at first, climbing (up to ``workers``) by measured throughput.
     concurrency: int | None = None
     client: Any = None  # dask: the distributed.Client to run on (None: the active one)
+    # New worker processes and threads for this run, none taken from or given back to the
+    # warm pools: no state left by an earlier call (resource limits, globals, thread-locals).
+    fresh: bool = False
 
 
 class Backend(Protocol):

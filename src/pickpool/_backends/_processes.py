@@ -180,7 +180,7 @@ class ProcessesBackend:
         self._closed = True
         self._pending.clear()
         workers, self._workers = self._workers, []
-        if not cancel:
+        if not cancel and not self._setup.fresh:
             idle = [w for w in workers if not w.tasks and w.process.exitcode is None]
             workers = [w for w in workers if w not in idle] + warm.give(idle)
         _stop(workers)
@@ -227,7 +227,7 @@ class ProcessesBackend:
         from .. import _procworker
 
         method = self._context.get_start_method()
-        w = warm.take(method)
+        w = None if self._setup.fresh else warm.take(method)
         if w is not None:
             self._workers.append(w)
             try:

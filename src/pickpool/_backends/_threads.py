@@ -240,13 +240,15 @@ class ThreadsBackend:
         # a thread cannot be killed, so one still running after it is abandoned like a
         # timed-out one, a daemon that exits when its call returns, its result dropped.
         deadline = time.monotonic() + CANCEL_GRACE if cancel else None
-        for slot in self._threads.values():
+        for thread, slot in self._threads.items():
             released = slot.released.wait(
                 None if deadline is None else max(0.0, deadline - time.monotonic())
             )
             if not released:
                 with slot.lock:
                     slot.abandoned = True
+            elif self._setup.fresh:
+                thread.join()  # released and not kept: it is returning now
 
     def __repr__(self) -> str:
         return (
@@ -290,7 +292,7 @@ class ThreadsBackend:
 
     def _start_thread(self) -> None:
         slot = _Slot()
-        parked = warm.take()
+        parked = None if self._setup.fresh else warm.take()
         fresh = parked is None
         if parked is None:
             parked = _Parked()
@@ -325,7 +327,7 @@ class ThreadsBackend:
             caller.close()
             slot.released.set()
         with slot.lock:
-            return not slot.abandoned
+            return not slot.abandoned and not self._setup.fresh
 
     def _enter(self) -> None:
         with self._gate:
