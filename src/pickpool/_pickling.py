@@ -217,13 +217,18 @@ class _Lenient(pickle._Unpickler):  # the pure-Python unpickler: its steps can b
         stack = self.stack  # type: ignore[attr-defined]
         args = stack.pop()
         cls = stack.pop()
-        stack.append(self._rebuilt(lambda: cls.__new__(cls, *args)))
+        stack.append(
+            cls if type(cls) is _Broken else self._rebuilt(lambda: cls.__new__(cls, *args))
+        )
 
     def load_newobj_ex(self) -> None:
         stack = self.stack  # type: ignore[attr-defined]
         kwargs = stack.pop()
         args = stack.pop()
         cls = stack.pop()
+        if type(cls) is _Broken:
+            stack.append(cls)  # its class was not found here: say so, not that __new__ failed
+            return
         stack.append(self._rebuilt(lambda: cls.__new__(cls, *args, **kwargs)))
 
     def load_build(self) -> None:
