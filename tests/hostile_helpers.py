@@ -5,12 +5,9 @@ method. Those that take their parameters first are meant to be bound with functo
 from __future__ import annotations
 
 import asyncio
-import email.message
 import os
-import subprocess
 import threading
 import time
-import urllib.error
 
 import pickpool
 
@@ -38,6 +35,9 @@ def http_error_at(at: int, x: int) -> object:
     """At ``at``, a result that pickles in the worker but fails to load in the parent."""
     if x != at:
         return 3 * x
+    import email.message  # here: every worker imports this module, few need these
+    import urllib.error
+
     # HTTPError's __reduce__ passes back none of the five arguments its __init__ requires.
     error = urllib.error.HTTPError(
         "http://example.invalid/", 500, "boom", email.message.Message(), None
@@ -48,6 +48,8 @@ def http_error_at(at: int, x: int) -> object:
 def run_sleep_at(at: int, seconds: str, x: int) -> int:
     """At ``at``, a child process that outlives any timeout: ``sleep <seconds>``."""
     if x == at:
+        import subprocess
+
         subprocess.run(["sleep", seconds], check=False)
     return 3 * x
 
