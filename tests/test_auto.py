@@ -288,7 +288,7 @@ def test_a_run_out_of_re_decisions_still_runs_every_item(monkeypatch: pytest.Mon
     decide = _auto.decide
 
     def absurd(*args: Any, **kwargs: Any) -> Advice:
-        return dataclasses.replace(decide(*args, **kwargs), pace=1e-12)
+        return dataclasses.replace(decide(*args, **kwargs), pace=_auto.WATCH_MIN_PACE)
 
     monkeypatch.setattr(_auto, "decide", absurd)
     run = auto_run(lab.blocking_wait, iter(range(400)), length=400, workers=4)

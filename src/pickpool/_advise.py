@@ -16,6 +16,7 @@ whenever parallelism matters.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from . import _machine
+from ._inner import LEAVE, InnerThreads
 from ._probe import Evidence
 
 Kind = Literal["cpu", "cpu-nogil", "blocking-io", "async-io", "tiny", "mixed"]
@@ -129,6 +131,7 @@ class Option:
     chunksize: int
     seconds: float
     per_item: float = 0.0  # seconds per item once running: the pace auto watches for drift
+    inner: int | None = None  # threads per native pool it assumes (None: as they are)
 
 
 @dataclass(frozen=True)
@@ -162,11 +165,23 @@ class Advice:
     items: int
     sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict, repr=False)
     pace: float = field(default=0.0, repr=False)  # predicted seconds per item once running
+    # Threads per native pool (BLAS, OpenMP...) in each call under the advised model, and
+    # under each model (None: the pools as they are).
+    inner_threads: int | None = None
+    inner: Mapping[str, int | None] = field(default_factory=dict, repr=False)
 
     @property
     def options(self) -> dict[str, Any]:
-        """``model``, ``workers`` and ``chunksize`` as keyword arguments for ``map``."""
-        return {"model": self.model, "workers": self.workers, "chunksize": self.chunksize}
+        """``model``, ``workers``, ``chunksize`` (and a cap on native thread pools, if the
+        advice caps them) as keyword arguments for ``map``."""
+        options: dict[str, Any] = {
+            "model": self.model,
+            "workers": self.workers,
+            "chunksize": self.chunksize,
+        }
+        if self.inner_threads is not None:
+            options["inner_threads"] = self.inner_threads
+        return options
 
     def __str__(self) -> str:
         lines = [
@@ -178,6 +193,9 @@ class Advice:
         for model, seconds in sorted(self.predicted.items(), key=lambda kv: kv[1]):
             workers, chunk = self.sizes.get(model, (0, 0))
             sizing = f"{_plural(workers, 'worker')}, chunks of {chunk}" if workers else ""
+            inner = self.inner.get(model)
+            if inner is not None and self.evidence.pools:
+                sizing += f", {_plural(inner, 'thread')} per native pool"
             mark = "  <- advised" if model == self.model else ""
             lines.append(f"    {model:<10} {format_seconds(seconds):>10}   {sizing}{mark}")
         return "\n".join(lines)
@@ -265,6 +283,32 @@ def _counts(candidates: set[int], given: int | None, n: int) -> list[int]:
     return sorted(k for k in candidates if 1 <= k <= max(1, n)) or [1]
 
 
+# A call alone that keeps this many cores busy runs threads of its own (BLAS, OpenMP...).
+PARALLEL_CALL: Final = 1.2
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """One call as an option runs it, ``calls`` at once: its native pools capped or not."""
+
+    ev: Evidence  # wall, CPU of the calling thread and GIL reading of such a call
+    cpu: float  # CPU of the whole process per call, its native threads included
+    g: float  # seconds of it holding the GIL
+    floor: float  # seconds per item no parallel model beats (see shared_floor)
+    inner: int | None  # threads per native pool (None: as they are)
+
+
+def _interpolate(one: float, full: float, k: int, pool: int) -> float:
+    """A call's cost with ``k`` threads per pool, from its cost with 1 and with ``pool``.
+
+    Amdahl's law makes the time linear in 1 - 1/k: exact at both ends, and where more threads
+    made the call slower (spinning, memory), it says so in between as well.
+    """
+    if pool <= 1 or k >= pool:
+        return full
+    return one + (full - one) * (1 - 1 / k) / (1 - 1 / pool)
+
+
 class _Model:
     """The cost model for one piece of evidence on one machine, for ``n`` items."""
 
@@ -277,11 +321,51 @@ class _Model:
         workers: int | None,
         chunksize: int | None,
         timeout: float | None,
+        inner_threads: InnerThreads = None,
     ) -> None:
         self.ev, self.m, self.n = ev, machine, n
         self.workers, self.chunksize, self.timeout = workers, chunksize, timeout
+        self.inner_threads = inner_threads
         self.g = gil_time(ev, machine)
         self.floor = shared_floor(ev, machine)
+        self._views: dict[int | None, _View] = {}
+
+    def inner_limit(self, calls: int) -> int | None:
+        """Threads per native pool with ``calls`` calls at once (as ``_inner.limit_for``)."""
+        wish = self.inner_threads
+        if wish == LEAVE:
+            return None
+        if isinstance(wish, int):
+            return wish
+        return None if calls <= 1 else max(1, self.m.cores // calls)
+
+    def view(self, calls: int) -> _View:
+        """What one call costs with ``calls`` calls at once, their native pools capped to fit."""
+        limit = self.inner_limit(calls)
+        view = self._views.get(limit)
+        if view is None:
+            view = self._views[limit] = self._make_view(limit)
+        return view
+
+    def _make_view(self, limit: int | None) -> _View:
+        ev, m = self.ev, self.m
+        parallel = ev.cores_used >= PARALLEL_CALL
+        # As measured alone: with threads of its own, all of them count against the cores.
+        all_cpu = max(ev.cpu, ev.process_cpu or 0.0) if parallel else ev.cpu
+        pool = max((p.threads for p in ev.pools if p.cappable), default=0)
+        if limit is None or ev.capped_wall is None or ev.capped_cpu is None or pool < 2:
+            return _View(ev, all_cpu, self.g, self.floor, limit)
+        k = min(limit, pool)
+        # Capped, the calling thread does the pools' work: its CPU is the call's, unless a
+        # pool that cannot be capped (or threads of your own) runs beside it. (The process's
+        # CPU also counts the capped pools' threads spinning down for a while: not work.)
+        fixed = any(not p.cappable for p in ev.pools)
+        one_cpu = ev.capped_cpu if fixed else min(ev.capped_cpu, ev.capped_wall)
+        wall = _interpolate(ev.capped_wall, ev.wall, k, pool)
+        cpu = _interpolate(one_cpu, all_cpu, k, pool)
+        gil = ev.capped_gil if ev.capped_gil is not None else ev.gil_held
+        capped = dataclasses.replace(ev, wall=wall, cpu=min(wall, cpu), gil_held=gil)
+        return _View(capped, cpu, gil_time(capped, m), shared_floor(capped, m), k)
 
     def chunk(self, model: str, workers: int) -> int:
         if self.timeout is not None:
@@ -317,25 +401,28 @@ class _Model:
         return ev.wall / (k * efficiency)
 
     def serial(self) -> Option:
+        view = self.view(1)
         extra = LOOP_CALL if self.ev.is_async else 0.0
-        per = self.ev.wall + SERIAL_ITEM + extra
-        return Option("serial", 1, 1, self.n * per, per)
+        per = view.ev.wall + SERIAL_ITEM + extra
+        return Option("serial", 1, 1, self.n * per, per, view.inner)
 
     def threads(self) -> Option:
-        ev, cores = self.ev, self.m.cores
-        extra = LOOP_CALL if ev.is_async else 0.0
+        cores = self.m.cores
+        extra = LOOP_CALL if self.ev.is_async else 0.0
         best: Option | None = None
         for k in _counts(_thread_counts(cores), self.workers, self.n):
+            view = self.view(k)
+            ev = view.ev
             ch = self.chunk("threads", k)
             per = max(
                 (ev.wall + extra) / k,
-                (ev.cpu + ev.child_cpu) / cores,
-                self.g + extra + THREADS_ITEM + THREADS_CHUNK / ch,
-                self.floor,
+                (view.cpu + ev.child_cpu) / cores,
+                view.g + extra + THREADS_ITEM + THREADS_CHUNK / ch,
+                view.floor,
                 self._fewer_than_measured(k),
             )
             seconds = k * THREAD_START + self.n * per + (ch - 1) * ev.wall
-            best = _better(best, Option("threads", k, ch, seconds, per))
+            best = _better(best, Option("threads", k, ch, seconds, per, view.inner))
         assert best is not None
         return best
 
@@ -357,14 +444,15 @@ class _Model:
                 best = _better(best, Option("asyncio", k, 1, LOOP_START + self.n * per, per))
         else:
             for k in _counts(_thread_counts(cores), self.workers, self.n):
+                view = self.view(k)
                 per = max(
-                    ev.wall / k,
-                    (ev.cpu + ev.child_cpu) / cores,
-                    self.g + TO_THREAD_ITEM,
-                    self.floor,
+                    view.ev.wall / k,
+                    (view.cpu + ev.child_cpu) / cores,
+                    view.g + TO_THREAD_ITEM,
+                    view.floor,
                 )
                 seconds = LOOP_START + k * THREAD_START + self.n * per
-                best = _better(best, Option("asyncio", k, 1, seconds, per))
+                best = _better(best, Option("asyncio", k, 1, seconds, per, view.inner))
         assert best is not None
         return best
 
@@ -374,10 +462,9 @@ class _Model:
         ev, m = self.ev, self.m
         if ev.unpicklable:
             return Option(model, m.cores, 1, math.inf)
-        wall = ev.wall + (LOOP_CALL if ev.is_async else 0.0)
         pipe = (ev.item_bytes + ev.result_bytes) * PIPE_BYTE
         candidates = set(range(1, m.cores + 1))
-        if ev.cpu < wall / 1.5:
+        if ev.cpu < ev.wall / 1.5:
             # Waiting too: more processes than cores keep the cores busy (Little's law).
             candidates |= {2 * m.cores, 4 * m.cores}
         start_each = WORKER_START.get(m.start_method, WORKER_START["spawn"])
@@ -386,6 +473,8 @@ class _Model:
             start_each, server = INTERPRETER_START, 0.0
         best: Option | None = None
         for k in _counts(candidates, self.workers, self.n):
+            view = self.view(k)
+            wall = view.ev.wall + (LOOP_CALL if ev.is_async else 0.0)
             ch = self.chunk("processes", k)
             parent = (
                 PROCESS_ITEM
@@ -396,15 +485,15 @@ class _Model:
             )
             unpickle = LOADS_PER_DUMPS * ev.item_pickle + ev.result_pickle
             worker = wall + unpickle + pipe
-            cpu = ev.cpu + ev.child_cpu + unpickle + parent
-            per = max(parent, worker / k, cpu / m.cores, self.floor)
+            cpu = view.cpu + ev.child_cpu + unpickle + parent
+            per = max(parent, worker / k, cpu / m.cores, view.floor)
             if (ev.item_bytes + ev.result_bytes) * ch > PIPELINED_BYTES:
                 # Large chunks are not queued behind a busy worker: parent and workers
                 # partly take turns.
                 per += 0.5 * min(parent, worker / k)
             fixed = server + k * (start_each + WORKER_STOP)
             seconds = fixed + self.n * per + 0.5 * ch * wall
-            best = _better(best, Option(model, k, ch, seconds, per))
+            best = _better(best, Option(model, k, ch, seconds, per, view.inner))
         assert best is not None
         return best
 
@@ -483,13 +572,33 @@ def decide(
     workers: int | None = None,
     chunksize: int | None = None,
     timeout: float | None = None,
+    inner_threads: InnerThreads = None,
+    observed: Mapping[str, float] | None = None,
     machine: Machine | None = None,
 ) -> Advice:
-    """The :class:`Advice` for running ``items`` more items like the probed ones."""
+    """The :class:`Advice` for running ``items`` more items like the probed ones.
+
+    ``observed``: seconds per item a model was seen to take in this very run, when it ran
+    slower than predicted; no prediction for that model is better than what it did.
+    """
     machine = machine or Machine.here()
     n = UNKNOWN_LENGTH if items is None else max(1, items)
-    model = _Model(ev, machine, n, workers=workers, chunksize=chunksize, timeout=timeout)
+    model = _Model(
+        ev,
+        machine,
+        n,
+        workers=workers,
+        chunksize=chunksize,
+        timeout=timeout,
+        inner_threads=inner_threads,
+    )
     options = model.options()
+    for name, pace in (observed or {}).items():
+        option = options.get(name)
+        if option is not None and pace > option.per_item:
+            options[name] = dataclasses.replace(
+                option, seconds=option.seconds + n * (pace - option.per_item), per_item=pace
+            )
     chosen = choose(options, is_async=ev.is_async)
     kind = classify(ev, machine, chosen)
     return Advice(
@@ -503,6 +612,8 @@ def decide(
         items=n,
         sizes={name: (o.workers, o.chunksize) for name, o in options.items()},
         pace=chosen.per_item,
+        inner_threads=chosen.inner,
+        inner={name: o.inner for name, o in options.items()},
     )
 
 
@@ -536,6 +647,38 @@ def _bytes(n: int) -> str:
     return f"{n} bytes"
 
 
+def _inner_reasons(ev: Evidence, machine: Machine) -> list[str]:
+    """What the call's own threads (native pools) do, in sentences."""
+    if ev.is_async or ev.cores_used < PARALLEL_CALL:
+        return []
+    pools = "; ".join(str(p) for p in ev.pools)
+    where = f" ({pools})" if pools else " (threads of its own)"
+    out = [
+        f"Each call kept {ev.cores_used:.1f} cores busy by itself{where}: it is already "
+        f"parallel inside, on a machine of {_plural(machine.cores, 'core')}."
+    ]
+    if ev.capped_wall is not None and ev.wall > 0:
+        ratio = ev.capped_wall / ev.wall
+        if ratio > 1.1:
+            than = f"{ratio:.1f}x as long as with its own threads"
+        elif ratio < 1 / 1.1:
+            than = "less than with its own threads, which got in each other's way"
+        else:
+            than = "about as long as with its own threads"
+        out.append(
+            f"With one thread per native pool a call took {format_seconds(ev.capped_wall)}, "
+            f"{than}; calls side by side get fewer threads each, so that calls times "
+            "threads fit the cores."
+        )
+    if any(not p.cappable for p in ev.pools):
+        fixed = ", ".join(p.name for p in ev.pools if not p.cappable)
+        out.append(
+            f"{fixed} sizes its pool when it is imported: it cannot be capped in this process, "
+            "only in new worker processes."
+        )
+    return out
+
+
 def _reasons(
     ev: Evidence,
     machine: Machine,
@@ -551,6 +694,7 @@ def _reasons(
     what = "coroutine" if ev.is_async else "call"
     rest = "" if share >= 0.9 else ", the rest waiting"
     out.append(f"Each {what} took {format_seconds(t)} alone, {share:.0%} of it on the CPU{rest}.")
+    out += _inner_reasons(ev, machine)
     if ev.is_async and ev.loop_blocked is not None:
         span = 1 + (ev.coroutines - 1) * ev.loop_blocked
         if ev.loop_blocked >= 0.5:
@@ -605,6 +749,11 @@ def _reasons(
                 f"a call is so short ({format_seconds(t)}) that handing it to a worker costs about "
                 "as much as running it"
             )
+        elif ev.cores_used >= PARALLEL_CALL and not ev.is_async:
+            why = (
+                f"each call already keeps {ev.cores_used:.1f} cores busy by itself, so calls "
+                "side by side would only share the same cores"
+            )
         elif not ev.unpicklable and (1 + LOADS_PER_DUMPS) * pickle_time > 0.5 * t:
             why = (
                 f"pickling to and from processes costs more than the work itself, and "
@@ -619,6 +768,8 @@ def _reasons(
         )
     else:
         sizing = f"{chosen.model} with {_workers(chosen)}"
+        if chosen.inner is not None and ev.pools:
+            sizing += f" ({_plural(chosen.inner, 'thread')} per native pool)"
         if chosen.chunksize > 1:
             sizing += f" in chunks of {chosen.chunksize}"
         speedup = serial / chosen.seconds

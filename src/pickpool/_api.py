@@ -10,6 +10,7 @@ from typing import Any, Literal, TypeVar, overload
 from . import _backends
 from ._auto import AutoRun, in_thread
 from ._driver import Block, Done, Plan, drive
+from ._inner import InnerThreads, check_inner_threads
 from ._options import check_fn, length_hint, make_plan, positive_int
 from ._outcome import Failure
 from ._probe import Wishes
@@ -62,6 +63,7 @@ class _Run:
         progress: object,
         client: object = None,
         fresh_workers: object = False,
+        inner_threads: object = None,
     ) -> None:
         check_fn(fn)
         try:
@@ -76,6 +78,7 @@ class _Run:
         self.auto: AutoRun | None = None
         if not isinstance(fresh_workers, bool):
             raise TypeError(f"fresh_workers must be True or False, not {fresh_workers!r}")
+        inner = check_inner_threads(inner_threads)
         if client is not None and name != "dask":
             raise ValueError(f"client= is for model='dask', not model={name!r}")
         if name == "dask":
@@ -120,6 +123,7 @@ class _Run:
                     on_error=str(on_error),
                     ordered=self.plan.ordered,
                     fresh_workers=fresh_workers,
+                    inner_threads=inner,
                 ),
             )
         self.on_error = on_error
@@ -132,6 +136,7 @@ class _Run:
             fn_bytes,
             client=client,
             fresh=fresh_workers,
+            inner_threads=inner,
         )
         self.description = f"{getattr(fn, '__name__', 'fn')} [{name}]"
 
@@ -233,6 +238,7 @@ def map(
     progress: Progress = ...,
     client: Any = ...,
     fresh_workers: bool = ...,
+    inner_threads: InnerThreads = ...,
 ) -> list[R]: ...
 @overload
 def map(
@@ -249,6 +255,7 @@ def map(
     progress: Progress = ...,
     client: Any = ...,
     fresh_workers: bool = ...,
+    inner_threads: InnerThreads = ...,
 ) -> list[R | Failure]: ...
 @overload
 def map(
@@ -265,6 +272,7 @@ def map(
     progress: Progress = ...,
     client: Any = ...,
     fresh_workers: bool = ...,
+    inner_threads: InnerThreads = ...,
 ) -> list[R]: ...
 @overload
 def map(
@@ -281,6 +289,7 @@ def map(
     progress: Progress = ...,
     client: Any = ...,
     fresh_workers: bool = ...,
+    inner_threads: InnerThreads = ...,
 ) -> list[R | Failure]: ...
 def map(
     fn: Callable[[Any], Any],
@@ -296,6 +305,7 @@ def map(
     progress: Progress = False,
     client: Any = None,
     fresh_workers: bool = False,
+    inner_threads: InnerThreads = None,
 ) -> list[Any]:
     """Call ``fn`` on every item, concurrently, and return the results as a list.
 
@@ -336,6 +346,12 @@ def map(
             stop them after it. By default workers are kept between calls (start-up is paid
             once), and so is any state an earlier call left in them: a global, a resource
             limit set with ``resource.setrlimit``, a thread-local.
+        inner_threads: the native thread pools inside each call (BLAS and LAPACK under numpy
+            and scipy, OpenMP under scikit-learn, PyTorch, OpenCV...). ``None`` (default):
+            while several calls run at once, each pool is capped so that calls times inner
+            threads fit the usable cores (2 processes on 2 cores: one BLAS thread each), and
+            put back after the run; a call that runs alone keeps every core. An int: that many
+            threads per pool, whatever the model. ``"leave"``: pools are left as they are.
 
     Returns:
         The results, one per item (fewer under ``on_error="skip"``).
@@ -366,6 +382,7 @@ def map(
         progress=progress,
         client=client,
         fresh_workers=fresh_workers,
+        inner_threads=inner_threads,
     )
     return run.collect()
 
@@ -385,6 +402,7 @@ def imap(
     progress: Progress = ...,
     client: Any = ...,
     fresh_workers: bool = ...,
+    inner_threads: InnerThreads = ...,
 ) -> Iterator[R]: ...
 @overload
 def imap(
@@ -401,6 +419,7 @@ def imap(
     progress: Progress = ...,
     client: Any = ...,
     fresh_workers: bool = ...,
+    inner_threads: InnerThreads = ...,
 ) -> Iterator[R | Failure]: ...
 @overload
 def imap(
@@ -417,6 +436,7 @@ def imap(
     progress: Progress = ...,
     client: Any = ...,
     fresh_workers: bool = ...,
+    inner_threads: InnerThreads = ...,
 ) -> Iterator[R]: ...
 @overload
 def imap(
@@ -433,6 +453,7 @@ def imap(
     progress: Progress = ...,
     client: Any = ...,
     fresh_workers: bool = ...,
+    inner_threads: InnerThreads = ...,
 ) -> Iterator[R | Failure]: ...
 def imap(
     fn: Callable[[Any], Any],
@@ -448,6 +469,7 @@ def imap(
     progress: Progress = False,
     client: Any = None,
     fresh_workers: bool = False,
+    inner_threads: InnerThreads = None,
 ) -> Iterator[Any]:
     """Like :func:`map`, but a lazy iterator: results come as they are ready, memory stays flat.
 
@@ -477,6 +499,7 @@ def imap(
         progress=progress,
         client=client,
         fresh_workers=fresh_workers,
+        inner_threads=inner_threads,
     )
     return run.iterate()
 
@@ -496,6 +519,7 @@ async def amap(
     progress: Progress = ...,
     client: Any = ...,
     fresh_workers: bool = ...,
+    inner_threads: InnerThreads = ...,
 ) -> list[R]: ...
 @overload
 async def amap(
@@ -512,6 +536,7 @@ async def amap(
     progress: Progress = ...,
     client: Any = ...,
     fresh_workers: bool = ...,
+    inner_threads: InnerThreads = ...,
 ) -> list[R | Failure]: ...
 @overload
 async def amap(
@@ -528,6 +553,7 @@ async def amap(
     progress: Progress = ...,
     client: Any = ...,
     fresh_workers: bool = ...,
+    inner_threads: InnerThreads = ...,
 ) -> list[R]: ...
 @overload
 async def amap(
@@ -544,6 +570,7 @@ async def amap(
     progress: Progress = ...,
     client: Any = ...,
     fresh_workers: bool = ...,
+    inner_threads: InnerThreads = ...,
 ) -> list[R | Failure]: ...
 async def amap(
     fn: Callable[[Any], Any],
@@ -559,6 +586,7 @@ async def amap(
     progress: Progress = False,
     client: Any = None,
     fresh_workers: bool = False,
+    inner_threads: InnerThreads = None,
 ) -> list[Any]:
     """:func:`map` for callers already inside an event loop: ``await pickpool.amap(f, xs)``.
 
@@ -585,6 +613,7 @@ async def amap(
         progress=progress,
         client=client,
         fresh_workers=fresh_workers,
+        inner_threads=inner_threads,
     )
     if run.runs_on_caller_loop:
         results = run.aiterate()

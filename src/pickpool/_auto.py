@@ -30,6 +30,8 @@ AUTO_SHARE: Final = 0.015
 DRIFT: Final = 5.0
 DRIFT_WATCH: Final = 0.5
 MAX_REDECISIONS: Final = 3
+# Items predicted faster than this are not watched: timing them would cost a third of each.
+WATCH_MIN_PACE: Final = 20e-6
 # The most threads auto's hill climbing may reach.
 CLIMB_CAP: Final = 128
 
@@ -54,6 +56,7 @@ class _Watch:
         self.taken = 0
         self.exhausted = False
         self.drift: str | None = None
+        self.pace: float | None = None  # seconds per item over the window that drifted
 
     def __iter__(self) -> _Watch:
         return self
@@ -78,9 +81,9 @@ class _Watch:
         pace = self._busy / self._count
         elapsed = time.perf_counter() - self._began
         if pace > DRIFT * self._predicted:
-            self.drift = "slower"
+            self.drift, self.pace = "slower", pace
         elif pace * DRIFT < self._predicted and self._busy > 0.5 * elapsed:
-            self.drift = "faster"
+            self.drift, self.pace = "faster", pace
         # A new window: what counts is the recent pace, not the average since the start.
         self._busy, self._count, self._began = 0.0, 0, time.perf_counter()
 
@@ -105,6 +108,8 @@ class AutoRun:
         self.pilot = self._new_pilot(0)
         self.advice: Advice | None = None
         self.decisions: list[Advice] = []  # the first, then one per re-decision after a drift
+        # Seconds per item a model was seen to take when it drifted slower than predicted.
+        self.observed: dict[str, float] = {}
 
     def _new_pilot(self, start: int) -> Pilot:
         pilot = Pilot(
@@ -132,6 +137,8 @@ class AutoRun:
             workers=wishes.workers,
             chunksize=wishes.chunksize,
             timeout=wishes.timeout,
+            inner_threads=wishes.inner_threads,
+            observed=self.observed,
         )
         # Threads start at the advised count and climb by measured throughput, up to twice
         # as many, unless the caller fixed the count.
@@ -157,6 +164,7 @@ class AutoRun:
             self.fn_bytes,
             concurrency=advice.workers if climb else None,
             fresh=wishes.fresh_workers,
+            inner_threads=wishes.inner_threads,
         )
         return plan, setup, pilot.source, pilot.taken
 
@@ -180,15 +188,14 @@ class AutoRun:
                 return
             plan, setup, items, start = rest
             backend = _backends.load(plan.model)
-            if redecisions == MAX_REDECISIONS or plan.model == "serial":
-                # Out of re-decisions, the last choice runs the rest unwatched. Nor is a plain
-                # loop watched: chosen for items too small to hand out or too few to pay for
-                # workers, it has nothing to resize, and watching costs it 30% per item.
+            assert self.advice is not None
+            if redecisions == MAX_REDECISIONS or self.advice.pace < WATCH_MIN_PACE:
+                # Out of re-decisions, the last choice runs the rest unwatched; so do items of
+                # a few microseconds, which watching would slow by a third.
                 yield from drive(
                     items, plan, setup, backend, cancel=cancel, start=start, blocks=blocks
                 )
                 return
-            assert self.advice is not None
             watch = _Watch(items, self.advice.pace)
             resumed = time.perf_counter()
             for done in drive(
@@ -201,6 +208,11 @@ class AutoRun:
                 resumed = time.perf_counter()
             if watch.exhausted or watch.drift is None:
                 return
+            if watch.drift == "slower" and watch.pace is not None:
+                # What the model really did is evidence the probe cannot see (workers' native
+                # threads fighting for the cores, a server that slows down under load).
+                seen = self.observed.get(plan.model, 0.0)
+                self.observed[plan.model] = max(seen, watch.pace)
             redecisions += 1
             self.pilot = self._new_pilot(start + watch.taken)
 

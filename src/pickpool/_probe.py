@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import statistics
 import sys
 import threading
@@ -29,17 +30,21 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import _machine
+from . import _inner, _machine
 from ._backends import Setup
 from ._driver import Done, Plan
+from ._inner import InnerThreads, Pool
 from ._options import make_plan
 from ._task import OK
 
-Record = tuple[float, float, float]  # (start, wall seconds, thread CPU seconds) of one call
+# (start, wall seconds, CPU seconds of the calling thread, CPU seconds of the whole process)
+# of one call. Alone, the process's CPU time is the call's own with its native threads (BLAS):
+# 2 s of it in 1 s of wall time is a call that used two cores.
+Record = tuple[float, float, float, float]
 
 
 class _Timed:
-    """``fn`` with each call's wall and thread CPU time appended to ``records``."""
+    """``fn`` with each call's wall, thread CPU and process CPU time appended to ``records``."""
 
     __slots__ = ("fn", "records")
 
@@ -48,11 +53,18 @@ class _Timed:
         self.records = records
 
     def __call__(self, item: Any) -> Any:
-        start, cpu = time.perf_counter(), time.thread_time()
+        start, cpu, all_cpu = time.perf_counter(), time.thread_time(), time.process_time()
         try:
             return self.fn(item)
         finally:
-            self.records.append((start, time.perf_counter() - start, time.thread_time() - cpu))
+            self.records.append(
+                (
+                    start,
+                    time.perf_counter() - start,
+                    time.thread_time() - cpu,
+                    time.process_time() - all_cpu,
+                )
+            )
 
 
 class _AsyncTimed(_Timed):
@@ -61,11 +73,18 @@ class _AsyncTimed(_Timed):
     __slots__ = ()
 
     async def __call__(self, item: Any) -> Any:
-        start, cpu = time.perf_counter(), time.thread_time()
+        start, cpu, all_cpu = time.perf_counter(), time.thread_time(), time.process_time()
         try:
             return await self.fn(item)
         finally:
-            self.records.append((start, time.perf_counter() - start, time.thread_time() - cpu))
+            self.records.append(
+                (
+                    start,
+                    time.perf_counter() - start,
+                    time.thread_time() - cpu,
+                    time.process_time() - all_cpu,
+                )
+            )
 
 
 class Knocker:
@@ -76,6 +95,11 @@ class Knocker:
     switch, up to ``sys.getswitchinterval()`` (5 ms). Lateness beyond the nap's usual oversleep,
     over the time watched, scaled so that a GIL held throughout reads 1.0, is the held share.
     It costs the measured code one GIL hand-off per ~5 ms.
+
+    A thread also wakes late when every core is busy (native threads of the measured call, other
+    programs): it is then runnable but waits for a core, which is not the GIL. The kernel counts
+    that wait (``/proc/thread-self/schedstat``, "run delay"), and it is taken off the lateness.
+    Waiting for the GIL is a sleep on a condition variable, which that count leaves out.
     """
 
     NAP = 0.0005
@@ -94,12 +118,18 @@ class Knocker:
 
     def _run(self) -> None:
         nap, baseline = self.NAP, self._baseline
-        while not self._stop.is_set():
-            t0 = time.perf_counter()
-            time.sleep(nap)
-            elapsed = time.perf_counter() - t0
-            self._late += max(0.0, elapsed - nap - baseline)
-            self._watched += elapsed
+        queued = _RunDelay()
+        try:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                q0 = queued.seconds()
+                time.sleep(nap)
+                elapsed = time.perf_counter() - t0
+                waited_for_core = queued.seconds() - q0
+                self._late += max(0.0, elapsed - nap - baseline - waited_for_core)
+                self._watched += elapsed
+        finally:
+            queued.close()
 
     def stop(self) -> tuple[float, float]:
         """(held share 0..1, seconds watched)."""
@@ -111,6 +141,29 @@ class Knocker:
         switch = sys.getswitchinterval()
         full = switch / (switch + self.NAP)  # what a GIL held throughout reads
         return min(1.0, self._late / self._watched / full), self._watched
+
+
+class _RunDelay:
+    """Seconds the calling thread has waited, runnable, for a core (0 where unknown)."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        try:
+            self._fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+            self.seconds()
+        except (OSError, ValueError, IndexError):
+            self.close()
+
+    def seconds(self) -> float:
+        if self._fd is None:
+            return 0.0
+        # "<ns on a core> <ns waiting for one> <timeslices>"
+        return int(os.pread(self._fd, 128, 0).split()[1]) / 1e9
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 @functools.cache
@@ -154,11 +207,27 @@ class Evidence:
     unpicklable: str | None  # why the function or its data cannot go to a process (None: it can)
     length: int | None  # items in the whole batch, if known
     seconds: float  # the probe's own wall time
+    # Native thread pools inside a call (BLAS, OpenMP...). process_cpu: CPU time of the whole
+    # process per call alone, its native threads included (None: not measured, as cpu).
+    process_cpu: float | None = None
+    pools: tuple[Pool, ...] = ()  # the pools loaded, with their sizes, when a call used them
+    # One call alone with each pool at one thread (None: not measured): wall, CPU of the whole
+    # process, and the GIL's held share then.
+    capped_wall: float | None = None
+    capped_cpu: float | None = None
+    capped_gil: float | None = None
 
     @property
     def cpu_share(self) -> float:
         """CPU time over wall time of a call alone: ~1 computes, ~0 waits."""
         return min(1.0, self.cpu / self.wall) if self.wall > 0 else 1.0
+
+    @property
+    def cores_used(self) -> float:
+        """Cores a call kept busy alone, its native threads included: 1.9 is already parallel."""
+        if self.process_cpu is None or self.wall <= 0:
+            return self.cpu_share
+        return max(self.cpu_share, self.process_cpu / self.wall)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +241,7 @@ class Wishes:
     on_error: str = "raise"
     ordered: bool = True
     fresh_workers: bool = False
+    inner_threads: InnerThreads = None
 
     def plan(
         self,
@@ -250,6 +320,8 @@ _SMALL_BYTES = 1024
 # The alone phase stops once it has seen this much of a run that is mostly waiting: waiting
 # is measured faster and better together.
 _WAITING_SHARE = 0.3
+# A call alone that keeps this many cores busy runs threads of its own (BLAS, OpenMP...).
+_PARALLEL_CALL = 1.2
 # Below this much watched time the knocker's reading is noise.
 _KNOCKER_MIN = 0.01
 _MAX_PROBE_THREADS = 16
@@ -291,6 +363,9 @@ class Pilot:
         self.evidence: Evidence | None = None
         self._began = time.perf_counter()
         self._alone: list[Record] = []
+        self._capped: list[Record] = []  # alone, with native pools at one thread
+        self._capped_gil: float | None = None
+        self._pools: tuple[Pool, ...] = ()
         self._together: list[Record] = []
         self._failed = 0
         self._pickled: list[tuple[int, float, int, float]] = []
@@ -321,6 +396,8 @@ class Pilot:
     def phases(self) -> Generator[Phase, None, None]:
         """The probe's phases; each is yielded once the one before it has run to the end."""
         yield from self._alone_phase()
+        if self._inner_parallel():
+            yield from self._alone_phase(self._capped, capped=True)
         if self._exhausted_or_enough():
             self.evidence = self._evidence()
             return
@@ -344,18 +421,29 @@ class Pilot:
     def _timed(self, records: list[Record]) -> Callable[[Any], Any]:
         return (_AsyncTimed if self.is_async else _Timed)(self.fn, records)
 
-    def _alone_phase(self) -> Generator[Phase, None, None]:
+    def _alone_phase(
+        self, records: list[Record] | None = None, *, capped: bool = False
+    ) -> Generator[Phase, None, None]:
+        """One call at a time: as the caller's settings run it, or (``capped``) with every
+        native thread pool at one thread, to see what the pools' threads bring."""
+        records = self._alone if records is None else records
         # A coroutine function runs on an event loop even alone, as it would under asyncio.
         model = "asyncio" if self.is_async else "serial"
         # A window of one: the next item is taken only once the last one is timed, so that the
         # phase stops as soon as it has seen enough.
         plan = dataclasses.replace(self._plan(model, 1, 1), window=1)
-        setup = Setup(self._timed(self._alone), 1, self.is_async, self.wishes.timeout)
+        setup = Setup(
+            self._timed(records),
+            1,
+            self.is_async,
+            self.wishes.timeout,
+            inner_threads=1 if capped else self.wishes.inner_threads,
+        )
         cap = self._item_cap()
         typical: list[tuple[float, float]] = []  # the last estimate, redone as calls add up
 
         def allow() -> bool:
-            n = len(self._alone)
+            n = len(records)
             if self.taken - self.first >= cap or (
                 self.length is not None and n >= 3 and 2 * n >= self.length - self.first
             ):
@@ -367,7 +455,7 @@ class Pilot:
                 return n == 0 or elapsed < 0.35 * self.budget
             if n <= 16 or n % 64 == 0 or not typical:
                 # (A median per call would cost tiny calls more than the calls themselves.)
-                typical[:] = [_typical(self._alone)]
+                typical[:] = [_typical(records)]
             wall, cpu = typical[0]
             if elapsed >= 0.35 * self.budget:
                 return False
@@ -383,9 +471,35 @@ class Pilot:
             yield Phase("alone", plan, setup, _Gate(self, allow), self.taken)
         finally:
             held, watched = knocker.stop()
-        self._gil = held if watched >= _KNOCKER_MIN and self._alone else None
-        if self._alone:
-            self._child_cpu = max(0.0, _children_cpu() - children) / len(self._alone)
+        reading = held if watched >= _KNOCKER_MIN and records else None
+        if capped:
+            self._capped_gil = reading
+            return
+        self._gil = reading
+        if records:
+            self._child_cpu = max(0.0, _children_cpu() - children) / len(records)
+
+    def _inner_parallel(self) -> bool:
+        """Whether calls alone kept more than one core busy, with native pools that can be
+        capped: then a few more calls alone, capped, show what those threads are worth."""
+        left = self.remaining()
+        if (
+            self.is_async
+            or self.wishes.inner_threads is not None  # the caller's cap holds in every model
+            or self.wishes.workers == 1
+            or self.exhausted
+            or len(self._alone) < 2
+            or _machine.cores() < 2
+        ):
+            return False
+        wall = _typical(self._alone)[0]
+        if left is not None and left * wall < 0.01:
+            return False  # too little left for any other model to pay
+        used = _typical_process_cpu(self._alone) / wall if wall > 0 else 0.0
+        if used < _PARALLEL_CALL:
+            return False
+        self._pools = tuple(_inner.pools())
+        return any(p.cappable and p.threads > 1 for p in self._pools)
 
     def _alone_target(self, wall: float) -> float:
         """How long the alone phase should run, given the time of one call."""
@@ -414,10 +528,11 @@ class Pilot:
             return True
         if self.wishes.workers == 1:
             return True  # the caller allows one at a time: nothing to scale
-        wall, cpu = _typical(self._alone)
+        wall, cpu = _typical(self._capped or self._alone)
         share = cpu / wall if wall > 0 else 1.0
+        gil = self._capped_gil if self._capped else self._gil
         # Clearly GIL-bound computing: threads cannot help, and the knocker has shown it.
-        if self._gil is not None and self._gil >= 0.7 and share >= 0.8 and not self.is_async:
+        if gil is not None and gil >= 0.7 and share >= 0.8 and not self.is_async:
             return True
         # A call shorter than handing it to a thread: threads cannot gain, and processes are
         # judged from this phase alone.
@@ -428,7 +543,8 @@ class Pilot:
         return left is not None and left * wall < 0.01
 
     def _together_phase(self) -> Phase | None:
-        wall, cpu = _typical(self._alone)
+        # Calls together run with their native pools capped to fit the cores, as a run would.
+        wall, cpu = _typical(self._capped or self._alone)
         cap = self._item_cap()
         room = cap - (self.taken - self.first) if cap != sys.maxsize else sys.maxsize
         left = self.remaining()
@@ -466,6 +582,7 @@ class Pilot:
                 False,
                 self.wishes.timeout,
                 fresh=self.wishes.fresh_workers,
+                inner_threads=self.wishes.inner_threads,
             )
             limit = n * per_thread
         start = self.taken
@@ -477,30 +594,30 @@ class Pilot:
         records = self._together
         if len(records) < 2:
             return
-        wall, _ = _typical(self._alone)
+        wall, _ = _typical(self._capped or self._alone)
         if wall <= 0:
             return
         if self.is_async:
             # k coroutines that overlap take about one call's time; ones that block the loop
             # take k calls' time. The excess over one call, spread over the other k-1, is what
             # each one blocks.
-            span = max(s + w for s, w, _ in records) - min(s for s, _, _ in records)
+            span = max(r[0] + r[1] for r in records) - min(r[0] for r in records)
             k = len(records)
             self._blocked = min(1.0, max(0.0, (span - wall) / (k - 1) / wall))
             if self._blocked < 0.1:
                 # Overlapping coroutines: the loop's CPU time over the phase, shared by k, is a
                 # truer cost per coroutine than one alone, which also pays the loop's idle turns.
-                self._shared_cpu = max(c for _, _, c in records) / k
+                self._shared_cpu = max(r[2] for r in records) / k
         elif wall >= 2 * sys.getswitchinterval():
             # How much longer a call takes while n run at once: under a held GIL n times as
             # long, when nothing is shared no longer. Per call rather than over the phase's
             # span, so that threads starting or finishing apart do not count.
-            crowded = statistics.median(w for _, w, _ in records)
+            crowded = statistics.median(r[1] for r in records)
             self._scaling = min(self._threads, self._threads * wall / crowded)
         else:
             # Calls shorter than the GIL's switch interval run whole between switches, so
             # their own times show no waiting: count what the threads got done together.
-            span = max(s + w for s, w, _ in records) - min(s for s, _, _ in records)
+            span = max(r[0] + r[1] for r in records) - min(r[0] for r in records)
             self._scaling = min(self._threads, len(records) * wall / span) if span > 0 else None
 
     # Evidence -----------------------------------------------------------------------------
@@ -544,7 +661,7 @@ class Pilot:
             item_pickle, result_pickle = _pickled_together(self._small)
         return Evidence(
             is_async=self.is_async,
-            calls=len(self._alone) + len(self._together),
+            calls=len(self._alone) + len(self._capped) + len(self._together),
             failed=self._failed,
             wall=wall,
             cpu=min(cpu, wall),
@@ -561,6 +678,11 @@ class Pilot:
             unpicklable=self._unpicklable,
             length=self.length,
             seconds=time.perf_counter() - self._began,
+            process_cpu=_typical_process_cpu(self._alone) if self._alone else None,
+            pools=self._pools,
+            capped_wall=_typical(self._capped)[0] if self._capped else None,
+            capped_cpu=_typical_process_cpu(self._capped) if self._capped else None,
+            capped_gil=self._capped_gil if self._capped else None,
         )
 
 
@@ -601,6 +723,12 @@ def _dumps_overhead() -> float:
         dumps(0)
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def _typical_process_cpu(records: list[Record]) -> float:
+    """The whole process's CPU time in a typical call (as :func:`_typical` picks)."""
+    rest = records[1:] if len(records) >= 3 else records
+    return statistics.median(r[3] for r in rest) if rest else 0.0
 
 
 def _typical(records: list[Record]) -> tuple[float, float]:

@@ -10,7 +10,7 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
-from . import _machine
+from . import _inner, _machine
 from ._errors import PickpoolError
 from ._pickling import dumps, dumps_outcomes, loads
 from ._task import (
@@ -31,6 +31,8 @@ FUNCTION = b"F"
 ANNOUNCE, QUIET = b"A", b"Q"
 # The message a worker sends when it starts a task, while announcing.
 STARTED = b"S"
+# The message that caps native thread pools: the next message is the limit, b"" for none.
+INNER = b"I"
 # A worker no run has used for this long exits (a warm pool's workers outlive their run).
 IDLE_LIFETIME = 60.0
 # A worker idle this long collects its garbage once: nothing else would, as it allocates
@@ -38,14 +40,17 @@ IDLE_LIFETIME = 60.0
 IDLE_COLLECT = 1.0
 
 
-def main(conn: Connection, owner: int, cores: int) -> None:
+def main(conn: Connection, owner: int, cores: int, env: dict[str, str]) -> None:
     """Receive pickled tasks on ``conn``, run them, send pickled outcomes back.
 
     :data:`FUNCTION` followed by a pickled function sets the function later tasks run. An
     empty message, the parent closing its end, :data:`IDLE_LIFETIME` seconds without a
     message, or the death of ``owner`` (the process that started the pool) stop the worker.
-    ``cores``: this worker's share of the machine, which a pool started inside it sizes to.
+    ``cores``: this worker's share of the machine, which a pool started inside it sizes to;
+    ``env``: variables to set before your function's modules load (pool sizes read at import).
+    :data:`INNER` and a limit cap the native thread pools (BLAS, OpenMP...) for later tasks.
     """
+    os.environ.update(env)
     # Ctrl-C reaches the whole process group; the parent decides what stops and when.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A group of its own, so that killing the worker kills what its item started too.
@@ -60,6 +65,7 @@ def main(conn: Connection, owner: int, cores: int) -> None:
     caller: Caller | None = None
     load_error: BaseException | None = None
     announce = False
+    inner = _inner.Held(None)
     try:
         while True:
             try:
@@ -76,8 +82,15 @@ def main(conn: Connection, owner: int, cores: int) -> None:
                 if message in (ANNOUNCE, QUIET):
                     announce = message == ANNOUNCE
                     continue
+                if message == INNER:
+                    limit = conn.recv_bytes()
+                    inner.close()
+                    inner = _inner.Held(int(limit) if limit else None)
+                    continue
                 if not message:
                     return
+                # Pools your function's imports loaded since the last task are capped too.
+                _inner.caps.refresh()
                 if announce:
                     conn.send_bytes(STARTED)
                 conn.send_bytes(_run(caller, load_error, message))
@@ -86,6 +99,7 @@ def main(conn: Connection, owner: int, cores: int) -> None:
             # Nothing of the task stays referenced while the worker waits for the next one.
             del message
     finally:
+        inner.close()
         if caller is not None:
             caller.close()
 

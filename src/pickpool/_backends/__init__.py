@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from .._inner import InnerThreads
 from .._task import Outcome, Task
 
 ModelName = Literal["serial", "threads", "processes", "asyncio", "interpreters", "dask"]
@@ -34,6 +35,9 @@ class Setup:
     # New worker processes and threads for this run, none taken from or given back to the
     # warm pools: no state left by an earlier call (resource limits, globals, thread-locals).
     fresh: bool = False
+    # Native thread pools (BLAS, OpenMP...) inside calls: None fits them to the cores the run's
+    # calls share, an int caps them, "leave" leaves them (see pickpool._inner).
+    inner_threads: InnerThreads = None
 
 
 class Backend(Protocol):

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
+from .. import _inner
 from .._errors import TaskTimeout
 from .._task import BLOCK, ERROR, OK, Outcome, Task, failed, format_traceback, outcome_count
 from . import Setup
@@ -34,7 +35,9 @@ T = TypeVar("T")
 class ItemRunner:
     """Runs items as tasks on the current event loop and reports each outcome to ``emit``."""
 
-    def __init__(self, setup: Setup, emit: Callable[[list[Outcome]], None]) -> None:
+    def __init__(
+        self, setup: Setup, emit: Callable[[list[Outcome]], None], *, cap_inner: bool = True
+    ) -> None:
         self._setup = setup
         self._emit = emit
         # Items wait here, not as tasks blocked on a semaphore: a task is made only when one
@@ -46,6 +49,11 @@ class ItemRunner:
         self.executor: DaemonThreads | None = None
         if not setup.is_async:
             self.executor = DaemonThreads(setup.workers)
+        # A plain function's calls run side by side in threads, sharing the cores with their
+        # native pools; coroutines compute one at a time on the loop's thread.
+        # (Capped from the caller's thread: OpenBLAS ignores a size set from another thread
+        # once the main thread has set one; ``cap_inner=False`` when the caller capped.)
+        self._inner = _inner.Held(inner_limit(setup) if cap_inner else None)
 
     def start(self, task: Task) -> None:
         self._waiting.extend(enumerate(task[2], task[1]))
@@ -84,6 +92,7 @@ class ItemRunner:
                 cancel_futures=True,
                 grace=CANCEL_GRACE if cancel else None,
             )
+        self._inner.close()
 
     async def ashutdown_executor(self, *, cancel: bool = False) -> None:
         """:meth:`shutdown_executor` without blocking the event loop while it waits."""
@@ -91,6 +100,7 @@ class ItemRunner:
             self.executor.shutdown(wait=False, cancel_futures=True)
             if not self._abandoned:
                 await asyncio.to_thread(self.shutdown_executor, cancel=cancel)
+        self._inner.close()
 
     async def _one(self, index: int, item: Any) -> None:
         limit = self._setup.timeout
@@ -175,10 +185,17 @@ def _index(outcome: Outcome) -> int:
     return outcome[0]
 
 
+def inner_limit(setup: Setup) -> int | None:
+    """The cap on native pools while this model runs: a plain function's calls run side by
+    side in threads, while coroutines compute one at a time on the loop's thread."""
+    return _inner.limit_for(setup.inner_threads, 1 if setup.is_async else setup.workers)
+
+
 class AsyncioBackend:
     """An :class:`ItemRunner` on a fresh event loop in a thread of its own."""
 
     def __init__(self, setup: Setup) -> None:
+        self._inner = _inner.Held(inner_limit(setup))
         self._outbox: queue.SimpleQueue[list[Outcome]] = queue.SimpleQueue()
         self._in_flight = 0
         self._closed = False
@@ -236,6 +253,7 @@ class AsyncioBackend:
         # grace period: a coroutine that blocks the loop (time.sleep in async def) cannot be
         # interrupted, and the daemon thread finishes on its own once it returns.
         self._thread.join(CANCEL_GRACE if cancel else None)
+        self._inner.close()
 
     def __repr__(self) -> str:
         return f"<AsyncioBackend {self._in_flight} items in flight>"
@@ -243,7 +261,7 @@ class AsyncioBackend:
     def _run_loop(self, setup: Setup, started: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
         try:
-            self._runner = runner = ItemRunner(setup, self._outbox.put)
+            self._runner = runner = ItemRunner(setup, self._outbox.put, cap_inner=False)
             self._loop.call_soon(started.set)
             self._loop.run_forever()
             # Stopped by close(): cancel what still runs, let its finally blocks run.
@@ -313,6 +331,7 @@ class DaemonThreads(Executor):
         while (job := self._jobs.get()) is not None:
             future, call = job
             if future.set_running_or_notify_cancel():
+                _inner.caps.refresh()  # pools that the last call's imports loaded
                 try:
                     future.set_result(call())
                 except BaseException as exc:

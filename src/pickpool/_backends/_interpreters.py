@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+from .. import _inner
 from .._errors import BackendUnavailable
 from .._task import Outcome, Task
 from . import Setup
@@ -44,6 +45,8 @@ class InterpretersBackend:
         self._pool = pool_class(max_workers=setup.workers)
         self._futures: dict[concurrent.futures.Future[Any], tuple[Task, float]] = {}
         self._closed = False
+        # Interpreters share the process, and with it each native library's thread pool.
+        self._inner = _inner.Held(_inner.limit_for(setup.inner_threads, setup.workers))
 
     def submit(self, task: Task) -> None:
         future = self._pool.submit(run_chunk, self._setup.fn, task)
@@ -80,6 +83,7 @@ class InterpretersBackend:
         self._closed = True
         self._futures.clear()
         self._pool.shutdown(wait=not cancel, cancel_futures=True)
+        self._inner.close()
 
     def __repr__(self) -> str:
         return f"<InterpretersBackend {len(self._futures)} chunks in flight>"

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from .. import _machine
+from .. import _inner, _machine
 from .._errors import TaskTimeout, WorkerCrashed
 from .._pickling import dumps_function, dumps_task, loads_outcomes
 from .._task import ERROR, Outcome, Task, format_traceback, task_indices
@@ -37,7 +37,16 @@ _STOP_GRACE = 2.0
 
 
 class _Worker:
-    __slots__ = ("announces", "conn", "fn_bytes", "method", "process", "started", "tasks")
+    __slots__ = (
+        "announces",
+        "conn",
+        "fn_bytes",
+        "inner",
+        "method",
+        "process",
+        "started",
+        "tasks",
+    )
 
     def __init__(self, process: Any, conn: Connection, method: str) -> None:
         self.process = process
@@ -45,6 +54,7 @@ class _Worker:
         self.method = method  # its start method: a warm worker is reused only under the same
         self.fn_bytes = b""  # the function it has loaded
         self.announces = False  # whether it says when it starts a task
+        self.inner: int | None = None  # the cap on its native thread pools
         self.tasks: deque[Task] = deque()
         # When the head task began running, as far as the parent can tell; None while a
         # worker that announces its starts has not announced it.
@@ -125,6 +135,8 @@ class ProcessesBackend:
         # Pickled once per run (by the caller, usually), and before any process starts.
         self._fn_bytes = setup.fn_bytes or dumps_function(setup.fn)
         self._context = multiprocessing.get_context(_machine.start_method())
+        # Each worker's native thread pools (BLAS, OpenMP) get its share of the cores.
+        self._inner = _inner.limit_for(setup.inner_threads, setup.workers)
         if self._context.get_start_method() == "forkserver":
             _preload_worker_module()
         self._workers: list[_Worker] = []
@@ -241,7 +253,7 @@ class ProcessesBackend:
         share = max(1, _machine.cores() // self._setup.workers)
         process = self._context.Process(  # type: ignore[attr-defined]
             target=_procworker.main,
-            args=(child, os.getpid(), share),
+            args=(child, os.getpid(), share, _inner.fixed_at_import_env(self._inner)),
             name="pickpool-worker",
             daemon=True,
         )
@@ -258,12 +270,17 @@ class ProcessesBackend:
         """Send ``w`` this run's function, unless it has those very bytes loaded already, and
         whether to announce each task's start (a timeout counts from there, not from a
         worker's start-up, which may import for seconds)."""
-        from .._procworker import ANNOUNCE, FUNCTION, QUIET
+        from .._procworker import ANNOUNCE, FUNCTION, INNER, QUIET
 
         if w.fn_bytes != self._fn_bytes:
             w.conn.send_bytes(FUNCTION)
             w.conn.send_bytes(self._fn_bytes)
             w.fn_bytes = self._fn_bytes
+        if w.inner != self._inner:
+            # After the function: its module's imports are loaded, so their pools are capped.
+            w.conn.send_bytes(INNER)
+            w.conn.send_bytes(b"" if self._inner is None else str(self._inner).encode())
+            w.inner = self._inner
         announce = self._setup.timeout is not None
         if w.announces != announce:
             w.conn.send_bytes(ANNOUNCE if announce else QUIET)
@@ -416,11 +433,13 @@ def _preload_worker_module() -> None:
 
     server = getattr(forkserver, "_forkserver", None)
     current = list(getattr(server, "_preload_modules", None) or ["__main__"])
-    if _WORKER_MODULE not in current:
-        forkserver.set_forkserver_preload([*current, _WORKER_MODULE])
+    missing = [m for m in _WORKER_MODULES if m not in current]
+    if missing:
+        forkserver.set_forkserver_preload([*current, *missing])
 
 
-_WORKER_MODULE = "pickpool._procworker"
+# threadpoolctl too: a worker whose function uses numpy caps its pools with it (~10 ms).
+_WORKER_MODULES = ("pickpool._procworker", "threadpoolctl")
 
 
 @contextlib.contextmanager

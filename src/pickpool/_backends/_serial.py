@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from .. import _inner
 from .._task import Caller, Outcome, Task
 from . import Setup
 
@@ -17,8 +18,12 @@ class SerialBackend:
 
     def __init__(self, setup: Setup) -> None:
         self._caller = Caller(setup.fn)
-        self.inline = self._caller
         self._queue: deque[Task] = deque()
+        # One call at a time may use every core: native pools are capped only when asked to,
+        # and then each task first caps the pools the last one's imports loaded.
+        limit = _inner.limit_for(setup.inner_threads, 1)
+        self._inner = _inner.Held(limit)
+        self.inline = self._caller if limit is None else None
 
     def submit(self, task: Task) -> None:
         self._queue.append(task)
@@ -26,11 +31,13 @@ class SerialBackend:
     def collect(self, timeout: float | None) -> list[Outcome]:
         if not self._queue:
             return []
+        _inner.caps.refresh()
         return self._caller.run(self._queue.popleft())
 
     def close(self, *, cancel: bool) -> None:
         self._queue.clear()
         self._caller.close()
+        self._inner.close()
 
     def __repr__(self) -> str:
         return f"<SerialBackend {len(self._queue)} queued>"

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 
+from .. import _inner
 from .._errors import TaskTimeout
 from .._task import FATAL, Caller, Outcome, Task, format_traceback, outcome_count, task_indices
 from . import Setup
@@ -180,6 +181,9 @@ class ThreadsBackend:
         self._abandoned: list[threading.Thread] = []
         self._in_flight = 0
         self._closed = False
+        # The calls running at once share the cores with their native pools (BLAS, OpenMP):
+        # capped for the run, in this whole process, then put back.
+        self._inner = _inner.Held(_inner.limit_for(setup.inner_threads, setup.workers))
 
     # The driver's thread --------------------------------------------------------------------
 
@@ -249,6 +253,7 @@ class ThreadsBackend:
                     slot.abandoned = True
             elif self._setup.fresh:
                 thread.join()  # released and not kept: it is returning now
+        self._inner.close()
 
     def __repr__(self) -> str:
         return (
@@ -313,6 +318,7 @@ class ThreadsBackend:
                     break
                 with slot.lock:
                     slot.task, slot.started = task, time.monotonic()
+                _inner.caps.refresh()  # pools that the last task's imports loaded
                 try:
                     outcomes = caller.run(task)
                 except BaseException as exc:  # KeyboardInterrupt raised inside this thread

@@ -1,0 +1,266 @@
+"""Native thread pools inside a call: which are loaded, how big, and a cap while calls share cores.
+
+numpy and scipy (BLAS, LAPACK), scikit-learn (OpenMP), PyTorch, OpenCV and others run a pool of
+one thread per core inside each call. Two such calls side by side on a 2-core machine run four
+threads on two cores, and OpenBLAS's threads spin while they wait for work: each pool starves
+the other, and a run can be 20 times slower than a plain loop. So while several calls run at
+once, each pool is capped so that calls x inner threads fit the usable cores, as joblib's
+workers do, and put back as it was when the last run that capped it ends.
+
+BLAS and OpenMP libraries are found and set through threadpoolctl (by the shared libraries the
+process has loaded); a few libraries with a pool of their own are set through their Python
+functions. Pools are looked for again whenever a module has been imported since the last look
+(a call that imports numpy on its first item is capped from its next task on).
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import sys
+import sysconfig
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from . import _machine
+
+InnerThreads = int | Literal["leave"] | None
+LEAVE: Final = "leave"
+
+
+def check_inner_threads(value: object) -> InnerThreads:
+    """The ``inner_threads=`` option, checked."""
+    if value is None or value == LEAVE:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"inner_threads must be None (fit the cores), 'leave' (leave native thread pools "
+            f"as they are) or a whole number of threads of at least 1, not {value!r}"
+        )
+    return value
+
+
+def limit_for(wish: InnerThreads, calls: int) -> int | None:
+    """Threads per native pool when ``calls`` calls run at once on this machine's cores.
+
+    None means leave the pools alone: asked for (``"leave"``), or a call that runs alone, which
+    may use every core inside.
+    """
+    if wish == LEAVE:
+        return None
+    if isinstance(wish, int):
+        return wish
+    if calls <= 1:
+        return None
+    return max(1, _machine.cores() // calls)
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A native thread pool this process has loaded."""
+
+    name: str  # "OpenBLAS", "OpenMP (libgomp)", "PyTorch"...
+    threads: int
+    cappable: bool = True  # False: its size is fixed once loaded (polars)
+
+    def __str__(self) -> str:
+        return f"{self.name}, {self.threads} thread{'s' if self.threads != 1 else ''}"
+
+
+class _Knob:
+    """A pool set through its library's own Python functions."""
+
+    __slots__ = ("get", "key", "name", "set")
+
+    def __init__(
+        self, key: str, name: str, get: Callable[[], int], set_: Callable[[int], Any]
+    ) -> None:
+        self.key, self.name, self.get, self.set = key, name, get, set_
+
+
+# Libraries with a pool threadpoolctl does not see: (module, name, getter, setter).
+_PYTHON_KNOBS: Final = (
+    ("torch", "PyTorch", "get_num_threads", "set_num_threads"),
+    ("cv2", "OpenCV", "getNumThreads", "setNumThreads"),
+    ("numexpr", "numexpr", "get_num_threads", "set_num_threads"),
+    ("numba", "Numba", "get_num_threads", "set_num_threads"),
+    ("pyarrow", "Arrow", "cpu_count", "set_cpu_count"),
+)
+# Pools sized once, when the library loads, from an environment variable.
+_FIXED_AT_IMPORT: Final = (("polars", "polars", "thread_pool_size", "POLARS_MAX_THREADS"),)
+
+_NAMES: Final = {
+    "openblas": "OpenBLAS",
+    "mkl": "MKL",
+    "blis": "BLIS",
+    "flexiblas": "FlexiBLAS",
+    "libgomp": "OpenMP (libgomp)",
+    "libiomp": "OpenMP (Intel)",
+    "libomp": "OpenMP (LLVM)",
+    "vcomp": "OpenMP (MSVC)",
+}
+
+
+def _stdlib_dirs() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the standard library's folders, the folders of installed packages): a venv's
+    ``platstdlib`` holds its ``site-packages``."""
+    paths = sysconfig.get_paths()
+    stdlib = tuple(os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib") if k in paths)
+    packages = tuple(os.path.realpath(paths[k]) for k in ("purelib", "platlib") if k in paths)
+    return stdlib, packages
+
+
+def _native_loaded() -> bool:
+    """Whether an extension module from outside the standard library is loaded.
+
+    Cheaper than importing threadpoolctl (~25 ms) in a process that only runs pure Python:
+    a native thread pool comes with such a module.
+    """
+    if "threadpoolctl" in sys.modules:
+        return True
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    stdlib, packages = _stdlib_dirs()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str) and path.endswith(suffixes):
+            real = os.path.realpath(path)
+            if real.startswith(packages) or not real.startswith(stdlib):
+                return True
+    return False
+
+
+def _knobs() -> list[_Knob]:
+    """Every pool that can be set: threadpoolctl's libraries, then the Python knobs."""
+    found: list[_Knob] = []
+    if _native_loaded():
+        try:
+            import threadpoolctl
+        except ImportError:  # pragma: no cover - a dependency, but a broken install happens
+            pass
+        else:
+            for lib in threadpoolctl.ThreadpoolController().lib_controllers:
+                name = _NAMES.get(lib.internal_api) or _NAMES.get(lib.prefix) or lib.prefix
+                found.append(_Knob(lib.filepath, name, lib.get_num_threads, lib.set_num_threads))
+    for module_name, name, getter, setter in _PYTHON_KNOBS:
+        module = sys.modules.get(module_name)
+        get, set_ = getattr(module, getter, None), getattr(module, setter, None)
+        if callable(get) and callable(set_):
+            found.append(_Knob(module_name, name, get, set_))
+    return found
+
+
+def pools() -> list[Pool]:
+    """The native thread pools this process has loaded now, with their sizes."""
+    out = []
+    for knob in _knobs():
+        try:
+            threads = int(knob.get())
+        except Exception:
+            continue
+        if threads > 0:
+            out.append(Pool(knob.name, threads))
+    for module_name, name, getter, _ in _FIXED_AT_IMPORT:
+        get = getattr(sys.modules.get(module_name), getter, None)
+        if callable(get):
+            try:
+                out.append(Pool(name, int(get()), cappable=False))
+            except Exception:
+                continue
+    return out
+
+
+class _Caps:
+    """The caps in force in this process: the tightest of the runs that hold one.
+
+    Runs may overlap (two ``map`` calls in two threads, a nested one): each holds its limit
+    until it ends, the pools follow the smallest, and go back to their own sizes when the last
+    hold is released.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holds: dict[int, int] = {}
+        self._next = 0
+        self._modules = -1  # len(sys.modules) when pools were last looked for
+        self._knobs: list[_Knob] = []
+        self._original: dict[str, int] = {}  # each capped pool's size before the first cap
+
+    def hold(self, limit: int) -> int:
+        """Cap every pool at ``limit`` threads (or lower, if held lower) until released."""
+        with self._lock:
+            self._next += 1
+            self._holds[self._next] = limit
+            self._modules = -1  # look afresh: the last look may be from long ago
+            self._apply()
+            return self._next
+
+    def release(self, token: int) -> None:
+        with self._lock:
+            if self._holds.pop(token, None) is not None:
+                self._apply()
+
+    def refresh(self) -> None:
+        """Cap pools loaded since the last look (a module was imported); cheap otherwise."""
+        if not self._holds or len(sys.modules) == self._modules:
+            return
+        with self._lock:
+            self._apply()
+
+    def _apply(self) -> None:
+        if len(sys.modules) != self._modules:
+            self._modules = len(sys.modules)
+            self._knobs = _knobs()
+        limit = min(self._holds.values()) if self._holds else None
+        for knob in self._knobs:
+            try:
+                if limit is None:
+                    if knob.key in self._original:
+                        knob.set(self._original[knob.key])
+                    continue
+                original = self._original.setdefault(knob.key, int(knob.get()))
+                # A pool set smaller than the cap (by you, or by its library) stays so.
+                wanted = max(1, min(limit, original))
+                if int(knob.get()) != wanted:
+                    knob.set(wanted)
+            except Exception:
+                continue  # a library that refuses is left as it is
+        if limit is None:
+            self._original.clear()
+
+    def forget(self) -> None:
+        """In a forked child: the parent's runs hold nothing here."""
+        self._lock = threading.Lock()
+        self._holds.clear()
+        self._original.clear()
+        self._knobs = []
+        self._modules = -1
+
+
+caps = _Caps()
+os.register_at_fork(after_in_child=caps.forget)
+
+
+class Held:
+    """A cap held for the life of a backend: ``Held(limit)`` ... ``close()`` (twice is fine)."""
+
+    __slots__ = ("_token",)
+
+    def __init__(self, limit: int | None) -> None:
+        self._token = None if limit is None else caps.hold(limit)
+
+    def close(self) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            caps.release(token)
+
+
+def fixed_at_import_env(limit: int | None) -> dict[str, str]:
+    """Environment for a new worker process, for pools sized only when their library loads.
+
+    Only where you have not set the variable yourself.
+    """
+    if limit is None:
+        return {}
+    return {env: str(limit) for *_, env in _FIXED_AT_IMPORT if env not in os.environ}
