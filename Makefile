@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint types pytest clean
+.PHONY: demo test test-all bench bench-native lint types pytest clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pickpool needs Python 3.11+; set PYTHON=python3.11")'
@@ -26,6 +26,10 @@ $(BENCH_STAMP): pyproject.toml | $(BIN)/python
 
 bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/peers.py --markdown bench-peers.md --plot bench-peers.png
+
+# numpy, Pillow and pandas: calls with native thread pools of their own (~2 min).
+bench-native: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python benchmarks/native.py --markdown bench-native.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

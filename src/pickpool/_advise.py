@@ -218,8 +218,8 @@ def _serialised(ev: Evidence, machine: Machine) -> float | None:
     t, c, n = ev.wall, ev.cpu, ev.threads
     measured = t / ev.scaling  # seconds per item with n threads
     bound = max(t / n, c / min(n, machine.cores))
-    # Efficiency under 0.6 of what the cores allow: the calls queue on something (PROBE-NOTES'
-    # threshold). Above it, a busy machine's noise is as likely as a limit.
+    # Efficiency under 0.6 of what the cores allow: the calls queue on something (a threshold
+    # that held in measurements). Above it, a busy machine's noise is as likely as a limit.
     return measured if measured * QUEUED_EFFICIENCY > bound else None
 
 

@@ -19,6 +19,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from . import _inner
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -167,6 +169,9 @@ class Caller:
                 index += 1
                 if outcome[1] == OK:
                     outcomes.append((outcome[0], BLOCK, [outcome[2]], None))
+                    # A first call that imported numpy (say) loaded a native thread pool:
+                    # capped now, the rest of the chunk does not fight for the cores.
+                    _inner.caps.refresh()
                     break
                 outcomes.append(outcome)
                 if stop:

@@ -359,7 +359,7 @@ def bench(
 @click.option("--quick", is_flag=True, help="fewer items: well under a minute on 2 cores")
 @click.option("--plot", type=click.Path(dir_okay=False), help="draw the speedups into a PNG")
 def demo(quick: bool, plot: str | None) -> None:
-    """The seeds' claims measured on this machine: each built-in workload under each model.
+    """The usual advice measured on this machine: each built-in workload under each model.
 
     \b
     Examples:

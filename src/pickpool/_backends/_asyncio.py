@@ -2,7 +2,7 @@
 
 ``async def`` functions are awaited on the loop, at most ``workers`` at a time. A plain
 function runs through ``asyncio.to_thread``-style calls on a pool of ``workers`` threads, as
-the seeds advise for mixing blocking code into async code. A ``timeout`` cancels the await; a
+the usual advice for mixing blocking code into async code. A ``timeout`` cancels the await; a
 plain function's thread cannot be stopped and finishes in the background.
 
 From ``map``/``imap`` the loop runs in a thread of its own (:class:`AsyncioBackend`); from
