@@ -28,3 +28,11 @@ def work_in_a_helper_thread(megabytes: int) -> int:
     helper.start()
     helper.join()
     return len(out[0])
+
+
+def openmp_threads(_: object) -> int:
+    """The OpenMP pool size as this thread sees it (OpenMP's size is each thread's own)."""
+    import sklearn  # noqa: F401  (loads an OpenMP runtime)
+    from threadpoolctl import threadpool_info
+
+    return max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp")

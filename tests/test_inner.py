@@ -263,3 +263,21 @@ def test_evidence_without_inner_readings_is_decided_as_before() -> None:
     a = decide(plain, items=200, machine=TWO_CORES)
     b = decide(with_none, items=200, machine=TWO_CORES)
     assert (a.model, a.workers, a.predicted) == (b.model, b.workers, b.predicted)
+
+
+@pytest.mark.parametrize("model", ["threads", "asyncio"])
+def test_openmp_is_capped_in_each_thread_that_calls_it(model: str) -> None:
+    # OpenMP keeps its size per thread: capping the caller's thread alone would not reach the
+    # worker threads, and a warm thread must not keep the cap into a run that leaves it.
+    pytest.importorskip("sklearn")
+    ih.openmp_threads(0)
+    natural = ih.openmp_threads(0)
+    if natural < 2:
+        pytest.skip("OpenMP runs one thread here")
+    seen = pickpool.map(ih.openmp_threads, range(8), model=model, workers=2, chunksize=1)
+    assert seen[-4:] == [max(1, _machine.cores() // 2)] * 4, seen
+    left = pickpool.map(
+        ih.openmp_threads, range(8), model=model, workers=2, chunksize=1, inner_threads="leave"
+    )
+    assert left == [natural] * 8, left
+    assert ih.openmp_threads(0) == natural

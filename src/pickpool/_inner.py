@@ -15,6 +15,7 @@ functions. Pools are looked for again whenever a module has been imported since 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import os
 import sys
@@ -70,14 +71,25 @@ class Pool:
 
 
 class _Knob:
-    """A pool set through its library's own Python functions."""
+    """A pool's size, read and set through its library.
 
-    __slots__ = ("get", "key", "name", "set")
+    ``per_thread``: the size is each thread's own (OpenMP's ``omp_set_num_threads`` sets it
+    for the calling thread only), so every thread that calls in must set it itself.
+    """
+
+    __slots__ = ("get", "key", "name", "per_thread", "set")
 
     def __init__(
-        self, key: str, name: str, get: Callable[[], int], set_: Callable[[int], Any]
+        self,
+        key: str,
+        name: str,
+        get: Callable[[], int],
+        set_: Callable[[int], Any],
+        *,
+        per_thread: bool = False,
     ) -> None:
         self.key, self.name, self.get, self.set = key, name, get, set_
+        self.per_thread = per_thread
 
 
 # Libraries with a pool threadpoolctl does not see: (module, name, getter, setter).
@@ -142,7 +154,15 @@ def _knobs() -> list[_Knob]:
         else:
             for lib in threadpoolctl.ThreadpoolController().lib_controllers:
                 name = _NAMES.get(lib.internal_api) or _NAMES.get(lib.prefix) or lib.prefix
-                found.append(_Knob(lib.filepath, name, lib.get_num_threads, lib.set_num_threads))
+                found.append(
+                    _Knob(
+                        lib.filepath,
+                        name,
+                        lib.get_num_threads,
+                        lib.set_num_threads,
+                        per_thread=lib.user_api == "openmp",
+                    )
+                )
     for module_name, name, getter, setter in _PYTHON_KNOBS:
         module = sys.modules.get(module_name)
         get, set_ = getattr(module, getter, None), getattr(module, setter, None)
@@ -186,6 +206,7 @@ class _Caps:
         self._modules = -1  # len(sys.modules) when pools were last looked for
         self._knobs: list[_Knob] = []
         self._original: dict[str, int] = {}  # each capped pool's size before the first cap
+        self._generation = 0
 
     def hold(self, limit: int) -> int:
         """Cap every pool at ``limit`` threads (or lower, if held lower) until released."""
@@ -202,13 +223,43 @@ class _Caps:
                 self._apply()
 
     def refresh(self) -> None:
-        """Cap pools loaded since the last look (a module was imported); cheap otherwise."""
-        if not self._holds or len(sys.modules) == self._modules:
+        """Cap pools loaded since the last look (a module was imported), and the per-thread
+        ones (OpenMP) in the calling thread; cheap when nothing changed."""
+        if not self._holds and getattr(_here, "generation", None) is None:
             return
+        if len(sys.modules) != self._modules:
+            with self._lock:
+                self._apply()
+        if getattr(_here, "generation", None) != self._generation:
+            self._apply_here()
+
+    def leave_thread(self) -> None:
+        """A worker thread is done with its run: its per-thread pools go back as they were."""
+        saved: dict[str, int] = getattr(_here, "original", {})
+        for knob in self._knobs:
+            if knob.per_thread and knob.key in saved:
+                with contextlib.suppress(Exception):
+                    knob.set(saved[knob.key])
+        saved.clear()
+        _here.generation = None
+
+    def _apply_here(self) -> None:
         with self._lock:
-            self._apply()
+            limit = min(self._holds.values()) if self._holds else None
+            knobs = [k for k in self._knobs if k.per_thread]
+            generation = self._generation
+        if limit is None:
+            self.leave_thread()
+            return
+        saved = _here.__dict__.setdefault("original", {})
+        for knob in knobs:
+            with contextlib.suppress(Exception):
+                original = saved.setdefault(knob.key, int(knob.get()))
+                knob.set(max(1, min(limit, original)))
+        _here.generation = generation
 
     def _apply(self) -> None:
+        self._generation += 1  # per-thread pools are set again by each thread that calls in
         if len(sys.modules) != self._modules:
             self._modules = len(sys.modules)
             self._knobs = _knobs()
@@ -238,6 +289,9 @@ class _Caps:
         self._modules = -1
 
 
+# Per thread: the sizes its per-thread pools had before it capped them, and the generation of
+# the caps it last applied (None: none applied).
+_here = threading.local()
 caps = _Caps()
 os.register_at_fork(after_in_child=caps.forget)
 

@@ -338,6 +338,7 @@ class DaemonThreads(Executor):
                     future.set_exception(exc)
             with self._lock:
                 self._idle += 1
+        _inner.caps.leave_thread()
 
 
 backend_class = AsyncioBackend

@@ -331,6 +331,7 @@ class ThreadsBackend:
                 self._outbox.put(outcomes)
         finally:
             caller.close()
+            _inner.caps.leave_thread()
             slot.released.set()
         with slot.lock:
             return not slot.abandoned and not self._setup.fresh
