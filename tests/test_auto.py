@@ -161,10 +161,10 @@ def test_the_probe_is_a_small_part_of_a_long_run() -> None:
     items = [lab.CRUNCH_N // 25] * 3000
     run = auto_run(_crunch_n, iter(items), length=len(items))
     assert sum(1 for _ in run.dones()) == len(items)
-    assert run.pilot.taken <= 300
-    assert run.pilot.evidence is not None
-    assert run.pilot.evidence.seconds < 2 * _auto.AUTO_BUDGET
-    assert run.advice is not None
+    # (The first probe: on a busy machine the run may drift and probe again later.)
+    first = run.decisions[0].evidence
+    assert first.calls <= 300
+    assert first.seconds < 2 * _auto.AUTO_BUDGET
 
 
 def test_the_probe_of_tiny_items_takes_milliseconds() -> None:

@@ -281,3 +281,16 @@ def test_openmp_is_capped_in_each_thread_that_calls_it(model: str) -> None:
     )
     assert left == [natural] * 8, left
     assert ih.openmp_threads(0) == natural
+
+
+def test_openmp_in_the_callers_thread_is_put_back_after_serial_and_threads_runs() -> None:
+    pytest.importorskip("sklearn")
+    natural = ih.openmp_threads(0)
+    if natural < 2:
+        pytest.skip("OpenMP runs one thread here")
+    # Capped in this very thread (serial, an int), then a run that caps other threads.
+    assert pickpool.map(ih.openmp_threads, range(3), model="serial", inner_threads=1) == [1] * 3
+    pickpool.map(ih.openmp_threads, range(4), model="threads", workers=2)
+    assert ih.openmp_threads(0) == natural
+    pickpool.map(ih.openmp_threads, range(3), model="serial")
+    assert ih.openmp_threads(0) == natural

@@ -283,6 +283,9 @@ def _counts(candidates: set[int], given: int | None, n: int) -> list[int]:
     return sorted(k for k in candidates if 1 <= k <= max(1, n)) or [1]
 
 
+# The probe's ramp stopped raising calls at once when latency grew past this many times its
+# value alone (see _probe).
+RAMP_TOLERANCE: Final = 1.5
 # A call alone that keeps this many cores busy runs threads of its own (BLAS, OpenMP...).
 PARALLEL_CALL: Final = 1.2
 
@@ -322,13 +325,21 @@ class _Model:
         chunksize: int | None,
         timeout: float | None,
         inner_threads: InnerThreads = None,
+        max_concurrency: int | None = None,
     ) -> None:
         self.ev, self.m, self.n = ev, machine, n
+        self.max_concurrency = max_concurrency
         self.workers, self.chunksize, self.timeout = workers, chunksize, timeout
         self.inner_threads = inner_threads
         self.g = gil_time(ev, machine)
         self.floor = shared_floor(ev, machine)
         self._views: dict[int | None, _View] = {}
+
+    def _counts(self, candidates: set[int], given: int | None, n: int) -> list[int]:
+        counts = _counts(candidates, given, n)
+        if self.max_concurrency is None:
+            return counts
+        return [k for k in counts if k <= self.max_concurrency] or [self.max_concurrency]
 
     def inner_limit(self, calls: int) -> int | None:
         """Threads per native pool with ``calls`` calls at once (as ``_inner.limit_for``)."""
@@ -400,6 +411,20 @@ class _Model:
         efficiency = min(1.0, ev.scaling / ev.threads)
         return ev.wall / (k * efficiency)
 
+    def _past_the_knee(self, k: int) -> float:
+        """Seconds per item with ``k`` calls at once, from where the probe's ramp broke.
+
+        Latency that grew at n at once means the far side serves no faster there: no k beyond
+        it does better than n did. Calls that failed at n would fail more at k >= n.
+        """
+        ramp = self.ev.ramp
+        if not ramp:
+            return 0.0
+        n, latency, failed = ramp[-1]
+        if k < n or (latency <= RAMP_TOLERANCE * self.ev.wall and not failed):
+            return 0.0
+        return math.inf if failed else latency / n
+
     def serial(self) -> Option:
         view = self.view(1)
         extra = LOOP_CALL if self.ev.is_async else 0.0
@@ -410,7 +435,7 @@ class _Model:
         cores = self.m.cores
         extra = LOOP_CALL if self.ev.is_async else 0.0
         best: Option | None = None
-        for k in _counts(_thread_counts(cores), self.workers, self.n):
+        for k in self._counts(_thread_counts(cores), self.workers, self.n):
             view = self.view(k)
             ev = view.ev
             ch = self.chunk("threads", k)
@@ -421,6 +446,7 @@ class _Model:
                 view.floor,
                 self._fewer_than_measured(k),
             )
+            per = max(per, self._past_the_knee(k))
             seconds = k * THREAD_START + self.n * per + (ch - 1) * ev.wall
             best = _better(best, Option("threads", k, ch, seconds, per, view.inner))
         assert best is not None
@@ -439,17 +465,18 @@ class _Model:
             # Little's law: enough coroutines waiting that the loop is never idle while one
             # of them is away, twice over; bounded, since each costs ~1 kB while it waits.
             little = min(MAX_COROUTINES, self.n, math.ceil(2 * ev.wall / (blocks + ASYNC_ITEM)))
-            for k in _counts({little}, self.workers, self.n):
+            for k in self._counts({little}, self.workers, self.n):
                 per = max(ev.wall / k, blocks + ASYNC_ITEM)
                 best = _better(best, Option("asyncio", k, 1, LOOP_START + self.n * per, per))
         else:
-            for k in _counts(_thread_counts(cores), self.workers, self.n):
+            for k in self._counts(_thread_counts(cores), self.workers, self.n):
                 view = self.view(k)
                 per = max(
                     view.ev.wall / k,
                     (view.cpu + ev.child_cpu) / cores,
                     view.g + TO_THREAD_ITEM,
                     view.floor,
+                    self._past_the_knee(k),
                 )
                 seconds = LOOP_START + k * THREAD_START + self.n * per
                 best = _better(best, Option("asyncio", k, 1, seconds, per, view.inner))
@@ -472,7 +499,7 @@ class _Model:
         if model == "interpreters":
             start_each, server = INTERPRETER_START, 0.0
         best: Option | None = None
-        for k in _counts(candidates, self.workers, self.n):
+        for k in self._counts(candidates, self.workers, self.n):
             view = self.view(k)
             wall = view.ev.wall + (LOOP_CALL if ev.is_async else 0.0)
             ch = self.chunk("processes", k)
@@ -486,7 +513,7 @@ class _Model:
             unpickle = LOADS_PER_DUMPS * ev.item_pickle + ev.result_pickle
             worker = wall + unpickle + pipe
             cpu = view.cpu + ev.child_cpu + unpickle + parent
-            per = max(parent, worker / k, cpu / m.cores, view.floor)
+            per = max(parent, worker / k, cpu / m.cores, view.floor, self._past_the_knee(k))
             if (ev.item_bytes + ev.result_bytes) * ch > PIPELINED_BYTES:
                 # Large chunks are not queued behind a busy worker: parent and workers
                 # partly take turns.
@@ -574,6 +601,7 @@ def decide(
     timeout: float | None = None,
     inner_threads: InnerThreads = None,
     observed: Mapping[str, float] | None = None,
+    max_concurrency: int | None = None,
     machine: Machine | None = None,
 ) -> Advice:
     """The :class:`Advice` for running ``items`` more items like the probed ones.
@@ -591,6 +619,7 @@ def decide(
         chunksize=chunksize,
         timeout=timeout,
         inner_threads=inner_threads,
+        max_concurrency=max_concurrency,
     )
     options = model.options()
     for name, pace in (observed or {}).items():
@@ -645,6 +674,26 @@ def _bytes(n: int) -> str:
     if n >= 1024:
         return f"{n / 1024:.1f} KiB"
     return f"{n} bytes"
+
+
+def _ramp_reason(ev: Evidence) -> str:
+    """What running the calls 2, 4, 8... at once showed, in a sentence."""
+    counts = ", ".join(str(n) for n, _, _ in ev.ramp)
+    latencies = ", ".join(format_seconds(latency) for _, latency, _ in ev.ramp)
+    n, latency, failed = ev.ramp[-1]
+    said = f"Run {counts} at once, a call took {latencies}"
+    if failed:
+        return (
+            f"{said}: at {n} at once {failed:.0%} of the calls failed, where fewer did not (a "
+            "far side with a limit): fewer are run at once, and failures retried after a "
+            "backoff."
+        )
+    if latency > RAMP_TOLERANCE * ev.wall:
+        return (
+            f"{said}: latency grew at {n} at once, so something they wait on (a server, a pool "
+            "of connections, a disk) is full there; more at once would only queue."
+        )
+    return f"{said}: their waits overlap, and more at once are predicted to overlap too."
 
 
 def _inner_reasons(ev: Evidence, machine: Machine) -> list[str]:
@@ -708,6 +757,8 @@ def _reasons(
                 f"{ev.coroutines} coroutines at once took {span:.1f}x as long as one: they "
                 "await without blocking the loop, so one loop overlaps many."
             )
+    elif ev.ramp:
+        out.append(_ramp_reason(ev))
     elif ev.scaling is not None:
         held = gil_share(ev, machine)
         if share < 0.5:

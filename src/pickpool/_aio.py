@@ -12,7 +12,7 @@ from typing import Any, Literal, overload
 
 from ._backends import Setup
 from ._backends._asyncio import ItemRunner
-from ._driver import Block, Done, Plan, Schedule
+from ._driver import Block, Done, Plan, Schedule, backoff_delay
 from ._task import Outcome
 
 
@@ -36,6 +36,7 @@ async def adrive(
     schedule = Schedule(items, plan, start=start, blocks=blocks)
     outbox: asyncio.Queue[list[Outcome]] = asyncio.Queue()
     runner = ItemRunner(setup, outbox.put_nowait)
+    waiting: list[asyncio.TimerHandle] = []  # retries waiting out their backoff
     finished = False
     try:
         while True:
@@ -49,10 +50,17 @@ async def adrive(
                 outcomes += outbox.get_nowait()
             retries, dones = schedule.accept(outcomes)
             for task in retries:
-                runner.start(task)
+                delay = backoff_delay(plan.backoff, schedule.attempt(task))
+                if delay > 0:
+                    # Back off on the loop, the item still outstanding: the run waits for it.
+                    waiting.append(asyncio.get_running_loop().call_later(delay, runner.start, task))
+                else:
+                    runner.start(task)
             for done in dones:
                 yield done
     finally:
+        for handle in waiting:
+            handle.cancel()
         await runner.cancel()
         await runner.ashutdown_executor(cancel=not finished)
     schedule.check_source()

@@ -139,11 +139,25 @@ class AutoRun:
             timeout=wishes.timeout,
             inner_threads=wishes.inner_threads,
             observed=self.observed,
+            max_concurrency=wishes.max_concurrency,
         )
-        # Threads start at the advised count and climb by measured throughput, up to twice
-        # as many, unless the caller fixed the count.
+        # Threads start at the advised count and climb, unless the caller fixed the count:
+        # calls that wait follow their latency and failures from where the probe's ramp held
+        # (a far side's capacity), up to CLIMB_CAP; others climb by throughput, up to twice.
         climb = advice.model == "threads" and wishes.workers is None
-        workers = min(CLIMB_CAP, 2 * advice.workers) if climb else advice.workers
+        cap = min(CLIMB_CAP, wishes.max_concurrency or CLIMB_CAP)
+        start, latency = advice.workers, None
+        ramp = pilot.evidence.ramp
+        if climb and ramp:
+            latency = pilot.evidence.wall
+            held = [n for n, lat, failed in ramp if lat <= 1.5 * latency and not failed]
+            start = min(advice.workers, 2 * max(held, default=1))
+            n, _, failed = ramp[-1]
+            if failed:
+                cap = min(cap, max(1, n - 1))
+            workers = cap
+        else:
+            workers = min(cap, 2 * advice.workers) if climb else advice.workers
         plan = wishes.plan(
             advice.model,
             is_async=self.is_async,
@@ -162,7 +176,8 @@ class AutoRun:
             self.is_async,
             plan.timeout,
             self.fn_bytes,
-            concurrency=advice.workers if climb else None,
+            concurrency=start if climb else None,
+            latency=latency,
             fresh=wishes.fresh_workers,
             inner_threads=wishes.inner_threads,
         )

@@ -11,7 +11,10 @@ when the consumer's generator is garbage-collected.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import itertools
+import math
+import random
 import sys
 import threading
 import time
@@ -38,6 +41,20 @@ class Plan:
     # Resize chunks to the measured pace (see :class:`Chunking`); the input's length, if known.
     adaptive: bool = False
     length: int | None = None
+    # Seconds before a failed item's first retry, doubled for each next one, drawn at random
+    # from [0, that] ("full jitter"), so that retries of calls that failed together spread out.
+    backoff: float = 0.0
+
+
+# The longest wait before a retry, however many came before it.
+MAX_BACKOFF: Final = 30.0
+
+
+def backoff_delay(backoff: float, attempt: int) -> float:
+    """Seconds to wait before try number ``attempt`` (2 for the first retry): full jitter."""
+    if backoff <= 0:
+        return 0.0
+    return random.uniform(0.0, min(MAX_BACKOFF, backoff * 2 ** (attempt - 2)))
 
 
 @dataclass(slots=True)
@@ -165,6 +182,10 @@ class Schedule:
         self._source_error: Exception | None = None
         self._result_bytes = 0.0  # the size of one result, estimated from samples
         self.chunking = Chunking(plan)
+
+    def attempt(self, task: Task) -> int:
+        """Which try of its item a retry's task is (2 for the first retry)."""
+        return self._attempts.get(task[1], 2)
 
     @property
     def finished(self) -> bool:
@@ -429,21 +450,34 @@ def drive(
     schedule = Schedule(items, plan, start=start, blocks=blocks)
     poll = _CANCEL_POLL if cancel is not None else None
     unsent: list[Outcome] = []  # items that could not be sent: failed, not yet accepted
+    later: list[tuple[float, int, Task]] = []  # retries waiting out their backoff: (due, #, task)
+    order = itertools.count()
     try:
         while True:
             for task in schedule.tasks():
                 unsent += send(backend, schedule, task)
+            while later and later[0][0] <= time.monotonic():
+                unsent += send(backend, schedule, heapq.heappop(later)[2])
             if schedule.finished:
                 finished = True
                 break
-            outcomes = backend.collect(0.0 if unsent else poll)
+            wait = poll
+            if unsent:
+                wait = 0.0
+            elif later:
+                wait = max(0.0, min(later[0][0] - time.monotonic(), poll or math.inf))
+            outcomes = backend.collect(wait)
             if cancel is not None and cancel.is_set():
                 raise Cancelled
             if unsent:
                 outcomes, unsent = unsent + outcomes, []
             retries, dones = schedule.accept(outcomes)
             for task in retries:
-                unsent += send(backend, schedule, task)
+                delay = backoff_delay(plan.backoff, schedule.attempt(task))
+                if delay > 0:
+                    heapq.heappush(later, (time.monotonic() + delay, next(order), task))
+                else:
+                    unsent += send(backend, schedule, task)
             yield from dones
     finally:
         backend.close(cancel=not finished)
@@ -506,6 +540,8 @@ def _loop(
                     if tries > retries:
                         break
                     tries += 1
+                    # A plain loop retrying: it waits, as `time.sleep` in a retry loop would.
+                    time.sleep(backoff_delay(plan.backoff, tries))
                     _, status, value, text = caller.call(first, item)
                 yield Done(first, item, status, value, text, tries)
                 if status != OK and fail_fast:

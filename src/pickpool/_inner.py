@@ -215,12 +215,16 @@ class _Caps:
             self._holds[self._next] = limit
             self._modules = -1  # look afresh: the last look may be from long ago
             self._apply()
-            return self._next
+            token = self._next
+        self._apply_here()
+        return token
 
     def release(self, token: int) -> None:
         with self._lock:
-            if self._holds.pop(token, None) is not None:
-                self._apply()
+            if self._holds.pop(token, None) is None:
+                return
+            self._apply()
+        self._apply_here()
 
     def refresh(self) -> None:
         """Cap pools loaded since the last look (a module was imported), and the per-thread
@@ -265,6 +269,8 @@ class _Caps:
             self._knobs = _knobs()
         limit = min(self._holds.values()) if self._holds else None
         for knob in self._knobs:
+            if knob.per_thread:
+                continue  # each thread's own: see _apply_here
             try:
                 if limit is None:
                     if knob.key in self._original:

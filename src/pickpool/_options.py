@@ -75,6 +75,10 @@ def check_fn(fn: object) -> None:
         )
 
 
+# Seconds before a failed item's first retry, unless the caller says otherwise.
+DEFAULT_BACKOFF = 0.05
+
+
 def make_plan(
     *,
     model: str,
@@ -86,6 +90,8 @@ def make_plan(
     timeout: object,
     retries: object,
     on_error: object,
+    backoff: object = 0.0,
+    max_concurrency: object = None,
 ) -> Plan:
     """Check the user's options; return the :class:`Plan` for a concrete (non-auto) model."""
     if model not in MODELS and model not in EXTRA_MODELS:
@@ -104,6 +110,12 @@ def make_plan(
     if retries < 0:
         raise ValueError(f"retries must be 0 or more, got {retries}")
     limit = positive_seconds("timeout", timeout, optional=True)
+    wait = 0.0 if backoff == 0 else positive_seconds("backoff", backoff)
+    cap = positive_int("max_concurrency", max_concurrency)
+    if cap is not None and n_workers is not None and n_workers > cap:
+        raise ValueError(
+            f"workers={n_workers} is more than max_concurrency={cap}: pass one or the other"
+        )
     if limit is not None and size is not None and size > 1:
         raise ValueError(
             f"timeout applies to each item, so it needs chunksize=1 (got chunksize={size}); "
@@ -116,6 +128,8 @@ def make_plan(
     # serial is one at a time whatever `workers` says, so that switching a call to serial to
     # debug it needs no other change.
     n_workers = 1 if model == "serial" else n_workers or default_workers(model, is_async=is_async)
+    if cap is not None:
+        n_workers = min(n_workers, cap)
     # Chunks not given are fitted to the measured pace as the run goes (a timeout is per item).
     adaptive = size is None and limit is None
     size = 1 if limit is not None else size or default_chunksize(model, n_workers, length)
@@ -135,6 +149,7 @@ def make_plan(
         fail_fast=on_error == "raise",
         adaptive=adaptive,
         length=length,
+        backoff=wait or 0.0,
     )
 
 

@@ -216,6 +216,9 @@ class Evidence:
     capped_wall: float | None = None
     capped_cpu: float | None = None
     capped_gil: float | None = None
+    # Calls that wait, run n at once, doubling, while latency held: (n, median latency, share
+    # that failed) per round; the last one is where latency grew or calls failed, if they did.
+    ramp: tuple[tuple[int, float, float], ...] = ()
 
     @property
     def cpu_share(self) -> float:
@@ -242,6 +245,8 @@ class Wishes:
     ordered: bool = True
     fresh_workers: bool = False
     inner_threads: InnerThreads = None
+    backoff: float = 0.0
+    max_concurrency: int | None = None
 
     def plan(
         self,
@@ -268,6 +273,8 @@ class Wishes:
             timeout=self.timeout,
             retries=self.retries,
             on_error=self.on_error,
+            backoff=self.backoff,
+            max_concurrency=self.max_concurrency,
         )
         return dataclasses.replace(
             plan, adaptive=adaptive and self.timeout is None and self.chunksize is None
@@ -325,6 +332,10 @@ _PARALLEL_CALL = 1.2
 # Below this much watched time the knocker's reading is noise.
 _KNOCKER_MIN = 0.01
 _MAX_PROBE_THREADS = 16
+# Calls that wait are run up to this many at once, doubling, while their latency stays within
+# this many times its value alone.
+_MAX_RAMP_THREADS = 32
+_RAMP_TOLERANCE = 1.5
 # advise's share: its only job is to measure, so it may take a larger part of the batch.
 ADVISE_SHARE = 0.1
 _MAX_PROBE_COROUTINES = 16
@@ -367,6 +378,7 @@ class Pilot:
         self._capped_gil: float | None = None
         self._pools: tuple[Pool, ...] = ()
         self._together: list[Record] = []
+        self._rounds: list[tuple[int, float, float]] = []  # (at once, latency, failed share)
         self._failed = 0
         self._pickled: list[tuple[int, float, int, float]] = []
         self._small: list[tuple[Any, Any]] = []  # small items and results, timed together
@@ -401,11 +413,69 @@ class Pilot:
         if self._exhausted_or_enough():
             self.evidence = self._evidence()
             return
-        together = self._together_phase()
-        if together is not None:
-            yield together
-            self._read_together()
+        if self._waits():
+            yield from self._ramp()
+        else:
+            together = self._together_phase()
+            if together is not None:
+                yield together
+                self._read_together()
         self.evidence = self._evidence()
+
+    def _waits(self) -> bool:
+        """Whether calls alone mostly waited (on a server, a disk, a child process)."""
+        wall, cpu = _typical(self._alone)
+        return not self.is_async and wall > 0 and cpu / wall < _WAITING_SHARE
+
+    def _ramp(self) -> Generator[Phase, None, None]:
+        """Calls that wait, run 2, 4, 8... at once (a round of that many calls each) while
+        their latency holds: a far side with a finite capacity (a server's backlog, a pool of
+        connections, a quota) shows its knee as latency that grows, or as failures."""
+        wall, _ = _typical(self._alone)
+        most = min(
+            _MAX_RAMP_THREADS,
+            self.wishes.workers or _MAX_RAMP_THREADS,
+            self.wishes.max_concurrency or _MAX_RAMP_THREADS,
+        )
+        cap = self._item_cap()
+        n = 2
+        while n <= most and not self.exhausted:
+            room = cap - (self.taken - self.first) if cap != sys.maxsize else sys.maxsize
+            left = self.remaining()
+            if left is not None:
+                room = min(room, left)
+            if room < n or (self._rounds and self._spent() > 0.3 * self.budget):
+                break
+            records: list[Record] = []
+            failed = self._failed
+            start = self.taken
+            yield Phase(
+                "together",
+                self._plan("threads", n, 1),
+                Setup(
+                    self._timed(records),
+                    n,
+                    False,
+                    self.wishes.timeout,
+                    fresh=self.wishes.fresh_workers,
+                    inner_threads=self.wishes.inner_threads,
+                ),
+                _Gate(self, lambda start=start, n=n: self.taken - start < n),  # type: ignore[misc]
+                start,
+            )
+            if not records:
+                break
+            self._together += records
+            latency = statistics.median(r[1] for r in records)
+            share = (self._failed - failed) / len(records)
+            self._rounds.append((n, latency, share))
+            if latency > _RAMP_TOLERANCE * wall or share > 0:
+                break
+            self._threads, self._scaling = n, min(n, n * wall / latency)
+            n *= 2
+
+    def _spent(self) -> float:
+        return time.perf_counter() - self._began
 
     def remaining(self) -> int | None:
         """Items not yet taken, if the input's length is known."""
@@ -683,6 +753,7 @@ class Pilot:
             capped_wall=_typical(self._capped)[0] if self._capped else None,
             capped_cpu=_typical_process_cpu(self._capped) if self._capped else None,
             capped_gil=self._capped_gil if self._capped else None,
+            ramp=tuple(self._rounds),
         )
 
 

@@ -31,6 +31,9 @@ class Setup:
     fn_bytes: bytes | None = None  # ``fn`` pickled for processes, when the caller did already
     # Threads: how many run at first, climbing (up to ``workers``) by measured throughput.
     concurrency: int | None = None
+    # Threads: the calls' latency with nothing else in flight, as the probe measured it; given,
+    # the count follows the calls' latency and failures (a far side's capacity), not throughput.
+    latency: float | None = None
     client: Any = None  # dask: the distributed.Client to run on (None: the active one)
     # New worker processes and threads for this run, none taken from or given back to the
     # warm pools: no state left by an earlier call (resource limits, globals, thread-locals).

@@ -8,14 +8,26 @@ thread (a daemon) exits on its own when the call finally returns, its result thr
 
 from __future__ import annotations
 
+import collections
+import math
 import os
 import queue
+import statistics
 import threading
 import time
 
 from .. import _inner
 from .._errors import TaskTimeout
-from .._task import FATAL, Caller, Outcome, Task, format_traceback, outcome_count, task_indices
+from .._task import (
+    BLOCK,
+    FATAL,
+    Caller,
+    Outcome,
+    Task,
+    format_traceback,
+    outcome_count,
+    task_indices,
+)
 from . import Setup
 
 # Seconds a run that stops early waits for its running items before it abandons them.
@@ -165,6 +177,86 @@ class Climber:
         return True
 
 
+class Limiter:
+    """How many calls may run at once, moved by their latency and failures, for calls that wait
+    on something with a finite capacity (a server, a database, an API with a quota).
+
+    Each call's latency is compared with the no-load latency the probe measured (lowered if a
+    window sees less). In windows of a few completions (tens of milliseconds for 20 ms calls):
+
+    * failures rising above :data:`FAILING` of the window, or a call running
+      :data:`STUCK` times the no-load latency (a connection dropped past a listen backlog, which
+      the client's kernel retries after a second): halve the limit at once, and never come back
+      within reach of where it broke (a ceiling just below);
+    * latency above :data:`TOLERANCE` times the no-load latency (queueing at the far side): cut
+      the limit in proportion, as the gradient of Envoy's adaptive concurrency filter and
+      Netflix's concurrency-limits do;
+    * otherwise, when the limit was reached: double it until the first cut (slow start, as
+      TCP), then add about its square root per window while latency holds.
+
+    Throughput alone (:class:`Climber`) is too slow and too noisy to see a knee in a run of a
+    few seconds; latency rises at the knee within a window.
+    """
+
+    TOLERANCE = 2.0
+    STUCK = 8.0
+    FAILING = 0.1
+
+    def __init__(self, start: int, cap: int, baseline: float) -> None:
+        self.limit = max(1, min(start, cap))
+        self._cap = cap
+        self._ceiling = cap
+        self._floor = max(baseline, 1e-6)
+        self._growing = True
+        self._latencies: list[float] = []
+        self._failures = 0
+        self._busiest = 0
+        self._acted = 0.0  # calls started before this were judged stuck already
+        self.history: list[tuple[int, float, float]] = []  # (limit, mean latency, failed share)
+
+    def saw(self, running: int) -> None:
+        """``running`` calls are running now (the window remembers the most)."""
+        self._busiest = max(self._busiest, running)
+
+    def completed(self, samples: list[tuple[float, int, int]], oldest: float | None) -> bool:
+        """Calls finished: (seconds per item, failed items, items) each; ``oldest``: when the
+        longest-running call started (``time.monotonic()``). True if the limit moved."""
+        for latency, bad, items in samples:
+            self._latencies += [latency] * items
+            self._failures += bad
+        # A call stuck that long is one signal, acted on once: the cut that follows lets the
+        # calls already running finish, and they cannot be hurried.
+        stuck = (
+            oldest is not None
+            and oldest > self._acted
+            and time.monotonic() - oldest > max(self.STUCK * self._floor, 0.25)
+        )
+        if stuck:
+            self._acted = time.monotonic()
+        elif len(self._latencies) < max(4, self.limit // 2):
+            return False
+        window, self._latencies = self._latencies, []
+        failures, self._failures = self._failures, 0
+        busiest, self._busiest = self._busiest, 0
+        before = self.limit
+        mean = statistics.fmean(window) if window else 0.0
+        failed = failures / len(window) if window else 0.0
+        if window:
+            self._floor = min(self._floor, statistics.median(window))
+        self.history.append((before, mean, failed))
+        if stuck or failed > self.FAILING:
+            self._ceiling = max(1, min(self._ceiling, before - 1))
+            self._growing = False
+            self.limit = max(1, before // 2)
+        elif mean > self.TOLERANCE * self._floor:
+            self._growing = False
+            self.limit = max(1, round(before * self.TOLERANCE * self._floor / mean))
+        elif busiest >= before:
+            step = before if self._growing else max(1, round(math.sqrt(before)))
+            self.limit = min(self._cap, self._ceiling, before + step)
+        return self.limit != before
+
+
 class ThreadsBackend:
     def __init__(self, setup: Setup) -> None:
         self._setup = setup
@@ -172,9 +264,18 @@ class ThreadsBackend:
         self._gate = threading.Condition()
         self._running = 0
         self.climber: Climber | None = None
+        self.limiter: Limiter | None = None
+        self._samples: collections.deque[tuple[float, int, int]] = collections.deque()
         if setup.concurrency is not None and setup.concurrency < setup.workers:
-            self.climber = Climber(setup.concurrency, setup.workers)
-        self._limit = setup.workers if self.climber is None else self.climber.limit
+            if setup.latency is not None:
+                self.limiter = Limiter(setup.concurrency, setup.workers, setup.latency)
+            else:
+                self.climber = Climber(setup.concurrency, setup.workers)
+        self._limit = setup.workers
+        if self.climber is not None:
+            self._limit = self.climber.limit
+        elif self.limiter is not None:
+            self._limit = self.limiter.limit
         self._inbox: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue[list[Outcome]] = queue.SimpleQueue()
         self._threads: dict[threading.Thread, _Slot] = {}
@@ -213,17 +314,32 @@ class ThreadsBackend:
                 self._in_flight -= 1
         if limit is not None:
             outcomes += self._abandon_overdue(limit)
-        if (
-            self.climber is not None
-            and outcomes
-            and self.climber.completed(outcome_count(outcomes))
-        ):
+        moved = False
+        if self.climber is not None and outcomes:
+            moved = self.climber.completed(outcome_count(outcomes))
+        elif self.limiter is not None:
+            moved = self._limit_by_latency()
+        if moved:
+            limit = self.climber.limit if self.climber is not None else self._limiter_limit()
             with self._gate:
-                self._limit = self.climber.limit
+                self._limit = limit
                 self._gate.notify_all()
             while len(self._threads) < min(self._limit, self._in_flight):
                 self._start_thread()
         return outcomes
+
+    def _limiter_limit(self) -> int:
+        assert self.limiter is not None
+        return self.limiter.limit
+
+    def _limit_by_latency(self) -> bool:
+        assert self.limiter is not None
+        samples = []
+        while self._samples:
+            samples.append(self._samples.popleft())
+        starts = [slot.started for slot in self._threads.values() if slot.task is not None]
+        self.limiter.saw(self._running)
+        return self.limiter.completed(samples, min(starts) if starts else None)
 
     def close(self, *, cancel: bool) -> None:
         if self._closed:
@@ -319,10 +435,15 @@ class ThreadsBackend:
                 with slot.lock:
                     slot.task, slot.started = task, time.monotonic()
                 _inner.caps.refresh()  # pools that the last task's imports loaded
+                began = time.monotonic()
                 try:
                     outcomes = caller.run(task)
                 except BaseException as exc:  # KeyboardInterrupt raised inside this thread
                     outcomes = [(i, FATAL, exc, format_traceback(exc)) for i in task_indices(task)]
+                if self.limiter is not None:
+                    items = len(task[2])
+                    failed = sum(1 for o in outcomes if o[1] != BLOCK)
+                    self._samples.append(((time.monotonic() - began) / items, failed, items))
                 with slot.lock:
                     if slot.abandoned:
                         return False

@@ -1,0 +1,153 @@
+"""HTTP servers with a finite capacity, each in a process of its own, for tests and benchmarks.
+
+A server in a thread of the client's process would share the client's GIL and make threads look
+worse (or better) than they are against a real service; these run in a child process:
+
+- ``"roomy"``: a thread per connection and a deep listen backlog (1024): room for any client;
+- ``"backlog"``: a thread per connection, but the listen backlog of Python's own ``http.server``
+  (5): past it connections are dropped and the client's kernel retries them after 1 s, 3 s...;
+- ``"capacity"``: serves at most ``limit`` requests at once, the rest wait their turn, so each
+  answer takes longer as more are in flight (a database with a connection pool);
+- ``"ratelimit"``: answers ``429 Too Many Requests`` (with ``Retry-After``) to requests past
+  ``limit`` in flight, as an API with a quota does.
+
+Each answers ``GET /<n>`` with ``n`` after ``delay`` seconds.
+
+Example::
+
+    >>> from pickpool.lab import farside
+    >>> with farside.serve("capacity", delay=0.02, limit=8) as url:
+    ...     pickpool.map(functools.partial(farside.get, url), range(100))
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+KINDS = ("roomy", "backlog", "capacity", "ratelimit")
+
+
+class TooManyRequests(Exception):
+    """The server answered 429: over its limit. Raised by :func:`get`."""
+
+
+def get(url: str, n: int, timeout: float = 30.0) -> int:
+    """``GET url/n`` with urllib, one connection per request; :class:`TooManyRequests` on 429."""
+    try:
+        with urllib.request.urlopen(f"{url}/{n}", timeout=timeout) as response:
+            return int(response.read())
+    except urllib.error.HTTPError as exc:
+        exc.close()  # its connection
+        if exc.code == 429:
+            raise TooManyRequests(f"item {n}: 429 Too Many Requests") from None
+        raise
+
+
+@contextlib.contextmanager
+def serve(kind: str, *, delay: float = 0.02, limit: int = 8) -> Iterator[str]:
+    """Start a ``kind`` server in a child process; yield its base URL; stop it after."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    command = [
+        sys.executable,
+        "-m",
+        "pickpool.lab.farside",
+        kind,
+        "--delay",
+        str(delay),
+        "--limit",
+        str(limit),
+    ]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline().strip()
+        if not line.startswith("http://"):
+            raise RuntimeError(f"the {kind} server did not start (it printed {line!r})")
+        yield line
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:
+        server: Any = self.server
+        if server.kind == "ratelimit":
+            with server.lock:
+                admitted = server.in_flight < server.limit
+                server.in_flight += admitted
+            if not admitted:
+                self._answer(429, b"busy", retry_after=True)
+                return
+            try:
+                time.sleep(server.delay)
+            finally:
+                with server.lock:
+                    server.in_flight -= 1
+        elif server.kind == "capacity":
+            with server.slots:
+                time.sleep(server.delay)
+        else:
+            time.sleep(server.delay)
+        self._answer(200, self.path.strip("/").encode() or b"0")
+
+    def _answer(self, status: int, body: bytes, *, retry_after: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        if retry_after:
+            self.send_header("Retry-After", "0")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pickpool.lab.farside")
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("--delay", type=float, default=0.02)
+    parser.add_argument("--limit", type=int, default=8)
+    args = parser.parse_args(argv)
+    server_class = type(
+        "Server", (_Server,), {"request_queue_size": 5 if args.kind == "backlog" else 1024}
+    )
+    server: Any = server_class(("127.0.0.1", 0), _Handler)
+    server.kind, server.delay, server.limit = args.kind, args.delay, args.limit
+    server.lock = threading.Lock()
+    server.in_flight = 0
+    server.slots = threading.Semaphore(args.limit)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    host, port = server.server_address[:2]
+    print(f"http://{host}:{port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""A far side with a finite capacity: the latency-driven limit, retries that back off, caps.
+
+The limiter is tested on made-up samples (exact); the servers run in processes of their own
+(pickpool.lab.farside), so that their threads do not share the client's GIL. Assertions are on
+counts and failures, never on timings.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import random
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import pickpool
+from pickpool import _driver
+from pickpool._backends._threads import Limiter
+from pickpool.lab import farside
+
+FLOOR = 0.02  # the calls' latency alone, in these made-up samples
+
+
+def window(limiter: Limiter, latency: float, failed: int = 0, *, busy: bool = True) -> bool:
+    """A window of completions at ``latency`` each (``failed`` of them failed)."""
+    items = max(4, limiter.limit // 2)
+    if busy:
+        limiter.saw(limiter.limit)
+    return limiter.completed([(latency, 0, items - failed), (latency, failed, failed)], None)
+
+
+# The limiter, on made-up samples ------------------------------------------------------------
+
+
+def test_the_limit_doubles_while_latency_holds_then_stops_at_the_cap() -> None:
+    limiter = Limiter(start=4, cap=64, baseline=FLOOR)
+    seen = []
+    for _ in range(6):
+        window(limiter, FLOOR * 1.1)
+        seen.append(limiter.limit)
+    assert seen == [8, 16, 32, 64, 64, 64]
+
+
+def test_an_idle_limit_is_not_raised() -> None:
+    # The calls never used the room they had: more room would change nothing.
+    limiter = Limiter(start=8, cap=64, baseline=FLOOR)
+    assert not window(limiter, FLOOR, busy=False)
+    assert limiter.limit == 8
+
+
+def test_latency_past_the_knee_cuts_in_proportion() -> None:
+    # A server that serves 8 at once: with 32 in flight each call waits 4 turns.
+    limiter = Limiter(start=32, cap=64, baseline=FLOOR)
+    window(limiter, 4 * FLOOR)
+    assert limiter.limit == 16  # 32 x 2 / 4: back within twice the no-load latency
+    window(limiter, 2.5 * FLOOR)
+    assert limiter.limit == 13
+    # Latency holds: it grows again, by about its square root, no longer doubling.
+    window(limiter, 1.2 * FLOOR)
+    assert limiter.limit == 17
+
+
+def test_failures_halve_the_limit_and_set_a_ceiling_below_where_they_began() -> None:
+    limiter = Limiter(start=16, cap=64, baseline=FLOOR)
+    window(limiter, FLOOR, failed=3)
+    assert limiter.limit == 8
+    for _ in range(10):
+        window(limiter, FLOOR)
+    assert limiter.limit == 15  # never back to 16, where calls failed
+
+
+def test_a_stuck_call_cuts_once_not_at_every_look() -> None:
+    limiter = Limiter(start=32, cap=64, baseline=FLOOR)
+    started = time.monotonic() - 1.5  # a connection the far side dropped: retried after 1 s
+    assert limiter.completed([], started)
+    assert limiter.limit == 16
+    assert not limiter.completed([], started)
+    assert limiter.limit == 16
+
+
+def test_the_no_load_latency_follows_a_faster_far_side() -> None:
+    limiter = Limiter(start=8, cap=64, baseline=10 * FLOOR)  # the probe met a slow moment
+    window(limiter, FLOOR)
+    window(limiter, 3 * FLOOR)  # 3x the latency seen since: queueing
+    assert limiter.limit < 16
+
+
+# Retries back off ------------------------------------------------------------------------------
+
+
+def test_backoff_doubles_with_full_jitter_and_a_ceiling() -> None:
+    random.seed(7)
+    firsts = [_driver.backoff_delay(0.1, 2) for _ in range(2000)]
+    thirds = [_driver.backoff_delay(0.1, 4) for _ in range(2000)]
+    assert min(firsts) >= 0
+    assert max(firsts) <= 0.1
+    assert 0.3 < max(thirds) <= 0.4
+    assert sum(firsts) / len(firsts) == pytest.approx(0.05, rel=0.1)
+    assert _driver.backoff_delay(0.1, 60) <= _driver.MAX_BACKOFF
+    assert _driver.backoff_delay(0.0, 3) == 0.0
+
+
+class Clock:
+    """When each item was tried, per item, from any thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tries: dict[int, list[float]] = {}
+
+    def fail_twice(self, x: int) -> int:
+        with self.lock:
+            tries = self.tries.setdefault(x, [])
+            tries.append(time.monotonic())
+            if len(tries) <= 2:
+                raise ConnectionError(f"item {x}: try {len(tries)}")
+        return x
+
+
+@pytest.mark.parametrize("model", ["serial", "threads", "asyncio"])
+def test_retries_wait_out_their_backoff(model: str) -> None:
+    clock = Clock()
+    got = pickpool.map(clock.fail_twice, range(6), model=model, retries=2, backoff=0.05)
+    assert got == list(range(6))
+    for tries in clock.tries.values():
+        assert len(tries) == 3
+    # Each wait is drawn from [0, 0.05] then [0, 0.1]: across six items, some wait visibly.
+    waits = [b - a for tries in clock.tries.values() for a, b in itertools.pairwise(tries)]
+    assert max(waits) > 0.02
+
+
+def test_amap_retries_wait_out_their_backoff() -> None:
+    import asyncio
+
+    clock = Clock()
+
+    async def fail_twice(x: int) -> int:
+        return clock.fail_twice(x)
+
+    got = asyncio.run(pickpool.amap(fail_twice, range(5), model="asyncio", retries=2))
+    assert got == list(range(5))
+    assert all(len(tries) == 3 for tries in clock.tries.values())
+
+
+def test_a_bad_backoff_is_refused() -> None:
+    with pytest.raises(ValueError, match="backoff"):
+        pickpool.map(abs, [1], backoff=-1)
+    with pytest.raises(TypeError, match="backoff"):
+        pickpool.map(abs, [1], backoff="1s")  # type: ignore[arg-type]
+
+
+# max_concurrency ----------------------------------------------------------------------------
+
+
+class InFlight:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+
+    def call(self, x: int) -> int:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.005)  # the workload: a call that waits
+            return x
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("model", ["threads", "asyncio", "auto"])
+def test_max_concurrency_caps_calls_in_flight(model: str) -> None:
+    seen = InFlight()
+    got = pickpool.map(seen.call, range(200), model=model, max_concurrency=3)
+    assert got == list(range(200))
+    assert 1 <= seen.most <= 3
+
+
+def test_max_concurrency_and_more_workers_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="workers=8 is more than max_concurrency=4"):
+        pickpool.map(abs, [1], model="threads", workers=8, max_concurrency=4)
+
+
+# Servers with a finite capacity, in processes of their own -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quota() -> Iterator[str]:
+    with farside.serve("ratelimit", delay=0.01, limit=4) as url:
+        yield url
+
+
+@pytest.mark.timeout(60)
+def test_auto_against_a_quota_loses_no_item(quota: str) -> None:
+    # 429 past 4 in flight. Retried with backoff, every item gets through, and the limit that
+    # auto settles on sheds load instead of hammering.
+    fn = functools.partial(farside.get, quota, timeout=10)
+    got = pickpool.map(fn, range(200), retries=5, backoff=0.02)
+    assert got == list(range(200))
+
+
+@pytest.mark.timeout(60)
+def test_a_knee_shows_in_the_probe() -> None:
+    with farside.serve("capacity", delay=0.02, limit=2) as url:
+        fn = functools.partial(farside.get, url, timeout=10)
+        advice = pickpool.advise(fn, range(200))
+    ramp = advice.evidence.ramp
+    assert ramp, advice.evidence
+    # Two at a time are served: latency grew by the round of 8 at the latest, and the ramp
+    # stopped there rather than going on to 32.
+    assert ramp[-1][0] <= 8, ramp
+    assert ramp[-1][1] > 1.5 * advice.evidence.wall
+    assert f"latency grew at {ramp[-1][0]} at once" in str(advice)
+    assert advice.workers < 32
