@@ -311,9 +311,16 @@ def test_slow_items_are_probed_with_as_few_calls_as_can_tell(
     assert pilot.evidence.threads >= 2
 
 
-def test_fast_items_get_a_second_call_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_call_that_clearly_waits_is_timed_again_two_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(lab, "WAIT_SECONDS", 0.01)
     run = auto_run(lab.blocking_wait, iter(range(30)), length=30)
     pilot = run.pilot
     assert [done.value for done in run.dones()] == list(range(30))
-    assert len(pilot._alone) == 2  # waiting: together tells the rest
+    # One call alone says it waits; the ramp's first round, two at once, times it again
+    # without the first call's warm-up.
+    assert len(pilot._alone) == 1
+    assert pilot.evidence is not None
+    assert pilot.evidence.ramp[0][0] == 2
+    assert pilot.evidence.wall <= pilot._alone[0][1]

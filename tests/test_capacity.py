@@ -29,7 +29,10 @@ def window(limiter: Limiter, latency: float, failed: int = 0, *, busy: bool = Tr
     items = max(4, limiter.limit // 2)
     if busy:
         limiter.saw(limiter.limit)
-    return limiter.completed([(latency, 0, items - failed), (latency, failed, failed)], None)
+    now = time.monotonic()
+    return limiter.completed(
+        [(now, latency, 0, items - failed), (now, latency, failed, failed)], None
+    )
 
 
 # The limiter, on made-up samples ------------------------------------------------------------

@@ -25,7 +25,9 @@ pytestmark = pytest.mark.foreign_processes("Dask Worker")
 def client() -> Iterator[Any]:
     # A task may kill one worker and be tried again, not three (a task that kills its workers
     # is reported after two deaths); a worker runs one task at a time, so that a dying task
-    # takes no innocent one with it.
+    # takes no innocent one with it. (LocalCluster sets OMP_NUM_THREADS and the like in this
+    # process for its workers, and leaves them: later tests' native pools would start at one.)
+    environ = dict(os.environ)
     with (
         dask.config.set(
             {
@@ -39,6 +41,8 @@ def client() -> Iterator[Any]:
         distributed.Client(cluster) as c,
     ):
         yield c
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 def square(x: int) -> int:

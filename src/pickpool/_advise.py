@@ -367,11 +367,8 @@ class _Model:
         if limit is None or ev.capped_wall is None or ev.capped_cpu is None or pool < 2:
             return _View(ev, all_cpu, self.g, self.floor, limit)
         k = min(limit, pool)
-        # Capped, the calling thread does the pools' work: its CPU is the call's, unless a
-        # pool that cannot be capped (or threads of your own) runs beside it. (The process's
-        # CPU also counts the capped pools' threads spinning down for a while: not work.)
-        fixed = any(not p.cappable for p in ev.pools)
-        one_cpu = ev.capped_cpu if fixed else min(ev.capped_cpu, ev.capped_wall)
+        # Capped, the calling thread does the pools' work: its CPU time is the call's.
+        one_cpu = min(ev.capped_cpu, ev.capped_wall)
         wall = _interpolate(ev.capped_wall, ev.wall, k, pool)
         cpu = _interpolate(one_cpu, all_cpu, k, pool)
         gil = ev.capped_gil if ev.capped_gil is not None else ev.gil_held
@@ -513,7 +510,13 @@ class _Model:
             unpickle = LOADS_PER_DUMPS * ev.item_pickle + ev.result_pickle
             worker = wall + unpickle + pipe
             cpu = view.cpu + ev.child_cpu + unpickle + parent
-            per = max(parent, worker / k, cpu / m.cores, view.floor, self._past_the_knee(k))
+            # Threads that compute free of the GIL and still do not scale may queue on what
+            # processes share too (memory bandwidth), or on what they do not: GIL hand-offs
+            # between many short sections (scikit-learn's fits), one address space's page
+            # faults and allocator. Measured, processes won such cases: the floor binds them
+            # only for calls that wait (a server, a disk, a lock between processes).
+            floor = view.floor if ev.cpu_share < 0.5 else 0.0
+            per = max(parent, worker / k, cpu / m.cores, floor, self._past_the_knee(k))
             if (ev.item_bytes + ev.result_bytes) * ch > PIPELINED_BYTES:
                 # Large chunks are not queued behind a busy worker: parent and workers
                 # partly take turns.

@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Itera
 from typing import Any, Final
 
 from . import _backends
-from ._advise import Advice, decide
+from ._advise import RAMP_TOLERANCE, Advice, decide
 from ._driver import Block, Done, Plan, drive
 from ._options import check_fn, length_hint, positive_seconds
 from ._probe import ADVISE_SHARE, Phase, Pilot, Wishes
@@ -150,9 +150,12 @@ class AutoRun:
         ramp = pilot.evidence.ramp
         if climb and ramp:
             latency = pilot.evidence.wall
-            held = [n for n, lat, failed in ramp if lat <= 1.5 * latency and not failed]
-            start = min(advice.workers, 2 * max(held, default=1))
-            n, _, failed = ramp[-1]
+            held = [n for n, lat, failed in ramp if lat <= RAMP_TOLERANCE * latency and not failed]
+            n, last, failed = ramp[-1]
+            broke = failed or last > RAMP_TOLERANCE * latency
+            # Where the ramp broke, from the last count that held; where it ran out of items
+            # first, from further on (the limit doubles from there while latency holds).
+            start = min(advice.workers, max(held, default=1) * (1 if broke else 4))
             if failed:
                 cap = min(cap, max(1, n - 1))
             workers = cap

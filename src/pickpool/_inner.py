@@ -93,6 +93,7 @@ class _Knob:
 
 
 # Libraries with a pool threadpoolctl does not see: (module, name, getter, setter).
+# (PyTorch's is also its OpenMP's, each thread's own: see _PER_THREAD.)
 _PYTHON_KNOBS: Final = (
     ("torch", "PyTorch", "get_num_threads", "set_num_threads"),
     ("cv2", "OpenCV", "getNumThreads", "setNumThreads"),
@@ -167,7 +168,7 @@ def _knobs() -> list[_Knob]:
         module = sys.modules.get(module_name)
         get, set_ = getattr(module, getter, None), getattr(module, setter, None)
         if callable(get) and callable(set_):
-            found.append(_Knob(module_name, name, get, set_))
+            found.append(_Knob(module_name, name, get, set_, per_thread=module_name == "torch"))
     return found
 
 
@@ -256,10 +257,15 @@ class _Caps:
             self.leave_thread()
             return
         saved = _here.__dict__.setdefault("original", {})
+        # Every size is read before any is set: one library's setter may change another's
+        # (PyTorch's sets its OpenMP's).
         for knob in knobs:
             with contextlib.suppress(Exception):
-                original = saved.setdefault(knob.key, int(knob.get()))
-                knob.set(max(1, min(limit, original)))
+                saved.setdefault(knob.key, int(knob.get()))
+        for knob in knobs:
+            if knob.key in saved:
+                with contextlib.suppress(Exception):
+                    knob.set(max(1, min(limit, saved[knob.key])))
         _here.generation = generation
 
     def _apply(self) -> None:
@@ -268,17 +274,20 @@ class _Caps:
             self._modules = len(sys.modules)
             self._knobs = _knobs()
         limit = min(self._holds.values()) if self._holds else None
-        for knob in self._knobs:
-            if knob.per_thread:
-                continue  # each thread's own: see _apply_here
+        shared = [k for k in self._knobs if not k.per_thread]  # (the others: _apply_here)
+        if limit is not None:
+            for knob in shared:  # every size read before any is set
+                with contextlib.suppress(Exception):
+                    self._original.setdefault(knob.key, int(knob.get()))
+        for knob in shared:
+            if knob.key not in self._original:
+                continue
             try:
                 if limit is None:
-                    if knob.key in self._original:
-                        knob.set(self._original[knob.key])
+                    knob.set(self._original[knob.key])
                     continue
-                original = self._original.setdefault(knob.key, int(knob.get()))
                 # A pool set smaller than the cap (by you, or by its library) stays so.
-                wanted = max(1, min(limit, original))
+                wanted = max(1, min(limit, self._original[knob.key]))
                 if int(knob.get()) != wanted:
                     knob.set(wanted)
             except Exception:

@@ -222,15 +222,18 @@ class Evidence:
 
     @property
     def cpu_share(self) -> float:
-        """CPU time over wall time of a call alone: ~1 computes, ~0 waits."""
-        return min(1.0, self.cpu / self.wall) if self.wall > 0 else 1.0
+        """CPU time over wall time of a call alone, its own threads' included: ~1 computes,
+        ~0 waits (a call whose native pool computes while it waits for it computes)."""
+        if self.wall <= 0:
+            return 1.0
+        return min(1.0, max(self.cpu, self.process_cpu or 0.0) / self.wall)
 
     @property
     def cores_used(self) -> float:
         """Cores a call kept busy alone, its native threads included: 1.9 is already parallel."""
-        if self.process_cpu is None or self.wall <= 0:
-            return self.cpu_share
-        return max(self.cpu_share, self.process_cpu / self.wall)
+        if self.wall <= 0:
+            return 1.0
+        return max(min(self.cpu, self.wall), self.process_cpu or 0.0) / self.wall
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,9 +425,16 @@ class Pilot:
                 self._read_together()
         self.evidence = self._evidence()
 
+    def _clearly_waiting(self, record: Record) -> bool:
+        """A call that spent under a tenth of its time on the CPU, long enough to matter."""
+        _, wall, cpu, all_cpu = record
+        return not self.is_async and wall > 1e-3 and max(cpu, all_cpu) < 0.1 * wall
+
     def _waits(self) -> bool:
-        """Whether calls alone mostly waited (on a server, a disk, a child process)."""
+        """Whether calls alone mostly waited (on a server, a disk, a child process), rather
+        than for threads of their own that computed meanwhile."""
         wall, cpu = _typical(self._alone)
+        cpu = max(cpu, _typical_process_cpu(self._alone))
         return not self.is_async and wall > 0 and cpu / wall < _WAITING_SHARE
 
     def _ramp(self) -> Generator[Phase, None, None]:
@@ -469,10 +479,14 @@ class Pilot:
             latency = statistics.median(r[1] for r in records)
             share = (self._failed - failed) / len(records)
             self._rounds.append((n, latency, share))
+            if len(self._rounds) == 1:
+                wall = min(wall, latency)  # (the one call alone may have warmed things up)
             if latency > _RAMP_TOLERANCE * wall or share > 0:
                 break
             self._threads, self._scaling = n, min(n, n * wall / latency)
-            n *= 2
+            # Fourfold: each round costs about one call's time, and the run's limit goes on
+            # doubling from where the ramp held.
+            n *= 4
 
     def _spent(self) -> float:
         return time.perf_counter() - self._began
@@ -521,7 +535,10 @@ class Pilot:
             elapsed = time.perf_counter() - began
             if n < 2:
                 # A second call shows what the first one's warm-up (imports, caches) hid,
-                # unless the first alone took most of the budget.
+                # unless the first alone took most of the budget, or clearly waited: the
+                # ramp that follows times waiting calls again, two at once.
+                if n == 1 and not capped and self._clearly_waiting(records[0]):
+                    return False
                 return n == 0 or elapsed < 0.35 * self.budget
             if n <= 16 or n % 64 == 0 or not typical:
                 # (A median per call would cost tiny calls more than the calls themselves.)
@@ -720,6 +737,10 @@ class Pilot:
             except TypeError as exc:
                 self._unpicklable = str(exc)
         wall, cpu = _typical(self._alone) if self._alone else (0.0, 0.0)
+        if self._rounds and self._rounds[0][1] < wall:
+            # Two at once, with nothing else in flight, time a waiting call as well as one
+            # alone, and without the first call's warm-up (imports, a connection, DNS).
+            wall, cpu = self._rounds[0][1], cpu * self._rounds[0][1] / wall
         if self._shared_cpu is not None:
             cpu = min(cpu, self._shared_cpu)
         if not self._alone and self.wishes.timeout is not None and self._failed:
@@ -751,7 +772,9 @@ class Pilot:
             process_cpu=_typical_process_cpu(self._alone) if self._alone else None,
             pools=self._pools,
             capped_wall=_typical(self._capped)[0] if self._capped else None,
-            capped_cpu=_typical_process_cpu(self._capped) if self._capped else None,
+            # The calling thread's: with every pool at one thread it does the pools' work,
+            # and the process's time also counts their threads spinning down (~0.1 s).
+            capped_cpu=_typical(self._capped)[1] if self._capped else None,
             capped_gil=self._capped_gil if self._capped else None,
             ramp=tuple(self._rounds),
         )

@@ -210,20 +210,26 @@ class Limiter:
         self._growing = True
         self._latencies: list[float] = []
         self._failures = 0
+        self._calls = 0
         self._busiest = 0
-        self._acted = 0.0  # calls started before this were judged stuck already
+        self._acted = 0.0  # when the limit was last cut: calls started before it are judged
         self.history: list[tuple[int, float, float]] = []  # (limit, mean latency, failed share)
 
     def saw(self, running: int) -> None:
         """``running`` calls are running now (the window remembers the most)."""
         self._busiest = max(self._busiest, running)
 
-    def completed(self, samples: list[tuple[float, int, int]], oldest: float | None) -> bool:
-        """Calls finished: (seconds per item, failed items, items) each; ``oldest``: when the
-        longest-running call started (``time.monotonic()``). True if the limit moved."""
-        for latency, bad, items in samples:
-            self._latencies += [latency] * items
+    def completed(self, samples: list[tuple[float, float, int, int]], oldest: float | None) -> bool:
+        """Calls finished: (start, seconds per item, failed items, items) each; ``oldest``:
+        when the longest-running call started (``time.monotonic()``). True if it moved."""
+        for start, latency, bad, items in samples:
+            if start < self._acted:
+                continue  # started before the last cut: it tells of the old limit, not this one
+            self._calls += items
             self._failures += bad
+            if not bad:
+                # (A failure's latency is no measure of the far side's queue: a 429 is quick.)
+                self._latencies += [latency] * items
         # A call stuck that long is one signal, acted on once: the cut that follows lets the
         # calls already running finish, and they cannot be hurried.
         stuck = (
@@ -231,25 +237,26 @@ class Limiter:
             and oldest > self._acted
             and time.monotonic() - oldest > max(self.STUCK * self._floor, 0.25)
         )
-        if stuck:
-            self._acted = time.monotonic()
-        elif len(self._latencies) < max(4, self.limit // 2):
+        if not stuck and self._calls < max(4, self.limit // 2):
             return False
         window, self._latencies = self._latencies, []
         failures, self._failures = self._failures, 0
+        calls, self._calls = self._calls, 0
         busiest, self._busiest = self._busiest, 0
         before = self.limit
         mean = statistics.fmean(window) if window else 0.0
-        failed = failures / len(window) if window else 0.0
+        failed = failures / calls if calls else 0.0
         if window:
             self._floor = min(self._floor, statistics.median(window))
         self.history.append((before, mean, failed))
         if stuck or failed > self.FAILING:
             self._ceiling = max(1, min(self._ceiling, before - 1))
             self._growing = False
+            self._acted = time.monotonic()
             self.limit = max(1, before // 2)
         elif mean > self.TOLERANCE * self._floor:
             self._growing = False
+            self._acted = time.monotonic()
             self.limit = max(1, round(before * self.TOLERANCE * self._floor / mean))
         elif busiest >= before:
             step = before if self._growing else max(1, round(math.sqrt(before)))
@@ -265,7 +272,7 @@ class ThreadsBackend:
         self._running = 0
         self.climber: Climber | None = None
         self.limiter: Limiter | None = None
-        self._samples: collections.deque[tuple[float, int, int]] = collections.deque()
+        self._samples: collections.deque[tuple[float, float, int, int]] = collections.deque()
         if setup.concurrency is not None and setup.concurrency < setup.workers:
             if setup.latency is not None:
                 self.limiter = Limiter(setup.concurrency, setup.workers, setup.latency)
@@ -443,7 +450,8 @@ class ThreadsBackend:
                 if self.limiter is not None:
                     items = len(task[2])
                     failed = sum(1 for o in outcomes if o[1] != BLOCK)
-                    self._samples.append(((time.monotonic() - began) / items, failed, items))
+                    latency = (time.monotonic() - began) / items
+                    self._samples.append((began, latency, failed, items))
                 with slot.lock:
                     if slot.abandoned:
                         return False

@@ -1,0 +1,172 @@
+"""``model="auto"`` against a sweep of fixed thread counts, on servers with a finite capacity.
+
+    .venv/bin/python benchmarks/capacity.py [--quick] [--markdown FILE]
+
+Each server runs in a process of its own (``pickpool.lab.farside``) and answers ``GET /<n>``
+after 20 ms: ``roomy`` (room for any client), ``backlog`` (the listen backlog of Python's own
+``http.server``: connections past it are dropped and retried by the client's kernel after a
+second), ``capacity`` (serves 8 at once, the rest wait their turn) and ``ratelimit`` (answers
+429 past 8 in flight). The client is urllib, one connection per request, as most scripts are.
+
+For each server: 300 GETs under ``model="threads"`` with 1, 2, 4, ... 128 workers (the sweep,
+one run each), under the default thread pool, and under ``model="auto"`` (its probe included,
+the median of three runs); every run with ``retries=3`` (and the default backoff) and
+``on_error="collect"``. Targets: auto within 1.25x of the sweep's fastest count, with no more
+failed items than that count; on the roomy server, auto at or under the default pool's time.
+Exits 1 if one is missed (not with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pickpool
+from pickpool import _machine
+from pickpool.lab import farside
+
+SERVERS = ("roomy", "backlog", "capacity", "ratelimit")
+COUNTS = (1, 2, 4, 8, 16, 32, 64, 128)
+DELAY = 0.02
+LIMIT = 8
+VS_BEST = 1.25
+
+
+@dataclass
+class Row:
+    server: str
+    sweep: dict[int, tuple[float, int]] = field(default_factory=dict)  # workers -> (s, failed)
+    default: tuple[float, int] = (0.0, 0)
+    auto: list[tuple[float, int]] = field(default_factory=list)
+    chose: str = ""
+
+    @property
+    def best(self) -> tuple[int, float, int]:
+        workers, (seconds, failed) = min(self.sweep.items(), key=lambda kv: kv[1][0])
+        return workers, seconds, failed
+
+    @property
+    def auto_median(self) -> tuple[float, int]:
+        seconds = statistics.median(s for s, _ in self.auto)
+        return seconds, max(f for _, f in self.auto)
+
+
+def timed(fn: Callable[[Any], Any], n: int, **options: Any) -> tuple[float, int]:
+    start = time.perf_counter()
+    results = pickpool.map(fn, range(n), on_error="collect", retries=3, **options)
+    seconds = time.perf_counter() - start
+    failed = sum(isinstance(r, pickpool.Failure) for r in results)
+    if [r for r in results if not isinstance(r, pickpool.Failure)] != [
+        i for i, r in enumerate(results) if not isinstance(r, pickpool.Failure)
+    ]:
+        raise AssertionError("wrong results")
+    return seconds, failed
+
+
+def measure(server: str, n: int, repeat: int) -> Row:
+    row = Row(server)
+    with farside.serve(server, delay=DELAY, limit=LIMIT) as url:
+        fn = functools.partial(farside.get, url, timeout=10)
+        fn(0)  # the server is up and the client's modules imported
+        for workers in COUNTS:
+            row.sweep[workers] = timed(fn, n, model="threads", workers=workers)
+        row.default = timed(fn, n, model="threads")
+        for _ in range(repeat):
+            row.auto.append(timed(fn, n, model="auto"))
+        advice = pickpool.advise(fn, range(n))
+        row.chose = f"{advice.model} x{advice.workers}"
+    return row
+
+
+def fmt(seconds: float, failed: int) -> str:
+    return f"{seconds:.2f}" + (f" ({failed} failed)" if failed else "")
+
+
+def markdown(rows: list[Row], machine: str) -> str:
+    head = ["server", *(f"{c}" for c in COUNTS), "default", "auto", "auto/best", "advised"]
+    lines = [
+        f"Seconds for 300 GETs of 20 ms ({machine}); the sweep is threads with that many "
+        "workers; auto is the median of its runs, probe included.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for row in rows:
+        workers, best, _ = row.best
+        auto, auto_failed = row.auto_median
+        cells = [
+            f"**{fmt(*row.sweep[c])}**" if c == workers else fmt(*row.sweep[c]) for c in COUNTS
+        ]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    row.server,
+                    *cells,
+                    fmt(*row.default),
+                    fmt(auto, auto_failed),
+                    f"{auto / best:.2f}",
+                    row.chose,
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def check(rows: list[Row]) -> list[str]:
+    out = []
+    for row in rows:
+        workers, best, best_failed = row.best
+        auto, failed = row.auto_median
+        ok = auto <= VS_BEST * best
+        out.append(
+            f"{'ok  ' if ok else 'MISS'} {row.server}: auto {auto:.2f} s = {auto / best:.2f}x "
+            f"the best count ({workers} threads, {best:.2f} s) (<= {VS_BEST})"
+        )
+        ok = failed <= best_failed
+        out.append(
+            f"{'ok  ' if ok else 'MISS'} {row.server}: auto failed {failed}, the best count "
+            f"{best_failed}"
+        )
+        if row.server == "roomy":
+            ok = auto <= row.default[0]
+            out.append(
+                f"{'ok  ' if ok else 'MISS'} roomy: auto {auto:.2f} s, the default pool "
+                f"{row.default[0]:.2f} s"
+            )
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100 GETs, auto once, no targets")
+    parser.add_argument("--markdown", type=Path, help="write the table here too")
+    args = parser.parse_args()
+    n, repeat = (100, 1) if args.quick else (300, 3)
+    machine = f"{_machine.cores()} cores, Python {sys.version.split()[0]}"
+    print(f"pickpool against servers with a finite capacity: {machine}", flush=True)
+    rows = []
+    for server in SERVERS:
+        start = time.perf_counter()
+        rows.append(measure(server, n, repeat))
+        print(f"  {server}: {time.perf_counter() - start:.0f} s", flush=True)
+    table = markdown(rows, machine)
+    print("\n" + table + "\n")
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    verdicts = check(rows)
+    print("\n".join(verdicts))
+    missed = any(v.startswith("MISS") for v in verdicts)
+    return 1 if missed and not args.quick else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
