@@ -1,4 +1,4 @@
-"""Built-in workloads that stand for the seeds' cases, for the demo and the benchmarks.
+"""Built-in workloads that stand for the usual advice's cases, for the demo and the benchmarks.
 
 Each is a module-level function of one item, so every model (processes included) can run it.
 
@@ -36,7 +36,7 @@ WAIT_SECONDS = 0.02
 
 
 def crunch(seed: int) -> int:
-    """Pure-Python CPU work that holds the GIL: the seeds' case for processes."""
+    """Pure-Python CPU work that holds the GIL: the usual case for processes."""
     total = seed
     for i in range(CRUNCH_N):
         total = (total * 31 + i) % 1_000_003
@@ -51,13 +51,13 @@ def digest(seed: int) -> str:
 
 
 def blocking_wait(seed: int) -> int:
-    """A blocking wait of 20 ms that releases the GIL, as the seeds' ``time.sleep`` example."""
+    """A blocking wait of 20 ms that releases the GIL, the usual ``time.sleep`` example."""
     time.sleep(WAIT_SECONDS)
     return seed
 
 
 async def async_wait(seed: int) -> int:
-    """The same wait as a coroutine: the seeds' case for asyncio."""
+    """The same wait as a coroutine: the usual case for asyncio."""
     await asyncio.sleep(WAIT_SECONDS)
     return seed
 
@@ -193,7 +193,7 @@ def http_server(delay: float = WAIT_SECONDS) -> Iterator[str]:
 
 
 def http_get(url: str, n: int) -> int:
-    """``GET url/n`` with a blocking client (urllib): the seeds' case for threads."""
+    """``GET url/n`` with a blocking client (urllib): the usual case for threads."""
     with urllib.request.urlopen(f"{url}/{n}", timeout=30) as response:
         return int(response.read())
 

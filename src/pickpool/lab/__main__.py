@@ -1,7 +1,7 @@
-"""``python -m pickpool.lab`` (or ``pickpool demo``): the seeds' claims, measured here.
+"""``python -m pickpool.lab`` (or ``pickpool demo``): the usual advice, measured here.
 
 Each built-in workload runs under every model and under ``model="auto"``; a table shows the
-seconds and speedups, one line per workload says whether the seeds' advice held on this
+seconds and speedups, one line per workload says whether the usual advice held on this
 machine, and a plot shows the speedups. ``--quick`` takes well under a minute on 2 cores.
 """
 
@@ -26,7 +26,7 @@ from pickpool._backends import MODELS, ModelName
 @dataclass(frozen=True)
 class Workload:
     name: str
-    seeds_say: ModelName
+    advice_says: ModelName
     why: str
     quick: int  # items in the quick demo
     full: int  # items in the full demo
@@ -122,10 +122,11 @@ def main(
         table.add_row(f"{w.name} x{n}", *cells, best, chose)
         measured.append((f"{w.name}\nx{n}", times))
         # The advice held if the advised model is within 15% of the fastest.
-        held = times[w.seeds_say] <= 1.15 * times[best]
+        held = times[w.advice_says] <= 1.15 * times[best]
         verdicts.append(
-            f"{'held' if held else 'did NOT hold'}: {w.name}: seeds say {w.seeds_say} ({w.why}); "
-            f"{w.seeds_say} took {times[w.seeds_say]:.2f} s, fastest was {best} at "
+            f"{'held' if held else 'did NOT hold'}: {w.name}: the usual advice says "
+            f"{w.advice_says} ({w.why}); "
+            f"{w.advice_says} took {times[w.advice_says]:.2f} s, fastest was {best} at "
             f"{times[best]:.2f} s; auto (its probe included) took {times['auto']:.2f} s"
         )
     console.print(table)
