@@ -183,6 +183,23 @@ def test_max_concurrency_caps_calls_in_flight(model: str) -> None:
     assert 1 <= seen.most <= 3
 
 
+@pytest.mark.parametrize("is_async", [False, True], ids=["plain", "async"])
+def test_max_concurrency_holds_for_computing_calls_under_auto(is_async: bool) -> None:
+    # Calls that compute free of the GIL: the probe would run them together, but not past
+    # the cap.
+    import hashlib
+
+    def digest(x: int) -> int:
+        return hashlib.sha256(b"x" * 200_000).digest()[0] + x
+
+    async def adigest(x: int) -> int:
+        return digest(x)
+
+    fn = adigest if is_async else digest
+    got = pickpool.map(fn, range(300), max_concurrency=1)  # type: ignore[arg-type]
+    assert got == [digest(x) for x in range(300)]
+
+
 def test_max_concurrency_and_more_workers_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="workers=8 is more than max_concurrency=4"):
         pickpool.map(abs, [1], model="threads", workers=8, max_concurrency=4)

@@ -638,7 +638,12 @@ class Pilot:
         if left is not None:
             room = min(room, left)
         if self.is_async:
-            k = min(_MAX_PROBE_COROUTINES, room, self.wishes.workers or _MAX_PROBE_COROUTINES)
+            k = min(
+                _MAX_PROBE_COROUTINES,
+                room,
+                self.wishes.workers or _MAX_PROBE_COROUTINES,
+                self.wishes.max_concurrency or _MAX_PROBE_COROUTINES,
+            )
             if k < 2:
                 return None
             self._coroutines = k
@@ -655,7 +660,13 @@ class Pilot:
             cores = _machine.cores()
             # Enough threads that, if the GIL were free, the cores would be busy.
             wanted = max(2, cores, math.ceil(cores * wall / max(cpu, wall / 64)))
-            n = min(_MAX_PROBE_THREADS, wanted, self.wishes.workers or _MAX_PROBE_THREADS, room)
+            n = min(
+                _MAX_PROBE_THREADS,
+                wanted,
+                self.wishes.workers or _MAX_PROBE_THREADS,
+                self.wishes.max_concurrency or _MAX_PROBE_THREADS,
+                room,
+            )
             if n < 2:
                 return None
             target = min(0.2 * self.budget, max(0.02, 4 * wall))
