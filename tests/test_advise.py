@@ -236,7 +236,9 @@ def test_pure_python_cpu_is_cpu() -> None:
 def test_c_code_that_releases_the_gil_is_cpu_nogil(fn: object) -> None:
     advice = pickpool.advise(fn, range(100))  # type: ignore[arg-type]
     assert advice.kind == "cpu-nogil", str(advice)
-    assert advice.model != "processes", str(advice)
+    # Threads and processes tie on it (benchmarks/auto.py); which one a short probe on a busy
+    # machine finds faster may vary, but never one call at a time.
+    assert advice.model in ("threads", "processes"), str(advice)
 
 
 def test_sleeping_is_blocking_io() -> None:
