@@ -321,9 +321,10 @@ async def in_thread(work: Callable[[threading.Event], Any]) -> Any:
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(settle, outcome)
 
-    threading.Thread(target=target, name="pickpool-amap", daemon=True).start()
+    thread = threading.Thread(target=target, name="pickpool-amap", daemon=True)
+    thread.start()
     try:
-        return await asyncio.shield(future)
+        result = await asyncio.shield(future)
     except asyncio.CancelledError:
         cancel.set()
         await asyncio.wait([future], timeout=CANCEL_WAIT)
@@ -332,6 +333,14 @@ async def in_thread(work: Callable[[threading.Event], Any]) -> Any:
         elif not future.cancelled():
             future.exception()  # retrieved: the run's own Cancelled (or error) yields to ours
         raise
+    except BaseException:
+        if future.done():
+            thread.join()  # (as below: it settled the future with the run's error, its last act)
+        raise
+    # The thread settled the future as its last act: it is ending now. Joined, it is gone when
+    # amap returns, as a run's threads should be.
+    thread.join()
+    return result
 
 
 def advise(fn: Callable[[Any], Any], items: Iterable[Any], *, budget: float = 1.0) -> Advice:
