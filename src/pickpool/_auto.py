@@ -156,7 +156,8 @@ class AutoRun:
             # Where the ramp broke, from the last count that held; where it ran out of items
             # first, from further on (the limit doubles from there while latency holds).
             start = min(advice.workers, max(held, default=1) * (1 if broke else 4))
-            if failed:
+            if failed and n > 2:
+                # (Two calls that failed together say little: bad items happen.)
                 cap = min(cap, max(1, n - 1))
             workers = cap
         else:

@@ -54,7 +54,7 @@ def backoff_delay(backoff: float, attempt: int) -> float:
     """Seconds to wait before try number ``attempt`` (2 for the first retry): full jitter."""
     if backoff <= 0:
         return 0.0
-    return random.uniform(0.0, min(MAX_BACKOFF, backoff * 2 ** (attempt - 2)))
+    return random.uniform(0.0, min(MAX_BACKOFF, backoff * 2 ** min(attempt - 2, 40)))
 
 
 @dataclass(slots=True)
@@ -467,6 +467,10 @@ def drive(
             elif later:
                 wait = max(0.0, min(later[0][0] - time.monotonic(), poll or math.inf))
             outcomes = backend.collect(wait)
+            if not outcomes and later and not unsent and wait:
+                # Only retries waiting out their backoff: a backend with nothing in flight
+                # returns at once, so wait here (no longer than the cancel poll).
+                time.sleep(max(0.0, min(later[0][0] - time.monotonic(), wait)))
             if cancel is not None and cancel.is_set():
                 raise Cancelled
             if unsent:
@@ -540,8 +544,13 @@ def _loop(
                     if tries > retries:
                         break
                     tries += 1
-                    # A plain loop retrying: it waits, as `time.sleep` in a retry loop would.
-                    time.sleep(backoff_delay(plan.backoff, tries))
+                    # A plain loop retrying: it waits, as `time.sleep` in a retry loop would
+                    # (and a cancelled run stops waiting).
+                    delay = backoff_delay(plan.backoff, tries)
+                    if cancel is None:
+                        time.sleep(delay)
+                    elif cancel.wait(delay):
+                        raise Cancelled
                     _, status, value, text = caller.call(first, item)
                 yield Done(first, item, status, value, text, tries)
                 if status != OK and fail_fast:

@@ -136,7 +136,10 @@ def _native_loaded() -> bool:
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
     stdlib, packages = _stdlib_dirs()
     for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
+        try:
+            path = getattr(module, "__file__", None)
+        except Exception:  # a lazy module that imports on attribute access, and fails
+            continue
         if isinstance(path, str) and path.endswith(suffixes):
             real = os.path.realpath(path)
             if real.startswith(packages) or not real.startswith(stdlib):
@@ -213,10 +216,11 @@ class _Caps:
         """Cap every pool at ``limit`` threads (or lower, if held lower) until released."""
         with self._lock:
             self._next += 1
-            self._holds[self._next] = limit
+            token = self._next
+            self._holds[token] = limit
             self._modules = -1  # look afresh: the last look may be from long ago
             self._apply()
-            token = self._next
+        _here.__dict__.setdefault("tokens", set()).add(token)
         self._apply_here()
         return token
 
@@ -225,7 +229,12 @@ class _Caps:
             if self._holds.pop(token, None) is None:
                 return
             self._apply()
-        self._apply_here()
+        mine: set[int] = _here.__dict__.setdefault("tokens", set())
+        mine.discard(token)
+        if mine:
+            self._apply_here()  # this thread still holds another cap
+        else:
+            self.leave_thread()  # its own pools back; others' threads follow at their refresh
 
     def refresh(self) -> None:
         """Cap pools loaded since the last look (a module was imported), and the per-thread
@@ -272,7 +281,9 @@ class _Caps:
         self._generation += 1  # per-thread pools are set again by each thread that calls in
         if len(sys.modules) != self._modules:
             self._modules = len(sys.modules)
-            self._knobs = _knobs()
+            # A library that breaks on inspection: the pools known so far are kept.
+            with contextlib.suppress(Exception):
+                self._knobs = _knobs()
         limit = min(self._holds.values()) if self._holds else None
         shared = [k for k in self._knobs if not k.per_thread]  # (the others: _apply_here)
         if limit is not None:

@@ -79,7 +79,7 @@ class ItemRunner:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def shutdown_executor(self, *, cancel: bool = False) -> None:
+    def shutdown_executor(self, *, cancel: bool = False, release: bool = True) -> None:
         """Drop queued calls; wait for running ones unless one overran its timeout.
 
         A thread cannot be stopped: a call that is running is waited for, as any thread pool
@@ -92,14 +92,16 @@ class ItemRunner:
                 cancel_futures=True,
                 grace=CANCEL_GRACE if cancel else None,
             )
-        self._inner.close()
+        if release:
+            self._inner.close()
 
     async def ashutdown_executor(self, *, cancel: bool = False) -> None:
         """:meth:`shutdown_executor` without blocking the event loop while it waits."""
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
             if not self._abandoned:
-                await asyncio.to_thread(self.shutdown_executor, cancel=cancel)
+                await asyncio.to_thread(self.shutdown_executor, cancel=cancel, release=False)
+        # Released here, on the loop's thread, which held it (OpenMP's size is per thread).
         self._inner.close()
 
     async def _one(self, index: int, item: Any) -> None:

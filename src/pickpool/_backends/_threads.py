@@ -260,6 +260,10 @@ class Limiter:
             self.limit = max(1, round(before * self.TOLERANCE * self._floor / mean))
         elif busiest >= before:
             step = before if self._growing else max(1, round(math.sqrt(before)))
+            if before >= self._ceiling:
+                # A clean window at the ceiling: it rises by one, so that a far side that
+                # recovered (a brief outage, a burst of 429s) is found again, slowly.
+                self._ceiling = min(self._cap, self._ceiling + 1)
             self.limit = min(self._cap, self._ceiling, before + step)
         return self.limit != before
 
@@ -345,7 +349,7 @@ class ThreadsBackend:
         while self._samples:
             samples.append(self._samples.popleft())
         starts = [slot.started for slot in self._threads.values() if slot.task is not None]
-        self.limiter.saw(self._running)
+        self.limiter.saw(len(starts))  # running a call (not waiting for one)
         return self.limiter.completed(samples, min(starts) if starts else None)
 
     def close(self, *, cancel: bool) -> None:
