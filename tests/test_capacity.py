@@ -71,12 +71,14 @@ def test_failures_halve_the_limit_and_set_a_ceiling_below_where_they_began() -> 
     window(limiter, FLOOR, failed=3)
     assert limiter.limit == 8
     seen = []
-    for _ in range(6):
+    for _ in range(3 + 2 * Limiter.RECOVER):
         window(limiter, FLOOR)
         seen.append(limiter.limit)
-    # Up to just below where calls failed, then one a window: a far side that recovered is
-    # found again, slowly.
-    assert seen == [11, 14, 15, 16, 17, 18]
+    # Up to just below where calls failed, and one more every RECOVER clean windows there: a
+    # far side that recovered is found again, slowly.
+    assert seen[:3] == [11, 14, 15]
+    assert seen[3 : 2 + Limiter.RECOVER] == [15] * (Limiter.RECOVER - 1)
+    assert seen[-1] == 17
 
 
 def test_a_stuck_call_cuts_once_not_at_every_look() -> None:

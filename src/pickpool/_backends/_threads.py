@@ -201,6 +201,7 @@ class Limiter:
     TOLERANCE = 2.0
     STUCK = 8.0
     FAILING = 0.1
+    RECOVER = 8
 
     def __init__(self, start: int, cap: int, baseline: float) -> None:
         self.limit = max(1, min(start, cap))
@@ -213,6 +214,7 @@ class Limiter:
         self._calls = 0
         self._busiest = 0
         self._acted = 0.0  # when the limit was last cut: calls started before it are judged
+        self._at_ceiling = 0  # clean windows spent at the ceiling
         self.history: list[tuple[int, float, float]] = []  # (limit, mean latency, failed share)
 
     def saw(self, running: int) -> None:
@@ -261,9 +263,12 @@ class Limiter:
         elif busiest >= before:
             step = before if self._growing else max(1, round(math.sqrt(before)))
             if before >= self._ceiling:
-                # A clean window at the ceiling: it rises by one, so that a far side that
-                # recovered (a brief outage, a burst of 429s) is found again, slowly.
-                self._ceiling = min(self._cap, self._ceiling + 1)
+                # Clean windows at the ceiling: every RECOVER of them it rises by one, so that
+                # a far side that recovered (a brief outage, a burst of 429s) is found again,
+                # slowly enough that one that did not is not hammered.
+                self._at_ceiling += 1
+                if self._at_ceiling % self.RECOVER == 0:
+                    self._ceiling = min(self._cap, self._ceiling + 1)
             self.limit = min(self._cap, self._ceiling, before + step)
         return self.limit != before
 
