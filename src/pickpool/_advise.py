@@ -26,7 +26,7 @@ from typing import Any, Final, Literal
 
 from . import _machine
 from ._inner import LEAVE, InnerThreads
-from ._probe import Evidence
+from ._probe import RAMP_FAILING, RAMP_TOLERANCE, Evidence
 
 Kind = Literal["cpu", "cpu-nogil", "blocking-io", "async-io", "tiny", "mixed"]
 
@@ -283,9 +283,6 @@ def _counts(candidates: set[int], given: int | None, n: int) -> list[int]:
     return sorted(k for k in candidates if 1 <= k <= max(1, n)) or [1]
 
 
-# The probe's ramp stopped raising calls at once when latency grew past this many times its
-# value alone (see _probe).
-RAMP_TOLERANCE: Final = 1.5
 # A call alone that keeps this many cores busy runs threads of its own (BLAS, OpenMP...).
 PARALLEL_CALL: Final = 1.2
 
@@ -418,9 +415,10 @@ class _Model:
         if not ramp:
             return 0.0
         n, latency, failed = ramp[-1]
-        if k < n or (latency <= RAMP_TOLERANCE * self.ev.wall and not failed):
+        refused = failed > RAMP_FAILING
+        if k < n or (latency <= RAMP_TOLERANCE * self.ev.wall and not refused):
             return 0.0
-        return math.inf if failed else latency / n
+        return math.inf if refused else latency / n
 
     def serial(self) -> Option:
         view = self.view(1)
@@ -685,7 +683,7 @@ def _ramp_reason(ev: Evidence) -> str:
     latencies = ", ".join(format_seconds(latency) for _, latency, _ in ev.ramp)
     n, latency, failed = ev.ramp[-1]
     said = f"Run {counts} at once, a call took {latencies}"
-    if failed:
+    if failed > RAMP_FAILING:
         return (
             f"{said}: at {n} at once {failed:.0%} of the calls failed, where fewer did not (a "
             "far side with a limit): fewer are run at once, and failures retried after a "

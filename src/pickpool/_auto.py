@@ -15,10 +15,10 @@ from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Itera
 from typing import Any, Final
 
 from . import _backends
-from ._advise import RAMP_TOLERANCE, Advice, decide
+from ._advise import Advice, decide
 from ._driver import Block, Done, Plan, drive
 from ._options import check_fn, length_hint, positive_seconds
-from ._probe import ADVISE_SHARE, Phase, Pilot, Wishes
+from ._probe import ADVISE_SHARE, RAMP_FAILING, RAMP_TOLERANCE, Phase, Pilot, Wishes
 from ._task import OK, is_async_callable
 
 # Auto probes at most about this long, and for at most this share of the batch's serial time
@@ -150,13 +150,18 @@ class AutoRun:
         ramp = pilot.evidence.ramp
         if climb and ramp:
             latency = pilot.evidence.wall
-            held = [n for n, lat, failed in ramp if lat <= RAMP_TOLERANCE * latency and not failed]
+            held = [
+                n
+                for n, lat, failed in ramp
+                if lat <= RAMP_TOLERANCE * latency and failed <= RAMP_FAILING
+            ]
             n, last, failed = ramp[-1]
-            broke = failed or last > RAMP_TOLERANCE * latency
+            refused = failed > RAMP_FAILING
+            broke = refused or last > RAMP_TOLERANCE * latency
             # Where the ramp broke, from the last count that held; where it ran out of items
             # first, from further on (the limit doubles from there while latency holds).
             start = min(advice.workers, max(held, default=1) * (1 if broke else 4))
-            if failed and n > 2:
+            if refused and n > 2:
                 # (Two calls that failed together say little: bad items happen.)
                 cap = min(cap, max(1, n - 1))
             workers = cap

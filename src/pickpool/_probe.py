@@ -338,8 +338,8 @@ _MAX_PROBE_THREADS = 16
 # Calls that wait are run up to this many at once, doubling, while their latency stays within
 # this many times its value alone.
 _MAX_RAMP_THREADS = 32
-_RAMP_TOLERANCE = 1.5
-_RAMP_FAILING = 0.1  # a share of a round's calls that failed: the far side refuses
+RAMP_TOLERANCE = 1.5
+RAMP_FAILING = 0.1  # a share of a round's calls that failed: the far side refuses
 # advise's share: its only job is to measure, so it may take a larger part of the batch.
 ADVISE_SHARE = 0.1
 _MAX_PROBE_COROUTINES = 16
@@ -482,7 +482,7 @@ class Pilot:
             self._rounds.append((n, latency, share))
             if len(self._rounds) == 1:
                 wall = min(wall, latency)  # (the one call alone may have warmed things up)
-            if latency > _RAMP_TOLERANCE * wall or share > _RAMP_FAILING:
+            if latency > RAMP_TOLERANCE * wall or share > RAMP_FAILING:
                 break
             self._threads, self._scaling = n, min(n, n * wall / latency)
             # Fourfold: each round costs about one call's time, and the run's limit goes on
