@@ -35,36 +35,36 @@ DIGEST_BYTES = b"\x5a" * (8 * 1024 * 1024)
 WAIT_SECONDS = 0.02
 
 
-def crunch(seed: int) -> int:
+def crunch(n: int) -> int:
     """Pure-Python CPU work that holds the GIL: the usual case for processes."""
-    total = seed
+    total = n
     for i in range(CRUNCH_N):
         total = (total * 31 + i) % 1_000_003
     return total
 
 
-def digest(seed: int) -> str:
+def digest(n: int) -> str:
     """CPU work in C that releases the GIL (hashlib on 8 MiB): threads run it in parallel."""
-    h = hashlib.sha256(seed.to_bytes(8, "little"))
+    h = hashlib.sha256(n.to_bytes(8, "little"))
     h.update(DIGEST_BYTES)
     return h.hexdigest()[:16]
 
 
-def blocking_wait(seed: int) -> int:
+def blocking_wait(n: int) -> int:
     """A blocking wait of 20 ms that releases the GIL, the usual ``time.sleep`` example."""
     time.sleep(WAIT_SECONDS)
-    return seed
+    return n
 
 
-async def async_wait(seed: int) -> int:
+async def async_wait(n: int) -> int:
     """The same wait as a coroutine: the usual case for asyncio."""
     await asyncio.sleep(WAIT_SECONDS)
-    return seed
+    return n
 
 
-def squeeze(seed: int) -> int:
+def squeeze(n: int) -> int:
     """zlib compression of 1 MiB: C code that releases the GIL, like hashlib."""
-    block = (seed.to_bytes(8, "little") + bytes(range(256)) * 3) * (1024 * 1024 // 776)
+    block = (n.to_bytes(8, "little") + bytes(range(256)) * 3) * (1024 * 1024 // 776)
     return len(zlib.compress(block, 6))
 
 
@@ -78,36 +78,36 @@ def sample_sum(numbers: list[int]) -> int:
     return sum(numbers[::10])
 
 
-def mixed(seed: int) -> int:
+def mixed(n: int) -> int:
     """Half waiting (10 ms asleep), half pure-Python computing (~10 ms)."""
     time.sleep(WAIT_SECONDS / 2)
-    total = seed
+    total = n
     for i in range(CRUNCH_N // 2):
         total = (total * 31 + i) % 1_000_003
     return total
 
 
-def child(seed: int) -> int:
+def child(n: int) -> int:
     """Waiting on a child process (a short-lived ``python -c``): the parent thread blocks."""
     done = subprocess.run([sys.executable, "-S", "-c", "import time; time.sleep(0.02)"], check=True)
-    return done.returncode + seed
+    return done.returncode + n
 
 
-async def async_blocking(seed: int) -> int:
+async def async_blocking(n: int) -> int:
     """An ``async def`` that blocks its event loop with ``time.sleep``: a common mistake."""
     time.sleep(WAIT_SECONDS)  # noqa: ASYNC251 - the mistake this workload stands for
-    return seed
+    return n
 
 
-async def async_crunch(seed: int) -> int:
+async def async_crunch(n: int) -> int:
     """An ``async def`` doing pure-Python CPU work: it blocks its loop and holds the GIL."""
-    return crunch(seed)
+    return crunch(n)
 
 
-def fetch(address: tuple[str, int], seed: int) -> int:
-    """Ask the local :func:`server` for ``seed`` back: a blocking socket round trip."""
+def fetch(address: tuple[str, int], n: int) -> int:
+    """Ask the local :func:`server` for ``n`` back: a blocking socket round trip."""
     with socket.create_connection(address, timeout=10) as conn:
-        conn.sendall(b"%d\n" % seed)
+        conn.sendall(b"%d\n" % n)
         reply = conn.makefile("rb").readline()
     return int(reply)
 
