@@ -43,6 +43,18 @@ from ._task import OK
 Record = tuple[float, float, float, float]
 
 
+def _clocks() -> tuple[float, float, float]:
+    """Wall, this thread's CPU and the process's CPU clocks, now."""
+    return time.perf_counter(), time.thread_time(), time.process_time()
+
+
+def _since(began: tuple[float, float, float]) -> Record:
+    """The :data:`Record` of a call that began at ``began`` (see :func:`_clocks`)."""
+    start, cpu, all_cpu = began
+    wall, cpu_now, all_now = _clocks()
+    return start, wall - start, cpu_now - cpu, all_now - all_cpu
+
+
 class _Timed:
     """``fn`` with each call's wall, thread CPU and process CPU time appended to ``records``."""
 
@@ -53,18 +65,11 @@ class _Timed:
         self.records = records
 
     def __call__(self, item: Any) -> Any:
-        start, cpu, all_cpu = time.perf_counter(), time.thread_time(), time.process_time()
+        began = _clocks()
         try:
             return self.fn(item)
         finally:
-            self.records.append(
-                (
-                    start,
-                    time.perf_counter() - start,
-                    time.thread_time() - cpu,
-                    time.process_time() - all_cpu,
-                )
-            )
+            self.records.append(_since(began))
 
 
 class _AsyncTimed(_Timed):
@@ -73,18 +78,11 @@ class _AsyncTimed(_Timed):
     __slots__ = ()
 
     async def __call__(self, item: Any) -> Any:
-        start, cpu, all_cpu = time.perf_counter(), time.thread_time(), time.process_time()
+        began = _clocks()
         try:
             return await self.fn(item)
         finally:
-            self.records.append(
-                (
-                    start,
-                    time.perf_counter() - start,
-                    time.thread_time() - cpu,
-                    time.process_time() - all_cpu,
-                )
-            )
+            self.records.append(_since(began))
 
 
 class Knocker:

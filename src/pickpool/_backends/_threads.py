@@ -330,23 +330,18 @@ class ThreadsBackend:
                 self._in_flight -= 1
         if limit is not None:
             outcomes += self._abandon_overdue(limit)
-        moved = False
+        moved, limit = False, self._limit
         if self.climber is not None and outcomes:
-            moved = self.climber.completed(outcome_count(outcomes))
+            moved, limit = self.climber.completed(outcome_count(outcomes)), self.climber.limit
         elif self.limiter is not None:
-            moved = self._limit_by_latency()
+            moved, limit = self._limit_by_latency(), self.limiter.limit
         if moved:
-            limit = self.climber.limit if self.climber is not None else self._limiter_limit()
             with self._gate:
                 self._limit = limit
                 self._gate.notify_all()
             while len(self._threads) < min(self._limit, self._in_flight):
                 self._start_thread()
         return outcomes
-
-    def _limiter_limit(self) -> int:
-        assert self.limiter is not None
-        return self.limiter.limit
 
     def _limit_by_latency(self) -> bool:
         assert self.limiter is not None
