@@ -300,7 +300,8 @@ def test_slow_items_are_probed_with_as_few_calls_as_can_tell(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A call alone takes half the budget (the budget made small here): one call alone is all
-    # auto makes before it runs calls together, where a second one would cost the run.
+    # auto makes before it runs calls together, where a second one would cost the run, and
+    # the run's limiter takes the calls that wait up from there (no rounds in the probe).
     monkeypatch.setattr(_auto, "AUTO_BUDGET", 0.2)
     monkeypatch.setattr(lab, "WAIT_SECONDS", 0.1)
     run = auto_run(lab.blocking_wait, iter(range(30)), length=30)
@@ -308,19 +309,29 @@ def test_slow_items_are_probed_with_as_few_calls_as_can_tell(
     assert [done.value for done in run.dones()] == list(range(30))
     assert len(pilot._alone) == 1
     assert pilot.evidence is not None
-    assert pilot.evidence.threads >= 2
+    assert pilot.evidence.ramp == ()
 
 
-def test_a_call_that_clearly_waits_is_timed_again_two_at_once(
+def test_calls_that_wait_run_under_the_limiter_from_its_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from pickpool._backends import _threads
+
+    limiters: list[_threads.Limiter] = []
+
+    class Recorded(_threads.Limiter):
+        def __init__(self, start: int, cap: int, baseline: float) -> None:
+            super().__init__(start, cap, baseline)
+            limiters.append(self)
+
+    monkeypatch.setattr(_threads, "Limiter", Recorded)
     monkeypatch.setattr(lab, "WAIT_SECONDS", 0.01)
-    run = auto_run(lab.blocking_wait, iter(range(30)), length=30)
-    pilot = run.pilot
-    assert [done.value for done in run.dones()] == list(range(30))
-    # One call alone says it waits; the ramp's first round, two at once, times it again
-    # without the first call's warm-up.
-    assert len(pilot._alone) == 1
-    assert pilot.evidence is not None
-    assert pilot.evidence.ramp[0][0] == 2
-    assert pilot.evidence.wall <= pilot._alone[0][1]
+    run = auto_run(lab.blocking_wait, iter(range(60)), length=60)
+    assert [done.value for done in run.dones()] == list(range(60))
+    # One call alone says it waits; the run starts RAMP_START at once, its limit moved by
+    # their latency from the no-load latency that one call showed.
+    assert len(run.pilot._alone) == 1
+    assert len(limiters) == 1
+    assert limiters[0].history[0][0] == _auto.RAMP_START
+    assert run.pilot.evidence is not None
+    assert limiters[0]._floor <= run.pilot.evidence.wall

@@ -38,13 +38,32 @@ def window(limiter: Limiter, latency: float, failed: int = 0, *, busy: bool = Tr
 # The limiter, on made-up samples ------------------------------------------------------------
 
 
-def test_the_limit_doubles_while_latency_holds_then_stops_at_the_cap() -> None:
-    limiter = Limiter(start=4, cap=64, baseline=FLOOR)
+def test_the_limit_grows_fourfold_while_latency_holds_then_stops_at_the_cap() -> None:
+    limiter = Limiter(start=2, cap=64, baseline=FLOOR)
     seen = []
-    for _ in range(6):
+    for _ in range(5):
         window(limiter, FLOOR * 1.1)
         seen.append(limiter.limit)
-    assert seen == [8, 16, 32, 64, 64, 64]
+    assert seen == [8, 32, 64, 64, 64]
+
+
+def test_slow_start_ends_where_latency_begins_to_rise() -> None:
+    # Within tolerance, but rising: the knee is near, so it grows by its square root (HyStart).
+    limiter = Limiter(start=8, cap=128, baseline=FLOOR)
+    window(limiter, FLOOR)
+    assert limiter.limit == 32
+    window(limiter, 1.5 * FLOOR)
+    assert limiter.limit == 38
+    window(limiter, FLOOR)
+    assert limiter.limit == 44
+
+
+def test_calls_start_paced_never_in_a_burst() -> None:
+    limiter = Limiter(start=8, cap=128, baseline=FLOOR)
+    # Twice the rate that keeps the limit running while it grows, 1.25x once it holds.
+    assert limiter.pace == pytest.approx(FLOOR / 16)
+    window(limiter, 1.5 * FLOOR)
+    assert limiter.pace == pytest.approx(FLOOR / (limiter.limit * 1.25))
 
 
 def test_an_idle_limit_is_not_raised() -> None:
@@ -93,8 +112,9 @@ def test_a_stuck_call_cuts_once_not_at_every_look() -> None:
 def test_the_no_load_latency_follows_a_faster_far_side() -> None:
     limiter = Limiter(start=8, cap=64, baseline=10 * FLOOR)  # the probe met a slow moment
     window(limiter, FLOOR)
+    assert limiter.limit == 32
     window(limiter, 3 * FLOOR)  # 3x the latency seen since: queueing
-    assert limiter.limit < 16
+    assert limiter.limit == 21  # 32 x 2 / 3
 
 
 # Retries back off ------------------------------------------------------------------------------

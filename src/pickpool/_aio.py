@@ -12,7 +12,7 @@ from typing import Any, Literal, overload
 
 from ._backends import Setup
 from ._backends._asyncio import ItemRunner
-from ._driver import Block, Done, Plan, Schedule, backoff_delay
+from ._driver import Block, Done, Plan, Schedule
 from ._task import Outcome
 
 
@@ -49,8 +49,7 @@ async def adrive(
             while not outbox.empty():
                 outcomes += outbox.get_nowait()
             retries, dones = schedule.accept(outcomes)
-            for task in retries:
-                delay = backoff_delay(plan.backoff, schedule.attempt(task))
+            for task, delay in retries:
                 if delay > 0:
                     # Back off on the loop, the item still outstanding: the run waits for it.
                     waiting.append(asyncio.get_running_loop().call_later(delay, runner.start, task))

@@ -14,11 +14,11 @@ import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
 from typing import Any, Final
 
-from . import _backends
-from ._advise import Advice, decide
+from . import _backends, _log
+from ._advise import Advice, decide, format_seconds
 from ._driver import Block, Done, Plan, drive
 from ._options import check_fn, length_hint, positive_seconds
-from ._probe import ADVISE_SHARE, RAMP_FAILING, RAMP_TOLERANCE, Phase, Pilot, Wishes
+from ._probe import ADVISE_SHARE, WAITING_SHARE, Phase, Pilot, Wishes
 from ._task import OK, is_async_callable
 
 # Auto probes at most about this long, and for at most this share of the batch's serial time
@@ -34,6 +34,8 @@ MAX_REDECISIONS: Final = 3
 WATCH_MIN_PACE: Final = 20e-6
 # The most threads auto's hill climbing may reach.
 CLIMB_CAP: Final = 128
+# Calls that wait start this many at once; the limiter's slow start takes them up from there.
+RAMP_START: Final = 8
 
 
 class _Watch:
@@ -110,6 +112,7 @@ class AutoRun:
         self.decisions: list[Advice] = []  # the first, then one per re-decision after a drift
         # Seconds per item a model was seen to take when it drifted slower than predicted.
         self.observed: dict[str, float] = {}
+        self._again: str | None = None  # why the next decision is a re-decision
 
     def _new_pilot(self, start: int) -> Pilot:
         pilot = Pilot(
@@ -121,6 +124,7 @@ class AutoRun:
             share=AUTO_SHARE,
             wishes=self.wishes,
             start=start,
+            ramp=False,
         )
         pilot.fn_bytes = self.fn_bytes
         return pilot
@@ -141,32 +145,17 @@ class AutoRun:
             observed=self.observed,
             max_concurrency=wishes.max_concurrency,
         )
-        # Threads start at the advised count and climb, unless the caller fixed the count:
-        # calls that wait follow their latency and failures from where the probe's ramp held
-        # (a far side's capacity), up to CLIMB_CAP; others climb by throughput, up to twice.
+        # Threads start at the advised count and climb, unless the caller fixed the count.
+        # Calls that wait follow their latency and failures (a far side's capacity), from
+        # RAMP_START up to CLIMB_CAP; others climb by throughput, up to twice the count.
         climb = advice.model == "threads" and wishes.workers is None
         cap = min(CLIMB_CAP, wishes.max_concurrency or CLIMB_CAP)
-        start, latency = advice.workers, None
-        ramp = pilot.evidence.ramp
-        if climb and ramp:
-            latency = pilot.evidence.wall
-            held = [
-                n
-                for n, lat, failed in ramp
-                if lat <= RAMP_TOLERANCE * latency and failed <= RAMP_FAILING
-            ]
-            n, last, failed = ramp[-1]
-            refused = failed > RAMP_FAILING
-            broke = refused or last > RAMP_TOLERANCE * latency
-            # Where the ramp broke, from the last count that held; where it ran out of items
-            # first, from further on (the limit doubles from there while latency holds).
-            start = min(advice.workers, max(held, default=1) * (1 if broke else 4))
-            if refused and n > 2:
-                # (Two calls that failed together say little: bad items happen.)
-                cap = min(cap, max(1, n - 1))
-            workers = cap
-        else:
-            workers = min(cap, 2 * advice.workers) if climb else advice.workers
+        start, latency, workers = advice.workers, None, advice.workers
+        ev = pilot.evidence
+        if climb and not self.is_async and ev.cpu_share < WAITING_SHARE:
+            latency, start, workers = ev.wall, min(cap, RAMP_START), cap
+        elif climb:
+            workers = min(cap, 2 * advice.workers)
         plan = wishes.plan(
             advice.model,
             is_async=self.is_async,
@@ -176,6 +165,7 @@ class AutoRun:
             length=pilot.remaining(),
         )
         self.advice = advice
+        _log.decided(advice, start=pilot.taken, again=self._again)
         self.decisions.append(advice)
         # A re-decision's probe needs not pickle the function again.
         self.fn_bytes = self.fn_bytes or pilot.fn_bytes
@@ -232,6 +222,11 @@ class AutoRun:
                 resumed = time.perf_counter()
             if watch.exhausted or watch.drift is None:
                 return
+            if watch.pace is not None:
+                self._again = (
+                    f"{plan.model} ran {format_seconds(watch.pace)} per item, predicted "
+                    f"{format_seconds(self.advice.pace)}: {watch.drift} than predicted"
+                )
             if watch.drift == "slower" and watch.pace is not None:
                 # What the model really did is evidence the probe cannot see (workers' native
                 # threads fighting for the cores, a server that slows down under load).

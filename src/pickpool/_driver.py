@@ -22,7 +22,9 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Literal, overload
 
+from . import _log
 from ._backends import Backend, Setup
+from ._errors import TaskTimeout, WorkerCrashed
 from ._task import BLOCK, ERROR, FATAL, OK, Caller, Outcome, Task, expand, failed
 
 
@@ -183,10 +185,6 @@ class Schedule:
         self._result_bytes = 0.0  # the size of one result, estimated from samples
         self.chunking = Chunking(plan)
 
-    def attempt(self, task: Task) -> int:
-        """Which try of its item a retry's task is (2 for the first retry)."""
-        return self._attempts.get(task[1], 2)
-
     @property
     def finished(self) -> bool:
         """Nothing in flight and nothing left to submit."""
@@ -242,9 +240,13 @@ class Schedule:
         """A task of the one outstanding item ``index``."""
         return self._task(index, [self._outstanding[index]])
 
-    def accept(self, outcomes: list[Outcome]) -> tuple[list[Task], list[Done | Block]]:
-        """Take finished outcomes; return (retries to submit, what to hand out, in order)."""
-        plan, retries, out = self._plan, [], []
+    def accept(
+        self, outcomes: list[Outcome]
+    ) -> tuple[list[tuple[Task, float]], list[Done | Block]]:
+        """Take finished outcomes; return (retries to submit, each with the seconds it waits
+        first, and what to hand out, in order)."""
+        plan, out = self._plan, []
+        retries: list[tuple[Task, float]] = []
         outstanding, attempts, buffer = self._outstanding, self._attempts, self._buffer
         if outcomes:
             self._sample(outcomes[0])
@@ -270,10 +272,14 @@ class Schedule:
                 else:
                     if status == FATAL:
                         raise value
+                    if status == ERROR and isinstance(value, (TaskTimeout, WorkerCrashed)):
+                        _log.failed_hard(index, value)
                     tries = attempts.get(index, 1)
                     if status == ERROR and tries <= plan.retries:
                         attempts[index] = tries + 1
-                        retries.append(self._task(index, [outstanding[index]]))
+                        delay = backoff_delay(plan.backoff, tries + 1)
+                        _log.retrying(index, tries, plan.retries, value, delay)
+                        retries.append((self._task(index, [outstanding[index]]), delay))
                         continue
                     attempts.pop(index, None)
                     done = Done(index, outstanding[index], status, value, text, tries)
@@ -476,8 +482,7 @@ def drive(
             if unsent:
                 outcomes, unsent = unsent + outcomes, []
             retries, dones = schedule.accept(outcomes)
-            for task in retries:
-                delay = backoff_delay(plan.backoff, schedule.attempt(task))
+            for task, delay in retries:
                 if delay > 0:
                     heapq.heappush(later, (time.monotonic() + delay, next(order), task))
                 else:
@@ -547,6 +552,7 @@ def _loop(
                     # A plain loop retrying: it waits, as `time.sleep` in a retry loop would
                     # (and a cancelled run stops waiting).
                     delay = backoff_delay(plan.backoff, tries)
+                    _log.retrying(first, tries - 1, retries, value, delay)
                     if cancel is None:
                         time.sleep(delay)
                     elif cancel.wait(delay):

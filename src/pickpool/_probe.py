@@ -327,7 +327,7 @@ _SMALL_SAMPLES = 64
 _SMALL_BYTES = 1024
 # The alone phase stops once it has seen this much of a run that is mostly waiting: waiting
 # is measured faster and better together.
-_WAITING_SHARE = 0.3
+WAITING_SHARE = 0.3
 # A call alone that keeps this many cores busy runs threads of its own (BLAS, OpenMP...).
 _PARALLEL_CALL = 1.2
 # Below this much watched time the knocker's reading is noise.
@@ -361,8 +361,11 @@ class Pilot:
         share: float,
         wishes: Wishes,
         start: int = 0,
+        ramp: bool = True,
     ) -> None:
         self.fn = fn
+        # False: calls that wait are not ramped here, the run's limiter ramps them itself.
+        self.ramp = ramp
         self.source = source
         self.is_async = is_async
         self.length = length
@@ -416,7 +419,8 @@ class Pilot:
             self.evidence = self._evidence()
             return
         if self._waits():
-            yield from self._ramp()
+            if self.ramp:
+                yield from self._ramp()
         else:
             together = self._together_phase()
             if together is not None:
@@ -434,7 +438,7 @@ class Pilot:
         than for threads of their own that computed meanwhile."""
         wall, cpu = _typical(self._alone)
         cpu = max(cpu, _typical_process_cpu(self._alone))
-        return not self.is_async and wall > 0 and cpu / wall < _WAITING_SHARE
+        return not self.is_async and wall > 0 and cpu / wall < WAITING_SHARE
 
     def _ramp(self) -> Generator[Phase, None, None]:
         """Calls that wait, run 2, 4, 8... at once (a round of that many calls each) while
@@ -545,7 +549,7 @@ class Pilot:
             wall, cpu = typical[0]
             if elapsed >= 0.35 * self.budget:
                 return False
-            if wall > 0 and cpu / wall < _WAITING_SHARE:
+            if wall > 0 and cpu / wall < WAITING_SHARE:
                 return False  # mostly waiting: together tells more, sooner
             return n < 3 or elapsed < self._alone_target(wall)
 

@@ -191,14 +191,21 @@ class Limiter:
     * latency above :data:`TOLERANCE` times the no-load latency (queueing at the far side): cut
       the limit in proportion, as the gradient of Envoy's adaptive concurrency filter and
       Netflix's concurrency-limits do;
-    * otherwise, when the limit was reached: double it until the first cut (slow start, as
-      TCP), then add about its square root per window while latency holds.
+    * otherwise, when the limit was reached: multiply it by :data:`SLOW_START` until the first
+      cut, or until latency begins to rise (past :data:`SLOW_START_EXIT` times the no-load
+      latency: the knee is near, as TCP's HyStart reads it), then add about its square root
+      per window while latency holds.
+
+    Calls start paced (:attr:`pace`), never in a burst: a far side that takes new connections
+    one at a time, through a short listen backlog, drops those of a burst.
 
     Throughput alone (:class:`Climber`) is too slow and too noisy to see a knee in a run of a
     few seconds; latency rises at the knee within a window.
     """
 
     TOLERANCE = 2.0
+    SLOW_START = 4
+    SLOW_START_EXIT = 1.25
     STUCK = 8.0
     FAILING = 0.1
     RECOVER = 8
@@ -216,6 +223,13 @@ class Limiter:
         self._acted = 0.0  # when the limit was last cut: calls started before it are judged
         self._at_ceiling = 0  # clean windows spent at the ceiling
         self.history: list[tuple[int, float, float]] = []  # (limit, mean latency, failed share)
+
+    @property
+    def pace(self) -> float:
+        """Seconds between call starts: twice the rate that keeps ``limit`` calls running
+        while the limit grows (it fills within half a latency), 1.25x once it holds, as TCP
+        paces its packets."""
+        return self._floor / (self.limit * (2.0 if self._growing else 1.25))
 
     def saw(self, running: int) -> None:
         """``running`` calls are running now (the window remembers the most)."""
@@ -260,8 +274,13 @@ class Limiter:
             self._growing = False
             self._acted = time.monotonic()
             self.limit = max(1, round(before * self.TOLERANCE * self._floor / mean))
-        elif busiest >= before:
-            step = before if self._growing else max(1, round(math.sqrt(before)))
+        elif busiest >= before - before // 8:  # (paced starts may not quite reach it)
+            if mean > self.SLOW_START_EXIT * self._floor:
+                self._growing = False  # latency begins to rise: the knee is near (HyStart)
+            if self._growing:
+                step = (self.SLOW_START - 1) * before
+            else:
+                step = max(1, round(math.sqrt(before)))
             if before >= self._ceiling:
                 # Clean windows at the ceiling: every RECOVER of them it rises by one, so that
                 # a far side that recovered (a brief outage, a burst of 429s) is found again,
@@ -288,10 +307,16 @@ class ThreadsBackend:
             else:
                 self.climber = Climber(setup.concurrency, setup.workers)
         self._limit = setup.workers
+        # Calls under the limiter start spaced out, one every no-load latency / limit: as many
+        # as the limit sustains, never in a burst (TCP's pacing), which a far side that takes
+        # new connections one by one (a listen backlog) would drop.
+        self._pace = 0.0
+        self._next_start = 0.0
         if self.climber is not None:
             self._limit = self.climber.limit
         elif self.limiter is not None:
             self._limit = self.limiter.limit
+            self._pace = self.limiter.pace
         self._inbox: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue[list[Outcome]] = queue.SimpleQueue()
         self._threads: dict[threading.Thread, _Slot] = {}
@@ -338,6 +363,8 @@ class ThreadsBackend:
         if moved:
             with self._gate:
                 self._limit = limit
+                if self.limiter is not None:
+                    self._pace = self.limiter.pace
                 self._gate.notify_all()
             while len(self._threads) < min(self._limit, self._in_flight):
                 self._start_thread()
@@ -474,6 +501,14 @@ class ThreadsBackend:
             while self._running >= self._limit:
                 self._gate.wait()
             self._running += 1
+            delay = 0.0
+            if self._pace:
+                now = time.monotonic()
+                at = max(now, self._next_start)
+                self._next_start = at + self._pace
+                delay = at - now
+        if delay > 0:
+            time.sleep(delay)
 
     def _leave(self) -> None:
         with self._gate:
