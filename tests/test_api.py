@@ -22,6 +22,8 @@ def test_all_is_exactly_the_public_api() -> None:
             "BenchRow",
             "Failure",
             "PickpoolError",
+            "Report",
+            "Results",
             "TaskTimeout",
             "WorkerCrashed",
             "advise",

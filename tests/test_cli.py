@@ -67,7 +67,13 @@ def test_run_writes_json_lines_in_order_and_exits_1_on_failure(
         {"index": 0, "result": 1},
         {"index": 1, "result": 1},
         {"index": 2, "result": 2},
-        {"index": 3, "item": 3, "error": "ValueError: three is bad"},
+        {
+            "index": 3,
+            "item": 3,
+            "error": "ValueError: three is bad",
+            "type": "ValueError",
+            "attempts": 1,
+        },
         {"index": 4, "result": 24},
         {"index": 5, "result": 120},
     ]

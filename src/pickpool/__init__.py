@@ -12,6 +12,7 @@ from ._auto import advise
 from ._bench import BenchResult, BenchRow, bench
 from ._errors import BackendUnavailable, PickpoolError, TaskTimeout, WorkerCrashed
 from ._outcome import Failure
+from ._results import Report, Results
 from ._star import star
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "BenchRow",
     "Failure",
     "PickpoolError",
+    "Report",
+    "Results",
     "TaskTimeout",
     "WorkerCrashed",
     "advise",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Iterator
 from typing import Any, Literal, TypeVar, overload
 
 from . import _backends
+from ._advise import Advice
 from ._auto import AutoRun, in_thread
 from ._driver import Block, Done, Plan, drive
 from ._inner import InnerThreads, check_inner_threads
@@ -15,13 +17,14 @@ from ._options import DEFAULT_BACKOFF, check_fn, length_hint, make_plan, positiv
 from ._outcome import Failure
 from ._probe import Wishes
 from ._progress import bar, wants_progress
+from ._results import Report, Results
 from ._task import OK, is_async_callable, release
 
 T = TypeVar("T")
 R = TypeVar("R")
 Model = Literal["auto", _backends.ModelName]
 OnError = Literal["raise", "collect", "skip"]
-Progress = bool | Literal["always"]
+Progress = bool | Literal["always"] | Callable[[int], Any] | Any  # Any: a tqdm bar
 
 
 def _no_progress(count: int) -> None:
@@ -145,11 +148,31 @@ class _Run:
             inner_threads=inner,
         )
         self.description = f"{getattr(fn, '__name__', 'fn')} [{name}]"
+        self.report = Report(
+            name,
+            self.plan.workers,
+            None if self.plan.adaptive else self.plan.chunksize,
+        )
+        if self.auto is not None:
+            self.report.decisions = self.auto.decisions
+            self.auto.on_decide = self._decided
+
+    def _decided(self, advice: Advice, plan: Plan) -> None:
+        report = self.report
+        if report.advice is None:
+            report.advice = advice
+        report.model, report.workers = plan.model, plan.workers
+        report.chunksize = None if plan.adaptive else plan.chunksize
+        self.description = f"{self.description.split(' [')[0]} [auto: {plan.model}]"
 
     def output(self, done: Done) -> tuple[bool, Any]:
         """(keep, value) for one finished item, raising under on_error="raise"."""
+        report = self.report
+        report.done += 1
+        report.retries += done.attempts - 1
         if done.status == OK:
             return True, done.value
+        report.failed.append(done.index)
         exc: BaseException = done.value
         if self.on_error == "raise":
             if exc.__traceback__ is None and done.traceback and exc.__cause__ is None:
@@ -158,6 +181,7 @@ class _Run:
                 exc.__cause__ = _RemoteTraceback(done.traceback)
             raise exc
         if self.on_error == "skip":
+            report.skipped.append(done.index)
             release(exc)  # what the failed call built goes now, not at a garbage collection
             return False, None
         return True, Failure(done.index, done.item, exc, done.traceback or "", done.attempts)
@@ -186,6 +210,7 @@ class _Run:
     def collect(self, cancel: threading.Event | None = None) -> list[Any]:
         """:meth:`iterate` into a list, a block of results at a time."""
         results: list[Any] = []
+        began = time.perf_counter()
         dones = self.dones(cancel)
         try:
             with self._bar() as advance:
@@ -193,6 +218,7 @@ class _Run:
                     results += self._results(done, advance)
         finally:
             dones.close()
+            self.report.seconds = time.perf_counter() - began
         return results
 
     async def aiterate(self) -> AsyncGenerator[Any, None]:
@@ -215,6 +241,7 @@ class _Run:
         """What ``done`` adds to the output (nothing for a skipped failure); advances the bar."""
         if type(done) is Block:
             advance(len(done.values))
+            self.report.done += len(done.values)
             return done.values
         assert type(done) is Done
         advance(1)
@@ -222,13 +249,33 @@ class _Run:
         return [value] if keep else []
 
     def _bar(self) -> contextlib.AbstractContextManager[Callable[[int], None]]:
-        if not self.progress:
+        if self.progress is None:
             return contextlib.nullcontext(_no_progress)
-        return bar(self.length, self.description)
+        return bar(self.progress, self.length, lambda: self.description)
 
 
 # Signatures: an async function's results are what its coroutines return; "collect" puts a
 # Failure where an item failed.
+@overload
+def map(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    *,
+    model: Model = ...,
+    workers: int | None = ...,
+    max_concurrency: int | None = ...,
+    chunksize: int | None = ...,
+    ordered: bool = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    backoff: float = ...,
+    on_error: OnError = ...,
+    progress: Progress = ...,
+    client: Any = ...,
+    fresh_workers: bool = ...,
+    inner_threads: InnerThreads = ...,
+    report: Literal[True],
+) -> tuple[list[Any], Report]: ...
 @overload
 def map(
     fn: Callable[[T], Awaitable[R]],
@@ -247,6 +294,7 @@ def map(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    report: Literal[False] = ...,
 ) -> list[R]: ...
 @overload
 def map(
@@ -266,6 +314,7 @@ def map(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    report: Literal[False] = ...,
 ) -> list[R | Failure]: ...
 @overload
 def map(
@@ -285,6 +334,7 @@ def map(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    report: Literal[False] = ...,
 ) -> list[R]: ...
 @overload
 def map(
@@ -304,6 +354,7 @@ def map(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    report: Literal[False] = ...,
 ) -> list[R | Failure]: ...
 def map(
     fn: Callable[[Any], Any],
@@ -322,7 +373,8 @@ def map(
     client: Any = None,
     fresh_workers: bool = False,
     inner_threads: InnerThreads = None,
-) -> list[Any]:
+    report: bool = False,
+) -> list[Any] | tuple[list[Any], Report]:
     """Call ``fn`` on every item, concurrently, and return the results as a list.
 
     ``pickpool.map(f, xs)`` returns what ``[f(x) for x in xs]`` returns, whichever model runs
@@ -362,7 +414,11 @@ def map(
             and is re-raised as itself, a worker process's traceback chained. ``"collect"``:
             a :class:`pickpool.Failure` stands where the item failed. ``"skip"``: failed items
             are left out.
-        progress: ``True``: a bar on stderr when it is a terminal; ``"always"``: even when not.
+        progress: ``True``: a bar on stderr when it is a terminal or a notebook (items, rate,
+            elapsed, time left; under auto, the model it chose); ``"always"``: there too, and
+            elsewhere (a log, CI) a plain line every 5 s and at the end, no terminal codes.
+            A callable: called with how many more items are done; a ``tqdm`` bar (anything
+            with ``update(n)``): updated.
         client: for ``model="dask"``, the ``distributed.Client`` to run on (default: the
             active one); its workers' threads are the default ``workers``.
         fresh_workers: ``True``: start new worker processes and threads for this call, and
@@ -375,9 +431,12 @@ def map(
             threads fit the usable cores (2 processes on 2 cores: one BLAS thread each), and
             put back after the run; a call that runs alone keeps every core. An int: that many
             threads per pool, whatever the model. ``"leave"``: pools are left as they are.
+        report: ``True``: return ``(results, report)``, the :class:`pickpool.Report` of what
+            ran, what auto decided and why, and what failed or was retried.
 
     Returns:
-        The results, one per item (fewer under ``on_error="skip"``).
+        The results, one per item (fewer under ``on_error="skip"``); with ``report=True``, a
+        pair of them and the run's :class:`pickpool.Report`.
 
     Raises:
         ValueError: an unknown model, bad worker or chunk count, bad timeout.
@@ -409,7 +468,8 @@ def map(
         fresh_workers=fresh_workers,
         inner_threads=inner_threads,
     )
-    return run.collect()
+    results = run.collect()
+    return (results, run.report) if report is True else results
 
 
 @overload
@@ -430,7 +490,7 @@ def imap(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
-) -> Iterator[R]: ...
+) -> Results[R]: ...
 @overload
 def imap(
     fn: Callable[[T], Awaitable[R]],
@@ -449,7 +509,7 @@ def imap(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
-) -> Iterator[R | Failure]: ...
+) -> Results[R | Failure]: ...
 @overload
 def imap(
     fn: Callable[[T], R],
@@ -468,7 +528,7 @@ def imap(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
-) -> Iterator[R]: ...
+) -> Results[R]: ...
 @overload
 def imap(
     fn: Callable[[T], R],
@@ -487,7 +547,7 @@ def imap(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
-) -> Iterator[R | Failure]: ...
+) -> Results[R | Failure]: ...
 def imap(
     fn: Callable[[Any], Any],
     items: Iterable[Any],
@@ -505,13 +565,15 @@ def imap(
     client: Any = None,
     fresh_workers: bool = False,
     inner_threads: InnerThreads = None,
-) -> Iterator[Any]:
+) -> Results[Any]:
     """Like :func:`map`, but a lazy iterator: results come as they are ready, memory stays flat.
 
     The input is read a window at a time (a few chunks per worker), so ``imap`` works on
     endless iterators and keeps memory bounded. Workers start on the first ``next()`` and
-    stop when the loop ends, on ``break``, on ``.close()``, or when the iterator is
-    garbage-collected. Options are checked at the call, before anything runs.
+    stop when the loop ends, on ``.close()``, at the end of a ``with`` block (``break``
+    included), or when the iterator is garbage-collected. Options are checked at the call,
+    before anything runs. The iterator's :attr:`~pickpool.Results.report` says what ran and
+    what auto decided.
 
     Example::
 
@@ -520,6 +582,10 @@ def imap(
         >>> [next(squares) for _ in range(4)]
         [0, 1, 4, 9]
         >>> squares.close()  # stops the workers
+        >>> with pickpool.imap(fetch, urls) as pages:   # stopped at the end of the block
+        ...     first = next(pages)
+        >>> pages.report.model
+        'threads'
     """
     run = _Run(
         fn,
@@ -538,7 +604,7 @@ def imap(
         fresh_workers=fresh_workers,
         inner_threads=inner_threads,
     )
-    return run.iterate()
+    return Results(run.iterate(), run.report)
 
 
 @overload

@@ -113,6 +113,8 @@ class AutoRun:
         # Seconds per item a model was seen to take when it drifted slower than predicted.
         self.observed: dict[str, float] = {}
         self._again: str | None = None  # why the next decision is a re-decision
+        # Told each decision and the plan it runs on (the caller's Report).
+        self.on_decide: Callable[[Advice, Plan], None] | None = None
 
     def _new_pilot(self, start: int) -> Pilot:
         pilot = Pilot(
@@ -165,8 +167,10 @@ class AutoRun:
             length=pilot.remaining(),
         )
         self.advice = advice
-        _log.decided(advice, start=pilot.taken, again=self._again)
+        _log.decided(advice, start=pilot.taken, most=plan.workers, again=self._again)
         self.decisions.append(advice)
+        if self.on_decide is not None:
+            self.on_decide(advice, plan)
         # A re-decision's probe needs not pickle the function again.
         self.fn_bytes = self.fn_bytes or pilot.fn_bytes
         setup = _backends.Setup(

@@ -24,6 +24,12 @@ class BenchRow:
     seconds: float
     speedup: float  # serial's seconds over these
     items: int  # how many items the run went through
+    chose: str = ""  # under auto, what it ran on: "threads x32" (re-decisions: "a, then b")
+
+    @property
+    def label(self) -> str:
+        """The model, and under auto what it chose: ``"auto (threads x32)"``."""
+        return f"{self.model} ({self.chose})" if self.chose else self.model
 
     @property
     def throughput(self) -> float:
@@ -61,7 +67,7 @@ class BenchResult:
         for r in self.rows:
             mark = " (fastest)" if r is best else ""
             lines.append(
-                f"| {r.model}{mark} | {r.workers} | {r.chunksize} | {r.seconds:.3f} | "
+                f"| {r.label}{mark} | {r.workers} | {r.chunksize} | {r.seconds:.3f} | "
                 f"{r.throughput:,.0f} | {r.speedup:.2f}x |"
             )
         return "\n".join(lines)
@@ -107,23 +113,27 @@ def bench(
     counts = [positive_int("workers", w) for w in workers] if workers else [None]
     is_async = is_async_callable(fn)
 
-    def timed(model: str, count: int | None) -> float:
+    def timed(model: str, count: int | None) -> tuple[float, str]:
         start = time.perf_counter()
-        _api.map(fn, data, model=model, workers=count)  # type: ignore[call-overload]
-        return time.perf_counter() - start
+        _, report = _api.map(fn, data, model=model, workers=count, report=True)  # type: ignore[call-overload]
+        seconds = time.perf_counter() - start
+        chose = ", then ".join(f"{a.model} x{a.workers}" for a in report.decisions)
+        return seconds, chose
 
-    serial = timed("serial", None)
-    runs: list[tuple[str, int, int, float]] = []
+    serial, _ = timed("serial", None)
+    runs: list[tuple[str, int, int, float, str]] = []
     for model in chosen:
         if model == "serial":
-            runs.append(("serial", 1, 1, serial))
+            runs.append(("serial", 1, 1, serial, ""))
             continue
         for count in counts:
             n = count or (0 if model == "auto" else default_workers(model, is_async=is_async))
             chunk = 0 if model == "auto" else default_chunksize(model, n, len(data))
-            runs.append((model, n, chunk, timed(model, count)))
+            runs.append((model, n, chunk, *timed(model, count)))
     rows = tuple(
-        BenchRow(model, n, chunk, seconds, serial / seconds if seconds > 0 else 0.0, len(data))
-        for model, n, chunk, seconds in runs
+        BenchRow(
+            model, n, chunk, seconds, serial / seconds if seconds > 0 else 0.0, len(data), chose
+        )
+        for model, n, chunk, seconds, chose in runs
     )
     return BenchResult(rows, len(data))

@@ -38,14 +38,16 @@ def _brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def decided(advice: Advice, *, start: int, again: str | None = None) -> None:
-    """Auto's decision for the items from ``start`` on (``again``: why it decided again)."""
+def decided(advice: Advice, *, start: int, most: int, again: str | None = None) -> None:
+    """Auto's decision for the items from ``start`` on (``most``: the workers it may reach
+    as its count climbs; ``again``: why it decided again)."""
     if not logger.isEnabledFor(logging.INFO):
         return
     ev = advice.evidence
+    calls = f"{ev.calls} call{'' if ev.calls == 1 else 's'}"
     measured = (
-        f"probe: {ev.calls} calls in {_seconds(ev.seconds)}; a call alone {_seconds(ev.wall)} "
-        f"wall, {ev.cpu_share:.0%} on a CPU"
+        f"probe: {calls} in {_seconds(ev.seconds)}; a call alone {_seconds(ev.wall)} wall, "
+        f"{ev.cpu_share:.0%} on a CPU"
     )
     if ev.scaling is not None and ev.threads:
         measured += f"; {ev.threads} threads ran {ev.scaling:.1f}x as fast as one"
@@ -57,6 +59,8 @@ def decided(advice: Advice, *, start: int, again: str | None = None) -> None:
         f"auto {'re-decided' if again else 'chose'} {advice.model} x{advice.workers}, chunks of "
         f"{advice.chunksize} ({advice.kind}) from item {start}"
     )
+    if most > advice.workers:
+        line += f" (its count then follows the run, up to {most})"
     if predicted is not None:
         line += f", predicted {_seconds(predicted)} for {advice.items:,} items"
     if again:
@@ -69,13 +73,9 @@ def decided(advice: Advice, *, start: int, again: str | None = None) -> None:
 def retrying(index: int, tries: int, retries: int, exc: Any, delay: float) -> None:
     """Item ``index`` failed its try number ``tries``; it is tried again in ``delay`` s."""
     if logger.isEnabledFor(logging.WARNING):
+        when = f"in {_seconds(delay)}" if delay > 0 else "at once"
         logger.warning(
-            "item %d failed (%s); retry %d of %d in %s",
-            index,
-            _brief(exc),
-            tries,
-            retries,
-            _seconds(delay),
+            "item %d failed (%s); retry %d of %d %s", index, _brief(exc), tries, retries, when
         )
 
 

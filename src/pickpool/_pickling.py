@@ -108,6 +108,17 @@ def _travelling(outcome: Outcome) -> Outcome:
                 "model='threads'"
             )
             return (index, ERROR, error, format_traceback(error))
+        if isinstance(payload, BaseException):
+            # An exception whose __init__ wants other arguments than it keeps (keyword-only
+            # ones, say): rebuilt by its state, without calling __init__, it is still itself,
+            # so that `except MyError` works in the parent.
+            by_state = _ByState(payload)
+            try:
+                loads(dumps(by_state))
+            except Exception:
+                pass
+            else:
+                return (index, status, by_state, text)
         from ._errors import PickpoolError
 
         substitute = PickpoolError(
@@ -118,6 +129,25 @@ def _travelling(outcome: Outcome) -> Outcome:
         )
         return (index, status, substitute, text)
     return outcome
+
+
+class _ByState:
+    """Pickles an exception as its class, ``args`` and ``__dict__``: :func:`_rebuild` makes it
+    again in the parent without calling its ``__init__``."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        exc = self.exc
+        return (_rebuild, (type(exc), exc.args, dict(getattr(exc, "__dict__", {}))))
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    exc = BaseException.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 def loads_outcomes(message: bytes) -> list[Outcome]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import multiprocessing
 import os
 import signal
@@ -33,6 +34,10 @@ ANNOUNCE, QUIET = b"A", b"Q"
 STARTED = b"S"
 # The message that caps native thread pools: the next message is the limit, b"" for none.
 INNER = b"I"
+# The message that sets the lowest level log records are sent back at: the next message is it.
+LOGGING = b"L"
+# The first byte of a log record sent to the parent (pickled attributes follow).
+RECORD = b"R"
 # A worker no run has used for this long exits (a warm pool's workers outlive their run).
 IDLE_LIFETIME = 60.0
 # A worker idle this long collects its garbage once: nothing else would, as it allocates
@@ -82,6 +87,9 @@ def main(conn: Connection, owner: int, cores: int, env: dict[str, str]) -> None:
                 if message in (ANNOUNCE, QUIET):
                     announce = message == ANNOUNCE
                     continue
+                if message == LOGGING:
+                    _forward_logs(conn, int(conn.recv_bytes()))
+                    continue
                 if message == INNER:
                     limit = conn.recv_bytes()
                     inner.close()
@@ -92,8 +100,8 @@ def main(conn: Connection, owner: int, cores: int, env: dict[str, str]) -> None:
                 # Pools your function's imports loaded since the last task are capped too.
                 _inner.caps.refresh()
                 if announce:
-                    conn.send_bytes(STARTED)
-                conn.send_bytes(_run(caller, load_error, message))
+                    _send(conn, STARTED)
+                _send(conn, _run(caller, load_error, message))
             except (EOFError, OSError):
                 return
             # Nothing of the task stays referenced while the worker waits for the next one.
@@ -102,6 +110,47 @@ def main(conn: Connection, owner: int, cores: int, env: dict[str, str]) -> None:
         inner.close()
         if caller is not None:
             caller.close()
+
+
+# Log records from your function's threads share the pipe with outcomes.
+_sending = threading.Lock()
+
+
+def _send(conn: Connection, message: bytes) -> None:
+    with _sending:
+        conn.send_bytes(message)
+
+
+class _Forward(logging.Handler):
+    """Sends each record to the parent, where its own handlers take it (as loky does)."""
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__()
+        self._conn = conn
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            attributes = dict(record.__dict__)
+            attributes["msg"] = record.getMessage()  # args may not pickle: sent formatted
+            attributes["args"] = None
+            if record.exc_info:
+                attributes["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            attributes["exc_info"] = None
+            _send(self._conn, RECORD + dumps(attributes))
+        except Exception:
+            self.handleError(record)
+
+
+def _forward_logs(conn: Connection, level: int) -> None:
+    """Records at ``level`` and above go to the parent, and only there."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _Forward):
+            root.removeHandler(handler)
+        elif multiprocessing.get_start_method(allow_none=True) == "fork":
+            root.removeHandler(handler)  # inherited: the parent's handler gets it already
+    root.addHandler(_Forward(conn))
+    root.setLevel(level)
 
 
 def _run(caller: Caller | None, load_error: BaseException | None, message: bytes) -> bytes:

@@ -132,7 +132,7 @@ def bench_table(result: BenchResult, title: str = "") -> RenderableType:
     best = result.best
     for r in result.rows:
         table.add_row(
-            r.model,
+            r.label,
             str(r.workers) if r.workers else "auto",
             str(r.chunksize) if r.chunksize else "auto",
             f"{r.seconds:.3f}",
@@ -148,7 +148,7 @@ def plot_bench(result: BenchResult, path: Path, *, title: str | None = None) -> 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     by_model: dict[str, list[tuple[int, float]]] = {}
     for r in result.rows:
-        by_model.setdefault(r.model, []).append((r.workers, r.throughput))
+        by_model.setdefault(r.label, []).append((r.workers, r.throughput))
     if any(len(points) > 1 for points in by_model.values()):
         for model, points in by_model.items():
             points.sort()
@@ -165,7 +165,7 @@ def plot_bench(result: BenchResult, path: Path, *, title: str | None = None) -> 
         ax.set_ylabel("items per second")
     else:
         names = list(by_model)
-        speedups = [next(r.speedup for r in result.rows if r.model == m) for m in names]
+        speedups = [next(r.speedup for r in result.rows if r.label == m) for m in names]
         ax.bar(names, speedups, color="tab:blue")
         ax.axhline(1.0, linestyle="--", linewidth=1, color="grey")
         ax.set_ylabel("speedup vs serial")

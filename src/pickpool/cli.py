@@ -6,12 +6,13 @@ Exit codes: 0 ok, 1 some items failed (``run``), 2 a usage error, said in one li
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, cast
 
@@ -232,6 +233,8 @@ def advise(
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="seconds per item")
 @click.option("--retries", type=click.IntRange(min=0), default=0, help="tries after a failure")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), help="default: stdout")
+@click.option("-v", "--verbose", is_flag=True,
+              help="what auto measured and chose, retries and crashes, on stderr")  # fmt: skip
 def run(
     target: str,
     stdin: str | None,
@@ -244,11 +247,15 @@ def run(
     timeout: float | None,
     retries: int,
     out: str | None,
+    verbose: bool,
 ) -> None:
     """Run TARGET on every item; write JSON lines in input order.
 
     Each line is {"index": i, "result": ...}, or, for an item that failed,
-    {"index": i, "item": ..., "error": "Type: message"}. Exit code 1 if any item failed.
+    {"index": i, "item": ..., "error": "Type: message", "type": "Type", "attempts": n}.
+    Results with an obvious JSON form are written in it (tuples and sets as lists, dataclasses
+    as objects, dates as ISO text, numpy values as numbers and lists, UTF-8 bytes as text);
+    any other result fails its item with a line that says so. Exit code 1 if any item failed.
     """
     import pickpool
 
@@ -271,18 +278,103 @@ def run(
     except (TypeError, ValueError) as exc:
         fail(str(exc))
     failed = 0
-    with _output(out) as sink:
+    with _verbose(verbose), results, _output(out) as sink:
         for index, result in enumerate(results):
             if isinstance(result, pickpool.Failure):
                 failed += 1
-                error = f"{type(result.exception).__name__}: {result.exception}"
-                record = {"index": index, "item": result.item, "error": error}
+                line = _failure_line(index, result.item, result.exception, result.attempts)
             else:
-                record = {"index": index, "result": result}
-            sink.write(json.dumps(record, default=repr) + "\n")
-    click.echo(f"{len(data)} items, {failed} failed", err=True)
+                try:
+                    line = json.dumps({"index": index, "result": result}, default=_to_json)
+                except (TypeError, ValueError) as exc:
+                    failed += 1
+                    line = _failure_line(index, data[index], exc, 1)
+            sink.write(line + "\n")
+    if verbose:
+        click.echo(f"pickpool: {results.report}", err=True)
+    click.echo(f"{_plural(len(data), 'item')}, {failed} failed", err=True)
     if failed:
         sys.exit(1)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def _failure_line(index: int, item: Any, exc: BaseException, attempts: int) -> str:
+    record = {
+        "index": index,
+        "item": item,
+        "error": f"{type(exc).__name__}: {exc}",
+        "type": type(exc).__name__,
+        "attempts": attempts,
+    }
+    try:
+        return json.dumps(record, default=_to_json)
+    except (TypeError, ValueError):
+        record["item"] = repr(item)  # (the items came from JSON or text: rarely needed)
+        return json.dumps(record, default=repr)
+
+
+def _to_json(value: Any) -> Any:
+    """The obvious JSON form of a value json cannot write, or TypeError saying there is none."""
+    import dataclasses
+    import datetime
+    import decimal
+    import enum
+    import fractions
+    import pathlib
+    import uuid
+
+    if isinstance(value, (set, frozenset)):
+        try:
+            return sorted(value)
+        except TypeError:
+            return list(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (decimal.Decimal, fractions.Fraction, pathlib.PurePath, uuid.UUID)):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise TypeError(
+                "a result of bytes that are not UTF-8 text has no JSON form; return "
+                "base64.b64encode(data).decode() or a str"
+            ) from None
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars
+    if callable(tolist):
+        return tolist()
+    raise TypeError(
+        f"a result of type {type(value).__name__} has no JSON form; return a dict, list, str, "
+        "number, bool or None (or a dataclass) from the function"
+    )
+
+
+@contextlib.contextmanager
+def _verbose(on: bool) -> Iterator[None]:
+    """With ``-v``: the ``pickpool`` logger's INFO lines on stderr for the run."""
+    if not on:
+        yield
+        return
+    import logging
+
+    logger = logging.getLogger("pickpool")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pickpool: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 class _output:
@@ -333,6 +425,13 @@ def bench(
 
     from ._report import MissingExtra, bench_table
 
+    if plot:
+        from ._report import _pyplot
+
+        try:
+            _pyplot()  # before anything runs: a missing extra is not worth a benchmark
+        except MissingExtra as exc:
+            fail(str(exc))
     fn = load_target(target)
     data = read_inputs(stdin, count, items, lines)
     chosen = [m.strip() for m in models.split(",") if m.strip()]
@@ -388,8 +487,42 @@ def doctor(as_json: bool) -> None:
     table.add_column("fact")
     table.add_column("value")
     for key, value in facts.items():
-        table.add_row(key.replace("_", " "), str(value))
+        label = DOCTOR_LABELS.get(key, key.replace("_", " "))
+        table.add_row(label, _in_words(value, seconds=key.endswith("_s")))
     _console().print(table)
+
+
+DOCTOR_LABELS = {
+    "usable_cores": "cores pickpool uses",
+    "cpu_count": "CPUs in the machine",
+    "affinity_cores": "CPUs this process may run on",
+    "cgroup_cpu_quota": "container CPU quota (cores)",
+    "python": "Python",
+    "implementation": "implementation",
+    "free_threaded_build": "free-threaded build",
+    "gil_enabled": "GIL enabled",
+    "start_method": "process start method",
+    "process_pool_first_start_s": "first process pool start",
+    "process_pool_start_s": "process pool start, warm",
+    "subinterpreters": "sub-interpreters in this Python",
+    "interpreters_model": "model='interpreters' available",
+    "dask_installed": "dask.distributed installed",
+    "dask_client_active": "dask client active",
+    "matplotlib": "matplotlib installed (plots)",
+    "aiohttp": "aiohttp installed",
+}
+
+
+def _in_words(value: Any, *, seconds: bool = False) -> str:
+    if value is True:
+        return "yes"
+    if value is False:
+        return "no"
+    if value is None:
+        return "none"
+    if seconds and isinstance(value, float):
+        return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+    return str(value)
 
 
 def _dask_client_active() -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -24,7 +25,7 @@ from typing import Any
 
 from .. import _inner, _machine
 from .._errors import TaskTimeout, WorkerCrashed
-from .._pickling import dumps_function, dumps_task, loads_outcomes
+from .._pickling import dumps_function, dumps_task, loads, loads_outcomes
 from .._task import ERROR, Outcome, Task, format_traceback, task_indices
 from . import Setup
 
@@ -42,6 +43,7 @@ class _Worker:
         "conn",
         "fn_bytes",
         "inner",
+        "log_level",
         "method",
         "process",
         "started",
@@ -55,6 +57,7 @@ class _Worker:
         self.fn_bytes = b""  # the function it has loaded
         self.announces = False  # whether it says when it starts a task
         self.inner: int | None = None  # the cap on its native thread pools
+        self.log_level: int | None = None  # the lowest level its records are sent back at
         self.tasks: deque[Task] = deque()
         # When the head task began running, as far as the parent can tell; None while a
         # worker that announces its starts has not announced it.
@@ -270,7 +273,7 @@ class ProcessesBackend:
         """Send ``w`` this run's function, unless it has those very bytes loaded already, and
         whether to announce each task's start (a timeout counts from there, not from a
         worker's start-up, which may import for seconds)."""
-        from .._procworker import ANNOUNCE, FUNCTION, INNER, QUIET
+        from .._procworker import ANNOUNCE, FUNCTION, INNER, LOGGING, QUIET
 
         if w.fn_bytes != self._fn_bytes:
             w.conn.send_bytes(FUNCTION)
@@ -281,6 +284,11 @@ class ProcessesBackend:
             w.conn.send_bytes(INNER)
             w.conn.send_bytes(b"" if self._inner is None else str(self._inner).encode())
             w.inner = self._inner
+        level = _lowest_log_level()
+        if w.log_level != level:
+            w.conn.send_bytes(LOGGING)
+            w.conn.send_bytes(str(level).encode())
+            w.log_level = level
         announce = self._setup.timeout is not None
         if w.announces != announce:
             w.conn.send_bytes(ANNOUNCE if announce else QUIET)
@@ -290,7 +298,7 @@ class ProcessesBackend:
     # Reading results, and what to do when a worker is gone -------------------------------------
 
     def _receive(self, w: _Worker, now: float, lost: list[_Worker]) -> None:
-        from .._procworker import STARTED
+        from .._procworker import RECORD, STARTED
 
         try:
             message = w.conn.recv_bytes()
@@ -299,6 +307,9 @@ class ProcessesBackend:
             return
         if message == STARTED:
             w.started = now
+            return
+        if message[:1] == RECORD:
+            _handle_record(message[1:])
             return
         task = w.tasks.popleft()
         w.started = None if w.announces else now
@@ -481,3 +492,22 @@ def _describe_exit(code: int | None) -> str:
 
 
 backend_class = ProcessesBackend
+
+
+def _lowest_log_level() -> int:
+    """The lowest level any logger of this process is set to: a worker sends its records
+    from there on, and each is handled here only if its own logger here is enabled for it."""
+    loggers = logging.Logger.manager.loggerDict.values()
+    levels = [g.level for g in loggers if isinstance(g, logging.Logger) and g.level]
+    return min([logging.getLogger().getEffectiveLevel(), *levels])
+
+
+def _handle_record(payload: bytes) -> None:
+    """A worker's log record, handled by this process's handlers, as if logged here."""
+    try:
+        record = logging.makeLogRecord(loads(payload))
+    except Exception:
+        return  # (a record is never worth a run)
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)
