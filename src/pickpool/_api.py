@@ -147,7 +147,8 @@ class _Run:
             fresh=fresh_workers,
             inner_threads=inner,
         )
-        self.description = f"{getattr(fn, '__name__', 'fn')} [{name}]"
+        self._fn_name = getattr(fn, "__name__", "fn")
+        self.description = f"{self._fn_name} [{name}]"
         self.report = Report(
             name,
             self.plan.workers,
@@ -163,7 +164,7 @@ class _Run:
             report.advice = advice
         report.model, report.workers = plan.model, plan.workers
         report.chunksize = None if plan.adaptive else plan.chunksize
-        self.description = f"{self.description.split(' [')[0]} [auto: {plan.model}]"
+        self.description = f"{self._fn_name} [auto: {plan.model}]"
 
     def output(self, done: Done) -> tuple[bool, Any]:
         """(keep, value) for one finished item, raising under on_error="raise"."""

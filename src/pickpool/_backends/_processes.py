@@ -140,6 +140,8 @@ class ProcessesBackend:
         self._context = multiprocessing.get_context(_machine.start_method())
         # Each worker's native thread pools (BLAS, OpenMP) get its share of the cores.
         self._inner = _inner.limit_for(setup.inner_threads, setup.workers)
+        # Read once for the run: it walks every logger, and each worker started needs it.
+        self._log_level = _lowest_log_level()
         if self._context.get_start_method() == "forkserver":
             _preload_worker_module()
         self._workers: list[_Worker] = []
@@ -284,11 +286,10 @@ class ProcessesBackend:
             w.conn.send_bytes(INNER)
             w.conn.send_bytes(b"" if self._inner is None else str(self._inner).encode())
             w.inner = self._inner
-        level = _lowest_log_level()
-        if w.log_level != level:
+        if w.log_level != self._log_level:
             w.conn.send_bytes(LOGGING)
-            w.conn.send_bytes(str(level).encode())
-            w.log_level = level
+            w.conn.send_bytes(str(self._log_level).encode())
+            w.log_level = self._log_level
         announce = self._setup.timeout is not None
         if w.announces != announce:
             w.conn.send_bytes(ANNOUNCE if announce else QUIET)
