@@ -11,6 +11,7 @@ from ._api import amap, imap, map
 from ._auto import advise
 from ._bench import BenchResult, BenchRow, bench
 from ._errors import BackendUnavailable, PickpoolError, TaskTimeout, WorkerCrashed
+from ._executor import Executor
 from ._outcome import Failure
 from ._results import Report, Results
 from ._star import star
@@ -20,6 +21,7 @@ __all__ = [
     "BackendUnavailable",
     "BenchResult",
     "BenchRow",
+    "Executor",
     "Failure",
     "PickpoolError",
     "Report",

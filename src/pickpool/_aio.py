@@ -13,7 +13,7 @@ from typing import Any, Literal, overload
 from ._backends import Setup
 from ._backends._asyncio import ItemRunner
 from ._driver import Block, Done, Plan, Schedule
-from ._task import Outcome
+from ._task import Outcome, run_initializer
 
 
 @overload
@@ -33,6 +33,9 @@ async def adrive(
     items: Iterable[Any], plan: Plan, setup: Setup, *, start: int = 0, blocks: bool = False
 ) -> AsyncGenerator[Done | Block, None]:
     """Like :func:`pickpool._driver.drive`, on the running loop."""
+    error = run_initializer(setup.initializer, setup.initargs)
+    if error is not None:
+        raise error
     schedule = Schedule(items, plan, start=start, blocks=blocks)
     outbox: asyncio.Queue[list[Outcome]] = asyncio.Queue()
     runner = ItemRunner(setup, outbox.put_nowait)

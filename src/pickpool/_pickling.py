@@ -48,7 +48,7 @@ def _safe_str(obj: object) -> str:
         return f"<{type(obj).__qualname__}, whose str() failed>"
 
 
-def dumps_function(fn: Callable[..., Any]) -> bytes:
+def dumps_function(fn: object) -> bytes:
     """The function as bytes for a worker process, or a ``TypeError`` that says what to do."""
     try:
         return dumps(fn)

@@ -20,9 +20,11 @@ from ._task import (
     Caller,
     Outcome,
     Task,
+    WithInit,
     failed,
     format_traceback,
     release,
+    run_initializer,
     task_indices,
 )
 
@@ -186,13 +188,19 @@ def _run(caller: Caller | None, load_error: BaseException | None, message: bytes
 
 def _load(fn_bytes: bytes) -> tuple[Caller | None, BaseException | None]:
     try:
-        return Caller(loads(fn_bytes)), None
+        fn = loads(fn_bytes)
     except BaseException as exc:
         exc.add_note(
             "pickpool: the function could not be loaded in the worker process; the module that "
             "defines it must be importable there (or define it in __main__ / a notebook)"
         )
         return None, exc
+    if isinstance(fn, WithInit):
+        error = run_initializer(fn.initializer, fn.initargs)
+        if error is not None:
+            return None, error
+        fn = fn.fn
+    return Caller(fn), None
 
 
 # How often a worker checks that its parent is still there.

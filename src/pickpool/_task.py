@@ -17,7 +17,7 @@ import operator
 import os
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from . import _inner
 
@@ -101,6 +101,36 @@ def _unwrapped(exc: BaseException) -> BaseException:
     if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         return exc.__cause__
     return exc
+
+
+class WithInit(NamedTuple):
+    """A function and the initializer each new worker runs before its first item."""
+
+    fn: Callable[[Any], Any]
+    initializer: Callable[..., object]
+    initargs: tuple[Any, ...]
+
+
+def run_initializer(
+    initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
+) -> BaseException | None:
+    """Run ``initializer(*initargs)`` in this worker; what it raised, if it did.
+
+    A worker whose initializer failed cannot run your function as you meant it: every item
+    it is given fails with that exception (and a note saying where it came from).
+    """
+    if initializer is None:
+        return None
+    try:
+        initializer(*initargs)
+    except BaseException as exc:
+        name = getattr(initializer, "__qualname__", None) or repr(initializer)
+        exc.add_note(
+            f"pickpool: raised by initializer={name} in a new worker; the items given to "
+            "that worker fail with it"
+        )
+        return exc
+    return None
 
 
 def task_indices(task: Task) -> range:

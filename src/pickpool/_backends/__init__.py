@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from .._inner import InnerThreads
 from .._task import Outcome, Task
@@ -41,6 +41,12 @@ class Setup:
     # Native thread pools (BLAS, OpenMP...) inside calls: None fits them to the cores the run's
     # calls share, an int caps them, "leave" leaves them (see pickpool._inner).
     inner_threads: InnerThreads = None
+    # Called with ``initargs`` once in each new worker thread or process before its first item
+    # (callers make the run's workers fresh: state it sets must not leak into other runs).
+    initializer: Callable[..., object] | None = None
+    initargs: tuple[Any, ...] = ()
+    # Processes: a worker runs at most this many items, then a new one takes its place.
+    max_tasks_per_child: int | None = None
 
 
 class Backend(Protocol):
@@ -69,6 +75,18 @@ class Backend(Protocol):
     def collect(self, timeout: float | None) -> list[Outcome]: ...
 
     def close(self, *, cancel: bool) -> None: ...
+
+
+@runtime_checkable
+class Wakeable(Backend, Protocol):
+    """A backend that can be fed from other threads' submissions (``pickpool.Executor``).
+
+    :meth:`wake` may be called from any thread: a :meth:`~Backend.collect` waiting in the
+    backend's own thread then returns soon, with whatever outcomes it has (maybe none). A wake
+    that comes while nothing waits makes the next ``collect`` return at once.
+    """
+
+    def wake(self) -> None: ...
 
 
 def load(model: str) -> Callable[[Setup], Backend]:

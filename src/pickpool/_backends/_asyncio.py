@@ -25,7 +25,17 @@ from typing import Any, TypeVar
 
 from .. import _inner
 from .._errors import TaskTimeout
-from .._task import BLOCK, ERROR, OK, Outcome, Task, failed, format_traceback, outcome_count
+from .._task import (
+    BLOCK,
+    ERROR,
+    OK,
+    Outcome,
+    Task,
+    failed,
+    format_traceback,
+    outcome_count,
+    run_initializer,
+)
 from . import Setup
 from ._threads import CANCEL_GRACE
 
@@ -197,6 +207,11 @@ class AsyncioBackend:
     """An :class:`ItemRunner` on a fresh event loop in a thread of its own."""
 
     def __init__(self, setup: Setup) -> None:
+        # One event loop is the one worker: its initializer runs once, here, and what it
+        # raises is raised.
+        error = run_initializer(setup.initializer, setup.initargs)
+        if error is not None:
+            raise error
         self._inner = _inner.Held(inner_limit(setup))
         self._outbox: queue.SimpleQueue[list[Outcome]] = queue.SimpleQueue()
         self._in_flight = 0
@@ -234,7 +249,7 @@ class AsyncioBackend:
         if self._in_flight == 0:
             return []
         try:
-            outcomes = self._outbox.get(timeout=timeout)
+            outcomes = list(self._outbox.get(timeout=timeout))
         except queue.Empty:
             return []
         while True:
@@ -244,6 +259,9 @@ class AsyncioBackend:
                 break
         self._in_flight -= outcome_count(outcomes)
         return outcomes
+
+    def wake(self) -> None:
+        self._outbox.put([])
 
     def close(self, *, cancel: bool) -> None:
         if self._closed:

@@ -26,7 +26,7 @@ from typing import Any
 from .. import _inner, _machine
 from .._errors import TaskTimeout, WorkerCrashed
 from .._pickling import dumps_function, dumps_task, loads, loads_outcomes
-from .._task import ERROR, Outcome, Task, format_traceback, task_indices
+from .._task import ERROR, Outcome, Task, WithInit, format_traceback, task_indices
 from . import Setup
 
 # A second chunk is queued on a busy worker so it never waits for the parent between chunks,
@@ -46,6 +46,7 @@ class _Worker:
         "log_level",
         "method",
         "process",
+        "ran",
         "started",
         "tasks",
     )
@@ -59,6 +60,7 @@ class _Worker:
         self.inner: int | None = None  # the cap on its native thread pools
         self.log_level: int | None = None  # the lowest level its records are sent back at
         self.tasks: deque[Task] = deque()
+        self.ran = 0  # items sent to it, for max_tasks_per_child
         # When the head task began running, as far as the parent can tell; None while a
         # worker that announces its starts has not announced it.
         self.started: float | None = 0.0
@@ -135,8 +137,16 @@ os.register_at_fork(after_in_child=warm.forget)
 class ProcessesBackend:
     def __init__(self, setup: Setup) -> None:
         self._setup = setup
-        # Pickled once per run (by the caller, usually), and before any process starts.
-        self._fn_bytes = setup.fn_bytes or dumps_function(setup.fn)
+        # Pickled once per run (by the caller, usually), and before any process starts. An
+        # initializer travels in the same pickle as the function: defined in __main__, both go
+        # by value, and in one pickle they share one copy of their module's globals, so what
+        # the initializer sets there is what the function reads.
+        if setup.initializer is not None:
+            self._fn_bytes = dumps_function(
+                WithInit(setup.fn, setup.initializer, tuple(setup.initargs))
+            )
+        else:
+            self._fn_bytes = setup.fn_bytes or dumps_function(setup.fn)
         self._context = multiprocessing.get_context(_machine.start_method())
         # Each worker's native thread pools (BLAS, OpenMP) get its share of the cores.
         self._inner = _inner.limit_for(setup.inner_threads, setup.workers)
@@ -148,6 +158,10 @@ class ProcessesBackend:
         self._pending: deque[tuple[Task, bytes]] = deque()
         self._ready: list[Outcome] = []
         self._closed = False
+        # wake() writes a byte here, which a waiting collect() sees among its handles.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
 
     # The driver's thread --------------------------------------------------------------------
 
@@ -159,6 +173,7 @@ class ProcessesBackend:
         outcomes, self._ready = self._ready, []
         busy = [w for w in self._workers if w.tasks]
         if outcomes or not busy:
+            self._drain_wake()
             return outcomes
         limit = self._setup.timeout
         starts = [w.started for w in busy if w.started is not None]
@@ -169,18 +184,20 @@ class ProcessesBackend:
         for w in busy:
             by_handle[w.conn] = w
             by_handle[w.process.sentinel] = w
-        ready = wait(list(by_handle), timeout)
+        ready = wait([*by_handle, self._wake_r], timeout)
         now = time.monotonic()
         lost: list[_Worker] = []
         # Results first: a worker may have sent its last result and then died.
         for handle in ready:
-            w = by_handle[handle]
-            if handle is w.conn:
+            w = by_handle.get(handle)  # type: ignore[assignment]
+            if w is not None and handle is w.conn:
                 self._receive(w, now, lost)
         for handle in ready:
-            w = by_handle[handle]
-            if handle is not w.conn and w not in lost and not w.conn.poll():
+            w = by_handle.get(handle)  # type: ignore[assignment]
+            if w is not None and handle is not w.conn and w not in lost and not w.conn.poll():
                 lost.append(w)  # exited with nothing left to read
+        if self._wake_r in ready:
+            self._drain_wake()
         for w in lost:
             self._lost(w)
         if limit is not None:
@@ -191,6 +208,15 @@ class ProcessesBackend:
         outcomes, self._ready = self._ready, []
         return outcomes
 
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (a wake is pending already) or closed
+            os.write(self._wake_w, b"w")
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_r, 4096):
+                pass
+
     def close(self, *, cancel: bool) -> None:
         if self._closed:
             return
@@ -200,7 +226,11 @@ class ProcessesBackend:
         if not cancel and not self._setup.fresh:
             idle = [w for w in workers if not w.tasks and w.process.exitcode is None]
             workers = [w for w in workers if w not in idle] + warm.give(idle)
-        _stop(workers)
+        try:
+            _stop(workers)
+        finally:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def __repr__(self) -> str:
         busy = sum(1 for w in self._workers if w.tasks)
@@ -214,7 +244,7 @@ class ProcessesBackend:
     def _dispatch(self) -> None:
         while self._pending:
             task, payload = self._pending[0]
-            w = self._pick(len(payload))
+            w = self._pick(len(task[2]), len(payload))
             if w is None:
                 return
             self._pending.popleft()
@@ -228,8 +258,17 @@ class ProcessesBackend:
             if not w.tasks and not w.announces:
                 w.started = time.monotonic()
             w.tasks.append(task)
+            w.ran += len(task[2])
 
-    def _pick(self, size: int) -> _Worker | None:
+    def _pick(self, count: int, size: int) -> _Worker | None:
+        """A worker to take a chunk of ``count`` items, ``size`` bytes; None if all are busy."""
+        cap = self._setup.max_tasks_per_child
+        if cap is not None:
+            # A worker whose next chunk would take it past its allowance is replaced as soon
+            # as it is idle (a chunk larger than the allowance still goes to a new worker).
+            for w in [w for w in self._workers if not w.tasks and w.ran and w.ran + count > cap]:
+                self._workers.remove(w)
+                _stop([w])
         idle = [w for w in self._workers if not w.tasks]
         if idle:
             return idle[0]
@@ -237,7 +276,11 @@ class ProcessesBackend:
             return self._spawn()
         if size > _SMALL:
             return None
-        queued = [w for w in self._workers if len(w.tasks) < _PIPELINE]
+        queued = [
+            w
+            for w in self._workers
+            if len(w.tasks) < _PIPELINE and (cap is None or w.ran + count <= cap)
+        ]
         return min(queued, key=lambda w: len(w.tasks)) if queued else None
 
     def _spawn(self) -> _Worker:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 
 from .. import _inner
-from .._task import Caller, Outcome, Task
+from .._task import Caller, Outcome, Task, run_initializer
 from . import Setup
 
 
@@ -17,6 +17,11 @@ class SerialBackend:
     """
 
     def __init__(self, setup: Setup) -> None:
+        # The one worker is this thread: its initializer runs here, and what it raises is
+        # raised, as a plain program's set-up would.
+        error = run_initializer(setup.initializer, setup.initargs)
+        if error is not None:
+            raise error
         self._caller = Caller(setup.fn)
         self._queue: deque[Task] = deque()
         # One call at a time may use every core: native pools are capped only when asked to,
@@ -33,6 +38,9 @@ class SerialBackend:
             return []
         _inner.caps.refresh()
         return self._caller.run(self._queue.popleft())
+
+    def wake(self) -> None:
+        """Nothing to do: collect() never waits."""
 
     def close(self, *, cancel: bool) -> None:
         self._queue.clear()

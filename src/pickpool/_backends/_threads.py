@@ -24,8 +24,10 @@ from .._task import (
     Caller,
     Outcome,
     Task,
+    failed,
     format_traceback,
     outcome_count,
+    run_initializer,
     task_indices,
 )
 from . import Setup
@@ -292,6 +294,10 @@ class Limiter:
         return self.limit != before
 
 
+# Put in the outbox by wake(): makes a waiting collect() return, and is no task's outcome.
+_WAKE: list[Outcome] = []
+
+
 class ThreadsBackend:
     def __init__(self, setup: Setup) -> None:
         self._setup = setup
@@ -341,18 +347,19 @@ class ThreadsBackend:
             return []
         limit = self._setup.timeout
         wait = timeout if limit is None else _min(timeout, self._next_deadline(limit))
+        outcomes: list[Outcome] = []
         try:
-            outcomes = self._outbox.get(timeout=wait)
+            batch: list[Outcome] | None = self._outbox.get(timeout=wait)
         except queue.Empty:
-            outcomes = []
-        else:
-            self._in_flight -= 1
-            while True:
-                try:
-                    outcomes += self._outbox.get_nowait()
-                except queue.Empty:
-                    break
+            batch = None
+        while batch is not None:
+            if batch is not _WAKE:
                 self._in_flight -= 1
+                outcomes += batch
+            try:
+                batch = self._outbox.get_nowait()
+            except queue.Empty:
+                batch = None
         if limit is not None:
             outcomes += self._abandon_overdue(limit)
         moved, limit = False, self._limit
@@ -369,6 +376,9 @@ class ThreadsBackend:
             while len(self._threads) < min(self._limit, self._in_flight):
                 self._start_thread()
         return outcomes
+
+    def wake(self) -> None:
+        self._outbox.put(_WAKE)
 
     def _limit_by_latency(self) -> bool:
         assert self.limiter is not None
@@ -463,6 +473,7 @@ class ThreadsBackend:
     def _work(self, slot: _Slot) -> bool:
         """Run tasks until told to stop; True if this thread may serve another run."""
         caller = Caller(self._setup.fn)
+        init_error = run_initializer(self._setup.initializer, self._setup.initargs)
         try:
             while True:
                 self._enter()
@@ -475,7 +486,10 @@ class ThreadsBackend:
                 _inner.caps.refresh()  # pools that the last task's imports loaded
                 began = time.monotonic()
                 try:
-                    outcomes = caller.run(task)
+                    if init_error is not None:
+                        outcomes = [failed(i, init_error) for i in task_indices(task)]
+                    else:
+                        outcomes = caller.run(task)
                 except BaseException as exc:  # KeyboardInterrupt raised inside this thread
                     outcomes = [(i, FATAL, exc, format_traceback(exc)) for i in task_indices(task)]
                 if self.limiter is not None:
@@ -489,6 +503,9 @@ class ThreadsBackend:
                     slot.task = None
                 self._leave()
                 self._outbox.put(outcomes)
+                # Nothing of the task or its results stays referenced while this thread waits
+                # for the next one (the caller may be waiting for them to be collected).
+                del task, outcomes
         finally:
             caller.close()
             _inner.caps.leave_thread()
