@@ -7,7 +7,7 @@ why; ``model="auto"`` (the default) does that on the first items and runs the re
 """
 
 from ._advise import Advice
-from ._api import amap, imap, map
+from ._api import aimap, amap, imap, map, starmap
 from ._auto import advise
 from ._bench import BenchResult, BenchRow, bench
 from ._errors import BackendUnavailable, PickpoolError, TaskTimeout, WorkerCrashed
@@ -29,11 +29,13 @@ __all__ = [
     "TaskTimeout",
     "WorkerCrashed",
     "advise",
+    "aimap",
     "amap",
     "bench",
     "imap",
     "map",
     "star",
+    "starmap",
 ]
 
 __version__ = "0.1.0.dev0"

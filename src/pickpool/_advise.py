@@ -519,7 +519,10 @@ class _Model:
                 # Large chunks are not queued behind a busy worker: parent and workers
                 # partly take turns.
                 per += 0.5 * min(parent, worker / k)
-            fixed = server + k * (start_each + WORKER_STOP)
+            # The function is pickled once and sent down each worker's pipe, where it is
+            # loaded: what it closes over (a 60 MB table) is paid per worker, not per item.
+            ship = ev.fn_pickle + k * ev.fn_bytes * PIPE_BYTE + LOADS_PER_DUMPS * ev.fn_pickle
+            fixed = server + k * (start_each + WORKER_STOP) + ship
             seconds = fixed + self.n * per + 0.5 * ch * wall
             best = _better(best, Option(model, k, ch, seconds, per, view.inner))
         assert best is not None

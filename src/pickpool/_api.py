@@ -5,7 +5,15 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+)
 from typing import Any, Literal, TypeVar, overload
 
 from . import _backends
@@ -18,6 +26,7 @@ from ._outcome import Failure
 from ._probe import Wishes
 from ._progress import bar, wants_progress
 from ._results import Report, Results
+from ._star import star
 from ._task import OK, is_async_callable, release
 
 T = TypeVar("T")
@@ -69,15 +78,51 @@ class _Run:
         client: object = None,
         fresh_workers: object = False,
         inner_threads: object = None,
+        more_items: tuple[Any, ...] = (),
+        initializer: object = None,
+        initargs: object = (),
+        max_tasks_per_child: object = None,
     ) -> None:
         check_fn(fn)
-        try:
-            self.source: Iterator[Any] = iter(items)
-        except TypeError:
-            raise TypeError(
-                f"items must be an iterable (a list, a generator...), not {type(items).__name__}"
-            ) from None
+        self._fn_name = getattr(fn, "__name__", "fn")
+        for which, iterable in enumerate((items, *more_items)):
+            try:
+                iterator = iter(iterable)
+            except TypeError:
+                what = "items" if not which else f"iterable {which + 1}"
+                raise TypeError(
+                    f"{what} must be an iterable (a list, a generator...), not "
+                    f"{type(iterable).__name__}"
+                ) from None
+            if not which:
+                self.source: Iterator[Any] = iterator
         self.length = length_hint(items)
+        if more_items:
+            # Several iterables, as builtins.map takes them: zipped (to the shortest), and
+            # each tuple unpacked into fn's arguments.
+            lengths = [self.length, *(length_hint(m) for m in more_items)]
+            self.length = None if None in lengths else min(n for n in lengths if n is not None)
+            self.source = zip(self.source, *more_items, strict=False)
+            fn = star(fn)
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
+        if not isinstance(initargs, tuple | list):
+            raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+        tasks_cap = positive_int("max_tasks_per_child", max_tasks_per_child)
+        if tasks_cap is not None and model not in ("processes", "auto"):
+            raise ValueError(
+                f"max_tasks_per_child is for worker processes, not model={model!r}: use "
+                "model='processes' (or 'auto', where it applies if auto chooses processes)"
+            )
+        if initializer is not None or tasks_cap is not None:
+            # State an initializer leaves, or a worker's count of items, belongs to this run:
+            # its workers are new, and are not kept for the next.
+            fresh_workers = True
+        worker_setup: dict[str, Any] = {
+            "initializer": initializer,
+            "initargs": tuple(initargs),
+            "max_tasks_per_child": tasks_cap,
+        }
         self.is_async = is_async_callable(fn)
         name = _check_model(model)
         self.auto: AutoRun | None = None
@@ -133,6 +178,7 @@ class _Run:
                     ordered=self.plan.ordered,
                     fresh_workers=fresh_workers,
                     inner_threads=inner,
+                    **worker_setup,
                 ),
             )
         self.on_error = on_error
@@ -146,8 +192,8 @@ class _Run:
             client=client,
             fresh=fresh_workers,
             inner_threads=inner,
+            **worker_setup,
         )
-        self._fn_name = getattr(fn, "__name__", "fn")
         self.description = f"{self._fn_name} [{name}]"
         self.report = Report(
             name,
@@ -259,9 +305,11 @@ class _Run:
 # Failure where an item failed.
 @overload
 def map(
-    fn: Callable[[Any], Any],
+    fn: Callable[..., Any],
     items: Iterable[Any],
-    *,
+    more: Iterable[Any],
+    /,
+    *more_items: Iterable[Any],
     model: Model = ...,
     workers: int | None = ...,
     max_concurrency: int | None = ...,
@@ -275,6 +323,32 @@ def map(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    max_tasks_per_child: int | None = ...,
+    report: Literal[False] = ...,
+) -> list[Any]: ...
+@overload
+def map(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    *more_items: Iterable[Any],
+    model: Model = ...,
+    workers: int | None = ...,
+    max_concurrency: int | None = ...,
+    chunksize: int | None = ...,
+    ordered: bool = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    backoff: float = ...,
+    on_error: OnError = ...,
+    progress: Progress = ...,
+    client: Any = ...,
+    fresh_workers: bool = ...,
+    inner_threads: InnerThreads = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    max_tasks_per_child: int | None = ...,
     report: Literal[True],
 ) -> tuple[list[Any], Report]: ...
 @overload
@@ -295,6 +369,9 @@ def map(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    max_tasks_per_child: int | None = ...,
     report: Literal[False] = ...,
 ) -> list[R]: ...
 @overload
@@ -315,6 +392,9 @@ def map(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    max_tasks_per_child: int | None = ...,
     report: Literal[False] = ...,
 ) -> list[R | Failure]: ...
 @overload
@@ -335,6 +415,9 @@ def map(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    max_tasks_per_child: int | None = ...,
     report: Literal[False] = ...,
 ) -> list[R]: ...
 @overload
@@ -355,12 +438,15 @@ def map(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    max_tasks_per_child: int | None = ...,
     report: Literal[False] = ...,
 ) -> list[R | Failure]: ...
 def map(
     fn: Callable[[Any], Any],
     items: Iterable[Any],
-    *,
+    *more_items: Iterable[Any],
     model: Model = "auto",
     workers: int | None = None,
     max_concurrency: int | None = None,
@@ -374,6 +460,9 @@ def map(
     client: Any = None,
     fresh_workers: bool = False,
     inner_threads: InnerThreads = None,
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[Any, ...] = (),
+    max_tasks_per_child: int | None = None,
     report: bool = False,
 ) -> list[Any] | tuple[list[Any], Report]:
     """Call ``fn`` on every item, concurrently, and return the results as a list.
@@ -468,6 +557,10 @@ def map(
         client=client,
         fresh_workers=fresh_workers,
         inner_threads=inner_threads,
+        more_items=more_items,
+        initializer=initializer,
+        initargs=initargs,
+        max_tasks_per_child=max_tasks_per_child,
     )
     results = run.collect()
     return (results, run.report) if report is True else results
@@ -491,6 +584,9 @@ def imap(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    max_tasks_per_child: int | None = ...,
 ) -> Results[R]: ...
 @overload
 def imap(
@@ -510,6 +606,9 @@ def imap(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    max_tasks_per_child: int | None = ...,
 ) -> Results[R | Failure]: ...
 @overload
 def imap(
@@ -529,6 +628,9 @@ def imap(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    max_tasks_per_child: int | None = ...,
 ) -> Results[R]: ...
 @overload
 def imap(
@@ -548,11 +650,38 @@ def imap(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    max_tasks_per_child: int | None = ...,
 ) -> Results[R | Failure]: ...
+@overload
+def imap(
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    more: Iterable[Any],
+    /,
+    *more_items: Iterable[Any],
+    model: Model = ...,
+    workers: int | None = ...,
+    max_concurrency: int | None = ...,
+    chunksize: int | None = ...,
+    ordered: bool = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    backoff: float = ...,
+    on_error: OnError = ...,
+    progress: Progress = ...,
+    client: Any = ...,
+    fresh_workers: bool = ...,
+    inner_threads: InnerThreads = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    max_tasks_per_child: int | None = ...,
+) -> Results[Any]: ...
 def imap(
     fn: Callable[[Any], Any],
     items: Iterable[Any],
-    *,
+    *more_items: Iterable[Any],
     model: Model = "auto",
     workers: int | None = None,
     max_concurrency: int | None = None,
@@ -566,6 +695,9 @@ def imap(
     client: Any = None,
     fresh_workers: bool = False,
     inner_threads: InnerThreads = None,
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[Any, ...] = (),
+    max_tasks_per_child: int | None = None,
 ) -> Results[Any]:
     """Like :func:`map`, but a lazy iterator: results come as they are ready, memory stays flat.
 
@@ -604,6 +736,10 @@ def imap(
         client=client,
         fresh_workers=fresh_workers,
         inner_threads=inner_threads,
+        more_items=more_items,
+        initializer=initializer,
+        initargs=initargs,
+        max_tasks_per_child=max_tasks_per_child,
     )
     return Results(run.iterate(), run.report)
 
@@ -626,6 +762,9 @@ async def amap(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    max_tasks_per_child: int | None = ...,
 ) -> list[R]: ...
 @overload
 async def amap(
@@ -645,6 +784,9 @@ async def amap(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    max_tasks_per_child: int | None = ...,
 ) -> list[R | Failure]: ...
 @overload
 async def amap(
@@ -664,6 +806,9 @@ async def amap(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    max_tasks_per_child: int | None = ...,
 ) -> list[R]: ...
 @overload
 async def amap(
@@ -683,11 +828,38 @@ async def amap(
     client: Any = ...,
     fresh_workers: bool = ...,
     inner_threads: InnerThreads = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    max_tasks_per_child: int | None = ...,
 ) -> list[R | Failure]: ...
+@overload
+async def amap(
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    more: Iterable[Any],
+    /,
+    *more_items: Iterable[Any],
+    model: Model = ...,
+    workers: int | None = ...,
+    max_concurrency: int | None = ...,
+    chunksize: int | None = ...,
+    ordered: bool = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    backoff: float = ...,
+    on_error: OnError = ...,
+    progress: Progress = ...,
+    client: Any = ...,
+    fresh_workers: bool = ...,
+    inner_threads: InnerThreads = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    max_tasks_per_child: int | None = ...,
+) -> list[Any]: ...
 async def amap(
     fn: Callable[[Any], Any],
     items: Iterable[Any],
-    *,
+    *more_items: Iterable[Any],
     model: Model = "auto",
     workers: int | None = None,
     max_concurrency: int | None = None,
@@ -701,6 +873,9 @@ async def amap(
     client: Any = None,
     fresh_workers: bool = False,
     inner_threads: InnerThreads = None,
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[Any, ...] = (),
+    max_tasks_per_child: int | None = None,
 ) -> list[Any]:
     """:func:`map` for callers already inside an event loop: ``await pickpool.amap(f, xs)``.
 
@@ -730,6 +905,10 @@ async def amap(
         client=client,
         fresh_workers=fresh_workers,
         inner_threads=inner_threads,
+        more_items=more_items,
+        initializer=initializer,
+        initargs=initargs,
+        max_tasks_per_child=max_tasks_per_child,
     )
     if run.runs_on_caller_loop:
         results = run.aiterate()
@@ -739,3 +918,125 @@ async def amap(
             await results.aclose()
     result: list[Any] = await in_thread(run.collect)
     return result
+
+
+def starmap(fn: Callable[..., R], items: Iterable[Iterable[Any]], **options: Any) -> list[R]:
+    """:func:`map` with each item unpacked into ``fn``'s arguments, as ``itertools.starmap``.
+
+    Takes the same options as :func:`map`.
+
+    Example::
+
+        >>> import pickpool
+        >>> pickpool.starmap(pow, [(2, 3), (10, 2)], model="threads")
+        [8, 100]
+    """
+    check_fn(fn)
+    results: list[R] = map(star(fn), items, **options)
+    return results
+
+
+# aimap under a model that does not run on the caller's loop: blocks of results a helper
+# thread may hand over before the consumer takes them.
+AIMAP_AHEAD = 4
+
+
+async def aimap(
+    fn: Callable[..., Any], items: Iterable[Any], *more_items: Iterable[Any], **options: Any
+) -> AsyncIterator[Any]:
+    """:func:`imap` for callers inside an event loop: ``async for r in pickpool.aimap(f, xs)``.
+
+    Results come as they are ready, in order unless ``ordered=False``; the input is read a
+    window at a time. Takes the same options as :func:`map` (``report`` aside). Under
+    ``model="asyncio"`` the items run as tasks of the caller's loop; other models run in a
+    helper thread while the loop stays free. Leaving the loop (``break``, an exception, the
+    task cancelled) stops the run and its workers.
+
+    Example::
+
+        async def main():
+            async for page in pickpool.aimap(fetch, urls, model="asyncio"):
+                print(len(page))
+    """
+    if "report" in options:
+        raise TypeError("aimap() takes no report=: its runs are read as they go")
+    run = _Run(fn, items, more_items=more_items, **_run_options(options))
+    if run.runs_on_caller_loop:
+        results = run.aiterate()
+        try:
+            async for value in results:
+                yield value
+        finally:
+            await results.aclose()
+        return
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[list[Any]] = asyncio.Queue()
+    room = threading.Semaphore(AIMAP_AHEAD)
+
+    def produce(cancel: threading.Event) -> None:
+        dones = run.dones(cancel)
+        try:
+            with run._bar() as advance:
+                for done in dones:
+                    values = run._results(done, advance)
+                    # Wait for the consumer to take earlier blocks (the run stops if asked).
+                    while not room.acquire(timeout=0.05):
+                        if cancel.is_set():
+                            return
+                    loop.call_soon_threadsafe(queue.put_nowait, values)
+        finally:
+            dones.close()
+
+    producer = asyncio.ensure_future(in_thread(produce))
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, producer}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                # The run ended: what it handed over went into the queue before it did.
+                getter.cancel()
+                while not queue.empty():
+                    for value in queue.get_nowait():
+                        yield value
+                producer.result()  # raises what the run raised
+                return
+            room.release()
+            for value in getter.result():
+                yield value
+    finally:
+        if not producer.done():
+            producer.cancel()
+            with contextlib.suppress(BaseException):
+                await producer
+
+
+def _run_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the defaults :func:`map` has, for :class:`_Run`."""
+    defaults: dict[str, Any] = {
+        "model": "auto",
+        "workers": None,
+        "chunksize": None,
+        "ordered": True,
+        "timeout": None,
+        "retries": 0,
+        "backoff": DEFAULT_BACKOFF,
+        "on_error": "raise",
+        "progress": False,
+    }
+    unknown = set(options) - set(defaults) - _RUN_EXTRAS
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
+    return defaults | options
+
+
+_RUN_EXTRAS = {
+    "max_concurrency",
+    "client",
+    "fresh_workers",
+    "inner_threads",
+    "initializer",
+    "initargs",
+    "max_tasks_per_child",
+}

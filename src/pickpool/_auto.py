@@ -183,6 +183,7 @@ class AutoRun:
             latency=latency,
             fresh=wishes.fresh_workers,
             inner_threads=wishes.inner_threads,
+            **wishes.workers_setup(),
         )
         return plan, setup, pilot.source, pilot.taken
 

@@ -217,6 +217,10 @@ class Evidence:
     # Calls that wait, run n at once, doubling, while latency held: (n, median latency, share
     # that failed) per round; the last one is where latency grew or calls failed, if they did.
     ramp: tuple[tuple[int, float, float], ...] = ()
+    # The function pickled for worker processes, once per run and sent once to each worker:
+    # its size, and the seconds its pickling took (what it closes over counts: a big table).
+    fn_bytes: int = 0
+    fn_pickle: float = 0.0
 
     @property
     def cpu_share(self) -> float:
@@ -248,6 +252,17 @@ class Wishes:
     inner_threads: InnerThreads = None
     backoff: float = 0.0
     max_concurrency: int | None = None
+    initializer: Callable[..., object] | None = None
+    initargs: tuple[Any, ...] = ()
+    max_tasks_per_child: int | None = None
+
+    def workers_setup(self) -> dict[str, Any]:
+        """What each new worker is set up with, for every :class:`Setup` of the run."""
+        return {
+            "initializer": self.initializer,
+            "initargs": self.initargs,
+            "max_tasks_per_child": self.max_tasks_per_child,
+        }
 
     def plan(
         self,
@@ -320,6 +335,9 @@ class _Gate:
 
 # Pickling is measured on this many results (and their items), the first ones that succeed.
 _PICKLE_SAMPLES = 5
+# Seconds per byte of a function already pickled (by an earlier probe of the same run),
+# as cloudpickle measured here on large closures: ~2 ns a byte.
+FN_PICKLE_PER_BYTE = 2e-9
 _HANDOFF = 5e-6  # seconds to hand a call to a thread and take its result back, at least
 # Small items are timed again together, as chunks travel: a separate dumps() of a small int
 # costs more than its share of a chunk's, and sub-microsecond timings are mostly noise.
@@ -472,6 +490,7 @@ class Pilot:
                     self.wishes.timeout,
                     fresh=self.wishes.fresh_workers,
                     inner_threads=self.wishes.inner_threads,
+                    **self.wishes.workers_setup(),
                 ),
                 _Gate(self, lambda start=start, n=n: self.taken - start < n),  # type: ignore[misc]
                 start,
@@ -525,6 +544,8 @@ class Pilot:
             self.is_async,
             self.wishes.timeout,
             inner_threads=1 if capped else self.wishes.inner_threads,
+            fresh=self.wishes.fresh_workers,
+            **self.wishes.workers_setup(),
         )
         cap = self._item_cap()
         typical: list[tuple[float, float]] = []  # the last estimate, redone as calls add up
@@ -657,6 +678,7 @@ class Pilot:
                 True,
                 self.wishes.timeout,
                 fresh=self.wishes.fresh_workers,
+                **self.wishes.workers_setup(),
             )
             limit = k
         else:
@@ -684,6 +706,7 @@ class Pilot:
                 self.wishes.timeout,
                 fresh=self.wishes.fresh_workers,
                 inner_threads=self.wishes.inner_threads,
+                **self.wishes.workers_setup(),
             )
             limit = n * per_thread
         start = self.taken
@@ -745,11 +768,16 @@ class Pilot:
     def _evidence(self) -> Evidence:
         from ._pickling import dumps_function
 
+        fn_pickle = 0.0
         if self._unpicklable is None and self.fn_bytes is None:
+            began = time.perf_counter()
             try:
                 self.fn_bytes = dumps_function(self.fn)
             except TypeError as exc:
                 self._unpicklable = str(exc)
+            fn_pickle = time.perf_counter() - began
+        elif self.fn_bytes is not None:
+            fn_pickle = len(self.fn_bytes) * FN_PICKLE_PER_BYTE  # pickled by an earlier probe
         wall, cpu = _typical(self._alone) if self._alone else (0.0, 0.0)
         if self._rounds and self._rounds[0][1] < wall:
             # Two at once, with nothing else in flight, time a waiting call as well as one
@@ -781,6 +809,8 @@ class Pilot:
             result_bytes=int(statistics.median(p[2] for p in pickled)),
             result_pickle=result_pickle,
             unpicklable=self._unpicklable,
+            fn_bytes=len(self.fn_bytes or b""),
+            fn_pickle=fn_pickle,
             length=self.length,
             seconds=time.perf_counter() - self._began,
             process_cpu=_typical_process_cpu(self._alone) if self._alone else None,

@@ -1,0 +1,292 @@
+"""Drop-ins: ``pickpool.Executor``, the builtins' call shapes, and per-worker state."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import functools
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+import pytest
+
+import pickpool
+from pickpool._executor import PROCESS_WORTH
+
+pytestmark = pytest.mark.timeout(120)
+
+# What an initializer sets, and the function reads, in each worker.
+STATE: dict[str, Any] = {}
+
+
+def remember(value: object) -> None:
+    STATE["value"] = value
+
+
+def recall(x: int) -> tuple[int, object]:
+    return x, STATE.get("value")
+
+
+def refuse(*_: object) -> None:
+    raise ValueError("no database here")
+
+
+def pid_of(_: object) -> int:
+    return os.getpid()
+
+
+def crash_on(x: int) -> int:
+    if x == 3:
+        os._exit(3)
+    return x
+
+
+def hang_on_two(x: int) -> int:
+    if x == 2:
+        time.sleep(60)
+    return x
+
+
+def spin(seconds: float) -> int:
+    """Pure-Python work for about ``seconds``: it holds the GIL."""
+    end, n = time.thread_time() + seconds, 0
+    while time.thread_time() < end:
+        n += 1
+    return n
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def scaled(x: int, *, factor: int = 1, offset: int = 0) -> int:
+    return x * factor + offset
+
+
+async def aadd(x: int, y: int) -> int:
+    await asyncio.sleep(0)
+    return x + y
+
+
+# Executor --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["serial", "threads", "processes", "asyncio", "auto"])
+def test_executor_runs_the_same_calls_on_every_model(model: str) -> None:
+    with pickpool.Executor(model, 2) as ex:
+        assert ex.submit(pow, 2, 8).result() == 256
+        assert ex.submit(scaled, 3, factor=2, offset=1).result() == 7
+        assert list(ex.map(pow, range(6), range(6), chunksize=4)) == [i**i for i in range(6)]
+        with pytest.raises(ZeroDivisionError):
+            ex.submit(divmod, 1, 0).result()
+        assert ex.submit(aadd, 1, 2).result() == 3  # a coroutine is run to its end
+
+
+def test_executor_sends_lambdas_to_processes() -> None:
+    with pickpool.Executor("processes", 2) as ex:
+        offset = 10
+        assert ex.submit(lambda x: x + offset, 1).result() == 11
+
+
+def test_a_crash_fails_only_its_future_and_the_executor_goes_on() -> None:
+    with pickpool.Executor("processes", 2) as ex:
+        futures = [ex.submit(crash_on, x) for x in range(6)]
+        crashed = futures[3].exception()
+        assert isinstance(crashed, pickpool.WorkerCrashed)
+        assert "the call" in str(crashed) and "item" not in str(crashed)
+        assert [f.result() for i, f in enumerate(futures) if i != 3] == [0, 1, 2, 4, 5]
+        assert ex.submit(pow, 3, 2).result() == 9
+
+
+def test_a_timeout_kills_only_the_stuck_worker() -> None:
+    with pickpool.Executor("processes", 2, timeout=0.5) as ex:
+        futures = [ex.submit(hang_on_two, x) for x in range(5)]
+        assert isinstance(futures[2].exception(), pickpool.TaskTimeout)
+        assert [f.result() for i, f in enumerate(futures) if i != 2] == [0, 1, 3, 4]
+
+
+def test_run_in_executor_and_as_completed() -> None:
+    async def main(ex: pickpool.Executor) -> list[int]:
+        loop = asyncio.get_running_loop()
+        return list(await asyncio.gather(*(loop.run_in_executor(ex, pow, i, 2) for i in range(5))))
+
+    with pickpool.Executor("threads", 3) as ex:
+        assert asyncio.run(main(ex)) == [0, 1, 4, 9, 16]
+        done = {f.result() for f in cf.as_completed([ex.submit(nap, 0.01) for _ in range(4)])}
+        assert done == {0.01}
+
+
+def test_auto_routes_each_function_by_its_first_call(caplog: pytest.LogCaptureFixture) -> None:
+    # A fetch-like wait goes to threads, a pure-Python computation to processes: one
+    # executor, two models, and the decision in the log and in .routes.
+    seconds = max(0.05, 10 * PROCESS_WORTH)
+    with caplog.at_level(logging.INFO, logger="pickpool"), pickpool.Executor() as ex:
+        waits = [ex.submit(nap, 0.05) for _ in range(4)]
+        computes = [ex.submit(spin, seconds) for _ in range(4)]
+        assert [f.result() for f in waits] == [0.05] * 4
+        assert all(f.result() > 0 for f in computes)
+        routes = ex.routes
+    assert routes[f"{__name__}.nap"] == "threads"
+    expected = "processes" if os.cpu_count() and pickpool._machine.cores() > 1 else "threads"
+    assert routes[f"{__name__}.spin"] == expected
+    assert any("auto routes" in r.getMessage() and "spin" in r.getMessage() for r in caplog.records)
+
+
+def test_shutdown_cancels_what_has_not_started() -> None:
+    ex = pickpool.Executor("threads", 1)
+    futures = [ex.submit(nap, 0.05) for _ in range(10)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert futures[0].result() == 0.05
+    assert sum(f.cancelled() for f in futures) >= 8
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(pow, 1, 1)
+
+
+@pytest.mark.parametrize("model", ["threads", "processes", "serial"])
+def test_executor_initializer_sets_state_each_call_sees(model: str) -> None:
+    with pickpool.Executor(model, 2, initializer=remember, initargs=("db",)) as ex:
+        assert [f.result() for f in [ex.submit(recall, i) for i in range(4)]] == [
+            (i, "db") for i in range(4)
+        ]
+
+
+def test_executor_initializer_that_raises_fails_the_calls() -> None:
+    with pickpool.Executor("processes", 1, initializer=refuse) as ex:
+        error = ex.submit(pow, 2, 2).exception()
+    assert isinstance(error, ValueError) and "no database" in str(error)
+
+
+def test_max_tasks_per_child_replaces_workers() -> None:
+    with pickpool.Executor("processes", 1, max_tasks_per_child=2) as ex:
+        pids = [ex.submit(pid_of, i).result() for i in range(6)]
+    assert len(set(pids)) == 3
+    with pytest.raises(ValueError, match="worker processes"):
+        pickpool.Executor("threads", max_tasks_per_child=2)
+
+
+def test_bad_executor_options_say_what_to_do() -> None:
+    with pytest.raises(ValueError, match="greater than 0"):
+        pickpool.Executor("threads", 0)
+    with pytest.raises(ValueError, match="distributed.Client"):
+        pickpool.Executor("dask")
+    with pytest.raises(TypeError, match="initializer"):
+        pickpool.Executor("threads", initializer=3)  # type: ignore[arg-type]
+
+
+# The builtins' call shapes ---------------------------------------------------------------------
+
+
+def test_map_zips_several_iterables_like_the_builtin(model: str) -> None:
+    xs, ys = [1, 2, 3, 4], (10, 20, 30)
+    assert pickpool.map(pow, xs, ys, model=model) == list(map(pow, xs, ys))
+    assert list(pickpool.imap(pow, xs, ys, model=model)) == list(map(pow, xs, ys))
+    assert asyncio.run(pickpool.amap(pow, xs, ys, model=model)) == list(map(pow, xs, ys))
+    assert pickpool.map(aadd, xs, ys, model=model) == [11, 22, 33]
+
+
+def test_starmap_and_partial_keywords(model: str) -> None:
+    pairs = [(2, 3), (3, 2), (10, 0)]
+    assert pickpool.starmap(pow, pairs, model=model) == [8, 9, 1]
+    with_keywords = functools.partial(scaled, factor=3, offset=1)
+    assert pickpool.map(with_keywords, range(4), model=model) == [1, 4, 7, 10]
+
+
+def test_a_failure_of_several_iterables_names_the_tuple() -> None:
+    results = pickpool.map(divmod, [1, 2], [1, 0], model="threads", on_error="collect")
+    assert results[0] == (1, 0)
+    assert isinstance(results[1], pickpool.Failure) and results[1].item == (2, 0)
+
+
+def test_a_non_iterable_second_argument_says_which() -> None:
+    with pytest.raises(TypeError, match="iterable 2"):
+        pickpool.map(pow, [1], 5, model="serial")  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("model", ["asyncio", "threads", "processes"])
+def test_aimap_yields_results_as_they_come(model: str) -> None:
+    async def main() -> list[int]:
+        return [r async for r in pickpool.aimap(pow, range(50), [2] * 50, model=model)]
+
+    assert asyncio.run(main()) == [i**2 for i in range(50)]
+
+
+def test_aimap_stops_the_run_when_the_loop_breaks() -> None:
+    async def main() -> list[int]:
+        taken = []
+        results = pickpool.aimap(nap, [0.01] * 1000, model="threads", workers=4)
+        async for r in results:
+            taken.append(r)
+            if len(taken) == 3:
+                break
+        await results.aclose()  # type: ignore[attr-defined]
+        return taken
+
+    started = time.monotonic()
+    assert asyncio.run(main()) == [0.01] * 3
+    assert time.monotonic() - started < 5  # not the 2.5 s the whole input would take, and more
+
+
+# Per-worker state in map -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["serial", "threads", "processes", "asyncio", "auto"])
+def test_map_initializer_sets_what_the_function_sees(model: str) -> None:
+    got = pickpool.map(recall, range(20), model=model, initializer=remember, initargs=(7,))
+    assert got == [(i, 7) for i in range(20)]
+
+
+def test_map_initializer_and_function_from_main_share_their_globals(tmp_path: Any) -> None:
+    # Both defined in __main__ travel by value; in one pickle they share one copy of the
+    # module's globals, so the table the initializer loads is the one the function reads.
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import pickpool
+
+            TABLE = {}
+
+            def load(n):
+                TABLE.update({i: i * i for i in range(n)})
+
+            def look(x):
+                return TABLE[x]
+
+            if __name__ == "__main__":
+                print(pickpool.map(look, range(5), model="processes", workers=2,
+                                   initializer=load, initargs=(10,)))
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[0, 1, 4, 9, 16]"
+
+
+def test_map_max_tasks_per_child() -> None:
+    pids = pickpool.map(pid_of, range(8), model="processes", workers=1, max_tasks_per_child=2)
+    assert len(set(pids)) == 4
+    with pytest.raises(ValueError, match="worker processes"):
+        pickpool.map(pid_of, range(2), model="threads", max_tasks_per_child=2)
+
+
+def _closure_over(table: bytes) -> Any:
+    def look(i: int) -> int:
+        return table[i % len(table)]
+
+    return look
+
+
+def test_the_probe_counts_what_the_function_carries() -> None:
+    # Shipped once to each worker process, a closure's data is a cost per worker, not per item.
+    small = pickpool.advise(_closure_over(b"x" * 100), range(200), budget=0.2).evidence
+    big = pickpool.advise(_closure_over(b"x" * 20_000_000), range(200), budget=0.2).evidence
+    assert big.fn_bytes > 20_000_000 > small.fn_bytes
+    assert big.fn_pickle > small.fn_pickle
