@@ -60,7 +60,7 @@ class ChildInterpreterShutdown:
     model: str
 
     def test_interpreter_shutdown(self) -> None:
-        rc, out, err = assert_python_ok(
+        _rc, out, err = assert_python_ok(
             "-c",
             f"""if 1:
             import pickpool
@@ -74,7 +74,7 @@ class ChildInterpreterShutdown:
         assert out.strip() == b"apple"
 
     def test_submit_after_interpreter_shutdown(self) -> None:
-        rc, out, err = assert_python_ok(
+        _rc, out, err = assert_python_ok(
             "-c",
             f"""if 1:
             import atexit
@@ -95,7 +95,7 @@ class ChildInterpreterShutdown:
         assert out.strip() == b"runtime-error"
 
     def test_hang_gh83386(self) -> None:
-        rc, out, err = assert_python_ok(
+        _rc, out, err = assert_python_ok(
             "-c",
             f"""if True:
             import pickpool
