@@ -20,6 +20,7 @@ def test_all_is_exactly_the_public_api() -> None:
             "BackendUnavailable",
             "BenchResult",
             "BenchRow",
+            "Executor",
             "Failure",
             "PickpoolError",
             "Report",
@@ -27,11 +28,13 @@ def test_all_is_exactly_the_public_api() -> None:
             "TaskTimeout",
             "WorkerCrashed",
             "advise",
+            "aimap",
             "amap",
             "bench",
             "imap",
             "map",
             "star",
+            "starmap",
         ]
     )
     for name in pickpool.__all__:

@@ -19,7 +19,6 @@ threads otherwise. ``Executor.routes`` and the ``pickpool`` logger show each dec
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
 import inspect
@@ -83,6 +82,8 @@ def _run_call(call: _Call) -> Any:
 def _resolved(result: Any) -> Any:
     """An ``async def`` function's coroutine is run to its end: nothing else would await it."""
     if inspect.isawaitable(result):
+        import asyncio  # here: `import pickpool` stays light
+
         return asyncio.run(_awaited(result))
     return result
 
