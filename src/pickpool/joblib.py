@@ -1,0 +1,339 @@
+"""A joblib parallel backend on :class:`pickpool.Executor`, for joblib and scikit-learn code.
+
+Importing this module registers a backend named ``"pickpool"``; code written for joblib, and
+scikit-learn's ``n_jobs``, then run on pickpool's workers unchanged::
+
+    import joblib
+    import pickpool.joblib  # registers the backend
+
+    with joblib.parallel_config(backend="pickpool", timeout=600):
+        scores = cross_val_score(model, X, y, cv=5, n_jobs=4)
+
+By default the tasks run on worker processes (as joblib's own default, loky, runs them), with
+what pickpool adds to them: a worker that dies (a segfault, ``os._exit``, the OOM killer) fails
+only the batch it was running, with :class:`~pickpool.WorkerCrashed`, rather than breaking the
+whole pool, and with ``timeout=`` a stuck task fails with :class:`~pickpool.TaskTimeout` and
+only its worker is killed. Functions travel with cloudpickle: lambdas and functions of
+``__main__`` work.
+
+``n_jobs`` means what it means to joblib: ``-1`` is every usable core (CPU affinity and a
+container's CPU quota honoured), ``-2`` all but one, and an unset ``n_jobs`` (``None``) is 1,
+which joblib runs in the calling thread (``joblib.parallel_backend`` sets -1 unless told).
+
+joblib is an optional dependency: ``pip install joblib`` (or ``pip install 'pickpool[joblib]'``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, Final
+
+try:
+    import joblib  # type: ignore[import-untyped]
+    from joblib.parallel import (  # type: ignore[import-untyped]
+        AutoBatchingMixin,
+        FallbackToBackend,
+        ParallelBackendBase,
+        SequentialBackend,
+        ThreadingBackend,
+    )
+except ModuleNotFoundError as exc:
+    if exc.name is None or exc.name.partition(".")[0] != "joblib":
+        raise  # joblib is there, and something it imports is not: its own message says what
+    raise ImportError(
+        "pickpool.joblib needs joblib, which is not installed: pip install joblib "
+        "(or pip install 'pickpool[joblib]')",
+        name="joblib",
+    ) from exc
+
+from . import _machine
+from ._executor import Executor
+from ._inner import InnerThreads, check_inner_threads
+from ._options import positive_int, positive_seconds
+
+__all__ = ["PickpoolBackend"]
+
+# The models a joblib task can run on. "asyncio" is left out: joblib's tasks are plain
+# functions, which the asyncio model would only run on threads anyway.
+_MODELS: Final = ("processes", "threads", "auto", "serial")
+# The models whose tasks share the caller's memory (joblib's require="sharedmem").
+_IN_PROCESS: Final = ("threads", "serial")
+
+_NAME: Final = "pickpool"
+
+
+class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
+    """joblib's ``"pickpool"`` backend: each ``Parallel`` call runs on a :class:`pickpool.Executor`.
+
+    The executor is started when the ``Parallel`` call starts, with ``n_jobs`` workers, and
+    shut down when it ends, so no worker outlives the call. Options, given to
+    ``parallel_config`` (or ``parallel_backend``) with the backend's name, or to the class::
+
+        with joblib.parallel_config(backend="pickpool", model="threads", n_jobs=8):
+            pages = joblib.Parallel()(joblib.delayed(fetch)(url) for url in urls)
+
+        backend = pickpool.joblib.PickpoolBackend(timeout=60, max_tasks_per_child=100)
+        with joblib.parallel_config(backend=backend, n_jobs=-1):
+            grid.fit(X, y)
+
+    Args:
+        model: ``"processes"`` (the default, as joblib's loky), ``"threads"`` (for tasks that
+            wait, or whose native code releases the GIL: they then share the caller's memory,
+            which joblib's ``require="sharedmem"`` asks for), ``"auto"`` (the first batch is
+            timed on a thread, the others go to processes if they compute in Python, to
+            threads otherwise) or ``"serial"`` (in the calling thread, one at a time: for
+            debugging).
+        timeout: seconds a task may run; longer, it fails with :class:`~pickpool.TaskTimeout`
+            (its worker process killed under processes). joblib hands its workers batches of
+            tasks: the limit is per batch, so pass ``batch_size=1`` to ``Parallel`` to make it
+            per task. A ``Parallel(timeout=...)`` is enforced the same way. One worker
+            (``n_jobs=1``, or ``model="serial"``) runs the tasks in the calling thread, with
+            no limit: joblib's own rule, which no backend can change.
+        max_tasks_per_child: under processes, a worker runs at most this many batches, then a
+            new one replaces it (for C extensions that leak).
+        inner_threads: native thread pools (BLAS, OpenMP) in tasks: None fits them to the
+            cores the tasks share, a number caps them, ``"leave"`` leaves them. joblib's
+            ``inner_max_num_threads`` sets it too.
+        initializer: called with ``initargs`` in each new worker before its first task.
+
+    What loky does and this backend does not: large numpy arrays are pickled to the workers,
+    not memory-mapped (``max_nbytes`` and ``mmap_mode`` are ignored), and when a task fails,
+    the tasks already running are not killed: the queued ones are cancelled, and the call
+    raises once the running ones end (``timeout=`` bounds them).
+    """
+
+    supports_retrieve_callback = True
+    supports_inner_max_num_threads = True
+    # Read by joblib from the instance (set per model below); the class says processes.
+    uses_threads = False
+    supports_sharedmem = False
+
+    def __init__(
+        self,
+        model: str = "processes",
+        *,
+        timeout: float | None = None,
+        max_tasks_per_child: int | None = None,
+        inner_threads: InnerThreads = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+    ) -> None:
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        if not isinstance(model, str) or model not in _MODELS:
+            hint = (
+                "; joblib's tasks are plain functions: use 'threads' for those that wait"
+                if model == "asyncio"
+                else ""
+            )
+            raise ValueError(
+                f"model must be one of {', '.join(map(repr, _MODELS))}, not {model!r}{hint}"
+            )
+        tasks_cap = positive_int("max_tasks_per_child", max_tasks_per_child)
+        if tasks_cap is not None and model not in ("processes", "auto"):
+            raise ValueError(
+                f"max_tasks_per_child is for worker processes, not model={model!r}: use "
+                "model='processes'"
+            )
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
+        self.model = model
+        self.timeout = positive_seconds("timeout", timeout, optional=True)
+        self.max_tasks_per_child = tasks_cap
+        self.inner_threads = check_inner_threads(inner_threads)
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+        self.uses_threads = self.supports_sharedmem = model in _IN_PROCESS
+        self.parallel: Any = None
+        self._n_jobs = 0
+        # The executor of the Parallel call running, and those an abort stopped (shut down
+        # without waiting: they are waited for when the call ends, so that none outlives it).
+        self._executor: Executor | None = None
+        self._retired: list[Executor] = []
+        self._aborted = False
+        # joblib's callbacks submit the next batches from the executor's own threads while the
+        # caller's thread may be aborting: both swap the executor under this lock.
+        self._lock = threading.Lock()
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """The workers ``n_jobs`` stands for, by joblib's rules, counting the usable cores.
+
+        ``-1`` is every core this process may use (affinity and cgroup quota, not the
+        machine's count), ``-2`` all but one, and so on; ``None`` is 1, as is any ``n_jobs``
+        under ``model="serial"``::
+
+            PickpoolBackend().effective_n_jobs(-1)  # 8 on an 8-core machine
+        """
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if n_jobs is None or self.model == "serial":
+            return 1
+        if n_jobs < 0:
+            return max(_machine.cores() + 1 + n_jobs, 1)
+        return n_jobs
+
+    def configure(
+        self,
+        n_jobs: int | None = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        **backend_kwargs: Any,
+    ) -> int:
+        """Start the executor for a ``Parallel`` call; return its number of workers.
+
+        joblib calls it as a call starts (``prefer``, ``require`` and its memmapping options
+        are joblib's to act on: they are ignored here). One worker runs the call in the
+        calling thread, as joblib's own backends do::
+
+            backend.configure(n_jobs=4, parallel=joblib.Parallel())  # 4
+        """
+        n = self.effective_n_jobs(n_jobs)
+        if n == 1:
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
+        self.parallel = parallel
+        self._n_jobs = n
+        executor = self._new_executor()
+        with self._lock:
+            old, self._executor = self._executor, executor
+            if old is not None:  # configured twice with no terminate between
+                self._retired.append(old)
+            self._aborted = False
+        return n
+
+    def _new_executor(self) -> Executor:
+        # A Parallel(timeout=...) is only checked by joblib as it waits for results, and joblib
+        # then relies on its backend to stop what still runs; the executor's timeout kills it.
+        limits = [t for t in (self.timeout, getattr(self.parallel, "timeout", None)) if t]
+        inner = self.inner_threads
+        if inner is None and self.inner_max_num_threads is not None:
+            inner = check_inner_threads(self.inner_max_num_threads)
+        return Executor(
+            self.model,
+            self._n_jobs,
+            initializer=self.initializer,
+            initargs=self.initargs,
+            max_tasks_per_child=self.max_tasks_per_child,
+            timeout=min(limits) if limits else None,
+            inner_threads=inner,
+        )
+
+    def submit(self, func: Any, callback: Any = None) -> Future[Any]:
+        """Run a batch of joblib tasks on the executor; its future, ``callback`` added.
+
+        joblib calls it for each batch, and reads the result through
+        :meth:`retrieve_result_callback`::
+
+            future = backend.submit(batch, callback=tracker)
+        """
+        with self._lock:
+            executor = self._executor
+            if executor is None:
+                if not self._aborted:
+                    raise RuntimeError(
+                        "the pickpool backend has no executor: Parallel configures it first"
+                    )
+                # A callback still dispatching the next batch after its call was aborted:
+                # joblib drops the outcome of a call it aborted.
+                future: Future[Any] = Future()
+                future.cancel()
+            else:
+                future = executor.submit(func)
+        if callback is not None:
+            future.add_done_callback(callback)
+        return future
+
+    # Older joblib releases, from before submit, call apply_async.
+    apply_async = submit
+
+    def retrieve_result_callback(self, out: Future[Any]) -> Any:
+        """The batch's results, or its exception raised as itself (``WorkerCrashed`` for a
+        worker that died, ``TaskTimeout`` for one that overran ``timeout``)::
+
+            backend.retrieve_result_callback(future)  # [1, 4, 9]
+        """
+        return out.result()
+
+    def compute_batch_size(self) -> int:
+        """Tasks per batch: 1 on threads (a hand-off costs little), and under processes as
+        many as take about a fifth of a second, as loky does (each batch is pickled)::
+
+            backend.compute_batch_size()  # 1 at first
+        """
+        if self.model in _IN_PROCESS:
+            return 1
+        size: int = super().compute_batch_size()
+        return size
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """A task failed: cancel the batches not started; the running ones finish on their own.
+
+        With ``ensure_ready`` (a ``Parallel`` used as a context manager, whose next call
+        reuses the backend) a new executor takes over at once::
+
+            backend.abort_everything(ensure_ready=False)
+        """
+        fresh = self._new_executor() if ensure_ready and self._n_jobs else None
+        with self._lock:
+            old, self._executor = self._executor, fresh
+            if old is not None:
+                self._retired.append(old)
+            self._aborted = True
+        if old is not None:
+            # Not waited for here: the caller raises the task's exception as soon as it can,
+            # and terminate() waits for these workers before the Parallel call returns.
+            old.shutdown(wait=False, cancel_futures=True)
+
+    def terminate(self) -> None:
+        """Shut the executor down as the ``Parallel`` call ends, and wait for its workers::
+
+        backend.terminate()
+        """
+        with self._lock:
+            executors = [*self._retired, self._executor]
+            self._retired, self._executor = [], None
+        for executor in executors:
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+        self.reset_batch_stats()
+
+    def get_nested_backend(self) -> tuple[Any, int | None]:
+        """The backend of a ``Parallel`` call inside a task: joblib's threads, then, deeper
+        down, its sequential backend, as joblib's own backends nest::
+
+            backend.get_nested_backend()  # (ThreadingBackend(...), None)
+        """
+        level = (self.nesting_level or 0) + 1
+        if level > 1:
+            return SequentialBackend(nesting_level=level), None
+        return ThreadingBackend(nesting_level=level), None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # What a Parallel call holds (its executor, the lock) stays in this process.
+        state = self.__dict__.copy()
+        for name in ("_executor", "_retired", "_lock", "parallel"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.parallel = None
+        self._executor = None
+        self._retired = []
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        options = [f"model={self.model!r}"]
+        if self.timeout is not None:
+            options.append(f"timeout={self.timeout:g}")
+        if self.max_tasks_per_child is not None:
+            options.append(f"max_tasks_per_child={self.max_tasks_per_child}")
+        if self.inner_threads is not None:
+            options.append(f"inner_threads={self.inner_threads!r}")
+        return f"PickpoolBackend({', '.join(options)})"
+
+
+joblib.register_parallel_backend(_NAME, PickpoolBackend)

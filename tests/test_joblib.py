@@ -1,0 +1,301 @@
+"""The ``"pickpool"`` joblib backend: joblib and scikit-learn code run unchanged on it.
+
+Results and errors are compared with joblib's default backend (loky), computed once per module;
+the conftest's ``no_leaks`` fixture also fails any test that leaves a worker process behind.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import multiprocessing
+import os
+import pickle
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import pickpool
+from tests.conftest import _children, _wait_until
+from tests.helpers import Boom, hang_on
+
+joblib = pytest.importorskip("joblib")
+pickpool_joblib = importlib.import_module("pickpool.joblib")
+PickpoolBackend = pickpool_joblib.PickpoolBackend
+
+MODELS = ["processes", "threads"]
+ITEMS = range(12)
+
+
+def scaled(x: int, *, scale: int = 1, offset: int = 0) -> int:
+    return x * x * scale + offset
+
+
+def fails_on_five(x: int) -> int:
+    if x == 5:
+        raise Boom(f"item {x} fails")
+    return x
+
+
+def exits_on_three(x: int) -> int:
+    if x == 3:
+        os._exit(3)
+    return x
+
+
+def where(_: object) -> tuple[int, str]:
+    return os.getpid(), threading.current_thread().name
+
+
+def nested(x: int) -> tuple[str, list[int]]:
+    """A Parallel call inside a task: which backend it gets, and its results."""
+    backend, _ = joblib.parallel.get_active_backend()
+    inner = joblib.Parallel(n_jobs=2)(joblib.delayed(scaled)(x, offset=i) for i in range(3))
+    return type(backend).__name__, inner
+
+
+def import_numpy() -> None:
+    import numpy  # noqa: F401
+
+
+def blas_threads(_: object) -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+def run(fn: Callable[..., Any], items: Any, n_jobs: int = 2, **kwargs: Any) -> list[Any]:
+    return list(joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(fn)(x, **kwargs) for x in items))
+
+
+def iris_scores() -> tuple[Any, dict[str, Any], float]:
+    """scikit-learn on joblib with n_jobs=2: cross-validation scores and a grid search."""
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+    from sklearn.tree import DecisionTreeClassifier
+
+    X, y = load_iris(return_X_y=True)
+    scores = cross_val_score(
+        LogisticRegression(max_iter=1000), X, y, cv=StratifiedKFold(5), n_jobs=2
+    )
+    grid = GridSearchCV(
+        DecisionTreeClassifier(random_state=0),
+        {"max_depth": [1, 2, 3, None], "min_samples_leaf": [1, 5]},
+        cv=StratifiedKFold(3),
+        n_jobs=2,
+    ).fit(X, y)
+    return scores, grid.best_params_, grid.best_score_
+
+
+@pytest.fixture(scope="module")
+def default() -> dict[str, Any]:
+    """What joblib's default backend gives: the reference every backend test compares with."""
+    reference: dict[str, Any] = {}
+    with joblib.parallel_config(backend="loky"):
+        reference["scaled"] = run(scaled, ITEMS, scale=3, offset=1)
+        reference["lambda"] = run(lambda x: (x, -x), ITEMS)
+        with pytest.raises(Exception) as info:
+            run(fails_on_five, ITEMS)
+        reference["error"] = (type(info.value), str(info.value))
+        if importlib.util.find_spec("sklearn") is not None:
+            reference["iris"] = iris_scores()
+    # loky keeps its workers for later calls: stopped now, they are not taken for leaks.
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+    return reference
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("model", [*MODELS, "auto"])
+def test_results_match_the_default_backend(model: str, default: dict[str, Any]) -> None:
+    with joblib.parallel_config(backend="pickpool", model=model):
+        assert run(scaled, ITEMS, scale=3, offset=1) == default["scaled"]
+        assert run(lambda x: (x, -x), ITEMS) == default["lambda"]
+        ran = run(where, range(4))
+        generated = joblib.Parallel(n_jobs=2, return_as="generator")(
+            joblib.delayed(scaled)(x, scale=3, offset=1) for x in ITEMS
+        )
+        assert list(generated) == default["scaled"]
+    if model == "processes":
+        assert all(pid != os.getpid() for pid, _ in ran)
+    elif model == "threads":
+        assert all(name.startswith("pickpool-thread") for _, name in ran)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("model", MODELS)
+def test_a_task_exception_is_raised_as_itself(model: str, default: dict[str, Any]) -> None:
+    expected_type, expected_message = default["error"]
+    with (
+        joblib.parallel_config(backend="pickpool", model=model),
+        pytest.raises(Exception) as info,
+    ):
+        run(fails_on_five, ITEMS)
+    assert type(info.value) is expected_type is Boom
+    assert str(info.value) == expected_message
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("model", MODELS)
+def test_scikit_learn_gives_the_default_backends_results(
+    model: str, default: dict[str, Any]
+) -> None:
+    pytest.importorskip("sklearn")
+    from numpy.testing import assert_allclose
+
+    expected_scores, expected_params, expected_best = default["iris"]
+    with joblib.parallel_config(backend="pickpool", model=model):
+        scores, params, best = iris_scores()
+    assert_allclose(scores, expected_scores)
+    assert params == expected_params
+    assert_allclose(best, expected_best)
+
+
+@pytest.mark.timeout(120)
+def test_a_crashing_task_fails_alone_and_no_worker_outlives_the_block() -> None:
+    before = _children()
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    with joblib.parallel_config(backend="pickpool", model="processes"):
+        with pytest.raises(pickpool.WorkerCrashed, match="exit code 3") as info:
+            run(exits_on_three, range(8))
+        assert not isinstance(info.value, TerminatedWorkerError)
+        # The crash broke nothing: the next call in the same block runs on new workers.
+        assert run(exits_on_three, [0, 1, 2, 4, 5]) == [0, 1, 2, 4, 5]
+    # Every worker is reaped by the time each Parallel call returns (the fork server that
+    # starts them is multiprocessing's, kept for the session, and not counted by _children).
+    assert _wait_until(lambda: _children() <= before, 5.0), _children() - before
+
+
+@pytest.mark.timeout(120)
+def test_a_crash_in_a_reused_parallel_leaves_it_working() -> None:
+    with (
+        joblib.parallel_config(backend="pickpool"),
+        joblib.Parallel(n_jobs=2, batch_size=1) as parallel,
+    ):
+        with pytest.raises(pickpool.WorkerCrashed):
+            parallel(joblib.delayed(exits_on_three)(x) for x in range(6))
+        assert parallel(joblib.delayed(scaled)(x) for x in range(4)) == [0, 1, 4, 9]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("where_given", ["backend", "parallel"])
+def test_timeout_kills_a_stuck_task(where_given: str) -> None:
+    backend_options = {"timeout": 1} if where_given == "backend" else {}
+    parallel_options = {"timeout": 1} if where_given == "parallel" else {}
+    start = time.monotonic()
+    with joblib.parallel_config(backend="pickpool", **backend_options):
+        # joblib's own check may fire first, with multiprocessing's TimeoutError.
+        with pytest.raises((TimeoutError, multiprocessing.TimeoutError)):
+            joblib.Parallel(n_jobs=2, batch_size=1, **parallel_options)(
+                joblib.delayed(hang_on)(x) for x in [0.0, 1.0, -600.0, 2.0]
+            )
+        # Not waited out: the stuck task's worker was killed.
+        assert time.monotonic() - start < 60
+        assert run(hang_on, [1.0, 2.0]) == [1.0, 2.0]
+
+
+@pytest.mark.timeout(120)
+def test_max_tasks_per_child_replaces_workers() -> None:
+    with joblib.parallel_config(backend="pickpool", max_tasks_per_child=1):
+        pids = joblib.Parallel(n_jobs=2, batch_size=1)(
+            joblib.delayed(os.getpid)() for _ in range(4)
+        )
+    assert len(set(pids)) == 4
+
+
+@pytest.mark.timeout(120)
+def test_inner_max_num_threads_caps_native_pools() -> None:
+    pytest.importorskip("numpy")
+    pytest.importorskip("threadpoolctl")
+    with joblib.parallel_config(
+        backend="pickpool", inner_max_num_threads=2, initializer=import_numpy
+    ):
+        pools = run(blas_threads, range(4))
+    if not any(pools):
+        pytest.skip("numpy has no BLAS thread pool here")
+    assert all(threads == [2] * len(threads) for threads in pools)
+
+
+@pytest.mark.timeout(120)
+def test_ways_to_choose_the_backend() -> None:
+    def names(parallel: Any) -> set[str]:
+        return {name for _, name in parallel(joblib.delayed(where)(x) for x in range(4))}
+
+    with joblib.parallel_config(backend=PickpoolBackend(model="threads")):
+        assert names(joblib.Parallel(n_jobs=2)) == {"pickpool-thread"}
+    with joblib.parallel_backend("pickpool", n_jobs=2, model="threads"):
+        assert names(joblib.Parallel()) == {"pickpool-thread"}
+    assert names(joblib.Parallel(n_jobs=2, backend=PickpoolBackend(model="threads"))) == {
+        "pickpool-thread"
+    }
+    pids = joblib.Parallel(n_jobs=2, backend="pickpool")(joblib.delayed(where)(x) for x in range(2))
+    assert all(pid != os.getpid() for pid, _ in pids)
+
+
+def test_n_jobs_follows_joblibs_rules_on_the_usable_cores() -> None:
+    from pickpool import _machine
+
+    cores = _machine.cores()
+    backend = PickpoolBackend()
+    assert backend.effective_n_jobs(-1) == cores
+    assert backend.effective_n_jobs(-2) == max(cores - 1, 1)
+    assert backend.effective_n_jobs(-1000) == 1
+    assert backend.effective_n_jobs(None) == 1
+    assert backend.effective_n_jobs(3) == 3
+    assert PickpoolBackend(model="serial").effective_n_jobs(4) == 1
+    with pytest.raises(ValueError, match="n_jobs == 0"):
+        backend.effective_n_jobs(0)
+    with joblib.parallel_config(backend="pickpool"):
+        assert joblib.effective_n_jobs(-1) == cores
+        # n_jobs unset is 1, which joblib runs in the calling thread, with no worker started.
+        assert (
+            joblib.Parallel()(joblib.delayed(where)(x) for x in range(2))
+            == [(os.getpid(), threading.current_thread().name)] * 2
+        )
+
+
+@pytest.mark.timeout(120)
+def test_nested_calls_run_on_threads_inside_workers() -> None:
+    with joblib.parallel_config(backend="pickpool"):
+        results = run(nested, range(3))
+    assert results == [("ThreadingBackend", [x * x + i for i in range(3)]) for x in range(3)]
+
+
+def test_shared_memory_under_threads() -> None:
+    seen: list[int] = []
+    with joblib.parallel_config(backend="pickpool", model="threads"):
+        joblib.Parallel(n_jobs=2, require="sharedmem")(
+            joblib.delayed(seen.append)(x) for x in ITEMS
+        )
+    assert sorted(seen) == list(ITEMS)
+
+
+def test_options_are_checked_when_given() -> None:
+    with pytest.raises(ValueError, match="model must be one of"):
+        PickpoolBackend(model="asyncio")
+    with pytest.raises(ValueError, match="max_tasks_per_child is for worker processes"):
+        PickpoolBackend(model="threads", max_tasks_per_child=5)
+    with pytest.raises(ValueError, match="timeout"):
+        PickpoolBackend(timeout=-1)
+    with pytest.raises(ValueError, match="inner_threads"):
+        PickpoolBackend(inner_threads=0)
+    with pytest.raises(TypeError):
+        joblib.parallel_config(backend="pickpool", no_such_option=1)
+    backend = PickpoolBackend(model="auto", timeout=5, max_tasks_per_child=10)
+    assert repr(pickle.loads(pickle.dumps(backend))) == repr(backend)
+    assert repr(backend) == "PickpoolBackend(model='auto', timeout=5, max_tasks_per_child=10)"
+
+
+def test_without_joblib_the_import_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "joblib", None)  # what `import joblib` does when missing
+    monkeypatch.delitem(sys.modules, "pickpool.joblib")
+    with pytest.raises(ImportError, match="pip install joblib") as info:
+        importlib.import_module("pickpool.joblib")
+    assert "pickpool[joblib]" in str(info.value)
