@@ -425,9 +425,10 @@ class Executor(concurrent.futures.Executor):
     ``shutdown``, ``with``, and futures that work with ``as_completed``, ``wait`` and
     ``loop.run_in_executor``. What it adds:
 
-    * ``model="auto"`` (the default) times the first calls of each function on threads, then
-      sends its later calls to processes if they compute in Python, to threads otherwise (see
-      :attr:`routes`). ``"threads"``, ``"processes"``, ``"serial"``, ``"asyncio"`` fix it.
+    * ``model="auto"`` (the default) times the first call of each function alone on threads
+      (its other calls wait for it), then sends them to processes if it computes in Python,
+      to threads otherwise (see :attr:`routes`). ``"threads"``, ``"processes"``, ``"serial"``
+      and ``"asyncio"`` fix the model.
     * Under processes a worker that dies fails only its own future, with
       :class:`~pickpool.WorkerCrashed`, and the executor goes on (no ``BrokenProcessPool``);
       with ``timeout=``, a call that runs longer fails with :class:`~pickpool.TaskTimeout`
