@@ -18,6 +18,8 @@ import pytest
 import pickpool
 from pickpool._executor import PROCESS_WORTH
 
+from .helpers import crash, hang_on
+
 pytestmark = pytest.mark.timeout(120)
 
 # What an initializer sets, and the function reads, in each worker.
@@ -38,18 +40,6 @@ def refuse(*_: object) -> None:
 
 def pid_of(_: object) -> int:
     return os.getpid()
-
-
-def crash_on(x: int) -> int:
-    if x == 3:
-        os._exit(3)
-    return x
-
-
-def hang_on_two(x: int) -> int:
-    if x == 2:
-        time.sleep(60)
-    return x
 
 
 def spin(seconds: float) -> int:
@@ -96,7 +86,7 @@ def test_executor_sends_lambdas_to_processes() -> None:
 
 def test_a_crash_fails_only_its_future_and_the_executor_goes_on() -> None:
     with pickpool.Executor("processes", 2) as ex:
-        futures = [ex.submit(crash_on, x) for x in range(6)]
+        futures = [ex.submit(crash, x) for x in range(6)]
         crashed = futures[3].exception()
         assert isinstance(crashed, pickpool.WorkerCrashed)
         assert "the call" in str(crashed)
@@ -107,7 +97,7 @@ def test_a_crash_fails_only_its_future_and_the_executor_goes_on() -> None:
 
 def test_a_timeout_kills_only_the_stuck_worker() -> None:
     with pickpool.Executor("processes", 2, timeout=0.5) as ex:
-        futures = [ex.submit(hang_on_two, x) for x in range(5)]
+        futures = [ex.submit(hang_on, x) for x in (0, 1, -60, 3, 4)]
         assert isinstance(futures[2].exception(), pickpool.TaskTimeout)
         assert [f.result() for i, f in enumerate(futures) if i != 2] == [0, 1, 3, 4]
 

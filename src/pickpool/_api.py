@@ -21,13 +21,20 @@ from ._advise import Advice
 from ._auto import AutoRun, in_thread
 from ._driver import Block, Done, Plan, drive
 from ._inner import InnerThreads, check_inner_threads
-from ._options import DEFAULT_BACKOFF, check_fn, length_hint, make_plan, positive_int
+from ._options import (
+    DEFAULT_BACKOFF,
+    check_fn,
+    length_hint,
+    make_plan,
+    positive_int,
+    worker_options,
+)
 from ._outcome import Failure
 from ._probe import Wishes
 from ._progress import bar, wants_progress
 from ._results import Report, Results
 from ._star import star
-from ._task import OK, is_async_callable, release
+from ._task import OK, chain_remote, is_async_callable, release
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -38,17 +45,6 @@ Progress = bool | Literal["always"] | Callable[[int], Any] | Any  # Any: a tqdm 
 
 def _no_progress(count: int) -> None:
     pass
-
-
-class _RemoteTraceback(Exception):
-    """Carries a worker process's traceback text, chained under the re-raised exception."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.text}"""'
 
 
 def _check_model(model: object) -> str:
@@ -104,25 +100,11 @@ class _Run:
             self.length = None if None in lengths else min(n for n in lengths if n is not None)
             self.source = zip(self.source, *more_items, strict=False)
             fn = star(fn)
-        if initializer is not None and not callable(initializer):
-            raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
-        if not isinstance(initargs, tuple | list):
-            raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
-        tasks_cap = positive_int("max_tasks_per_child", max_tasks_per_child)
-        if tasks_cap is not None and model not in ("processes", "auto"):
-            raise ValueError(
-                f"max_tasks_per_child is for worker processes, not model={model!r}: use "
-                "model='processes' (or 'auto', where it applies if auto chooses processes)"
-            )
-        if initializer is not None or tasks_cap is not None:
+        worker_setup = worker_options(model, initializer, initargs, max_tasks_per_child)
+        if initializer is not None or worker_setup["max_tasks_per_child"] is not None:
             # State an initializer leaves, or a worker's count of items, belongs to this run:
             # its workers are new, and are not kept for the next.
             fresh_workers = True
-        worker_setup: dict[str, Any] = {
-            "initializer": initializer,
-            "initargs": tuple(initargs),
-            "max_tasks_per_child": tasks_cap,
-        }
         self.is_async = is_async_callable(fn)
         name = _check_model(model)
         self.auto: AutoRun | None = None
@@ -222,10 +204,7 @@ class _Run:
         report.failed.append(done.index)
         exc: BaseException = done.value
         if self.on_error == "raise":
-            if exc.__traceback__ is None and done.traceback and exc.__cause__ is None:
-                # It crossed a process boundary: chain the worker's traceback, as
-                # concurrent.futures does, so the user sees where it really happened.
-                exc.__cause__ = _RemoteTraceback(done.traceback)
+            chain_remote(exc, done.traceback)
             raise exc
         if self.on_error == "skip":
             report.skipped.append(done.index)

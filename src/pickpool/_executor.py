@@ -37,8 +37,8 @@ from ._backends import Setup, Wakeable
 from ._errors import PickpoolError
 from ._inner import InnerThreads, check_inner_threads
 from ._log import logger
-from ._options import default_workers, positive_int, positive_seconds
-from ._task import OK, Outcome, expand
+from ._options import default_workers, positive_int, positive_seconds, worker_options
+from ._task import OK, Outcome, chain_remote, expand
 
 T = TypeVar("T")
 
@@ -97,9 +97,13 @@ def _run_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
     return [_resolved(fn(*args)) for args in chunk]
 
 
-def _name(fn: object) -> str:
+def _unwrapped(fn: object) -> object:
     inner = getattr(fn, "func", fn)  # functools.partial
-    inner = getattr(inner, "__func__", inner)  # bound method
+    return getattr(inner, "__func__", inner)  # bound method
+
+
+def _name(fn: object) -> str:
+    inner = _unwrapped(fn)
     module = getattr(inner, "__module__", None) or ""
     name = getattr(inner, "__qualname__", None) or type(inner).__qualname__
     return f"{module}.{name}" if module and module != "builtins" else name
@@ -107,9 +111,7 @@ def _name(fn: object) -> str:
 
 def _key(fn: object) -> tuple[str, int]:
     """The same key for every call of one function, holding no reference to it."""
-    inner = getattr(fn, "func", fn)
-    inner = getattr(inner, "__func__", inner)
-    code = getattr(inner, "__code__", None)
+    code = getattr(_unwrapped(fn), "__code__", None)
     return (_name(fn), id(code) if code is not None else 0)
 
 
@@ -356,8 +358,7 @@ class _Lane:
                 if isinstance(value, PickpoolError) and _ITEM.search(str(value)):
                     # The backend's words are for pickpool.map's items: here it is a call.
                     value = type(value)(_ITEM.sub("the call", str(value), count=1))
-                if value.__traceback__ is None and text and value.__cause__ is None:
-                    value.__cause__ = _RemoteTraceback(text)
+                chain_remote(value, text)
                 future.set_exception(value)
 
     def _break(self, exc: BaseException) -> None:
@@ -375,13 +376,6 @@ class _Lane:
 
 
 _ITEM: Final = re.compile(r"\bitem \d+")
-
-
-class _RemoteTraceback(Exception):
-    """A worker process's traceback text, chained under the exception it raised."""
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.args[0]}"""'
 
 
 # Executors whose lanes the interpreter's exit waits for (as concurrent.futures' own do):
@@ -478,19 +472,9 @@ class Executor(concurrent.futures.Executor):
                 raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
             if max_workers <= 0:
                 raise ValueError("max_workers must be greater than 0")
-        if initializer is not None and not callable(initializer):
-            raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
-        tasks_cap = positive_int("max_tasks_per_child", max_tasks_per_child)
-        if tasks_cap is not None and model not in ("processes", "auto"):
-            raise ValueError(
-                f"max_tasks_per_child is for worker processes, not model={model!r}: use "
-                "model='processes'"
-            )
+        self._workers_setup = worker_options(model, initializer, initargs, max_tasks_per_child)
         self._model = model
         self._max_workers = max_workers
-        self._initializer = initializer
-        self._initargs = tuple(initargs)
-        self._tasks_cap = tasks_cap
         self._timeout = positive_seconds("timeout", timeout, optional=True)
         self._inner = check_inner_threads(inner_threads)
         self._router: _Router | None = None
@@ -569,6 +553,9 @@ class Executor(concurrent.futures.Executor):
         lane = self._lanes.get(model)
         if lane is None:
             workers = self._max_workers or default_workers(model, is_async=False)
+            workers_setup = dict(self._workers_setup)
+            if model != "processes":  # auto's threads: the cap is for worker processes
+                workers_setup["max_tasks_per_child"] = None
             setup = Setup(
                 _run_call,
                 workers,
@@ -576,9 +563,7 @@ class Executor(concurrent.futures.Executor):
                 timeout=self._timeout,
                 fresh=True,  # an executor's workers are its own, as the standard ones are
                 inner_threads=self._inner,
-                initializer=self._initializer,
-                initargs=self._initargs,
-                max_tasks_per_child=self._tasks_cap if model == "processes" else None,
+                **workers_setup,
             )
             lane = self._lanes[model] = _Lane(model, setup, self._router, self._broken)
             with _exit_lock:

@@ -67,6 +67,27 @@ def positive_int(name: str, value: object) -> int | None:
     return int(value)
 
 
+def worker_options(
+    model: object, initializer: object, initargs: object, max_tasks_per_child: object
+) -> dict[str, Any]:
+    """``initializer``, ``initargs`` and ``max_tasks_per_child`` checked, as Setup's fields."""
+    if initializer is not None and not callable(initializer):
+        raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
+    if not isinstance(initargs, tuple | list):
+        raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+    tasks_cap = positive_int("max_tasks_per_child", max_tasks_per_child)
+    if tasks_cap is not None and model not in ("processes", "auto"):
+        raise ValueError(
+            f"max_tasks_per_child is for worker processes, not model={model!r}: use "
+            "model='processes' (or 'auto', where it applies if auto chooses processes)"
+        )
+    return {
+        "initializer": initializer,
+        "initargs": tuple(initargs),
+        "max_tasks_per_child": tasks_cap,
+    }
+
+
 def check_fn(fn: object) -> None:
     if not callable(fn):
         raise TypeError(

@@ -133,6 +133,25 @@ def run_initializer(
     return None
 
 
+class RemoteTraceback(Exception):
+    """Carries a worker process's traceback text, chained under the re-raised exception."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+def chain_remote(exc: BaseException, text: str | None) -> None:
+    """An exception that crossed a process boundary (no traceback of its own here) gets the
+    worker's traceback chained, as concurrent.futures does, so the user sees where it
+    really happened."""
+    if exc.__traceback__ is None and text and exc.__cause__ is None:
+        exc.__cause__ = RemoteTraceback(text)
+
+
 def task_indices(task: Task) -> range:
     """The indices of the items of ``task``."""
     return range(task[1], task[1] + len(task[2]))
