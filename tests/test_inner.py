@@ -187,6 +187,32 @@ def test_cores_busy_with_other_programs_do_not_read_as_a_held_gil() -> None:
     assert held < 0.06, held
 
 
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.timeout(60)
+def test_the_gil_held_between_calls_is_not_read_as_the_calls() -> None:
+    # Calls that wait 3 ms, each followed by 3 ms of pure Python outside them (a consumer of
+    # the results, a first import): watching everything reads that as a held GIL; watching
+    # the calls reads what the calls did.
+    everything, calls = Knocker(), Knocker(calls=True)
+    everything.start()
+    calls.start()
+    for _ in range(40):
+        calls.enter()
+        time.sleep(0.003)  # the measured workload: a call that waits, GIL released
+        calls.leave()
+        _spin(0.003)
+    held_all, _ = everything.stop()
+    held, watched = calls.stop()
+    assert held_all > 0.25, held_all
+    assert held < 0.1, held
+    assert 0.02 < watched < 0.2, watched
+
+
 # The cost model, on made-up evidence ----------------------------------------------------------
 
 
@@ -255,6 +281,20 @@ def test_what_a_model_was_seen_to_do_overrides_its_prediction() -> None:
     again = decide(ev, items=300, machine=TWO_CORES, observed={"processes": 0.05})  # type: ignore[arg-type]
     assert again.model != "processes"
     assert again.predicted["processes"] >= 300 * 0.05
+
+
+def test_what_threads_did_counts_for_asyncio_running_the_same_plain_function() -> None:
+    # A plain function under asyncio runs on the loop's threads: seen slow on threads, it is
+    # not predicted fast on asyncio (nor the other way round); a coroutine function is apart.
+    waits = evidence(wall=0.005, cpu=0.0002)
+    for seen in ("threads", "asyncio"):
+        again = decide(waits, items=300, machine=TWO_CORES, observed={seen: 0.02})
+        assert again.predicted["threads"] >= 300 * 0.02
+        assert again.predicted["asyncio"] >= 300 * 0.02
+        assert again.model not in ("threads", "asyncio")
+    coroutines = evidence(is_async=True, wall=0.005, cpu=0.0002)
+    again = decide(coroutines, items=300, machine=TWO_CORES, observed={"threads": 0.02})
+    assert again.model == "asyncio"
 
 
 def test_evidence_without_inner_readings_is_decided_as_before() -> None:

@@ -596,6 +596,10 @@ def classify(ev: Evidence, machine: Machine, chosen: Option) -> Kind:
     return "mixed"
 
 
+# Models that run a plain function on this process's own threads.
+_SAME_THREADS: Final = ("threads", "asyncio")
+
+
 def decide(
     ev: Evidence,
     *,
@@ -626,7 +630,14 @@ def decide(
         max_concurrency=max_concurrency,
     )
     options = model.options()
-    for name, pace in (observed or {}).items():
+    seen = dict(observed or {})
+    if not ev.is_async:
+        # A plain function under asyncio runs on the loop's threads: what threads were seen
+        # to do (the GIL, native pools fighting for the cores, a slowing server), asyncio
+        # would do too, and the other way round.
+        for name in _SAME_THREADS:
+            seen[name] = max(seen.get(other, 0.0) for other in _SAME_THREADS)
+    for name, pace in seen.items():
         option = options.get(name)
         if option is not None and pace > option.per_item:
             options[name] = dataclasses.replace(

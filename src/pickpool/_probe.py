@@ -56,20 +56,29 @@ def _since(began: tuple[float, float, float]) -> Record:
 
 
 class _Timed:
-    """``fn`` with each call's wall, thread CPU and process CPU time appended to ``records``."""
+    """``fn`` with each call's wall, thread CPU and process CPU time appended to ``records``;
+    a :class:`Knocker`, if given, is told when each call runs."""
 
-    __slots__ = ("fn", "records")
+    __slots__ = ("fn", "knocker", "records")
 
-    def __init__(self, fn: Callable[[Any], Any], records: list[Record]) -> None:
+    def __init__(
+        self, fn: Callable[[Any], Any], records: list[Record], knocker: Knocker | None = None
+    ) -> None:
         self.fn = fn
         self.records = records
+        self.knocker = knocker
 
     def __call__(self, item: Any) -> Any:
+        knocker = self.knocker
+        if knocker is not None:
+            knocker.enter()
         began = _clocks()
         try:
             return self.fn(item)
         finally:
             self.records.append(_since(began))
+            if knocker is not None:
+                knocker.leave()
 
 
 class _AsyncTimed(_Timed):
@@ -78,11 +87,16 @@ class _AsyncTimed(_Timed):
     __slots__ = ()
 
     async def __call__(self, item: Any) -> Any:
+        knocker = self.knocker
+        if knocker is not None:
+            knocker.enter()
         began = _clocks()
         try:
             return await self.fn(item)
         finally:
             self.records.append(_since(began))
+            if knocker is not None:
+                knocker.leave()
 
 
 class Knocker:
@@ -98,16 +112,37 @@ class Knocker:
     programs): it is then runnable but waits for a core, which is not the GIL. The kernel counts
     that wait (``/proc/thread-self/schedstat``, "run delay"), and it is taken off the lateness.
     Waiting for the GIL is a sleep on a condition variable, which that count leaves out.
+
+    With ``calls=True`` only the time inside calls counts (:meth:`enter` and :meth:`leave`
+    mark them): what runs between calls (the consumer of the results, the probe's own
+    bookkeeping, a first import of the pickler) holds the GIL too, but is not the call's.
+    A nap counts from a call's start, less the time it spent between calls.
     """
 
     NAP = 0.0005
 
-    def __init__(self) -> None:
+    def __init__(self, *, calls: bool = False) -> None:
         self._stop = threading.Event()
         self._late = 0.0
         self._watched = 0.0
         self._baseline = 0.0
         self._thread: threading.Thread | None = None
+        self._calls = calls
+        self._inside = 0  # calls running now
+        self._left_at = 0.0  # when the last one ended
+        self._between = 0.0  # seconds so far with no call running, after the first call
+
+    def enter(self) -> None:
+        """A call begins (with ``calls=True``)."""
+        if self._inside == 0 and self._left_at:
+            self._between += time.perf_counter() - self._left_at
+        self._inside += 1
+
+    def leave(self) -> None:
+        """A call ends."""
+        self._inside -= 1
+        if self._inside == 0:
+            self._left_at = time.perf_counter()
 
     def start(self) -> None:
         self._baseline = _oversleep(self.NAP)
@@ -119,11 +154,22 @@ class Knocker:
         queued = _RunDelay()
         try:
             while not self._stop.is_set():
+                watching = not self._calls or self._inside > 0
+                between = self._between
                 t0 = time.perf_counter()
                 q0 = queued.seconds()
                 time.sleep(nap)
-                elapsed = time.perf_counter() - t0
+                woke = time.perf_counter()
                 waited_for_core = queued.seconds() - q0
+                if not watching:
+                    continue
+                elapsed = woke - t0
+                if self._calls:
+                    # Time between calls is not a call's, whoever held the GIL in it.
+                    between = self._between - between
+                    if self._inside == 0:
+                        between += woke - self._left_at
+                    elapsed -= min(elapsed, max(0.0, between))
                 self._late += max(0.0, elapsed - nap - baseline - waited_for_core)
                 self._watched += elapsed
         finally:
@@ -524,8 +570,8 @@ class Pilot:
     def _plan(self, model: str, workers: int, chunksize: int | None) -> Plan:
         return self.wishes.plan(model, is_async=self.is_async, workers=workers, chunksize=chunksize)
 
-    def _timed(self, records: list[Record]) -> Callable[[Any], Any]:
-        return (_AsyncTimed if self.is_async else _Timed)(self.fn, records)
+    def _timed(self, records: list[Record], knocker: Knocker | None = None) -> Callable[[Any], Any]:
+        return (_AsyncTimed if self.is_async else _Timed)(self.fn, records, knocker)
 
     def _alone_phase(
         self, records: list[Record] | None = None, *, capped: bool = False
@@ -538,8 +584,9 @@ class Pilot:
         # A window of one: the next item is taken only once the last one is timed, so that the
         # phase stops as soon as it has seen enough.
         plan = dataclasses.replace(self._plan(model, 1, 1), window=1)
+        knocker = Knocker(calls=True)
         setup = Setup(
-            self._timed(records),
+            self._timed(records, knocker),
             1,
             self.is_async,
             self.wishes.timeout,
@@ -574,7 +621,6 @@ class Pilot:
                 return False  # mostly waiting: together tells more, sooner
             return n < 3 or elapsed < self._alone_target(wall)
 
-        knocker = Knocker()
         knocker.start()
         began = time.perf_counter()
         children = _children_cpu()
