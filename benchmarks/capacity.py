@@ -5,8 +5,9 @@
 Each server runs in a process of its own (``pickpool.lab.farside``) and answers ``GET /<n>``
 after 20 ms: ``roomy`` (room for any client), ``backlog`` (the listen backlog of Python's own
 ``http.server``: connections past it are dropped and retried by the client's kernel after a
-second), ``capacity`` (serves 8 at once, the rest wait their turn) and ``ratelimit`` (answers
-429 past 8 in flight). The client is urllib, one connection per request, as most scripts are.
+second), ``capacity`` (serves 8 at once, the rest wait their turn), ``ratelimit`` (answers
+429 past 8 in flight) and ``rate`` (answers 429 past 100 requests in any one second). The
+client is urllib, one connection per request, as most scripts are.
 
 For each server: 300 GETs under ``model="threads"`` with 1, 2, 4, ... 128 workers (the sweep,
 one run each), under the default thread pool, and under ``model="auto"`` (its probe included,
@@ -32,10 +33,11 @@ import pickpool
 from pickpool import _machine
 from pickpool.lab import farside
 
-SERVERS = ("roomy", "backlog", "capacity", "ratelimit")
+SERVERS = ("roomy", "backlog", "capacity", "ratelimit", "rate")
 COUNTS = (1, 2, 4, 8, 16, 32, 64, 128)
 DELAY = 0.02
 LIMIT = 8
+RATE = 100.0  # the rate server's requests a second
 VS_BEST = 1.25
 
 
@@ -72,14 +74,20 @@ def timed(fn: Callable[[Any], Any], n: int, **options: Any) -> tuple[float, int]
 
 def measure(server: str, n: int, repeat: int) -> Row:
     row = Row(server)
-    with farside.serve(server, delay=DELAY, limit=LIMIT) as url:
+
+    def run(**options: Any) -> tuple[float, int]:
+        if server == "rate":
+            time.sleep(1.0)  # the server counts the last second: each run starts afresh
+        return timed(fn, n, **options)
+
+    with farside.serve(server, delay=DELAY, limit=LIMIT, rate=RATE) as url:
         fn = functools.partial(farside.get, url, timeout=10)
         fn(0)  # the server is up and the client's modules imported
         for workers in COUNTS:
-            row.sweep[workers] = timed(fn, n, model="threads", workers=workers)
-        row.default = timed(fn, n, model="threads")
+            row.sweep[workers] = run(model="threads", workers=workers)
+        row.default = run(model="threads")
         for _ in range(repeat):
-            row.auto.append(timed(fn, n, model="auto"))
+            row.auto.append(run(model="auto"))
         advice = pickpool.advise(fn, range(n))
         row.chose = f"{advice.model} x{advice.workers}"
     return row

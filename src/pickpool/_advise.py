@@ -596,6 +596,23 @@ def classify(ev: Evidence, machine: Machine, chosen: Option) -> Kind:
     return "mixed"
 
 
+def _paced(option: Option, rate: float, wall: float, n: int) -> Option:
+    """``option`` with no more than ``rate`` calls starting a second: no faster than ``n /
+    rate`` in all, and no more workers than keep that pace (Little's law, with room for
+    calls that take longer than the probe's)."""
+    if math.isinf(option.seconds):
+        return option
+    per_item = max(option.per_item, 1.0 / rate)
+    workers = min(option.workers, max(1, math.ceil(1.5 * rate * wall)))
+    return dataclasses.replace(
+        option,
+        seconds=max(option.seconds, n / rate),
+        per_item=per_item,
+        workers=workers,
+        chunksize=1,
+    )
+
+
 # Models that run a plain function on this process's own threads.
 _SAME_THREADS: Final = ("threads", "asyncio")
 
@@ -610,12 +627,14 @@ def decide(
     inner_threads: InnerThreads = None,
     observed: Mapping[str, float] | None = None,
     max_concurrency: int | None = None,
+    max_rate: float | None = None,
     machine: Machine | None = None,
 ) -> Advice:
     """The :class:`Advice` for running ``items`` more items like the probed ones.
 
     ``observed``: seconds per item a model was seen to take in this very run, when it ran
     slower than predicted; no prediction for that model is better than what it did.
+    ``max_rate``: calls start at most this many a second, whatever the model.
     """
     machine = machine or Machine.here()
     n = UNKNOWN_LENGTH if items is None else max(1, items)
@@ -643,6 +662,8 @@ def decide(
             options[name] = dataclasses.replace(
                 option, seconds=option.seconds + n * (pace - option.per_item), per_item=pace
             )
+    if max_rate is not None:
+        options = {name: _paced(o, max_rate, ev.wall, n) for name, o in options.items()}
     chosen = choose(options, is_async=ev.is_async)
     kind = classify(ev, machine, chosen)
     return Advice(

@@ -13,7 +13,7 @@ from typing import Any, Literal, overload
 from ._backends import Setup
 from ._backends._asyncio import ItemRunner
 from ._driver import Block, Done, Plan, Schedule
-from ._task import Outcome, run_initializer
+from ._task import Outcome, Task, run_initializer
 
 
 @overload
@@ -40,11 +40,28 @@ async def adrive(
     outbox: asyncio.Queue[list[Outcome]] = asyncio.Queue()
     runner = ItemRunner(setup, outbox.put_nowait)
     waiting: list[asyncio.TimerHandle] = []  # retries waiting out their backoff
+    pacer = plan.pacer
+    held: list[Task] = []  # under a rate: retries due, waiting for their start
+
+    def hold(task: Task) -> None:
+        held.append(task)
+        outbox.put_nowait([])  # (the loop below may be waiting for outcomes)
+
     finished = False
     try:
         while True:
-            for task in schedule.tasks():
-                runner.start(task)
+            if pacer is None:
+                for task in schedule.tasks():
+                    runner.start(task)
+            else:
+                while held or schedule.has_room():
+                    if pacer.delay() > 0:
+                        await asyncio.sleep(pacer.delay())
+                    tasks = [held.pop(0)] if held else schedule.tasks(most=1)
+                    if not tasks:
+                        break
+                    pacer.take()
+                    runner.start(tasks[0])
             if schedule.finished:
                 finished = True
                 break
@@ -52,12 +69,13 @@ async def adrive(
             while not outbox.empty():
                 outcomes += outbox.get_nowait()
             retries, dones = schedule.accept(outcomes)
+            begin = runner.start if pacer is None else hold
             for task, delay in retries:
                 if delay > 0:
                     # Back off on the loop, the item still outstanding: the run waits for it.
-                    waiting.append(asyncio.get_running_loop().call_later(delay, runner.start, task))
+                    waiting.append(asyncio.get_running_loop().call_later(delay, begin, task))
                 else:
-                    runner.start(task)
+                    begin(task)
             for done in dones:
                 yield done
     finally:

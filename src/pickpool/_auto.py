@@ -146,11 +146,13 @@ class AutoRun:
             inner_threads=wishes.inner_threads,
             observed=self.observed,
             max_concurrency=wishes.max_concurrency,
+            max_rate=None if wishes.pacer is None else wishes.pacer.rate,
         )
         # Threads start at the advised count and climb, unless the caller fixed the count.
         # Calls that wait follow their latency and failures (a far side's capacity), from
         # RAMP_START up to CLIMB_CAP; others climb by throughput, up to twice the count.
-        climb = advice.model == "threads" and wishes.workers is None
+        # (Under a rate, what is sent starts at once: the workers hold the pace's calls.)
+        climb = advice.model == "threads" and wishes.workers is None and wishes.pacer is None
         cap = min(CLIMB_CAP, wishes.max_concurrency or CLIMB_CAP)
         start, latency, workers = advice.workers, None, advice.workers
         ev = pilot.evidence

@@ -46,6 +46,47 @@ class Plan:
     # Seconds before a failed item's first retry, doubled for each next one, drawn at random
     # from [0, that] ("full jitter"), so that retries of calls that failed together spread out.
     backoff: float = 0.0
+    # ``max_rate``: calls start evenly spaced, at most this many a second (retries included),
+    # shared by every phase of the run. The window is then the workers: what is sent starts.
+    pacer: Pacer | None = None
+
+
+class Pacer:
+    """Calls start at most ``rate`` per second, each at least ``1 / rate`` after the last.
+
+    Evenly spaced rather than a bucket's bursts: a far side that counts requests per second
+    (or per any window) never sees more than ``rate`` in a second. One per run, shared by its
+    phases (auto's probe and the rest) and safe to share between threads.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.interval = 1.0 / rate
+        self._next = 0.0  # time.monotonic() of the next free start
+        self._lock = threading.Lock()
+
+    def delay(self) -> float:
+        """Seconds until the next call may start (0: now)."""
+        return max(0.0, self._next - time.monotonic())
+
+    def take(self) -> None:
+        """A call starts now (or at the next free start, if that is later)."""
+        with self._lock:
+            self._next = max(time.monotonic(), self._next) + self.interval
+
+    def wait(self, cancel: threading.Event | None = None) -> None:
+        """Wait for the next free start and take it; raise :class:`Cancelled` if cancelled."""
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                if self._next <= now:
+                    self._next = now + self.interval
+                    return
+                delay = self._next - now
+            if cancel is None:
+                time.sleep(delay)
+            elif cancel.wait(delay):
+                raise Cancelled
 
 
 # The longest wait before a retry, however many came before it.
@@ -190,26 +231,14 @@ class Schedule:
         """Nothing in flight and nothing left to submit."""
         return not self._outstanding and (self._exhausted or self._failed_at is not None)
 
-    def tasks(self) -> list[Task]:
-        """Chunks to submit now: as many as the window has room for."""
-        plan, tasks, chunking = self._plan, [], self.chunking
+    def tasks(self, most: int | None = None) -> list[Task]:
+        """Chunks to submit now: as many as the window has room for (at most ``most``)."""
+        tasks: list[Task] = []
+        chunking = self.chunking
         outstanding = self._outstanding
-        while not self._exhausted and self._failed_at is None:
+        while not self._exhausted and self._failed_at is None and len(tasks) != most:
             size = chunking.next(self._next_in - self._start)
-            # The window holds a few chunks per worker, whatever size chunks have grown to
-            # (asyncio's workers are coroutines, fed by hops, not chunks).
-            window = plan.window
-            if plan.adaptive:
-                holders = 1 if plan.model == "asyncio" else plan.workers
-                window = max(window, min(MAX_WINDOW, WINDOW_CHUNKS * holders * size))
-            if self._result_bytes:
-                # Large results: no more in memory at once than MAX_WINDOW_BYTES, or one per
-                # worker, whichever is more, however slowly the consumer takes them.
-                fit = int(MAX_WINDOW_BYTES // self._result_bytes)
-                window = min(window, max(plan.workers, fit))
-            else:
-                # Until a result has been weighed, a chunk per worker.
-                window = min(window, plan.workers * size)
+            window = self._window(size)
             room = window - len(outstanding)
             if room < min(size, window):
                 break
@@ -224,6 +253,31 @@ class Schedule:
         if tasks:
             chunking.started()
         return tasks
+
+    def has_room(self) -> bool:
+        """Whether :meth:`tasks` would give a chunk now (unless the input turns out empty)."""
+        if self._exhausted or self._failed_at is not None:
+            return False
+        size = self.chunking.next(self._next_in - self._start)
+        window = self._window(size)
+        return window - len(self._outstanding) >= min(size, window)
+
+    def _window(self, size: int) -> int:
+        """Items in flight at most, with chunks of ``size``."""
+        plan = self._plan
+        # The window holds a few chunks per worker, whatever size chunks have grown to
+        # (asyncio's workers are coroutines, fed by hops, not chunks).
+        window = plan.window
+        if plan.adaptive:
+            holders = 1 if plan.model == "asyncio" else plan.workers
+            window = max(window, min(MAX_WINDOW, WINDOW_CHUNKS * holders * size))
+        if self._result_bytes:
+            # Large results: no more in memory at once than MAX_WINDOW_BYTES, or one per
+            # worker, whichever is more, however slowly the consumer takes them.
+            fit = int(MAX_WINDOW_BYTES // self._result_bytes)
+            return min(window, max(plan.workers, fit))
+        # Until a result has been weighed, a chunk per worker.
+        return min(window, plan.workers * size)
 
     def source_failed(self, exc: Exception) -> None:
         """The input raised ``exc``: read no more, raise it once what was read is out."""
@@ -458,12 +512,33 @@ def drive(
     unsent: list[Outcome] = []  # items that could not be sent: failed, not yet accepted
     later: list[tuple[float, int, Task]] = []  # retries waiting out their backoff: (due, #, task)
     order = itertools.count()
+    pacer = plan.pacer
     try:
         while True:
-            for task in schedule.tasks():
-                unsent += send(backend, schedule, task)
-            while later and later[0][0] <= time.monotonic():
-                unsent += send(backend, schedule, heapq.heappop(later)[2])
+            paced = 0.0  # seconds until the next start, when the pacer holds calls back
+            if pacer is None:
+                for task in schedule.tasks():
+                    unsent += send(backend, schedule, task)
+                while later and later[0][0] <= time.monotonic():
+                    unsent += send(backend, schedule, heapq.heappop(later)[2])
+            else:
+                # One call a start: retries that are due first, then new items.
+                while True:
+                    due = bool(later) and later[0][0] <= time.monotonic()
+                    if not due and not schedule.has_room():
+                        break
+                    paced = pacer.delay()
+                    if paced > 0:
+                        break
+                    if due:
+                        task = heapq.heappop(later)[2]
+                    else:
+                        tasks = schedule.tasks(most=1)
+                        if not tasks:
+                            break
+                        task = tasks[0]
+                    pacer.take()
+                    unsent += send(backend, schedule, task)
             if schedule.finished:
                 finished = True
                 break
@@ -472,11 +547,18 @@ def drive(
                 wait = 0.0
             elif later:
                 wait = max(0.0, min(later[0][0] - time.monotonic(), poll or math.inf))
+            if paced and not unsent:
+                wait = min(wait if wait is not None else math.inf, paced)
             outcomes = backend.collect(wait)
-            if not outcomes and later and not unsent and wait:
-                # Only retries waiting out their backoff: a backend with nothing in flight
-                # returns at once, so wait here (no longer than the cancel poll).
-                time.sleep(max(0.0, min(later[0][0] - time.monotonic(), wait)))
+            if not outcomes and (later or paced) and not unsent and wait:
+                # Only retries waiting out their backoff, or calls their start: a backend
+                # with nothing in flight returns at once, so wait here (no longer than the
+                # cancel poll).
+                soonest = min(
+                    later[0][0] - time.monotonic() if later else math.inf,
+                    pacer.delay() if pacer is not None and paced else math.inf,
+                )
+                time.sleep(max(0.0, min(soonest, wait)))
             if cancel is not None and cancel.is_set():
                 raise Cancelled
             if unsent:
@@ -514,7 +596,7 @@ def _loop(
     a time (a chunk doubles while it takes under 2 ms and halves when it takes longer); a
     chunk that all works costs no more than ``map(fn, chunk)``.
     """
-    retries, fail_fast = plan.retries, plan.fail_fast
+    retries, fail_fast, pacer = plan.retries, plan.fail_fast, plan.pacer
     source = iter(items)
     index, size = start, plan.chunksize
     note = _LoopSource()
@@ -529,6 +611,8 @@ def _loop(
         began = time.perf_counter()
         pos = 0
         while pos < len(chunk):
+            if pacer is not None:
+                pacer.wait(cancel)  # (chunks are of one item under a rate)
             # Stop at a failure: it is retried at once, and under on_error="raise" nothing
             # after it runs, as in the plain loop.
             for outcome in caller.run_items(index + pos, chunk[pos:] if pos else chunk, stop=True):
@@ -557,6 +641,8 @@ def _loop(
                         time.sleep(delay)
                     elif cancel.wait(delay):
                         raise Cancelled
+                    if pacer is not None:
+                        pacer.wait(cancel)
                     _, status, value, text = caller.call(first, item)
                 yield Done(first, item, status, value, text, tries)
                 if status != OK and fail_fast:

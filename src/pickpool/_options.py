@@ -11,7 +11,7 @@ from typing import Any, Final
 
 from . import _machine
 from ._backends import EXTRA_MODELS, MODELS
-from ._driver import Plan
+from ._driver import Pacer, Plan
 
 ON_ERROR: Final = ("raise", "collect", "skip")
 ALL_MODELS: Final = ("auto", *MODELS, *EXTRA_MODELS)
@@ -113,6 +113,7 @@ def make_plan(
     on_error: object,
     backoff: object = 0.0,
     max_concurrency: object = None,
+    max_rate: object = None,
 ) -> Plan:
     """Check the user's options; return the :class:`Plan` for a concrete (non-auto) model."""
     if model not in MODELS and model not in EXTRA_MODELS:
@@ -142,6 +143,12 @@ def make_plan(
             f"timeout applies to each item, so it needs chunksize=1 (got chunksize={size}); "
             "leave chunksize unset"
         )
+    rate = positive_rate(max_rate)
+    if rate is not None and size is not None and size > 1:
+        raise ValueError(
+            f"max_rate spaces out each call's start, so it needs chunksize=1 (got "
+            f"chunksize={size}); leave chunksize unset"
+        )
     backend = model
     if model == "serial" and limit is not None:
         # The caller's own thread cannot be interrupted: a one-thread pool can be abandoned.
@@ -152,12 +159,14 @@ def make_plan(
     if cap is not None:
         n_workers = min(n_workers, cap)
     # Chunks not given are fitted to the measured pace as the run goes (a timeout is per item).
-    adaptive = size is None and limit is None
-    size = 1 if limit is not None else size or default_chunksize(model, n_workers, length)
+    one_by_one = limit is not None or rate is not None
+    adaptive = size is None and not one_by_one
+    size = 1 if one_by_one else size or default_chunksize(model, n_workers, length)
     window = size if model == "serial" else WINDOW_CHUNKS_PER_WORKER * n_workers * size
-    if model in ("dask", "interpreters") and limit is not None:
+    if (model in ("dask", "interpreters") and limit is not None) or rate is not None:
         # Their futures do not say when a task starts: with no more in flight than there are
-        # workers, none waits in a queue while its timeout runs.
+        # workers, none waits in a queue while its timeout runs. Under a rate, what is sent
+        # starts at once, so that spacing the sends spaces the starts.
         window = n_workers
     return Plan(
         model=backend,
@@ -171,7 +180,20 @@ def make_plan(
         adaptive=adaptive,
         length=length,
         backoff=wait or 0.0,
+        pacer=None if rate is None else Pacer(rate),
     )
+
+
+def positive_rate(value: object) -> float | None:
+    """``max_rate`` checked: calls per second, a positive finite number, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"max_rate must be calls per second (a number) or None, not {value!r}")
+    rate = float(value)
+    if not (rate > 0 and math.isfinite(rate)):
+        raise ValueError(f"max_rate must be a positive number of calls per second, got {value}")
+    return rate
 
 
 def positive_seconds(name: str, value: object, *, optional: bool = False) -> float | None:

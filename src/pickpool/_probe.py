@@ -32,7 +32,7 @@ from typing import Any
 
 from . import _inner, _machine
 from ._backends import Setup
-from ._driver import Done, Plan
+from ._driver import Done, Pacer, Plan
 from ._inner import InnerThreads, Pool
 from ._options import make_plan
 from ._task import OK
@@ -301,6 +301,8 @@ class Wishes:
     initializer: Callable[..., object] | None = None
     initargs: tuple[Any, ...] = ()
     max_tasks_per_child: int | None = None
+    # ``max_rate``, as the one pacer every phase of the run shares.
+    pacer: Pacer | None = None
 
     def workers_setup(self) -> dict[str, Any]:
         """What each new worker is set up with, for every :class:`Setup` of the run."""
@@ -325,21 +327,26 @@ class Wishes:
         ``adaptive``: chunks start at ``chunksize`` and follow the measured pace, unless the
         caller fixed the chunk size; ``length``: how many items the plan runs, if known.
         """
+        # Each item on its own: its timeout runs from its start, its start is paced.
+        one_by_one = self.timeout is not None or self.pacer is not None
         plan = make_plan(
             model=model,
             is_async=is_async,
             length=length,
             workers=workers,
-            chunksize=None if self.timeout is not None else chunksize,
+            chunksize=None if one_by_one else chunksize,
             ordered=self.ordered,
             timeout=self.timeout,
             retries=self.retries,
             on_error=self.on_error,
             backoff=self.backoff,
             max_concurrency=self.max_concurrency,
+            max_rate=None if self.pacer is None else self.pacer.rate,
         )
         return dataclasses.replace(
-            plan, adaptive=adaptive and self.timeout is None and self.chunksize is None
+            plan,
+            adaptive=adaptive and not one_by_one and self.chunksize is None,
+            pacer=self.pacer,
         )
 
 

@@ -9,7 +9,9 @@ worse (or better) than they are against a real service; these run in a child pro
 - ``"capacity"``: serves at most ``limit`` requests at once, the rest wait their turn, so each
   answer takes longer as more are in flight (a database with a connection pool);
 - ``"ratelimit"``: answers ``429 Too Many Requests`` (with ``Retry-After``) to requests past
-  ``limit`` in flight, as an API with a quota does.
+  ``limit`` in flight, as an API with a quota does;
+- ``"rate"``: answers 429 to requests past ``rate`` in any one second (a sliding window), as
+  an API that allows so many requests a second does.
 
 Each answers ``GET /<n>`` with ``n`` after ``delay`` seconds.
 
@@ -23,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import http.server
 import os
@@ -36,7 +39,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-KINDS = ("roomy", "backlog", "capacity", "ratelimit")
+KINDS = ("roomy", "backlog", "capacity", "ratelimit", "rate")
 
 
 class TooManyRequests(Exception):
@@ -56,7 +59,7 @@ def get(url: str, n: int, timeout: float = 30.0) -> int:
 
 
 @contextlib.contextmanager
-def serve(kind: str, *, delay: float = 0.02, limit: int = 8) -> Iterator[str]:
+def serve(kind: str, *, delay: float = 0.02, limit: int = 8, rate: float = 100.0) -> Iterator[str]:
     """Start a ``kind`` server in a child process; yield its base URL; stop it after."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
@@ -69,6 +72,8 @@ def serve(kind: str, *, delay: float = 0.02, limit: int = 8) -> Iterator[str]:
         str(delay),
         "--limit",
         str(limit),
+        "--rate",
+        str(rate),
     ]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
@@ -105,6 +110,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             finally:
                 with server.lock:
                     server.in_flight -= 1
+        elif server.kind == "rate":
+            now = time.monotonic()
+            with server.lock:
+                arrivals = server.arrivals
+                while arrivals and arrivals[0] <= now - 1.0:
+                    arrivals.popleft()
+                admitted = len(arrivals) < server.rate
+                if admitted:
+                    arrivals.append(now)
+            if not admitted:
+                self._answer(429, b"slow down", retry_after=True)
+                return
+            time.sleep(server.delay)
         elif server.kind == "capacity":
             with server.slots:
                 time.sleep(server.delay)
@@ -134,12 +152,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--delay", type=float, default=0.02)
     parser.add_argument("--limit", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=100.0)
     args = parser.parse_args(argv)
     server_class = type(
         "Server", (_Server,), {"request_queue_size": 5 if args.kind == "backlog" else 1024}
     )
     server: Any = server_class(("127.0.0.1", 0), _Handler)
     server.kind, server.delay, server.limit = args.kind, args.delay, args.limit
+    server.rate, server.arrivals = args.rate, collections.deque()
     server.lock = threading.Lock()
     server.in_flight = 0
     server.slots = threading.Semaphore(args.limit)
