@@ -151,13 +151,22 @@ class AutoRun:
         # Threads start at the advised count and climb, unless the caller fixed the count.
         # Calls that wait follow their latency and failures (a far side's capacity), from
         # RAMP_START up to CLIMB_CAP; others climb by throughput, up to twice the count.
+        # Coroutines that wait follow their latency and failures the same way, on the loop.
         # (Under a rate, what is sent starts at once: the workers hold the pace's calls.)
-        climb = advice.model == "threads" and wishes.workers is None and wishes.pacer is None
+        ev = pilot.evidence
+        waits = ev.cpu_share < WAITING_SHARE
+        climb = (
+            wishes.workers is None
+            and wishes.pacer is None
+            and (
+                advice.model == "threads" or (advice.model == "asyncio" and self.is_async and waits)
+            )
+        )
         cap = min(CLIMB_CAP, wishes.max_concurrency or CLIMB_CAP)
         start, latency, workers = advice.workers, None, advice.workers
-        ev = pilot.evidence
-        if climb and not self.is_async and ev.cpu_share < WAITING_SHARE:
-            latency, start, workers = ev.wall, min(cap, RAMP_START), cap
+        if climb and waits:
+            latency, start = ev.wall, min(cap, RAMP_START)
+            workers = cap if advice.model == "threads" else max(cap, advice.workers)
         elif climb:
             workers = min(cap, 2 * advice.workers)
         plan = wishes.plan(

@@ -37,7 +37,7 @@ from .._task import (
     run_initializer,
 )
 from . import Setup
-from ._threads import CANCEL_GRACE
+from ._threads import CANCEL_GRACE, Limiter
 
 T = TypeVar("T")
 
@@ -64,6 +64,19 @@ class ItemRunner:
         # (Capped from the caller's thread: OpenBLAS ignores a size set from another thread
         # once the main thread has set one; ``cap_inner=False`` when the caller capped.)
         self._inner = _inner.Held(inner_limit(setup) if cap_inner else None)
+        # Calls that wait on a far side with a finite capacity (auto gives their no-load
+        # latency): as under threads, at most ``limit`` at once, moved by their latency and
+        # failures, and started paced. Otherwise every one of the ``workers`` places is used.
+        self.limiter: Limiter | None = None
+        self._limit = setup.workers
+        if setup.latency is not None and setup.concurrency is not None:
+            self.limiter = Limiter(setup.concurrency, setup.workers, setup.latency)
+            self._limit = self.limiter.limit
+        self._began: dict[asyncio.Task[None], float] = {}  # running: when each started
+        self._samples: list[tuple[float, float, int, int]] = []
+        self._next_start = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_failed: dict[asyncio.Task[None], bool] = {}
 
     def start(self, task: Task) -> None:
         self._waiting.extend(enumerate(task[2], task[1]))
@@ -71,19 +84,46 @@ class ItemRunner:
 
     def _fill(self) -> None:
         loop, tasks, waiting = asyncio.get_running_loop(), self._tasks, self._waiting
-        while waiting and len(tasks) < self._setup.workers:
+        limiter = self.limiter
+        while waiting and len(tasks) < self._limit:
+            if limiter is not None:
+                now = time.monotonic()
+                if now < self._next_start:
+                    if self._timer is None:
+                        self._timer = loop.call_later(self._next_start - now, self._paced_fill)
+                    return
+                self._next_start = max(now, self._next_start) + limiter.pace
             t = loop.create_task(self._one(*waiting.popleft()))
             tasks.add(t)
             t.add_done_callback(self._finish)
+            if limiter is not None:
+                self._began[t] = time.monotonic()
+                limiter.saw(len(tasks))
+
+    def _paced_fill(self) -> None:
+        self._timer = None
+        self._fill()
 
     def _finish(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        began = self._began.pop(task, None)
+        if began is not None and self.limiter is not None and not task.cancelled():
+            # The outcome went to ``_finished`` (or was just reported): failed or not.
+            bad = int(self._last_failed.pop(task, False))
+            self._samples.append((began, time.monotonic() - began, bad, 1))
+            samples, self._samples = self._samples, []
+            oldest = min(self._began.values(), default=None)
+            if self.limiter.completed(samples, oldest):
+                self._limit = self.limiter.limit
         if self._waiting:
             self._fill()
 
     async def cancel(self) -> None:
         """Cancel every item still running and wait for their ``finally`` blocks."""
         self._waiting.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for t in self._tasks:
             t.cancel()
         if self._tasks:
@@ -127,6 +167,10 @@ class ItemRunner:
             outcome = failed(index, exc)
         if type(outcome[2]) is _Raised:
             outcome = failed(index, outcome[2].exc)
+        if self.limiter is not None and outcome[1] != OK:
+            current = asyncio.current_task()
+            if current is not None:
+                self._last_failed[current] = True  # read by _finish: a signal for the limit
         if not self._finished:
             asyncio.get_running_loop().call_soon(self._report)
         self._finished.append(outcome)
