@@ -6,12 +6,15 @@ import multiprocessing
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import psutil
 import pytest
 
-MODELS = ["serial", "threads", "processes", "asyncio"]
+from pickpool._api import Model
+
+MODELS: list[Model] = ["serial", "threads", "processes", "asyncio"]
 
 _DASK_THREADS = ("Dask-", "TCP-Executor", "IO loop", "Profile", "AsyncProcess", "QueueFeeder")
 
@@ -25,8 +28,8 @@ _ALLOWED_THREAD_PREFIXES = (
 
 
 @pytest.fixture(params=MODELS)
-def model(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def model(request: pytest.FixtureRequest) -> Model:
+    return cast(Model, request.param)
 
 
 @pytest.fixture(params=["fork", "forkserver", "spawn"])
@@ -50,13 +53,13 @@ def _children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)} - _helper_pids()
 
 
-def _wait_until(predicate: object, seconds: float) -> bool:
+def _wait_until(predicate: Callable[[], object], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return True
         time.sleep(0.01)
-    return bool(predicate())  # type: ignore[operator]
+    return bool(predicate())
 
 
 @pytest.fixture(autouse=True)

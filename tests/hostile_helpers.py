@@ -10,6 +10,7 @@ import threading
 import time
 
 import pickpool
+from pickpool._api import Model
 
 
 class Boom(Exception):
@@ -59,7 +60,7 @@ def sleepy(seconds: float) -> float:
     return seconds
 
 
-def nested(inner_model: str, x: int) -> list[int]:
+def nested(inner_model: Model, x: int) -> list[int]:
     """A pool inside a worker of a pool."""
     return pickpool.map(triple, range(4 * x, 4 * x + 4), model=inner_model)
 

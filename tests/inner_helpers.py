@@ -15,7 +15,7 @@ def blas_threads(_: object) -> int:
 
     a = np.ones((64, 64))
     float((a @ a)[0, 0])
-    sizes = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    sizes: list[int] = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
     return max(sizes)
 
 
@@ -35,4 +35,5 @@ def openmp_threads(_: object) -> int:
     import sklearn  # noqa: F401  (loads an OpenMP runtime)
     from threadpoolctl import threadpool_info
 
-    return max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp")
+    sizes: list[int] = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"]
+    return max(sizes)

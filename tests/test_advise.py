@@ -12,6 +12,8 @@ import dataclasses
 import functools
 import itertools
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -23,29 +25,28 @@ from pickpool._probe import Evidence
 TWO_CORES = Machine(cores=2, gil=True, start_method="forkserver", server_running=True)
 
 
-def evidence(**kw: object) -> Evidence:
-    base: dict[str, object] = {
-        "is_async": False,
-        "calls": 8,
-        "failed": 0,
-        "wall": 0.025,
-        "cpu": 0.025,
-        "gil_held": None,
-        "child_cpu": 0.0,
-        "threads": 0,
-        "scaling": None,
-        "coroutines": 0,
-        "loop_blocked": None,
-        "item_bytes": 30,
-        "result_bytes": 30,
-        "item_pickle": 1e-6,
-        "result_pickle": 1e-6,
-        "unpicklable": None,
-        "length": 200,
-        "seconds": 0.2,
-    }
-    base.update(kw)
-    return Evidence(**base)  # type: ignore[arg-type]
+def evidence(**kw: Any) -> Evidence:
+    base = Evidence(
+        is_async=False,
+        calls=8,
+        failed=0,
+        wall=0.025,
+        cpu=0.025,
+        gil_held=None,
+        child_cpu=0.0,
+        threads=0,
+        scaling=None,
+        coroutines=0,
+        loop_blocked=None,
+        item_bytes=30,
+        result_bytes=30,
+        item_pickle=1e-6,
+        result_pickle=1e-6,
+        unpicklable=None,
+        length=200,
+        seconds=0.2,
+    )
+    return dataclasses.replace(base, **kw)
 
 
 # The cost model ---------------------------------------------------------------------------
@@ -185,6 +186,7 @@ def test_advice_options_run_as_they_are() -> None:
 
 
 def test_advise_checks_its_arguments() -> None:
+    # Wrong types on purpose (hence the ignores): the checks at run time are under test.
     with pytest.raises(ValueError, match="at least one item"):
         pickpool.advise(lab.tiny, [])
     with pytest.raises(ValueError, match="budget"):
@@ -233,8 +235,8 @@ def test_pure_python_cpu_is_cpu() -> None:
 
 
 @pytest.mark.parametrize("fn", [lab.squeeze, lab.digest], ids=["zlib", "hashlib"])
-def test_c_code_that_releases_the_gil_is_cpu_nogil(fn: object) -> None:
-    advice = pickpool.advise(fn, range(100))  # type: ignore[arg-type]
+def test_c_code_that_releases_the_gil_is_cpu_nogil(fn: Callable[[int], object]) -> None:
+    advice = pickpool.advise(fn, range(100))
     assert advice.kind == "cpu-nogil", str(advice)
     # Threads and processes tie on it (benchmarks/auto.py); which one a short probe on a busy
     # machine finds faster may vary, but never one call at a time.

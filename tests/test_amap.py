@@ -7,17 +7,18 @@ import asyncio
 import pytest
 
 import pickpool
+from pickpool._api import Model
 from tests.helpers import Boom, asquare_or_fail, identity, square_or_fail
 
 
-def test_amap_matches_map(model: str) -> None:
+def test_amap_matches_map(model: Model) -> None:
     items = [(i, i == 5) for i in range(12)]
 
-    async def main() -> list[object]:
-        return await pickpool.amap(square_or_fail, items, model=model, on_error="collect")  # type: ignore[arg-type]
+    async def main() -> list[int | pickpool.Failure]:
+        return await pickpool.amap(square_or_fail, items, model=model, on_error="collect")
 
     got = asyncio.run(main())
-    expected = pickpool.map(square_or_fail, items, model=model, on_error="collect")  # type: ignore[arg-type]
+    expected = pickpool.map(square_or_fail, items, model=model, on_error="collect")
     assert [type(x) for x in got] == [type(x) for x in expected]
     assert [x for x in got if not isinstance(x, pickpool.Failure)] == [
         x for x in expected if not isinstance(x, pickpool.Failure)
@@ -75,19 +76,34 @@ def test_other_models_keep_the_loop_free() -> None:
 
 
 @pytest.mark.parametrize("model", ["threads", "processes", "asyncio"])
-def test_cancelling_amap_stops_the_run(model: str) -> None:
+def test_cancelling_amap_stops_the_run(model: Model) -> None:
+    import socket
     import time
 
-    def slow(x: int) -> int:
-        time.sleep(0.2)
-        return x
-
     async def main() -> None:
-        task = asyncio.create_task(pickpool.amap(slow, range(1000), model=model, workers=2))  # type: ignore[arg-type]
-        await asyncio.sleep(0.3)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        # The run is cancelled once its first item runs: item 0 says so by connecting to this
+        # server, from whichever thread or worker process runs it.
+        under_way = asyncio.Event()
+
+        def told(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            under_way.set()
+            writer.close()
+
+        server = await asyncio.start_server(told, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        def slow(x: int) -> int:
+            if x == 0:
+                socket.create_connection(("127.0.0.1", port)).close()
+            time.sleep(0.2)  # the workload: a call that waits
+            return x
+
+        async with server:
+            task = asyncio.create_task(pickpool.amap(slow, range(1000), model=model, workers=2))
+            await asyncio.wait_for(under_way.wait(), 60)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
 
     asyncio.run(main())  # no_leaks checks that every worker is gone
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import pickpool
 from pickpool import _machine
+from pickpool._api import Model
 from tests.helpers import identity, where
 
 
@@ -61,7 +63,7 @@ def test_errors_inherit_the_nearest_builtin() -> None:
 
 def test_unknown_model_names_the_valid_ones() -> None:
     with pytest.raises(ValueError, match=r"'serial'.*'threads'.*'processes'.*'asyncio'"):
-        pickpool.map(abs, [1], model="gpu")  # type: ignore[call-overload]
+        pickpool.map(abs, [1], model="gpu")  # type: ignore[call-overload]  # on purpose
 
 
 @pytest.mark.parametrize(
@@ -99,19 +101,20 @@ def test_bad_options_fail_before_any_work(kwargs: dict[str, Any], error: type, m
 
 
 def test_non_callable_and_non_iterable() -> None:
+    # Wrong types on purpose (hence the ignores): the checks at run time are under test.
     with pytest.raises(TypeError, match="fn must be a callable"):
         pickpool.map(42, [1])  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="items must be an iterable"):
         pickpool.map(abs, 42)  # type: ignore[call-overload]
 
 
-def test_star_unpacks_arguments(model: str) -> None:
-    assert pickpool.map(pickpool.star(pow), [(2, 3), (3, 2)], model=model) == [8, 9]  # type: ignore[arg-type]
+def test_star_unpacks_arguments(model: Model) -> None:
+    assert pickpool.map(pickpool.star(pow), [(2, 3), (3, 2)], model=model) == [8, 9]
 
     async def add(a: int, b: int) -> int:
         return a + b
 
-    assert pickpool.map(pickpool.star(add), [(1, 2), (3, 4)], model=model) == [3, 7]  # type: ignore[arg-type]
+    assert pickpool.map(pickpool.star(add), [(1, 2), (3, 4)], model=model) == [3, 7]
 
 
 def test_work_really_runs_elsewhere() -> None:
@@ -140,7 +143,7 @@ def test_default_workers_follow_usable_cores() -> None:
     assert default_workers("serial", is_async=False) == 1
 
 
-def test_usable_cores_honours_a_cgroup_quota(tmp_path: Any) -> None:
+def test_usable_cores_honours_a_cgroup_quota(tmp_path: Path) -> None:
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     assert _machine.usable_cores(cgroup_root=tmp_path) == min(2, _machine._affinity_count())
     (tmp_path / "cpu.max").write_text("50000 100000\n")

@@ -21,8 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import pickpool
-from pickpool import _auto, _machine, lab
+from pickpool import _advise, _auto, _machine, lab
 from pickpool._advise import Advice
+from pickpool._api import OnError
 from pickpool._probe import Wishes
 from tests.helpers import Boom, asquare_or_fail, hang_on, square_or_fail
 from tests.test_semantics import Items, items_strategy, normalise, serial_loop
@@ -32,7 +33,7 @@ from tests.test_semantics import Items, items_strategy, normalise, serial_loop
 def rest_model(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Auto probes as usual, then runs the items left on this model (2 workers, chunks of 3)."""
     forced = str(request.param)
-    decide = _auto.decide
+    decide = _advise.decide  # what _auto calls (it imports it from _advise)
 
     def forced_decide(*args: Any, **kwargs: Any) -> Advice:
         advice = decide(*args, **kwargs)
@@ -68,7 +69,7 @@ def calls(folder: Path) -> list[int]:
 )
 @given(items=items_strategy)
 def test_auto_returns_what_the_serial_loop_returns(
-    rest_model: str, on_error: str, is_async: bool, items: Items
+    rest_model: str, on_error: OnError, is_async: bool, items: Items
 ) -> None:
     fn = asquare_or_fail if is_async else square_or_fail
     expected, raised_at = serial_loop(items, on_error)
@@ -119,9 +120,9 @@ def test_retries_under_auto(rest_model: str, tmp_path: Path) -> None:
 def test_timeout_under_auto(rest_model: str) -> None:
     items = [0.0, -30.0, 0.0] + [0.0] * 40 + [-30.0, 0.0]
     got = pickpool.map(hang_on, items, timeout=0.5, on_error="collect")
-    failed = [r.index for r in got if isinstance(r, pickpool.Failure)]
-    assert failed == [1, 43]
-    assert all(isinstance(got[i].exception, pickpool.TaskTimeout) for i in failed)
+    failures = [r for r in got if isinstance(r, pickpool.Failure)]
+    assert [f.index for f in failures] == [1, 43]
+    assert all(isinstance(f.exception, pickpool.TaskTimeout) for f in failures)
 
 
 def test_endless_input_under_auto(rest_model: str) -> None:
@@ -182,7 +183,7 @@ def test_the_probe_of_tiny_items_takes_milliseconds() -> None:
 
 def test_workers_given_with_auto_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[Advice] = []
-    decide = _auto.decide
+    decide = _advise.decide
 
     def spy(*args: Any, **kwargs: Any) -> Advice:
         seen.append(decide(*args, **kwargs))
@@ -201,16 +202,20 @@ def _crunch_n(n: int) -> int:
     return total
 
 
-def _never() -> Iterator[int]:
+def _not_reached() -> int:
     raise AssertionError("not reached")
-    yield 0
+
+
+def _never() -> Iterator[int]:
+    """An input whose first read fails the test."""
+    yield _not_reached()
 
 
 def test_auto_checks_options_before_running_anything() -> None:
     with pytest.raises(ValueError, match="workers"):
-        pickpool.map(record, _never(), workers=0)
+        pickpool.map(_crunch_n, _never(), workers=0)
     with pytest.raises(ValueError, match="timeout"):
-        pickpool.map(record, _never(), timeout=-1)
+        pickpool.map(_crunch_n, _never(), timeout=-1)
 
 
 def test_auto_on_an_empty_input() -> None:
@@ -278,14 +283,16 @@ def test_auto_re_decides_when_waiting_turns_into_computing(
     models = [advice.model for advice in run.decisions]
     assert models[0] == "threads"
     assert len(models) >= 2
-    assert models[-1] in ("processes", "serial"), [str(a) for a in run.decisions]
+    # The re-decision moves off threads. (What comes after it, if that drifts too on a busy
+    # machine, is judged on that machine's figures.)
+    assert models[1] in ("processes", "serial"), [str(a) for a in run.decisions]
 
 
 def test_a_run_out_of_re_decisions_still_runs_every_item(monkeypatch: pytest.MonkeyPatch) -> None:
     # Every window "drifts" (the prediction is made absurd): auto re-decides its allowed
     # number of times, then runs the rest on its last choice. Nothing is lost.
     monkeypatch.setattr(_auto, "DRIFT_WATCH", 0.0)
-    decide = _auto.decide
+    decide = _advise.decide
 
     def absurd(*args: Any, **kwargs: Any) -> Advice:
         return dataclasses.replace(decide(*args, **kwargs), pace=_auto.WATCH_MIN_PACE)

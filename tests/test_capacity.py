@@ -354,6 +354,15 @@ def test_auto_against_a_rate_limit_loses_no_item() -> None:
     assert got == list(range(200))
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("model", ["threads", "processes", "asyncio"])
+def test_the_wait_for_a_start_is_not_part_of_the_timeout(model: Model) -> None:
+    # 12 items at 20 a second: the last starts 0.55 s after the first, each runs ~0 s; a
+    # 0.2 s timeout counted from when the item was handed over would fail most of them.
+    got = pickpool.map(abs, range(12), model=model, max_rate=20, timeout=0.2, workers=4)
+    assert got == list(range(12))
+
+
 def test_a_bad_max_rate_is_refused() -> None:
     with pytest.raises(ValueError, match="max_rate must be a positive"):
         pickpool.map(abs, [1], max_rate=0)

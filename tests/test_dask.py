@@ -6,13 +6,16 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pickpool
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
@@ -22,7 +25,7 @@ pytestmark = pytest.mark.foreign_processes("Dask Worker")
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
+def client() -> Iterator[Client]:
     # A task may kill one worker and be tried again, not three (a task that kills its workers
     # is reported after two deaths); a worker runs one task at a time, so that a dying task
     # takes no innocent one with it. (LocalCluster sets OMP_NUM_THREADS and the like in this
@@ -72,19 +75,21 @@ def worker_pid(_: object) -> int:
 
 @settings(max_examples=15, deadline=None)
 @given(items=st.lists(st.integers(-1000, 1000), max_size=40), chunksize=st.integers(1, 8))
-def test_dask_returns_what_the_loop_returns(client: Any, items: list[int], chunksize: int) -> None:
+def test_dask_returns_what_the_loop_returns(
+    client: Client, items: list[int], chunksize: int
+) -> None:
     assert pickpool.map(square, items, model="dask", chunksize=chunksize) == [
         square(x) for x in items
     ]
 
 
-def test_the_default_client_and_workers(client: Any) -> None:
+def test_the_default_client_and_workers(client: Client) -> None:
     # No client= given: the active one; workers default to its threads (2).
     assert pickpool.map(square, range(50), model="dask") == [x * x for x in range(50)]
     assert pickpool.map(square, [3], model="dask", client=client) == [9]
 
 
-def test_errors_are_those_of_every_model(client: Any) -> None:
+def test_errors_are_those_of_every_model(client: Client) -> None:
     with pytest.raises(ValueError, match="bad 3"):
         pickpool.map(fails_on_three, range(20), model="dask")
     got = pickpool.map(fails_on_three, range(12), model="dask", on_error="collect")
@@ -95,7 +100,7 @@ def test_errors_are_those_of_every_model(client: Any) -> None:
     ]
 
 
-def test_unordered_and_streaming(client: Any) -> None:
+def test_unordered_and_streaming(client: Client) -> None:
     assert sorted(pickpool.imap(square, range(300), model="dask", ordered=False)) == sorted(
         x * x for x in range(300)
     )
@@ -104,7 +109,7 @@ def test_unordered_and_streaming(client: Any) -> None:
     stream.close()
 
 
-def test_a_timeout_fails_the_item_and_the_run_goes_on(client: Any) -> None:
+def test_a_timeout_fails_the_item_and_the_run_goes_on(client: Client) -> None:
     def sometimes_stuck(x: int) -> int:
         time.sleep(3 if x == 1 else 0)
         return x
@@ -119,7 +124,7 @@ def test_a_timeout_fails_the_item_and_the_run_goes_on(client: Any) -> None:
     assert sorted(g for g in got if not isinstance(g, pickpool.Failure)) == [0, 2, 3]
 
 
-def test_a_worker_killed_mid_run_loses_nothing(client: Any) -> None:
+def test_a_worker_killed_mid_run_loses_nothing(client: Client) -> None:
     pids = set(client.run(os.getpid).values())
     results = pickpool.imap(slow, range(60), model="dask", chunksize=1)
     got = [next(results) for _ in range(5)]
@@ -129,7 +134,7 @@ def test_a_worker_killed_mid_run_loses_nothing(client: Any) -> None:
     client.wait_for_workers(2, timeout=30)
 
 
-def test_an_item_that_kills_its_worker_fails_alone(client: Any) -> None:
+def test_an_item_that_kills_its_worker_fails_alone(client: Client) -> None:
     # A dying worker can take a task queued behind the culprit with it; retries (which cover
     # crashes, as under processes) run such an innocent item again.
     got = pickpool.map(
@@ -146,13 +151,13 @@ def test_client_is_only_for_dask() -> None:
         pickpool.map(square, range(3), model="threads", client=object())
 
 
-def test_advise_weighs_the_active_cluster(client: Any) -> None:
+def test_advise_weighs_the_active_cluster(client: Client) -> None:
     advice = pickpool.advise(slow, range(100))
     assert "dask" in advice.predicted
     assert advice.sizes["dask"][0] == 2  # the cluster's threads
 
 
-def test_amap_runs_dask_from_inside_an_event_loop(client: Any) -> None:
+def test_amap_runs_dask_from_inside_an_event_loop(client: Client) -> None:
     import asyncio
 
     async def main() -> list[int]:

@@ -11,11 +11,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
 
 import pickpool
+from pickpool._api import Model
 from pickpool._executor import PROCESS_WORTH
 
 from .helpers import crash, hang_on
@@ -68,14 +70,17 @@ async def aadd(x: int, y: int) -> int:
 
 
 @pytest.mark.parametrize("model", ["serial", "threads", "processes", "asyncio", "auto"])
-def test_executor_runs_the_same_calls_on_every_model(model: str) -> None:
+def test_executor_runs_the_same_calls_on_every_model(model: Model) -> None:
     with pickpool.Executor(model, 2) as ex:
         assert ex.submit(pow, 2, 8).result() == 256
         assert ex.submit(scaled, 3, factor=2, offset=1).result() == 7
         assert list(ex.map(pow, range(6), range(6), chunksize=4)) == [i**i for i in range(6)]
         with pytest.raises(ZeroDivisionError):
             ex.submit(divmod, 1, 0).result()
-        assert ex.submit(aadd, 1, 2).result() == 3  # a coroutine is run to its end
+        # A coroutine function is run to its end: its future holds the coroutine's result
+        # (submit's type, Future[T] of fn's return, says a coroutine).
+        ran: object = ex.submit(aadd, 1, 2).result()
+        assert ran == 3
 
 
 def test_executor_sends_lambdas_to_processes() -> None:
@@ -140,7 +145,7 @@ def test_shutdown_cancels_what_has_not_started() -> None:
 
 
 @pytest.mark.parametrize("model", ["threads", "processes", "serial"])
-def test_executor_initializer_sets_state_each_call_sees(model: str) -> None:
+def test_executor_initializer_sets_state_each_call_sees(model: Model) -> None:
     with pickpool.Executor(model, 2, initializer=remember, initargs=("db",)) as ex:
         assert [f.result() for f in [ex.submit(recall, i) for i in range(4)]] == [
             (i, "db") for i in range(4)
@@ -168,13 +173,13 @@ def test_bad_executor_options_say_what_to_do() -> None:
     with pytest.raises(ValueError, match=r"distributed\.Client"):
         pickpool.Executor("dask")
     with pytest.raises(TypeError, match="initializer"):
-        pickpool.Executor("threads", initializer=3)  # type: ignore[arg-type]
+        pickpool.Executor("threads", initializer=3)  # type: ignore[arg-type]  # on purpose
 
 
 # The builtins' call shapes ---------------------------------------------------------------------
 
 
-def test_map_zips_several_iterables_like_the_builtin(model: str) -> None:
+def test_map_zips_several_iterables_like_the_builtin(model: Model) -> None:
     xs, ys = [1, 2, 3, 4], (10, 20, 30)
     assert pickpool.map(pow, xs, ys, model=model) == list(map(pow, xs, ys))
     assert list(pickpool.imap(pow, xs, ys, model=model)) == list(map(pow, xs, ys))
@@ -182,7 +187,7 @@ def test_map_zips_several_iterables_like_the_builtin(model: str) -> None:
     assert pickpool.map(aadd, xs, ys, model=model) == [11, 22, 33]
 
 
-def test_starmap_and_partial_keywords(model: str) -> None:
+def test_starmap_and_partial_keywords(model: Model) -> None:
     pairs = [(2, 3), (3, 2), (10, 0)]
     assert pickpool.starmap(pow, pairs, model=model) == [8, 9, 1]
     with_keywords = functools.partial(scaled, factor=3, offset=1)
@@ -198,11 +203,11 @@ def test_a_failure_of_several_iterables_names_the_tuple() -> None:
 
 def test_a_non_iterable_second_argument_says_which() -> None:
     with pytest.raises(TypeError, match="iterable 2"):
-        pickpool.map(pow, [1], 5, model="serial")  # type: ignore[call-overload]
+        pickpool.map(pow, [1], 5, model="serial")  # type: ignore[call-overload]  # on purpose
 
 
 @pytest.mark.parametrize("model", ["asyncio", "threads", "processes"])
-def test_aimap_yields_results_as_they_come(model: str) -> None:
+def test_aimap_yields_results_as_they_come(model: Model) -> None:
     async def main() -> list[int]:
         return [r async for r in pickpool.aimap(pow, range(50), [2] * 50, model=model)]
 
@@ -217,7 +222,8 @@ def test_aimap_stops_the_run_when_the_loop_breaks() -> None:
             taken.append(r)
             if len(taken) == 3:
                 break
-        await results.aclose()  # type: ignore[attr-defined]
+        assert isinstance(results, AsyncGenerator)  # aimap is an async generator
+        await results.aclose()
         return taken
 
     started = time.monotonic()
@@ -229,7 +235,7 @@ def test_aimap_stops_the_run_when_the_loop_breaks() -> None:
 
 
 @pytest.mark.parametrize("model", ["serial", "threads", "processes", "asyncio", "auto"])
-def test_map_initializer_sets_what_the_function_sees(model: str) -> None:
+def test_map_initializer_sets_what_the_function_sees(model: Model) -> None:
     got = pickpool.map(recall, range(20), model=model, initializer=remember, initargs=(7,))
     assert got == [(i, 7) for i in range(20)]
 
@@ -283,3 +289,32 @@ def test_the_probe_counts_what_the_function_carries() -> None:
     big = pickpool.advise(_closure_over(b"x" * 20_000_000), range(200), budget=0.2).evidence
     assert big.fn_bytes > 20_000_000 > small.fn_bytes
     assert big.fn_pickle > small.fn_pickle
+
+
+def _init_fails() -> None:
+    raise LookupError("no config")
+
+
+def test_a_failing_initializer_fails_threads_items_with_its_own_error() -> None:
+    with pytest.raises(LookupError, match="no config"):
+        pickpool.map(abs, range(3), model="threads", initializer=_init_fails)
+
+
+def test_initializer_is_refused_where_workers_cannot_run_it() -> None:
+    with pytest.raises(ValueError, match="initializer is not supported under model='dask'"):
+        pickpool.map(abs, [1], model="dask", initializer=_init_fails)
+
+
+@pytest.mark.timeout(30)
+def test_a_cancelled_error_raised_by_the_function_is_raised_under_asyncio() -> None:
+    import asyncio
+
+    async def refuses(x: int) -> int:
+        if x == 1:
+            raise asyncio.CancelledError("the far side cancelled it")
+        return x
+
+    # A BaseException, raised as the plain loop raises it (it used to leave its item with no
+    # outcome, and the run waiting for it forever).
+    with pytest.raises(asyncio.CancelledError, match="the far side"):
+        pickpool.map(refuses, range(3), model="asyncio", on_error="collect")

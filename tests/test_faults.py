@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pickpool
+from pickpool._api import Model
 from tests.helpers import Boom
 
 HANG = 2.0  # a hung item sleeps this long: past the timeout, short enough to end by itself
@@ -87,7 +88,7 @@ FAULTS = settings(
 @pytest.mark.parametrize("model", ["serial", "threads", "asyncio", "auto"])
 @FAULTS
 @given(items=plans(("raise", "hang")))
-def test_exceptions_and_hangs_in_process(model: str, items: list[tuple[int, str]]) -> None:
+def test_exceptions_and_hangs_in_process(model: Model, items: list[tuple[int, str]]) -> None:
     results = pickpool.map(faulty, items, model=model, timeout=TIMEOUT, on_error="collect")
     check_every_index_once(items, results)
 
@@ -96,7 +97,7 @@ def test_exceptions_and_hangs_in_process(model: str, items: list[tuple[int, str]
 @pytest.mark.parametrize("model", ["threads", "asyncio", "auto"])
 @FAULTS
 @given(items=plans(("raise", "hang")))
-def test_exceptions_and_hangs_in_coroutines(model: str, items: list[tuple[int, str]]) -> None:
+def test_exceptions_and_hangs_in_coroutines(model: Model, items: list[tuple[int, str]]) -> None:
     results = pickpool.map(afaulty, items, model=model, timeout=TIMEOUT, on_error="collect")
     check_every_index_once(items, results)
 
@@ -161,7 +162,7 @@ def test_retries_cover_crashes(tmp_path: Path) -> None:
 
 @pytest.mark.leaves_threads
 @pytest.mark.parametrize("model", ["threads", "processes", "asyncio"])
-def test_retries_cover_timeouts(model: str, tmp_path: Path) -> None:
+def test_retries_cover_timeouts(model: Model, tmp_path: Path) -> None:
     fn = functools.partial(hang_once, str(tmp_path))
     assert pickpool.map(fn, range(4), model=model, timeout=TIMEOUT, retries=1) == [0, 1, 2, 3]
 
@@ -169,4 +170,5 @@ def test_retries_cover_timeouts(model: str, tmp_path: Path) -> None:
 def test_a_failure_counts_its_attempts() -> None:
     items = [(0, "ok"), (1, "exit"), (2, "raise")]
     results = pickpool.map(faulty, items, model="processes", retries=2, on_error="collect")
-    assert [r.attempts for r in results[1:]] == [3, 3]
+    failures = [r for r in results[1:] if isinstance(r, pickpool.Failure)]
+    assert [f.attempts for f in failures] == [3, 3]

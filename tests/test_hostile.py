@@ -30,6 +30,7 @@ import psutil
 import pytest
 
 import pickpool
+from pickpool._api import Model, OnError
 from tests import hostile_helpers as hh
 
 MODELS = ["serial", "threads", "processes", "asyncio", "auto"]
@@ -99,7 +100,7 @@ STOP_AT = 25  # the middle of 50 items: chunks of several items run on both side
 @pytest.mark.parametrize(("kind", "exc"), KINDS)
 @pytest.mark.parametrize("model", MODELS)
 def test_stop_iteration_fails_only_its_item(
-    model: str, kind: Callable[..., Any], exc: type[BaseException], options: dict[str, Any]
+    model: Model, kind: Callable[..., Any], exc: type[BaseException], options: dict[str, Any]
 ) -> None:
     fn = functools.partial(kind, STOP_AT, exc)
     items = list(range(50))
@@ -282,7 +283,7 @@ def failing_input(n: int) -> Iterator[int]:
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("ordered", [True, False])
 @pytest.mark.parametrize("model", MODELS)
-def test_an_input_that_raises_loses_no_result(model: str, ordered: bool) -> None:
+def test_an_input_that_raises_loses_no_result(model: Model, ordered: bool) -> None:
     received: list[int] = []
     with pytest.raises(InputError):
         drain(pickpool.imap(hh.triple, failing_input(37), model=model, ordered=ordered), received)
@@ -295,7 +296,7 @@ def test_an_input_that_raises_loses_no_result(model: str, ordered: bool) -> None
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("model", MODELS)
-def test_an_input_that_raises_late_loses_no_result(model: str) -> None:
+def test_an_input_that_raises_late_loses_no_result(model: Model) -> None:
     received: list[int] = []
     with pytest.raises(InputError):
         drain(pickpool.imap(hh.triple, failing_input(5000), model=model), received)
@@ -304,7 +305,7 @@ def test_an_input_that_raises_late_loses_no_result(model: str) -> None:
 
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("model", MODELS)
-def test_map_raises_the_inputs_error(model: str) -> None:
+def test_map_raises_the_inputs_error(model: Model) -> None:
     with pytest.raises(InputError):
         pickpool.map(hh.triple, failing_input(37), model=model)
 
@@ -368,7 +369,7 @@ LONG = 15.0  # an item that only a cancellation ends within a test's time
 @pytest.mark.timeout(30)
 @pytest.mark.leaves_threads  # a thread cannot be stopped: one may sleep on, abandoned
 @pytest.mark.parametrize("model", MODELS)
-def test_cancelling_amap_returns_at_once(model: str) -> None:
+def test_cancelling_amap_returns_at_once(model: Model) -> None:
     async def main() -> None:
         await asyncio.wait_for(pickpool.amap(hh.sleepy, [0, LONG], model=model), 1.0)
 
@@ -430,7 +431,9 @@ def test_ctrl_c_stops_amap_at_once(model: str) -> None:
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("on_error", ["raise", "collect"])
 @pytest.mark.parametrize("model", MODELS)
-def test_keyboard_interrupt_from_the_function_reaches_the_caller(model: str, on_error: str) -> None:
+def test_keyboard_interrupt_from_the_function_reaches_the_caller(
+    model: Model, on_error: OnError
+) -> None:
     # As in the plain loop: KeyboardInterrupt is not an item's failure, collect or not.
     fn = functools.partial(hh.raise_at, 2, KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
@@ -442,7 +445,7 @@ def test_keyboard_interrupt_from_the_function_reaches_the_caller(model: str, on_
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("inner", ["processes", "auto"])
-def test_a_pool_inside_a_worker_process(inner: str) -> None:
+def test_a_pool_inside_a_worker_process(inner: Model) -> None:
     fn = functools.partial(hh.nested, inner)
     results = pickpool.map(fn, range(2), model="processes")
     assert results == [[0, 3, 6, 9], [12, 15, 18, 21]]
@@ -510,7 +513,7 @@ def test_a_second_ctrl_c_still_stops_every_worker() -> None:
 
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("model", MODELS)
-def test_an_unprintable_unpicklable_exception_fails_its_item(model: str) -> None:
+def test_an_unprintable_unpicklable_exception_fails_its_item(model: Model) -> None:
     fn = functools.partial(hh.unprintable_at, 3)
     items = list(range(10))
     results = pickpool.map(fn, items, model=model, on_error="collect")
@@ -546,7 +549,7 @@ def test_a_failed_items_memory_is_freed_in_the_worker() -> None:
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("model", ["serial", "threads"])
-def test_a_skipped_failure_pins_no_memory(model: str) -> None:
+def test_a_skipped_failure_pins_no_memory(model: Model) -> None:
     # Without the cycle collector, only references the library drops free the failure.
     fn = functools.partial(hh.hog_then_fail_at, 1)
     before = rss()

@@ -13,17 +13,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import pickpool
 from pickpool import _inner, _machine
 from pickpool._advise import Machine, decide
+from pickpool._api import Model
 from pickpool._inner import Pool
-from pickpool._probe import Knocker
+from pickpool._probe import Evidence, Knocker
 
 from . import inner_helpers as ih
 from .test_advise import evidence
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 np = pytest.importorskip("numpy")
 threadpoolctl = pytest.importorskip("threadpoolctl")
@@ -34,7 +39,8 @@ OPENBLAS = (Pool("OpenBLAS", 2),)
 
 def blas_size() -> int:
     """This process's BLAS pool size now (numpy loaded)."""
-    return max(p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas")
+    info: list[dict[str, Any]] = threadpoolctl.threadpool_info()
+    return max(int(p["num_threads"]) for p in info if p["user_api"] == "blas")
 
 
 @pytest.fixture
@@ -53,7 +59,8 @@ def blas() -> Iterator[int]:
 def test_a_bad_inner_threads_is_refused_before_anything_runs(bad: object) -> None:
     ran: list[int] = []
     with pytest.raises(ValueError, match="inner_threads"):
-        pickpool.map(ran.append, range(3), model="serial", inner_threads=bad)  # type: ignore[arg-type]
+        # A wrong value on purpose (hence the ignore): its check at the call is under test.
+        pickpool.map(ran.append, range(3), model="serial", inner_threads=bad)  # type: ignore[call-overload]
     assert ran == []
 
 
@@ -82,7 +89,7 @@ def test_overlapping_runs_hold_the_smallest_cap_and_the_last_one_puts_it_back(bl
 
 
 @pytest.mark.parametrize("model", ["threads", "asyncio", "processes"])
-def test_calls_side_by_side_get_their_share_of_the_cores(model: str, blas: int) -> None:
+def test_calls_side_by_side_get_their_share_of_the_cores(model: Model, blas: int) -> None:
     workers = 2
     seen = pickpool.map(ih.blas_threads, range(8), model=model, workers=workers, chunksize=1)
     share = max(1, _machine.cores() // workers)
@@ -100,7 +107,7 @@ def test_a_worker_that_loads_numpy_late_is_capped_from_its_next_task(blas: int) 
 
 
 @pytest.mark.parametrize("model", ["serial", "threads", "processes"])
-def test_an_int_is_the_threads_of_each_pool_whatever_the_model(model: str, blas: int) -> None:
+def test_an_int_is_the_threads_of_each_pool_whatever_the_model(model: Model, blas: int) -> None:
     seen = pickpool.map(ih.blas_threads, range(4), model=model, workers=2, inner_threads=1)
     assert seen[-2:] == [1, 1], seen
     assert blas_size() == blas
@@ -154,8 +161,8 @@ def test_the_probe_names_the_pools_of_a_call_that_is_parallel_inside(blas: int) 
     assert ev.capped_wall > 0
 
 
-def _matmul(m: object) -> float:
-    x = m @ m  # type: ignore[operator]
+def _matmul(m: NDArray[Any]) -> float:
+    x = m @ m
     return float((x @ m)[0, 0])
 
 
@@ -216,7 +223,7 @@ def test_the_gil_held_between_calls_is_not_read_as_the_calls() -> None:
 # The cost model, on made-up evidence ----------------------------------------------------------
 
 
-def parallel_call(**kw: object) -> object:
+def parallel_call(**kw: object) -> Evidence:
     """A 5 ms call that kept 2 cores busy alone (OpenBLAS, 2 threads)."""
     base: dict[str, object] = {
         "wall": 0.005,
@@ -235,7 +242,7 @@ def parallel_call(**kw: object) -> object:
 def test_pools_that_only_spin_are_capped_and_processes_split_the_cores() -> None:
     # One thread per pool is as fast as two: the second thread only spun.
     ev = parallel_call(capped_wall=0.005, capped_cpu=0.006, capped_gil=0.97)
-    advice = decide(ev, items=300, machine=TWO_CORES)  # type: ignore[arg-type]
+    advice = decide(ev, items=300, machine=TWO_CORES)
     assert (advice.model, advice.workers, advice.inner_threads) == ("processes", 2, 1)
     assert advice.options["inner_threads"] == 1
     text = str(advice)
@@ -246,7 +253,7 @@ def test_pools_that_only_spin_are_capped_and_processes_split_the_cores() -> None
 def test_a_call_whose_threads_really_work_runs_in_a_plain_loop() -> None:
     # One thread per pool takes twice as long: a loop already uses both cores.
     ev = parallel_call(capped_wall=0.010, capped_cpu=0.010, capped_gil=0.97)
-    advice = decide(ev, items=300, machine=TWO_CORES)  # type: ignore[arg-type]
+    advice = decide(ev, items=300, machine=TWO_CORES)
     assert advice.model == "serial"
     assert "already keeps 2.0 cores busy" in str(advice)
 
@@ -254,14 +261,14 @@ def test_a_call_whose_threads_really_work_runs_in_a_plain_loop() -> None:
 def test_between_the_two_the_model_weighs_what_the_threads_bring() -> None:
     # Two threads make a call 1.3x faster, two processes of one thread each 2x: processes.
     ev = parallel_call(capped_wall=0.0065, capped_cpu=0.0065, capped_gil=0.97)
-    advice = decide(ev, items=300, machine=TWO_CORES)  # type: ignore[arg-type]
+    advice = decide(ev, items=300, machine=TWO_CORES)
     assert advice.model == "processes"
     assert advice.predicted["processes"] < 0.85 * advice.predicted["serial"]
 
 
 def test_left_alone_the_pools_count_against_the_cores() -> None:
     ev = parallel_call(capped_wall=0.005, capped_cpu=0.006, capped_gil=0.97)
-    advice = decide(ev, items=300, machine=TWO_CORES, inner_threads="leave")  # type: ignore[arg-type]
+    advice = decide(ev, items=300, machine=TWO_CORES, inner_threads="leave")
     assert advice.inner_threads is None
     # Each call keeps both cores busy: two at once are no faster than one after the other.
     assert advice.predicted["processes"] > 0.9 * advice.predicted["serial"]
@@ -269,16 +276,16 @@ def test_left_alone_the_pools_count_against_the_cores() -> None:
 
 def test_a_pool_that_cannot_be_capped_is_said_so() -> None:
     ev = parallel_call(pools=(Pool("polars", 2, cappable=False),))
-    advice = decide(ev, items=300, machine=TWO_CORES)  # type: ignore[arg-type]
+    advice = decide(ev, items=300, machine=TWO_CORES)
     assert "polars sizes its pool when it is imported" in str(advice)
     assert advice.model == "serial"
 
 
 def test_what_a_model_was_seen_to_do_overrides_its_prediction() -> None:
     ev = parallel_call(capped_wall=0.005, capped_cpu=0.006, capped_gil=0.97)
-    first = decide(ev, items=300, machine=TWO_CORES)  # type: ignore[arg-type]
+    first = decide(ev, items=300, machine=TWO_CORES)
     assert first.model == "processes"
-    again = decide(ev, items=300, machine=TWO_CORES, observed={"processes": 0.05})  # type: ignore[arg-type]
+    again = decide(ev, items=300, machine=TWO_CORES, observed={"processes": 0.05})
     assert again.model != "processes"
     assert again.predicted["processes"] >= 300 * 0.05
 
@@ -306,7 +313,7 @@ def test_evidence_without_inner_readings_is_decided_as_before() -> None:
 
 
 @pytest.mark.parametrize("model", ["threads", "asyncio"])
-def test_openmp_is_capped_in_each_thread_that_calls_it(model: str) -> None:
+def test_openmp_is_capped_in_each_thread_that_calls_it(model: Model) -> None:
     # OpenMP keeps its size per thread: capping the caller's thread alone would not reach the
     # worker threads, and a warm thread must not keep the cap into a run that leaves it.
     pytest.importorskip("sklearn")

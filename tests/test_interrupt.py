@@ -73,7 +73,8 @@ def test_ctrl_c_stops_the_run_and_its_workers(model: str, kind: str) -> None:
     try:
         assert proc.stdout is not None
         # Wait until the consumer holds the first two results and a worker runs a slow item.
-        workers, got = set(), set()
+        workers: set[int] = set()
+        got: set[int] = set()
         while not (workers and got == {0, 1}):
             line = proc.stdout.readline()
             assert line.startswith(("running", "got")), line

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 import pickpool
 from pickpool import lab
+from pickpool._api import Model
 from pickpool.lab import __main__ as demo
 
 
@@ -23,9 +25,9 @@ from pickpool.lab import __main__ as demo
         lab.mixed, lab.child, lab.async_blocking, lab.async_crunch,
     ],
 )  # fmt: skip
-def test_workloads_agree_across_models(model: str, fn: object) -> None:
-    expected = pickpool.map(fn, range(4), model="serial")  # type: ignore[call-overload]
-    assert pickpool.map(fn, range(4), model=model) == expected  # type: ignore[call-overload]
+def test_workloads_agree_across_models(model: Model, fn: Callable[[int], object]) -> None:
+    expected = pickpool.map(fn, range(4), model="serial")
+    assert pickpool.map(fn, range(4), model=model) == expected
 
 
 def test_demo_prints_the_table_a_verdict_per_workload_and_the_plot(
@@ -43,7 +45,7 @@ def test_demo_prints_the_table_a_verdict_per_workload_and_the_plot(
 
 @pytest.mark.parametrize("model", ["serial", "threads", "processes", "asyncio"])
 @pytest.mark.parametrize("client", [lab.http_get, lab.ahttp_get], ids=["blocking", "async"])
-def test_the_http_lab_answers_every_model(model: str, client: Any) -> None:
+def test_the_http_lab_answers_every_model(model: Model, client: Any) -> None:
     with lab.http_server(0.001) as url:
         fetch = functools.partial(client, url)
         assert pickpool.map(fetch, range(20), model=model) == list(range(20))
@@ -55,7 +57,7 @@ def test_the_async_client_works_without_aiohttp(monkeypatch: pytest.MonkeyPatch)
         assert asyncio.run(lab.ahttp_get(url, 7)) == 7
 
 
-def test_the_local_server_answers_every_model(model: str) -> None:
+def test_the_local_server_answers_every_model(model: Model) -> None:
     with lab.server(0.001) as address:
         fetch = functools.partial(lab.fetch, address)
         assert pickpool.map(fetch, range(20), model=model) == list(range(20))

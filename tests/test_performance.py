@@ -5,9 +5,11 @@ Only behaviour here; timings live in ``benchmarks/``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -116,21 +118,20 @@ def _alive(p: int) -> bool:
 # Chunks ----------------------------------------------------------------------------------------
 
 
-def plan(**kw: object) -> Plan:
-    base: dict[str, object] = {
-        "model": "processes",
-        "workers": 2,
-        "chunksize": 1,
-        "window": 8,
-        "ordered": True,
-        "timeout": None,
-        "retries": 0,
-        "fail_fast": True,
-        "adaptive": True,
-        "length": None,
-    }
-    base.update(kw)
-    return Plan(**base)  # type: ignore[arg-type]
+def plan(**kw: Any) -> Plan:
+    base = Plan(
+        model="processes",
+        workers=2,
+        chunksize=1,
+        window=8,
+        ordered=True,
+        timeout=None,
+        retries=0,
+        fail_fast=True,
+        adaptive=True,
+        length=None,
+    )
+    return dataclasses.replace(base, **kw)
 
 
 def test_chunks_grow_to_a_few_milliseconds_of_work(monkeypatch: pytest.MonkeyPatch) -> None:

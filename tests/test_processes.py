@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import pickpool
+from pickpool._api import Model
 from tests.helpers import crash, hang_on, identity, square_or_fail
 
 
@@ -119,12 +120,12 @@ def test_a_stuck_item_is_killed_and_the_rest_go_on() -> None:
 
 @pytest.mark.leaves_threads
 @pytest.mark.parametrize("model", ["threads", "asyncio", "serial"])
-def test_timeouts_under_other_models(model: str) -> None:
+def test_timeouts_under_other_models(model: Model) -> None:
     results = pickpool.map(
         hang_on,
         # A thread cannot be killed: the abandoned one sleeps on a little after the test.
         [1.0, -3.0, 2.0],
-        model=model,  # type: ignore[arg-type]
+        model=model,
         timeout=0.5,
         workers=2,
         on_error="collect",

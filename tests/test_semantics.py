@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pickpool
+from pickpool._api import Model, OnError
 from tests.helpers import Boom, asquare_or_fail, flaky, square_or_fail
 
 Items = list[tuple[int, bool]]
@@ -24,7 +25,7 @@ items_strategy = st.lists(st.tuples(st.integers(-1000, 1000), st.booleans()), ma
 EXAMPLES = {"serial": 60, "threads": 60, "asyncio": 60, "processes": 15}
 
 
-def serial_loop(items: Items, on_error: str) -> tuple[list[Any], int | None]:
+def serial_loop(items: Items, on_error: OnError) -> tuple[list[Any], int | None]:
     """What a plain loop gives: the results, and the index of the exception it would raise."""
     out: list[Any] = []
     for index, item in enumerate(items):
@@ -42,7 +43,9 @@ def normalise(results: list[Any]) -> list[Any]:
     return [("failed", r.index) if isinstance(r, pickpool.Failure) else r for r in results]
 
 
-def check(model: str, fn: Callable[..., Any], items: Items, on_error: str, ordered: bool) -> None:
+def check(
+    model: Model, fn: Callable[..., Any], items: Items, on_error: OnError, ordered: bool
+) -> None:
     expected, raised_at = serial_loop(items, on_error)
     if raised_at is not None:
         with pytest.raises(Boom) as info:
@@ -61,7 +64,7 @@ def check(model: str, fn: Callable[..., Any], items: Items, on_error: str, order
 @pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
 @pytest.mark.parametrize("fn", [square_or_fail, asquare_or_fail], ids=["sync", "async"])
 def test_every_model_matches_the_serial_loop(
-    model: str, on_error: str, ordered: bool, fn: Callable[..., Any]
+    model: Model, on_error: OnError, ordered: bool, fn: Callable[..., Any]
 ) -> None:
     @settings(
         max_examples=EXAMPLES[model],
@@ -83,7 +86,7 @@ def test_chunking_never_changes_results(items: Items, chunksize: int, workers: i
         got = pickpool.map(
             square_or_fail,
             items,
-            model=model,  # type: ignore[arg-type]
+            model=model,
             chunksize=chunksize,
             workers=workers,
             on_error="collect",
@@ -101,9 +104,9 @@ def test_process_chunks_give_the_same_results(chunksize: int) -> None:
     assert normalise(got) == expected
 
 
-def test_failure_carries_index_item_exception_and_traceback(model: str) -> None:
+def test_failure_carries_index_item_exception_and_traceback(model: Model) -> None:
     items = [(1, False), (2, True), (3, False)]
-    results = pickpool.map(square_or_fail, items, model=model, on_error="collect")  # type: ignore[arg-type]
+    results = pickpool.map(square_or_fail, items, model=model, on_error="collect")
     failure = results[1]
     assert isinstance(failure, pickpool.Failure)
     assert (failure.index, failure.item, failure.attempts) == (1, (2, True), 1)
@@ -140,21 +143,21 @@ def test_raise_stops_starting_work_after_the_failure() -> None:
     assert len(started) < 100  # a bounded window, not the whole input
 
 
-def test_retries_try_again_and_count_attempts(model: str, tmp_path: Path) -> None:
+def test_retries_try_again_and_count_attempts(model: Model, tmp_path: Path) -> None:
     fn = functools.partial(flaky, str(tmp_path / "a"))
     (tmp_path / "a").mkdir()
-    assert pickpool.map(fn, range(6), model=model, retries=2) == list(range(6))  # type: ignore[arg-type]
+    assert pickpool.map(fn, range(6), model=model, retries=2) == list(range(6))
     (tmp_path / "b").mkdir()
     fn = functools.partial(flaky, str(tmp_path / "b"))
-    results = pickpool.map(fn, range(4), model=model, retries=1, on_error="collect")  # type: ignore[arg-type]
+    results = pickpool.map(fn, range(4), model=model, retries=1, on_error="collect")
     failures = [r for r in results if isinstance(r, pickpool.Failure)]
     assert [(f.index, f.attempts) for f in failures] == [(1, 2), (3, 2)]
     assert [(tmp_path / "b" / str(i)).read_text() for i in range(4)] == [".", "..", ".", ".."]
 
 
-def test_async_functions_run_under_every_model(model: str) -> None:
+def test_async_functions_run_under_every_model(model: Model) -> None:
     async def double(x: int) -> int:
         await asyncio.sleep(0.001)
         return 2 * x
 
-    assert pickpool.map(double, range(20), model=model) == [2 * x for x in range(20)]  # type: ignore[arg-type]
+    assert pickpool.map(double, range(20), model=model) == [2 * x for x in range(20)]

@@ -6,11 +6,13 @@ import gc
 import itertools
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 import pickpool
+from pickpool._api import Model
 from tests.conftest import MODELS
 from tests.helpers import identity
 
@@ -21,26 +23,26 @@ def counting(n: int | None, seen: list[int]) -> Iterator[int]:
         yield i
 
 
-def test_imap_on_an_endless_iterator(model: str) -> None:
+def test_imap_on_an_endless_iterator(model: Model) -> None:
     seen: list[int] = []
-    results = pickpool.imap(identity, counting(None, seen), model=model)  # type: ignore[arg-type]
+    results = pickpool.imap(identity, counting(None, seen), model=model)
     assert [next(results) for _ in range(50)] == list(range(50))
     results.close()
     assert len(seen) < 50 + 5000  # read a bounded window ahead, never the whole input
 
 
-def test_nothing_runs_before_the_first_next(model: str) -> None:
+def test_nothing_runs_before_the_first_next(model: Model) -> None:
     seen: list[int] = []
-    results = pickpool.imap(identity, counting(10, seen), model=model)  # type: ignore[arg-type]
+    results = pickpool.imap(identity, counting(10, seen), model=model)
     assert seen == []
     assert list(results) == list(range(10))
 
 
 @pytest.mark.parametrize("how", ["break", "close", "garbage"])
-def test_stopping_early_stops_the_workers(model: str, how: str) -> None:
+def test_stopping_early_stops_the_workers(model: Model, how: str) -> None:
     # The autouse no_leaks fixture checks that no thread or process is left afterwards.
     seen: list[int] = []
-    results = pickpool.imap(identity, counting(None, seen), model=model)  # type: ignore[arg-type]
+    results = pickpool.imap(identity, counting(None, seen), model=model)
     if how == "break":
         for value in results:
             if value == 20:
@@ -56,25 +58,33 @@ def test_stopping_early_stops_the_workers(model: str, how: str) -> None:
 
 
 def test_unordered_yields_as_completed() -> None:
-    import time
+    released = threading.Event()
 
-    def slow_first(x: int) -> int:
-        time.sleep(0.5 if x == 0 else 0)
+    def held_first(x: int) -> int:
+        # Item 0 is held until the first result is out: an unordered imap yields the others
+        # without it. (An ordered one would wait for it: the bound lets the test fail then.)
+        if x == 0:
+            released.wait(timeout=10)
         return x
 
-    first = next(pickpool.imap(slow_first, range(4), model="threads", ordered=False))
+    results = pickpool.imap(held_first, range(4), model="threads", ordered=False)
+    try:
+        first = next(results)
+    finally:
+        released.set()
+        results.close()
     assert first != 0
 
 
-def test_an_error_in_the_input_propagates_after_cleanup(model: str) -> None:
+def test_an_error_in_the_input_propagates_after_cleanup(model: Model) -> None:
     def broken() -> Iterator[int]:
         yield 1
         yield 2
         raise OSError("input went away")
 
-    got: list[int] = []
+    got: list[object] = []
     with pytest.raises(OSError, match="input went away"):
-        got.extend(pickpool.imap(identity, broken(), model=model))  # type: ignore[arg-type]
+        got.extend(pickpool.imap(identity, broken(), model=model))
 
 
 RSS_SCRIPT = """

@@ -6,13 +6,14 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
 
 import pickpool
 from pickpool import cli, lab
+from pickpool._api import Model
 from tests.conftest import MODELS, _children
 from tests.helpers import identity
 
@@ -36,7 +37,7 @@ def log_and_return(x: int) -> int:
 
 def fail_three_once(x: int) -> int:
     if x == 3 and not fail_three_once.__dict__.setdefault("done", False):
-        fail_three_once.done = True  # type: ignore[attr-defined]
+        fail_three_once.__dict__["done"] = True
         raise ConnectionError("refused")
     return x
 
@@ -78,7 +79,7 @@ def test_auto_logs_what_it_measured_and_chose(
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("model", ["serial", "threads", "asyncio"])  # (the flag is in-process)
-def test_each_retry_is_a_warning(records: list[logging.LogRecord], model: str) -> None:
+def test_each_retry_is_a_warning(records: list[logging.LogRecord], model: Model) -> None:
     fail_three_once.__dict__.pop("done", None)
     got = pickpool.map(fail_three_once, range(6), model=model, retries=1, backoff=0)
     assert got == list(range(6))
@@ -121,7 +122,7 @@ def test_map_hands_back_a_report_when_asked(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_the_report_counts_failures_retries_and_skips(model: str) -> None:
+def test_the_report_counts_failures_retries_and_skips(model: Model) -> None:
     items = [(1, False), (2, True), (3, False), (4, True)]
     from tests.helpers import square_or_fail
 
@@ -154,7 +155,8 @@ def test_with_imap_and_break_leaves_no_worker() -> None:
 def test_imap_carries_auto_s_decision(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lab, "WAIT_SECONDS", 0.005)
     with pickpool.imap(lab.blocking_wait, range(40)) as results:
-        assert results.advice is None  # nothing has run yet
+        before = results.advice
+        assert before is None  # nothing has run yet
         assert list(results) == list(range(40))
     assert results.advice is not None
     assert results.report.model == results.advice.model == "threads"
@@ -162,7 +164,7 @@ def test_imap_carries_auto_s_decision(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("model", ["processes", "threads", "serial"])
-def test_an_exception_whose_init_is_keyword_only_arrives_as_itself(model: str) -> None:
+def test_an_exception_whose_init_is_keyword_only_arrives_as_itself(model: Model) -> None:
     with pytest.raises(KeywordOnly) as caught:
         pickpool.map(raise_keyword_only, [7], model=model)
     assert caught.value.code == 7
@@ -200,8 +202,8 @@ def nested_auto(x: int) -> list[int]:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("inner", [nested, nested_auto])
-def test_map_inside_a_worker_process_works(inner: object) -> None:
-    assert pickpool.map(inner, [1, 2], model="processes", workers=2) == [[1, 1], [2, 2]]  # type: ignore[call-overload]
+def test_map_inside_a_worker_process_works(inner: Callable[[int], list[int]]) -> None:
+    assert pickpool.map(inner, [1, 2], model="processes", workers=2) == [[1, 1], [2, 2]]
 
 
 def test_progress_hooks_take_a_callable_or_a_tqdm_like_bar() -> None:
@@ -221,7 +223,7 @@ def test_progress_hooks_take_a_callable_or_a_tqdm_like_bar() -> None:
     pickpool.map(identity, range(30), model="serial", progress=bar)
     assert bar.n == 30
     with pytest.raises(ValueError, match="progress must be"):
-        pickpool.map(identity, range(3), progress="sometimes")  # type: ignore[call-overload]
+        pickpool.map(identity, range(3), progress="sometimes")
 
 
 def test_progress_always_in_a_log_is_plain_lines(capsys: pytest.CaptureFixture[str]) -> None:

@@ -75,6 +75,11 @@ def worker_options(
         raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
     if not isinstance(initargs, tuple | list):
         raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+    if initializer is not None and model in ("dask", "interpreters"):
+        raise ValueError(
+            f"initializer is not supported under model={model!r}: set up each worker "
+            "another way (a dask WorkerPlugin), or use model='processes' or 'threads'"
+        )
     tasks_cap = positive_int("max_tasks_per_child", max_tasks_per_child)
     if tasks_cap is not None and model not in ("processes", "auto"):
         raise ValueError(

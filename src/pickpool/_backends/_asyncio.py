@@ -161,8 +161,11 @@ class ItemRunner:
                 outcome: Outcome = (index, OK, await self._call(item), None)
             else:
                 outcome = await self._call_with_timeout(index, item, limit)
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this item's task is being cancelled (the run stops)
+            outcome = failed(index, exc)  # the function's own CancelledError: its outcome
         except BaseException as exc:
             outcome = failed(index, exc)
         if type(outcome[2]) is _Raised:

@@ -494,9 +494,9 @@ class ThreadsBackend:
                     outcomes = [(i, FATAL, exc, format_traceback(exc)) for i in task_indices(task)]
                 if self.limiter is not None:
                     items = len(task[2])
-                    failed = sum(1 for o in outcomes if o[1] != BLOCK)
+                    bad = sum(1 for o in outcomes if o[1] != BLOCK)
                     latency = (time.monotonic() - began) / items
-                    self._samples.append((began, latency, failed, items))
+                    self._samples.append((began, latency, bad, items))
                 with slot.lock:
                     if slot.abandoned:
                         return False
