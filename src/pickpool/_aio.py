@@ -55,12 +55,12 @@ async def adrive(
                     runner.start(task)
             else:
                 while held or schedule.has_room():
-                    if pacer.delay() > 0:
-                        await asyncio.sleep(pacer.delay())
+                    if (delay := pacer.delay()) > 0:
+                        await asyncio.sleep(delay)
                     tasks = [held.pop(0)] if held else schedule.tasks(most=1)
                     if not tasks:
                         break
-                    pacer.take()
+                    pacer.reserve()  # (now: its delay has passed)
                     runner.start(tasks[0])
             if schedule.finished:
                 finished = True

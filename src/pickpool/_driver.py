@@ -25,6 +25,7 @@ from typing import Any, Final, Literal, overload
 from . import _log
 from ._backends import Backend, Setup
 from ._errors import TaskTimeout, WorkerCrashed
+from ._pace import Pacer
 from ._task import BLOCK, ERROR, FATAL, OK, Caller, Outcome, Task, expand, failed
 
 
@@ -49,44 +50,6 @@ class Plan:
     # ``max_rate``: calls start evenly spaced, at most this many a second (retries included),
     # shared by every phase of the run. The window is then the workers: what is sent starts.
     pacer: Pacer | None = None
-
-
-class Pacer:
-    """Calls start at most ``rate`` per second, each at least ``1 / rate`` after the last.
-
-    Evenly spaced rather than a bucket's bursts: a far side that counts requests per second
-    (or per any window) never sees more than ``rate`` in a second. One per run, shared by its
-    phases (auto's probe and the rest) and safe to share between threads.
-    """
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.interval = 1.0 / rate
-        self._next = 0.0  # time.monotonic() of the next free start
-        self._lock = threading.Lock()
-
-    def delay(self) -> float:
-        """Seconds until the next call may start (0: now)."""
-        return max(0.0, self._next - time.monotonic())
-
-    def take(self) -> None:
-        """A call starts now (or at the next free start, if that is later)."""
-        with self._lock:
-            self._next = max(time.monotonic(), self._next) + self.interval
-
-    def wait(self, cancel: threading.Event | None = None) -> None:
-        """Wait for the next free start and take it; raise :class:`Cancelled` if cancelled."""
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                if self._next <= now:
-                    self._next = now + self.interval
-                    return
-                delay = self._next - now
-            if cancel is None:
-                time.sleep(delay)
-            elif cancel.wait(delay):
-                raise Cancelled
 
 
 # The longest wait before a retry, however many came before it.
@@ -234,15 +197,9 @@ class Schedule:
     def tasks(self, most: int | None = None) -> list[Task]:
         """Chunks to submit now: as many as the window has room for (at most ``most``)."""
         tasks: list[Task] = []
-        chunking = self.chunking
         outstanding = self._outstanding
-        while not self._exhausted and self._failed_at is None and len(tasks) != most:
-            size = chunking.next(self._next_in - self._start)
-            window = self._window(size)
-            room = window - len(outstanding)
-            if room < min(size, window):
-                break
-            chunk = take(self._source, min(size, room), self)
+        while len(tasks) != most and (room := self._room()):
+            chunk = take(self._source, room, self)
             if not chunk:
                 self._exhausted = True
                 break
@@ -251,16 +208,21 @@ class Schedule:
             outstanding.update(zip(range(first, self._next_in), chunk, strict=True))
             tasks.append(self._task(first, chunk))
         if tasks:
-            chunking.started()
+            self.chunking.started()
         return tasks
 
     def has_room(self) -> bool:
         """Whether :meth:`tasks` would give a chunk now (unless the input turns out empty)."""
+        return self._room() > 0
+
+    def _room(self) -> int:
+        """How many items the next chunk takes, or 0 if none is to be sent now."""
         if self._exhausted or self._failed_at is not None:
-            return False
+            return 0
         size = self.chunking.next(self._next_in - self._start)
         window = self._window(size)
-        return window - len(self._outstanding) >= min(size, window)
+        room = window - len(self._outstanding)
+        return 0 if room < min(size, window) else min(size, room)
 
     def _window(self, size: int) -> int:
         """Items in flight at most, with chunks of ``size``."""
@@ -537,7 +499,7 @@ def drive(
                         if not tasks:
                             break
                         task = tasks[0]
-                    pacer.take()
+                    pacer.reserve()  # (now: its delay was 0)
                     unsent += send(backend, schedule, task)
             if schedule.finished:
                 finished = True
@@ -611,8 +573,8 @@ def _loop(
         began = time.perf_counter()
         pos = 0
         while pos < len(chunk):
-            if pacer is not None:
-                pacer.wait(cancel)  # (chunks are of one item under a rate)
+            if pacer is not None and not pacer.wait(cancel):  # (chunks of one under a rate)
+                raise Cancelled
             # Stop at a failure: it is retried at once, and under on_error="raise" nothing
             # after it runs, as in the plain loop.
             for outcome in caller.run_items(index + pos, chunk[pos:] if pos else chunk, stop=True):
@@ -641,8 +603,8 @@ def _loop(
                         time.sleep(delay)
                     elif cancel.wait(delay):
                         raise Cancelled
-                    if pacer is not None:
-                        pacer.wait(cancel)
+                    if pacer is not None and not pacer.wait(cancel):
+                        raise Cancelled
                     _, status, value, text = caller.call(first, item)
                 yield Done(first, item, status, value, text, tries)
                 if status != OK and fail_fast:

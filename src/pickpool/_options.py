@@ -11,7 +11,8 @@ from typing import Any, Final
 
 from . import _machine
 from ._backends import EXTRA_MODELS, MODELS
-from ._driver import Pacer, Plan
+from ._driver import Plan
+from ._pace import Pacer
 
 ON_ERROR: Final = ("raise", "collect", "skip")
 ALL_MODELS: Final = ("auto", *MODELS, *EXTRA_MODELS)
@@ -185,7 +186,7 @@ def make_plan(
         adaptive=adaptive,
         length=length,
         backoff=wait or 0.0,
-        pacer=None if rate is None else Pacer(rate),
+        pacer=None if rate is None else Pacer.per_second(rate),
     )
 
 

@@ -32,9 +32,10 @@ from typing import Any
 
 from . import _inner, _machine
 from ._backends import Setup
-from ._driver import Done, Pacer, Plan
+from ._driver import Done, Plan
 from ._inner import InnerThreads, Pool
 from ._options import make_plan
+from ._pace import Pacer
 from ._task import OK
 
 # (start, wall seconds, CPU seconds of the calling thread, CPU seconds of the whole process)

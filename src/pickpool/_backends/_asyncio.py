@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from .. import _inner
 from .._errors import TaskTimeout
+from .._pace import Pacer
 from .._task import (
     BLOCK,
     ERROR,
@@ -68,15 +69,14 @@ class ItemRunner:
         # latency): as under threads, at most ``limit`` at once, moved by their latency and
         # failures, and started paced. Otherwise every one of the ``workers`` places is used.
         self.limiter: Limiter | None = None
+        self._pacer: Pacer | None = None
         self._limit = setup.workers
         if setup.latency is not None and setup.concurrency is not None:
             self.limiter = Limiter(setup.concurrency, setup.workers, setup.latency)
             self._limit = self.limiter.limit
+            self._pacer = Pacer(self.limiter.pace)
         self._began: dict[asyncio.Task[None], float] = {}  # running: when each started
-        self._samples: list[tuple[float, float, int, int]] = []
-        self._next_start = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._last_failed: dict[asyncio.Task[None], bool] = {}
 
     def start(self, task: Task) -> None:
         self._waiting.extend(enumerate(task[2], task[1]))
@@ -84,15 +84,15 @@ class ItemRunner:
 
     def _fill(self) -> None:
         loop, tasks, waiting = asyncio.get_running_loop(), self._tasks, self._waiting
-        limiter = self.limiter
+        limiter, pacer = self.limiter, self._pacer
         while waiting and len(tasks) < self._limit:
-            if limiter is not None:
-                now = time.monotonic()
-                if now < self._next_start:
+            if pacer is not None:
+                delay = pacer.delay()
+                if delay > 0:
                     if self._timer is None:
-                        self._timer = loop.call_later(self._next_start - now, self._paced_fill)
+                        self._timer = loop.call_later(delay, self._paced_fill)
                     return
-                self._next_start = max(now, self._next_start) + limiter.pace
+                pacer.reserve()  # (now: its delay has passed)
             t = loop.create_task(self._one(*waiting.popleft()))
             tasks.add(t)
             t.add_done_callback(self._finish)
@@ -106,17 +106,23 @@ class ItemRunner:
 
     def _finish(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        began = self._began.pop(task, None)
-        if began is not None and self.limiter is not None and not task.cancelled():
-            # The outcome went to ``_finished`` (or was just reported): failed or not.
-            bad = int(self._last_failed.pop(task, False))
-            self._samples.append((began, time.monotonic() - began, bad, 1))
-            samples, self._samples = self._samples, []
-            oldest = min(self._began.values(), default=None)
-            if self.limiter.completed(samples, oldest):
-                self._limit = self.limiter.limit
+        self._began.pop(task, None)  # (a cancelled one's; _one took its own)
         if self._waiting:
             self._fill()
+
+    def _judge(self, outcome: Outcome) -> None:
+        """Under the limiter: the current task's call ended with ``outcome``; move the limit
+        by its latency and whether it failed (before ``_finish`` fills the places)."""
+        assert self.limiter is not None
+        assert self._pacer is not None
+        current = asyncio.current_task()
+        began = self._began.pop(current, None) if current is not None else None
+        if began is None:
+            return
+        sample = (began, time.monotonic() - began, int(outcome[1] != OK), 1)
+        self.limiter.completed([sample], min(self._began.values(), default=None))
+        self._limit = self.limiter.limit
+        self._pacer.interval = self.limiter.pace  # (its no-load latency may have moved too)
 
     async def cancel(self) -> None:
         """Cancel every item still running and wait for their ``finally`` blocks."""
@@ -170,10 +176,8 @@ class ItemRunner:
             outcome = failed(index, exc)
         if type(outcome[2]) is _Raised:
             outcome = failed(index, outcome[2].exc)
-        if self.limiter is not None and outcome[1] != OK:
-            current = asyncio.current_task()
-            if current is not None:
-                self._last_failed[current] = True  # read by _finish: a signal for the limit
+        if self.limiter is not None:
+            self._judge(outcome)
         if not self._finished:
             asyncio.get_running_loop().call_soon(self._report)
         self._finished.append(outcome)

@@ -18,6 +18,7 @@ import time
 
 from .. import _inner
 from .._errors import TaskTimeout
+from .._pace import Pacer
 from .._task import (
     BLOCK,
     FATAL,
@@ -316,13 +317,12 @@ class ThreadsBackend:
         # Calls under the limiter start spaced out, one every no-load latency / limit: as many
         # as the limit sustains, never in a burst (TCP's pacing), which a far side that takes
         # new connections one by one (a listen backlog) would drop.
-        self._pace = 0.0
-        self._next_start = 0.0
+        self._pacer: Pacer | None = None
         if self.climber is not None:
             self._limit = self.climber.limit
         elif self.limiter is not None:
             self._limit = self.limiter.limit
-            self._pace = self.limiter.pace
+            self._pacer = Pacer(self.limiter.pace)
         self._inbox: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue[list[Outcome]] = queue.SimpleQueue()
         self._threads: dict[threading.Thread, _Slot] = {}
@@ -370,8 +370,8 @@ class ThreadsBackend:
         if moved:
             with self._gate:
                 self._limit = limit
-                if self.limiter is not None:
-                    self._pace = self.limiter.pace
+                if self._pacer is not None and self.limiter is not None:
+                    self._pacer.interval = self.limiter.pace
                 self._gate.notify_all()
             while len(self._threads) < min(self._limit, self._in_flight):
                 self._start_thread()
@@ -518,12 +518,7 @@ class ThreadsBackend:
             while self._running >= self._limit:
                 self._gate.wait()
             self._running += 1
-            delay = 0.0
-            if self._pace:
-                now = time.monotonic()
-                at = max(now, self._next_start)
-                self._next_start = at + self._pace
-                delay = at - now
+            delay = 0.0 if self._pacer is None else self._pacer.reserve()
         if delay > 0:
             time.sleep(delay)
 
