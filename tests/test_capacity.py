@@ -27,37 +27,38 @@ FLOOR = 0.02  # the calls' latency alone, in these made-up samples
 
 
 def window(limiter: Limiter, latency: float, failed: int = 0, *, busy: bool = True) -> bool:
-    """A window of completions at ``latency`` each (``failed`` of them failed)."""
+    """A window of completions at ``latency`` each (``failed`` of them failed), of calls that
+    started after any earlier cut's wait (a cut judges only calls that start a latency later)."""
     items = max(4, limiter.limit // 2)
     if busy:
         limiter.saw(limiter.limit)
-    now = time.monotonic()
+    later = time.monotonic() + 60.0
     return limiter.completed(
-        [(now, latency, 0, items - failed), (now, latency, failed, failed)], None
+        [(later, latency, 0, items - failed), (later, latency, failed, failed)], None
     )
 
 
 # The limiter, on made-up samples ------------------------------------------------------------
 
 
-def test_the_limit_grows_fourfold_while_latency_holds_then_stops_at_the_cap() -> None:
+def test_the_limit_doubles_while_latency_holds_then_stops_at_the_cap() -> None:
     limiter = Limiter(start=2, cap=64, baseline=FLOOR)
     seen = []
-    for _ in range(5):
+    for _ in range(7):
         window(limiter, FLOOR * 1.1)
         seen.append(limiter.limit)
-    assert seen == [8, 32, 64, 64, 64]
+    assert seen == [4, 8, 16, 32, 64, 64, 64]
 
 
 def test_slow_start_ends_where_latency_begins_to_rise() -> None:
     # Within tolerance, but rising: the knee is near, so it grows by its square root (HyStart).
     limiter = Limiter(start=8, cap=128, baseline=FLOOR)
     window(limiter, FLOOR)
-    assert limiter.limit == 32
+    assert limiter.limit == 16
     window(limiter, 1.5 * FLOOR)
-    assert limiter.limit == 38
+    assert limiter.limit == 20
     window(limiter, FLOOR)
-    assert limiter.limit == 44
+    assert limiter.limit == 24
 
 
 def test_calls_start_paced_never_in_a_burst() -> None:
@@ -87,9 +88,24 @@ def test_latency_past_the_knee_cuts_in_proportion() -> None:
     assert limiter.limit == 17
 
 
-def test_failures_halve_the_limit_and_set_a_ceiling_below_where_they_began() -> None:
+def test_failures_cut_to_the_calls_that_went_through_at_most_halving() -> None:
+    # 16 in flight, 8 refused (a far side that takes 8): 8 went through.
     limiter = Limiter(start=16, cap=64, baseline=FLOOR)
-    window(limiter, FLOOR, failed=3)
+    window(limiter, FLOOR, failed=4)
+    assert limiter.limit == 8
+    # All but one refused: that is no measure of the far side; halve.
+    limiter = Limiter(start=16, cap=64, baseline=FLOOR)
+    window(limiter, FLOOR, failed=7)
+    assert limiter.limit == 8
+    # One in eight refused: just below.
+    limiter = Limiter(start=32, cap=64, baseline=FLOOR)
+    window(limiter, FLOOR, failed=2)
+    assert limiter.limit == 28
+
+
+def test_failures_set_a_ceiling_below_where_they_began() -> None:
+    limiter = Limiter(start=16, cap=64, baseline=FLOOR)
+    window(limiter, FLOOR, failed=4)
     assert limiter.limit == 8
     seen = []
     for _ in range(3 + 2 * Limiter.RECOVER):
@@ -102,6 +118,17 @@ def test_failures_halve_the_limit_and_set_a_ceiling_below_where_they_began() -> 
     assert seen[-1] == 17
 
 
+def test_one_cut_per_latency() -> None:
+    # The calls that start right after a cut still meet the far side as the old limit left
+    # it: their failures were acted on already.
+    limiter = Limiter(start=16, cap=64, baseline=FLOOR)
+    window(limiter, FLOOR, failed=4)
+    assert limiter.limit == 8
+    now = time.monotonic()
+    assert not limiter.completed([(now, FLOOR, 4, 4), (now, FLOOR, 4, 4)], None)
+    assert limiter.limit == 8
+
+
 def test_a_stuck_call_cuts_once_not_at_every_look() -> None:
     limiter = Limiter(start=32, cap=64, baseline=FLOOR)
     started = time.monotonic() - 1.5  # a connection the far side dropped: retried after 1 s
@@ -111,12 +138,57 @@ def test_a_stuck_call_cuts_once_not_at_every_look() -> None:
     assert limiter.limit == 16
 
 
+def test_after_a_stuck_call_the_limit_stays_below_where_it_last_ran_clean() -> None:
+    # Connections dropped past a listen backlog cost a second each: back to half the limit
+    # before the rise that dropped them, and never up again.
+    limiter = Limiter(start=8, cap=128, baseline=FLOOR)
+    window(limiter, FLOOR)
+    window(limiter, FLOOR)
+    assert limiter.limit == 32
+    assert limiter.completed([], time.monotonic() - 1.5)
+    assert limiter.limit == 8
+    for _ in range(2 * Limiter.RECOVER - 1):
+        window(limiter, FLOOR)
+    assert limiter.limit == 9  # only the slow ceiling's recovery (one every RECOVER windows)
+
+
+def test_a_call_counts_as_stuck_after_its_time_unless_it_started_before_a_cut() -> None:
+    limiter = Limiter(start=8, cap=128, baseline=FLOOR)
+    assert limiter.stuck_after == 0.25  # 8 x 20 ms is too short to tell a slow call from a drop
+    assert limiter.next_look(time.monotonic()) == pytest.approx(0.25, abs=0.05)
+    assert limiter.next_look(time.monotonic() - 1.0) == 0.0
+    assert limiter.next_look(None) is None
+    assert limiter.completed([], time.monotonic() - 1.0)  # cut
+    assert limiter.next_look(time.monotonic()) is None  # started within the cut's latency
+
+
 def test_the_no_load_latency_follows_a_faster_far_side() -> None:
     limiter = Limiter(start=8, cap=64, baseline=10 * FLOOR)  # the probe met a slow moment
     window(limiter, FLOOR)
-    assert limiter.limit == 32
+    assert limiter.limit == 16
     window(limiter, 3 * FLOOR)  # 3x the latency seen since: queueing
-    assert limiter.limit == 21  # 32 x 2 / 3
+    assert limiter.limit == 11  # 16 x 2 / 3
+
+
+def test_stuck_calls_are_seen_without_any_completion() -> None:
+    # Every call stuck (connections dropped): nothing completes, and the limit must be cut all
+    # the same, in the stuck time, not when the kernel's retry lets the calls through.
+    from pickpool._backends import Setup
+    from pickpool._backends._threads import ThreadsBackend
+
+    release = threading.Event()
+    backend = ThreadsBackend(
+        Setup(lambda _: release.wait(30), 8, False, None, concurrency=4, latency=0.001)
+    )
+    try:
+        assert backend.limiter is not None
+        for i in range(4):
+            backend.submit((i, i, [i]))
+        assert backend.collect(None) == []  # it came back, with nothing done
+        assert backend.limiter.limit == 2
+    finally:
+        release.set()
+        backend.close(cancel=True)
 
 
 # Retries back off ------------------------------------------------------------------------------
@@ -406,3 +478,75 @@ def test_auto_holds_coroutines_near_the_far_sides_knee(how: str) -> None:
         got = asyncio.run(pickpool.amap(far.call, range(400)))
     assert got == list(range(400))
     assert far.most <= 32, far.most
+
+
+def test_stuck_coroutines_are_seen_without_any_completion() -> None:
+    # The same under asyncio: coroutines whose connections were dropped complete nothing.
+    import asyncio
+
+    from pickpool._backends import Setup
+    from pickpool._backends._asyncio import ItemRunner
+
+    async def hang(_: object) -> None:
+        await asyncio.Event().wait()
+
+    async def main() -> int:
+        runner = ItemRunner(
+            Setup(hang, 8, True, None, concurrency=4, latency=0.001), lambda _: None
+        )
+        assert runner.limiter is not None
+        cut = asyncio.Event()
+        limiter = runner.limiter
+        judged = limiter.completed
+
+        def completed(samples: list[tuple[float, float, int, int]], oldest: float | None) -> bool:
+            moved = judged(samples, oldest)
+            if moved:
+                cut.set()
+            return moved
+
+        limiter.completed = completed  # type: ignore[method-assign]
+        runner.start((0, 0, list(range(4))))
+        try:
+            await asyncio.wait_for(cut.wait(), 10)
+        finally:
+            await runner.cancel()
+        return limiter.limit
+
+    assert asyncio.run(main()) == 2
+
+
+def test_a_ceiling_that_breaks_again_is_tried_half_as_often() -> None:
+    limiter = Limiter(start=16, cap=64, baseline=FLOOR)
+    window(limiter, FLOOR, failed=4)  # the first failures: a ceiling at 15
+    for _ in range(4 * Limiter.RECOVER):
+        window(limiter, FLOOR)
+        if limiter.limit == 16:
+            break
+    assert limiter.limit == 16  # the ceiling was tried again...
+    window(limiter, FLOOR, failed=4)  # ... and broke again: back to 8, the ceiling at 15
+    rises = []
+    for step in range(6 * Limiter.RECOVER):
+        before = limiter.limit
+        window(limiter, FLOOR)
+        if limiter.limit > before >= 15:
+            rises.append(step)
+    # Up to 15, then one more every 2 x RECOVER clean windows, not every RECOVER.
+    assert len(rises) >= 2
+    assert rises[1] - rises[0] == 2 * Limiter.RECOVER
+
+
+def test_failures_below_the_ceiling_do_not_slow_its_recovery() -> None:
+    # Failures that are not a rise past the ceiling (a far side's bad moment): the ceiling is
+    # still tried every RECOVER clean windows.
+    limiter = Limiter(start=16, cap=64, baseline=FLOOR)
+    window(limiter, FLOOR, failed=4)  # a ceiling at 15
+    window(limiter, FLOOR, failed=4)  # 8 -> 4, the ceiling at 7
+    rises = []
+    for step in range(6 * Limiter.RECOVER):
+        before = limiter.limit
+        window(limiter, FLOOR)
+        if limiter.limit > before >= 7:
+            rises.append(step)
+    assert len(rises) >= 2
+    assert rises[1] - rises[0] == Limiter.RECOVER

@@ -77,6 +77,7 @@ class ItemRunner:
             self._pacer = Pacer(self.limiter.pace)
         self._began: dict[asyncio.Task[None], float] = {}  # running: when each started
         self._timer: asyncio.TimerHandle | None = None
+        self._look: asyncio.TimerHandle | None = None  # the next look for a stuck call
 
     def start(self, task: Task) -> None:
         self._waiting.extend(enumerate(task[2], task[1]))
@@ -99,6 +100,25 @@ class ItemRunner:
             if limiter is not None:
                 self._began[t] = time.monotonic()
                 limiter.saw(len(tasks))
+        self._watch()
+
+    def _watch(self) -> None:
+        """Under the limiter: look at the oldest call when it would count as stuck, since
+        stuck calls (connections a far side dropped) complete nothing to be judged by."""
+        if self.limiter is None or self._look is not None:
+            return
+        wait = self.limiter.next_look(min(self._began.values(), default=None))
+        if wait is not None:
+            self._look = asyncio.get_running_loop().call_later(wait, self._looked)
+
+    def _looked(self) -> None:
+        self._look = None
+        assert self.limiter is not None
+        assert self._pacer is not None
+        if self.limiter.completed([], min(self._began.values(), default=None)):
+            self._limit = self.limiter.limit
+            self._pacer.interval = self.limiter.pace
+        self._watch()
 
     def _paced_fill(self) -> None:
         self._timer = None
@@ -109,6 +129,9 @@ class ItemRunner:
         self._began.pop(task, None)  # (a cancelled one's; _one took its own)
         if self._waiting:
             self._fill()
+        elif not self._tasks and self._look is not None:
+            self._look.cancel()
+            self._look = None
 
     def _judge(self, outcome: Outcome) -> None:
         """Under the limiter: the current task's call ended with ``outcome``; move the limit
@@ -127,9 +150,10 @@ class ItemRunner:
     async def cancel(self) -> None:
         """Cancel every item still running and wait for their ``finally`` blocks."""
         self._waiting.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for handle in (self._timer, self._look):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._look = None
         for t in self._tasks:
             t.cancel()
         if self._tasks:

@@ -187,14 +187,18 @@ class Limiter:
     Each call's latency is compared with the no-load latency the probe measured (lowered if a
     window sees less). In windows of a few completions (tens of milliseconds for 20 ms calls):
 
-    * failures rising above :data:`FAILING` of the window, or a call running
-      :data:`STUCK` times the no-load latency (a connection dropped past a listen backlog, which
-      the client's kernel retries after a second): halve the limit at once, and never come back
-      within reach of where it broke (a ceiling just below);
+    * failures rising above :data:`FAILING` of the window: at once, down to as many calls as
+      went through (at most halved), and never come back within reach of where it broke (a
+      ceiling just below);
+    * a call running :data:`STUCK` times the no-load latency (a connection dropped past a
+      listen backlog, which the client's kernel retries only after a second, RFC 6298's
+      initial timeout): back to half the limit before the last rise, and stay there.
+      Each such call costs a second, more than many whole batches: the limit never comes back
+      to where they were dropped;
     * latency above :data:`TOLERANCE` times the no-load latency (queueing at the far side): cut
       the limit in proportion, as the gradient of Envoy's adaptive concurrency filter and
       Netflix's concurrency-limits do;
-    * otherwise, when the limit was reached: multiply it by :data:`SLOW_START` until the first
+    * otherwise, when the limit was reached: double it (TCP's slow start) until the first
       cut, or until latency begins to rise (past :data:`SLOW_START_EXIT` times the no-load
       latency: the knee is near, as TCP's HyStart reads it), then add about its square root
       per window while latency holds.
@@ -207,11 +211,12 @@ class Limiter:
     """
 
     TOLERANCE = 2.0
-    SLOW_START = 4
+    SLOW_START = 2
     SLOW_START_EXIT = 1.25
     STUCK = 8.0
     FAILING = 0.1
     RECOVER = 8
+    MOST_RECOVER = 64
 
     def __init__(self, start: int, cap: int, baseline: float) -> None:
         self.limit = max(1, min(start, cap))
@@ -223,8 +228,11 @@ class Limiter:
         self._failures = 0
         self._calls = 0
         self._busiest = 0
-        self._acted = 0.0  # when the limit was last cut: calls started before it are judged
+        self._acted = 0.0  # calls started before this tell of an old limit: not judged
         self._at_ceiling = 0  # clean windows spent at the ceiling
+        self._recover = self.RECOVER  # of them, before it rises by one
+        self._probing = False  # the ceiling just rose: no clean window above the old one yet
+        self._below = 0  # the limit before the last rise: its calls all ran clean
         self.history: list[tuple[int, float, float]] = []  # (limit, mean latency, failed share)
 
     @property
@@ -233,6 +241,19 @@ class Limiter:
         while the limit grows (it fills within half a latency), 1.25x once it holds, as TCP
         paces its packets."""
         return self._floor / (self.limit * (2.0 if self._growing else 1.25))
+
+    @property
+    def stuck_after(self) -> float:
+        """Seconds a call may run before it counts as stuck (a dropped connection)."""
+        return max(self.STUCK * self._floor, 0.25)
+
+    def next_look(self, oldest: float | None) -> float | None:
+        """Seconds until the call started at ``oldest`` would count as stuck, or None if it
+        never will (it started before the last cut): a caller waiting for completions looks
+        again by then, since stuck calls complete nothing."""
+        if oldest is None or oldest <= self._acted:
+            return None
+        return max(0.0, oldest + self.stuck_after - time.monotonic())
 
     def saw(self, running: int) -> None:
         """``running`` calls are running now (the window remembers the most)."""
@@ -251,11 +272,7 @@ class Limiter:
                 self._latencies += [latency] * items
         # A call stuck that long is one signal, acted on once: the cut that follows lets the
         # calls already running finish, and they cannot be hurried.
-        stuck = (
-            oldest is not None
-            and oldest > self._acted
-            and time.monotonic() - oldest > max(self.STUCK * self._floor, 0.25)
-        )
+        stuck = self.next_look(oldest) == 0.0
         if not stuck and self._calls < max(4, self.limit // 2):
             return False
         window, self._latencies = self._latencies, []
@@ -268,15 +285,22 @@ class Limiter:
         if window:
             self._floor = min(self._floor, statistics.median(window))
         self.history.append((before, mean, failed))
-        if stuck or failed > self.FAILING:
+        if stuck:
+            known = self._below if 0 < self._below < before else before
+            self._cut(max(1, min(self._ceiling, known // 2)))
+            self._ceiling = self.limit
+        elif failed > self.FAILING:
+            if self._probing:
+                # A rise past the ceiling broke again: each time, the ceiling is tried half as
+                # often, as an exponential backoff.
+                self._recover = min(self.MOST_RECOVER, 2 * self._recover)
+                self._probing = False
             self._ceiling = max(1, min(self._ceiling, before - 1))
-            self._growing = False
-            self._acted = time.monotonic()
-            self.limit = max(1, before // 2)
+            # The calls that went through measure what the far side takes: keep that many,
+            # and at least half (failures that are not the far side's capacity speaking).
+            self._cut(max(1, before // 2, min(before - 1, math.floor(before * (1 - failed)))))
         elif mean > self.TOLERANCE * self._floor:
-            self._growing = False
-            self._acted = time.monotonic()
-            self.limit = max(1, round(before * self.TOLERANCE * self._floor / mean))
+            self._cut(max(1, round(before * self.TOLERANCE * self._floor / mean)))
         elif busiest >= before - before // 8:  # (paced starts may not quite reach it)
             if mean > self.SLOW_START_EXIT * self._floor:
                 self._growing = False  # latency begins to rise: the knee is near (HyStart)
@@ -287,12 +311,25 @@ class Limiter:
             if before >= self._ceiling:
                 # Clean windows at the ceiling: every RECOVER of them it rises by one, so that
                 # a far side that recovered (a brief outage, a burst of 429s) is found again,
-                # slowly enough that one that did not is not hammered.
+                # slowly enough that one that did not is not hammered (and more slowly each
+                # time it breaks again, up to every MOST_RECOVER).
                 self._at_ceiling += 1
-                if self._at_ceiling % self.RECOVER == 0:
+                self._probing = False  # (a clean window at the ceiling: it held)
+                if self._at_ceiling % self._recover == 0:
                     self._ceiling = min(self._cap, self._ceiling + 1)
+                    self._probing = True
             self.limit = min(self._cap, self._ceiling, before + step)
+            if self.limit > before:
+                self._below = before
         return self.limit != before
+
+    def _cut(self, limit: int) -> None:
+        self.limit = limit
+        self._growing = False
+        # One cut per latency, as TCP cuts once per round trip: the calls that start within
+        # one still meet the far side as the old limit left it (busy, queued), and would cut
+        # again for what was already acted on.
+        self._acted = time.monotonic() + self._floor
 
 
 # Put in the outbox by wake(): makes a waiting collect() return, and is no task's outcome.
@@ -347,6 +384,9 @@ class ThreadsBackend:
             return []
         limit = self._setup.timeout
         wait = timeout if limit is None else _min(timeout, self._next_deadline(limit))
+        if self.limiter is not None:
+            # Stuck calls complete nothing: look at them in time all the same.
+            wait = _min(wait, self.limiter.next_look(self._oldest_start()))
         outcomes: list[Outcome] = []
         try:
             batch: list[Outcome] | None = self._outbox.get(timeout=wait)
@@ -385,9 +425,17 @@ class ThreadsBackend:
         samples = []
         while self._samples:
             samples.append(self._samples.popleft())
-        starts = [slot.started for slot in self._threads.values() if slot.task is not None]
-        self.limiter.saw(len(starts))  # running a call (not waiting for one)
-        return self.limiter.completed(samples, min(starts) if starts else None)
+        self.limiter.saw(self._running_calls())  # running a call (not waiting for one)
+        return self.limiter.completed(samples, self._oldest_start())
+
+    def _running_calls(self) -> int:
+        return sum(1 for slot in self._threads.values() if slot.task is not None)
+
+    def _oldest_start(self) -> float | None:
+        return min(
+            (slot.started for slot in self._threads.values() if slot.task is not None),
+            default=None,
+        )
 
     def close(self, *, cancel: bool) -> None:
         if self._closed:
