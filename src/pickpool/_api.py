@@ -22,6 +22,7 @@ from ._auto import AutoRun, in_thread
 from ._driver import Block, Done, Plan, drive
 from ._inner import InnerThreads, check_inner_threads
 from ._options import (
+    ALL_MODELS,
     DEFAULT_BACKOFF,
     check_fn,
     length_hint,
@@ -50,6 +51,8 @@ def _no_progress(count: int) -> None:
 def _check_model(model: object) -> str:
     if not isinstance(model, str):
         raise TypeError(f"model must be a string such as 'threads', not {type(model).__name__}")
+    if model not in ALL_MODELS:
+        raise ValueError(f"unknown model {model!r}; use one of {', '.join(map(repr, ALL_MODELS))}")
     return model
 
 
@@ -112,18 +115,15 @@ class _Run:
         if not isinstance(fresh_workers, bool):
             raise TypeError(f"fresh_workers must be True or False, not {fresh_workers!r}")
         inner = check_inner_threads(inner_threads)
-        if client is not None and name != "dask":
-            raise ValueError(f"client= is for model='dask', not model={name!r}")
-        if name == "dask":
-            from ._backends._dask import active_client, cluster_threads
-
+        kind = None if name == "auto" else _backends.traits(name)
+        if client is not None and (kind is None or not kind.takes_client):
+            clustered = " or ".join(
+                f"model={t.name!r}" for t in _backends.TRAITS.values() if t.takes_client
+            )
+            raise ValueError(f"client= is for {clustered}, not model={name!r}")
+        if kind is not None and kind.prepare is not None:
             # Here, so that a missing extra or cluster is reported at the call, even by imap.
-            client = active_client(client)
-            workers = cluster_threads(client) if workers is None else workers
-        elif name == "interpreters":
-            from ._backends._interpreters import check_available
-
-            check_available()
+            client, workers = kind.prepare(client, workers)
         # Under "auto" the options are checked here all the same, before anything runs.
         self.plan: Plan = make_plan(
             model="threads" if name == "auto" else name,
@@ -140,7 +140,7 @@ class _Run:
             max_rate=max_rate,
         )
         fn_bytes = None
-        if self.plan.model == "processes":
+        if _backends.traits(self.plan.model).pickles:
             # Here rather than when the pool starts, so that imap raises at the call too.
             from ._pickling import dumps_function
 
@@ -218,7 +218,7 @@ class _Run:
     @property
     def runs_on_caller_loop(self) -> bool:
         """Whether ``amap`` runs it natively on the caller's loop (else in a helper thread)."""
-        return self.plan.model == "asyncio" if self.auto is None else self.is_async
+        return _backends.traits(self.plan.model).on_loop if self.auto is None else self.is_async
 
     def dones(self, cancel: threading.Event | None = None) -> Generator[Done | Block, None, None]:
         """What the driver hands out for this call."""
@@ -463,14 +463,14 @@ def map(
         fn: a function of one argument, plain or ``async def``. For several arguments per
             item, wrap it: ``pickpool.star(fn)``.
         items: any iterable; read lazily, a window at a time.
-        model: ``"serial"`` (a plain loop), ``"threads"`` (blocking I/O, C code that releases
-            the GIL), ``"processes"`` (pure-Python CPU work), ``"asyncio"`` (many slow waits),
-            ``"interpreters"`` (Python 3.14+: one GIL per sub-interpreter), ``"dask"`` (a
+        model: ``'serial'`` (a plain loop), ``'threads'`` (blocking I/O, C code that releases
+            the GIL), ``'processes'`` (pure-Python CPU work), ``'asyncio'`` (many slow waits),
+            ``'interpreters'`` (Python 3.14+: one GIL per sub-interpreter), ``'dask'`` (a
             dask.distributed cluster: the ``client`` given or the active one; extra ``dask``),
-            or ``"auto"`` (the default): measure ``fn`` on the first items, as
+            or ``'auto'`` (the default): measure ``fn`` on the first items, as
             :func:`pickpool.advise` does, and run the rest on the fastest model, sized. Those
             first items' results are kept: every item is computed once.
-        workers: how many at once (``"serial"`` always runs one). Defaults: processes, the
+        workers: how many at once (``'serial'`` always runs one). Defaults: processes, the
             usable cores; threads, 8 per core (at most 64); asyncio, 1024 coroutines; auto,
             what its cost model finds fastest (given, auto keeps it).
         chunksize: items per hand-off to a worker, fixed. Not given, chunks adapt to the
@@ -479,7 +479,7 @@ def map(
             worker over the input (at most 256 items; 32 for an input of unknown length).
         ordered: ``True``: results in input order. ``False``: as they complete.
         timeout: seconds each item may run; an item past it fails with
-            :class:`pickpool.TaskTimeout` (its process killed under ``"processes"``; a thread
+            :class:`pickpool.TaskTimeout` (its process killed under ``'processes'``; a thread
             cannot be killed and is left to finish in the background). Implies chunksize 1.
         retries: how many more times a failed item is tried before it counts as failed.
         backoff: seconds before a failed item's first retry (default 0.05), doubled for each
@@ -503,7 +503,7 @@ def map(
             elsewhere (a log, CI) a plain line every 5 s and at the end, no terminal codes.
             A callable: called with how many more items are done; a ``tqdm`` bar (anything
             with ``update(n)``): updated.
-        client: for ``model="dask"``, the ``distributed.Client`` to run on (default: the
+        client: for ``model='dask'``, the ``distributed.Client`` to run on (default: the
             active one); its workers' threads are the default ``workers``.
         fresh_workers: ``True``: start new worker processes and threads for this call, and
             stop them after it. By default workers are kept between calls (start-up is paid
@@ -887,7 +887,7 @@ async def amap(
 ) -> list[Any]:
     """:func:`map` for callers already inside an event loop: ``await pickpool.amap(f, xs)``.
 
-    Under ``model="asyncio"`` the items run as tasks of the caller's own loop, so coroutines
+    Under ``model='asyncio'`` the items run as tasks of the caller's own loop, so coroutines
     may use what that loop owns (a client session, a connection pool). Other models run in a
     helper thread while the loop stays free. Cancelling the awaiting task stops the run and
     its workers before the cancellation propagates.
@@ -895,7 +895,7 @@ async def amap(
     Example::
 
         async def main():
-            pages = await pickpool.amap(fetch, urls, model="asyncio", workers=100)
+            pages = await pickpool.amap(fetch, urls, model='asyncio', workers=100)
     """
     run = _Run(
         fn,
@@ -957,14 +957,14 @@ async def aimap(
 
     Results come as they are ready, in order unless ``ordered=False``; the input is read a
     window at a time. Takes the same options as :func:`map` (``report`` aside). Under
-    ``model="asyncio"`` the items run as tasks of the caller's loop; other models run in a
+    ``model='asyncio'`` the items run as tasks of the caller's loop; other models run in a
     helper thread while the loop stays free. Leaving the loop (``break``, an exception, the
     task cancelled) stops the run and its workers.
 
     Example::
 
         async def main():
-            async for page in pickpool.aimap(fetch, urls, model="asyncio"):
+            async for page in pickpool.aimap(fetch, urls, model='asyncio'):
                 print(len(page))
     """
     if "report" in options:

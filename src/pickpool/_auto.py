@@ -155,18 +155,17 @@ class AutoRun:
         # (Under a rate, what is sent starts at once: the workers hold the pace's calls.)
         ev = pilot.evidence
         waits = ev.cpu_share < WAITING_SHARE
+        climbs = _backends.traits(advice.model).climbs
         climb = (
             wishes.workers is None
             and wishes.pacer is None
-            and (
-                advice.model == "threads" or (advice.model == "asyncio" and self.is_async and waits)
-            )
+            and (climbs == "calls" or (climbs == "coroutines" and self.is_async and waits))
         )
         cap = min(CLIMB_CAP, wishes.max_concurrency or CLIMB_CAP)
         start, latency, workers = advice.workers, None, advice.workers
         if climb and waits:
             latency, start = ev.wall, min(cap, RAMP_START)
-            workers = cap if advice.model == "threads" else max(cap, advice.workers)
+            workers = cap if climbs == "calls" else max(cap, advice.workers)
         elif climb:
             workers = min(cap, 2 * advice.workers)
         plan = wishes.plan(
@@ -285,7 +284,7 @@ class AutoRun:
         if rest is None:
             return
         plan, setup, items, start = rest
-        if plan.model == "asyncio":
+        if _backends.traits(plan.model).on_loop:
             async for block in adrive(items, plan, setup, start=start, blocks=True):
                 yield block
             return

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, overload
 
 from . import _log
-from ._backends import Backend, Setup
+from ._backends import Backend, Inline, Setup
 from ._errors import TaskTimeout, WorkerCrashed
 from ._pace import Pacer
 from ._task import BLOCK, ERROR, FATAL, OK, Caller, Outcome, Task, expand, failed
@@ -50,6 +50,9 @@ class Plan:
     # ``max_rate``: calls start evenly spaced, at most this many a second (retries included),
     # shared by every phase of the run. The window is then the workers: what is sent starts.
     pacer: Pacer | None = None
+    # The model's chunks are hops: their items run concurrently where they land (asyncio's
+    # loop), so chunks are sized per hop and one window serves all workers.
+    hops: bool = False
 
 
 # The longest wait before a retry, however many came before it.
@@ -117,10 +120,11 @@ class Chunking:
     every worker busy to the end and still hide a hand-off of ~0.1 ms.
     """
 
-    __slots__ = ("_began", "_done", "_plan", "_rate", "size")
+    __slots__ = ("_began", "_done", "_hops", "_plan", "_rate", "size")
 
     def __init__(self, plan: Plan) -> None:
         self._plan = plan
+        self._hops = plan.hops
         self.size = plan.chunksize
         self._began = 0.0
         self._done = 0
@@ -144,7 +148,7 @@ class Chunking:
         rate = self._done / elapsed
         self._rate = rate if not self._rate else 0.5 * (self._rate + rate)
         self._began, self._done = now, 0
-        if plan.model == "asyncio":
+        if self._hops:
             ideal = min(MAX_HOP, self._rate * HOP_SECONDS)
         else:
             ideal = self._rate * CHUNK_SECONDS / plan.workers
@@ -188,6 +192,7 @@ class Schedule:
         self._source_error: Exception | None = None
         self._result_bytes = 0.0  # the size of one result, estimated from samples
         self.chunking = Chunking(plan)
+        self._hops = plan.hops
 
     @property
     def finished(self) -> bool:
@@ -231,7 +236,7 @@ class Schedule:
         # (asyncio's workers are coroutines, fed by hops, not chunks).
         window = plan.window
         if plan.adaptive:
-            holders = 1 if plan.model == "asyncio" else plan.workers
+            holders = 1 if self._hops else plan.workers
             window = max(window, min(MAX_WINDOW, WINDOW_CHUNKS * holders * size))
         if self._result_bytes:
             # Large results: no more in memory at once than MAX_WINDOW_BYTES, or one per
@@ -461,7 +466,7 @@ def drive(
     """
     backend = open_backend(setup)
     finished = False
-    inline: Caller | None = getattr(backend, "inline", None)
+    inline = backend.inline if isinstance(backend, Inline) else None
     if inline is not None:
         try:
             yield from _loop(items, plan, inline, cancel, start, blocks)

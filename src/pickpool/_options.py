@@ -10,19 +10,13 @@ import numbers
 from typing import Any, Final
 
 from . import _machine
-from ._backends import EXTRA_MODELS, MODELS
+from ._backends import EXTRA_MODELS, MODELS, TRAITS, traits
 from ._driver import Plan
 from ._pace import Pacer
 
 ON_ERROR: Final = ("raise", "collect", "skip")
 ALL_MODELS: Final = ("auto", *MODELS, *EXTRA_MODELS)
 
-# Threads mostly wait (blocking I/O), so more of them than cores pays; bounded because each
-# blocked thread costs memory and a GIL hand-off.
-THREADS_PER_CORE: Final = 8
-MAX_THREADS: Final = 64
-# Coroutines cost ~1 kB suspended: many can wait at once.
-ASYNC_CONCURRENCY: Final = 1024
 # Process chunks: about 4 per worker over the input (as multiprocessing.Pool.map does), never
 # so large that one chunk holds the tail, never smaller than 1.
 CHUNKS_PER_WORKER: Final = 4
@@ -39,19 +33,12 @@ def default_workers(model: str, *, is_async: bool) -> int:
     8 per usable core, at most 64. ``asyncio``: 1024 concurrent coroutines for an async
     function; for a plain function, the thread count of ``threads``.
     """
-    cores = _machine.cores()
-    if model == "serial":
-        return 1
-    if model in ("processes", "interpreters"):
-        return cores
-    if model == "asyncio" and is_async:
-        return ASYNC_CONCURRENCY
-    return min(MAX_THREADS, THREADS_PER_CORE * cores)
+    return traits(model).default_workers(_machine.cores(), is_async)
 
 
 def default_chunksize(model: str, workers: int, length: int | None) -> int:
     """Items per chunk when none is given: 1, except where each hand-off is costly to hide."""
-    if model not in ("processes", "interpreters", "dask"):
+    if not traits(model).batched:
         return 1
     if length is None:
         return CHUNK_UNKNOWN_LENGTH
@@ -76,13 +63,17 @@ def worker_options(
         raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
     if not isinstance(initargs, tuple | list):
         raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
-    if initializer is not None and model in ("dask", "interpreters"):
+    if initializer is not None and model in TRAITS and not traits(str(model)).initializer:
         raise ValueError(
             f"initializer is not supported under model={model!r}: set up each worker "
             "another way (a dask WorkerPlugin), or use model='processes' or 'threads'"
         )
     tasks_cap = positive_int("max_tasks_per_child", max_tasks_per_child)
-    if tasks_cap is not None and model not in ("processes", "auto"):
+    if (
+        tasks_cap is not None
+        and model != "auto"
+        and not (model in TRAITS and traits(str(model)).recycles)
+    ):
         raise ValueError(
             f"max_tasks_per_child is for worker processes, not model={model!r}: use "
             "model='processes' (or 'auto', where it applies if auto chooses processes)"
@@ -155,21 +146,22 @@ def make_plan(
             f"max_rate spaces out each call's start, so it needs chunksize=1 (got "
             f"chunksize={size}); leave chunksize unset"
         )
+    kind = traits(model)
     backend = model
-    if model == "serial" and limit is not None:
+    if limit is not None and kind.with_timeout is not None:
         # The caller's own thread cannot be interrupted: a one-thread pool can be abandoned.
-        backend = "threads"
+        backend = kind.with_timeout
     # serial is one at a time whatever `workers` says, so that switching a call to serial to
     # debug it needs no other change.
-    n_workers = 1 if model == "serial" else n_workers or default_workers(model, is_async=is_async)
+    n_workers = 1 if kind.inline else n_workers or default_workers(model, is_async=is_async)
     if cap is not None:
         n_workers = min(n_workers, cap)
     # Chunks not given are fitted to the measured pace as the run goes (a timeout is per item).
     one_by_one = limit is not None or rate is not None
     adaptive = size is None and not one_by_one
     size = 1 if one_by_one else size or default_chunksize(model, n_workers, length)
-    window = size if model == "serial" else WINDOW_CHUNKS_PER_WORKER * n_workers * size
-    if (model in ("dask", "interpreters") and limit is not None) or rate is not None:
+    window = size if kind.inline else WINDOW_CHUNKS_PER_WORKER * n_workers * size
+    if (kind.silent_starts and limit is not None) or rate is not None:
         # Their futures do not say when a task starts: with no more in flight than there are
         # workers, none waits in a queue while its timeout runs. Under a rate, what is sent
         # starts at once, so that spacing the sends spaces the starts.
@@ -187,6 +179,7 @@ def make_plan(
         length=length,
         backoff=wait or 0.0,
         pacer=None if rate is None else Pacer.per_second(rate),
+        hops=traits(backend).hops,
     )
 
 

@@ -1,7 +1,9 @@
-"""One module per concurrency model, each a small class behind :class:`Backend`.
+"""One module per concurrency model, each a small class behind :class:`Backend`, and the
+registry of what the core needs to know of each model (:class:`Traits`, :func:`traits`).
 
-The driver (``pickpool._driver``) knows no backend by name: it submits chunks and collects
-outcomes. A backend knows nothing of chunking, ordering, retries or error policy.
+The core (``_api``, ``_options``, ``_driver``, ``_auto``) knows no backend by name: it asks a
+model's :class:`Traits` (how it is fed, its defaults, its checks) and the driver submits chunks
+and collects outcomes. A backend knows nothing of chunking, ordering, retries or error policy.
 """
 
 from __future__ import annotations
@@ -9,15 +11,126 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 from .._inner import InnerThreads
-from .._task import Outcome, Task
+from .._task import Caller, Outcome, Task
 
 ModelName = Literal["serial", "threads", "processes", "asyncio", "interpreters", "dask"]
 # The models every interpreter has, on one machine; then those that need more.
 MODELS: tuple[ModelName, ...] = ("serial", "threads", "processes", "asyncio")
 EXTRA_MODELS: tuple[ModelName, ...] = ("interpreters", "dask")
+
+# Threads mostly wait (blocking I/O), so more of them than cores pays; bounded because each
+# blocked thread costs memory and a GIL hand-off.
+THREADS_PER_CORE: Final = 8
+MAX_THREADS: Final = 64
+# Coroutines cost ~1 kB suspended: many can wait at once.
+ASYNC_CONCURRENCY: Final = 1024
+
+
+def _one(cores: int, is_async: bool) -> int:
+    return 1
+
+
+def _cores(cores: int, is_async: bool) -> int:
+    return cores
+
+
+def _waiting(cores: int, is_async: bool) -> int:
+    return min(MAX_THREADS, THREADS_PER_CORE * cores)
+
+
+def _coroutines(cores: int, is_async: bool) -> int:
+    return ASYNC_CONCURRENCY if is_async else _waiting(cores, is_async)
+
+
+def _dask_prepare(client: Any, workers: Any) -> tuple[Any, Any]:
+    from ._dask import active_client, cluster_threads
+
+    client = active_client(client)
+    return client, cluster_threads(client) if workers is None else workers
+
+
+def _interpreters_prepare(client: Any, workers: Any) -> tuple[Any, Any]:
+    from ._interpreters import check_available
+
+    check_available()
+    return client, workers
+
+
+@dataclass(frozen=True, slots=True)
+class Traits:
+    """What the core needs to know of one model, without importing its backend.
+
+    The core asks these, never the model's name: adding a model is a backend module and one
+    entry in :data:`TRAITS`.
+    """
+
+    name: ModelName
+    # Workers when none are given, from the usable cores and whether ``fn`` is a coroutine
+    # function (see ``_options.default_workers``).
+    default_workers: Callable[[int, bool], int]
+    # Runs each item in the caller's thread, one at a time (and so, one worker whatever
+    # ``workers`` says; the driver runs the plain loop with the backend's ``inline`` caller).
+    inline: bool = False
+    # The model that runs it when items have a ``timeout`` (the caller's own thread cannot
+    # be interrupted; a one-thread pool can abandon an item), if not itself.
+    with_timeout: ModelName | None = None
+    # Each hand-off is costly (pickling, a remote future): chunks of several items by default.
+    batched: bool = False
+    # A chunk's items run concurrently, a chunk is only a hop to where they run: one window
+    # for all, chunks sized per hop, not per worker.
+    hops: bool = False
+    # Its futures do not say when a task starts: with a timeout, no more in flight than the
+    # workers, so that none waits in a queue while its timeout runs.
+    silent_starts: bool = False
+    # The function crosses to the workers pickled: pickled once at the call (an unpicklable
+    # function is reported there, even by ``imap``).
+    pickles: bool = False
+    # Worker processes that ``max_tasks_per_child`` can replace; ``initializer`` supported.
+    recycles: bool = False
+    initializer: bool = True
+    # Runs coroutines on the caller's own event loop under ``amap``.
+    on_loop: bool = False
+    # Runs on a cluster: takes ``client=``.
+    takes_client: bool = False
+    # Under auto, what the latency-driven limit (or throughput climbing) may hold: "calls"
+    # (every call: threads), "coroutines" (coroutines that wait: asyncio's loop), or None.
+    climbs: str | None = None
+    # Checks made at the call, before anything runs: ``(client, workers)`` resolved (a missing
+    # extra or cluster is reported at the call, even by imap).
+    prepare: Callable[[Any, Any], tuple[Any, Any]] | None = None
+
+
+TRAITS: Final[dict[str, Traits]] = {
+    "serial": Traits("serial", _one, inline=True, with_timeout="threads"),
+    "threads": Traits("threads", _waiting, climbs="calls"),
+    "processes": Traits("processes", _cores, batched=True, pickles=True, recycles=True),
+    "asyncio": Traits("asyncio", _coroutines, hops=True, on_loop=True, climbs="coroutines"),
+    "interpreters": Traits(
+        "interpreters",
+        _cores,
+        batched=True,
+        silent_starts=True,
+        initializer=False,
+        prepare=_interpreters_prepare,
+    ),
+    "dask": Traits(
+        "dask",
+        _waiting,
+        batched=True,
+        silent_starts=True,
+        initializer=False,
+        takes_client=True,
+        prepare=_dask_prepare,
+    ),
+}
+
+
+def traits(model: str) -> Traits:
+    """The :class:`Traits` of ``model`` (a backend's name, not ``"auto"``)."""
+    return TRAITS[model]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +178,8 @@ class Backend(Protocol):
       what runs as far as the model allows (processes are killed; threads are waited for).
       It must be safe to call twice, and after a failed ``__init__``.
 
-    A backend that runs each item in the caller's thread, one at a time (serial), may also
-    have an ``inline`` attribute, a :class:`~pickpool._task.Caller`: the driver then runs the
-    plain loop with it instead of submitting and collecting, which costs a third as much.
+    A backend that runs each item in the caller's thread, one at a time (serial), is also
+    :class:`Inline`.
     """
 
     def submit(self, task: Task) -> None: ...
@@ -75,6 +187,15 @@ class Backend(Protocol):
     def collect(self, timeout: float | None) -> list[Outcome]: ...
 
     def close(self, *, cancel: bool) -> None: ...
+
+
+@runtime_checkable
+class Inline(Protocol):
+    """A backend that runs each item in the caller's thread, one at a time (serial): the driver
+    runs the plain loop with its :attr:`inline` caller instead of submitting and collecting,
+    which costs a third as much."""
+
+    inline: Caller | None  # None: not this run (each call must first cap native pools)
 
 
 @runtime_checkable
