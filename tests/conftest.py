@@ -13,8 +13,12 @@ import psutil
 import pytest
 
 from pickpool._api import Model
+from pickpool._backends import MODELS as _REGISTRY
 
-MODELS: list[Model] = ["serial", "threads", "processes", "asyncio"]
+# Every model every interpreter has, from the registry. The others (interpreters, dask) need
+# more than the interpreter: test_contract.py runs them with skip marks, and they have their
+# own test modules.
+MODELS: list[Model] = list(_REGISTRY)
 
 _DASK_THREADS = ("Dask-", "TCP-Executor", "IO loop", "Profile", "AsyncProcess", "QueueFeeder")
 

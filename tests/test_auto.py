@@ -322,11 +322,12 @@ def test_slow_items_are_probed_with_as_few_calls_as_can_tell(
 def test_calls_that_wait_run_under_the_limiter_from_its_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from pickpool import _limits
     from pickpool._backends import _threads
 
-    limiters: list[_threads.Limiter] = []
+    limiters: list[_limits.Limiter] = []
 
-    class Recorded(_threads.Limiter):
+    class Recorded(_limits.Limiter):
         def __init__(self, start: int, cap: int, baseline: float) -> None:
             super().__init__(start, cap, baseline)
             limiters.append(self)

@@ -20,7 +20,7 @@ import pytest
 import pickpool
 from pickpool import _driver
 from pickpool._api import Model
-from pickpool._backends._threads import Limiter
+from pickpool._limits import Limiter
 from pickpool.lab import farside
 
 FLOOR = 0.02  # the calls' latency alone, in these made-up samples

@@ -272,7 +272,7 @@ def test_a_thread_abandoned_to_a_timeout_is_not_kept() -> None:
 
 
 def test_the_climber_climbs_while_throughput_rises(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pickpool._backends._threads import Climber
+    from pickpool._limits import Climber
 
     clock = [0.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
@@ -286,7 +286,7 @@ def test_the_climber_climbs_while_throughput_rises(monkeypatch: pytest.MonkeyPat
 
 
 def test_the_climber_backs_off_when_more_threads_hurt(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pickpool._backends._threads import Climber
+    from pickpool._limits import Climber
 
     clock = [0.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])

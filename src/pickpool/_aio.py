@@ -29,7 +29,8 @@ def adrive(
 def adrive(
     items: Iterable[Any], plan: Plan, setup: Setup, *, start: int = ..., blocks: bool
 ) -> AsyncGenerator[Done | Block, None]: ...
-async def adrive(
+# (Complex on purpose: drive()'s loop on the caller's event loop, kept in step with it.)
+async def adrive(  # noqa: C901, PLR0912
     items: Iterable[Any], plan: Plan, setup: Setup, *, start: int = 0, blocks: bool = False
 ) -> AsyncGenerator[Done | Block, None]:
     """Like :func:`pickpool._driver.drive`, on the running loop."""

@@ -14,7 +14,7 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypedDict, TypeVar, Unpack, overload
 
 from . import _backends
 from ._advise import Advice
@@ -42,6 +42,31 @@ R = TypeVar("R")
 Model = Literal["auto", _backends.ModelName]
 OnError = Literal["raise", "collect", "skip"]
 Progress = bool | Literal["always"] | Callable[[int], Any] | Any  # Any: a tqdm bar
+
+
+class _Options(TypedDict, total=False):
+    """The options every overload of ``map``, ``imap`` and ``amap`` takes alike.
+
+    ``on_error`` and ``report`` are not here: their values pick the overload (the result type),
+    so the overloads spell them out. The implementations list every option, with its default.
+    """
+
+    model: Model
+    workers: int | None
+    max_concurrency: int | None
+    max_rate: float | None
+    chunksize: int | None
+    ordered: bool
+    timeout: float | None
+    retries: int
+    backoff: float
+    progress: Progress
+    client: Any
+    fresh_workers: bool
+    inner_threads: InnerThreads
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
+    max_tasks_per_child: int | None
 
 
 def _no_progress(count: int) -> None:
@@ -126,7 +151,7 @@ class _Run:
             client, workers = kind.prepare(client, workers)
         # Under "auto" the options are checked here all the same, before anything runs.
         self.plan: Plan = make_plan(
-            model="threads" if name == "auto" else name,
+            model=_backends.CHECKED_AS_AUTO if name == "auto" else name,
             is_async=self.is_async,
             length=self.length,
             workers=workers,
@@ -292,144 +317,54 @@ def map(
     more: Iterable[Any],
     /,
     *more_items: Iterable[Any],
-    model: Model = ...,
-    workers: int | None = ...,
-    max_concurrency: int | None = ...,
-    max_rate: float | None = ...,
-    chunksize: int | None = ...,
-    ordered: bool = ...,
-    timeout: float | None = ...,
-    retries: int = ...,
-    backoff: float = ...,
     on_error: OnError = ...,
-    progress: Progress = ...,
-    client: Any = ...,
-    fresh_workers: bool = ...,
-    inner_threads: InnerThreads = ...,
-    initializer: Callable[..., object] | None = ...,
-    initargs: tuple[Any, ...] = ...,
-    max_tasks_per_child: int | None = ...,
     report: Literal[False] = ...,
+    **options: Unpack[_Options],
 ) -> list[Any]: ...
 @overload
 def map(
     fn: Callable[[Any], Any],
     items: Iterable[Any],
     *more_items: Iterable[Any],
-    model: Model = ...,
-    workers: int | None = ...,
-    max_concurrency: int | None = ...,
-    max_rate: float | None = ...,
-    chunksize: int | None = ...,
-    ordered: bool = ...,
-    timeout: float | None = ...,
-    retries: int = ...,
-    backoff: float = ...,
     on_error: OnError = ...,
-    progress: Progress = ...,
-    client: Any = ...,
-    fresh_workers: bool = ...,
-    inner_threads: InnerThreads = ...,
-    initializer: Callable[..., object] | None = ...,
-    initargs: tuple[Any, ...] = ...,
-    max_tasks_per_child: int | None = ...,
     report: Literal[True],
+    **options: Unpack[_Options],
 ) -> tuple[list[Any], Report]: ...
 @overload
 def map(
     fn: Callable[[T], Awaitable[R]],
     items: Iterable[T],
     *,
-    model: Model = ...,
-    workers: int | None = ...,
-    max_concurrency: int | None = ...,
-    max_rate: float | None = ...,
-    chunksize: int | None = ...,
-    ordered: bool = ...,
-    timeout: float | None = ...,
-    retries: int = ...,
-    backoff: float = ...,
     on_error: Literal["raise", "skip"] = ...,
-    progress: Progress = ...,
-    client: Any = ...,
-    fresh_workers: bool = ...,
-    inner_threads: InnerThreads = ...,
-    initializer: Callable[..., object] | None = ...,
-    initargs: tuple[Any, ...] = ...,
-    max_tasks_per_child: int | None = ...,
     report: Literal[False] = ...,
+    **options: Unpack[_Options],
 ) -> list[R]: ...
 @overload
 def map(
     fn: Callable[[T], Awaitable[R]],
     items: Iterable[T],
     *,
-    model: Model = ...,
-    workers: int | None = ...,
-    max_concurrency: int | None = ...,
-    max_rate: float | None = ...,
-    chunksize: int | None = ...,
-    ordered: bool = ...,
-    timeout: float | None = ...,
-    retries: int = ...,
-    backoff: float = ...,
     on_error: Literal["collect"],
-    progress: Progress = ...,
-    client: Any = ...,
-    fresh_workers: bool = ...,
-    inner_threads: InnerThreads = ...,
-    initializer: Callable[..., object] | None = ...,
-    initargs: tuple[Any, ...] = ...,
-    max_tasks_per_child: int | None = ...,
     report: Literal[False] = ...,
+    **options: Unpack[_Options],
 ) -> list[R | Failure]: ...
 @overload
 def map(
     fn: Callable[[T], R],
     items: Iterable[T],
     *,
-    model: Model = ...,
-    workers: int | None = ...,
-    max_concurrency: int | None = ...,
-    max_rate: float | None = ...,
-    chunksize: int | None = ...,
-    ordered: bool = ...,
-    timeout: float | None = ...,
-    retries: int = ...,
-    backoff: float = ...,
     on_error: Literal["raise", "skip"] = ...,
-    progress: Progress = ...,
-    client: Any = ...,
-    fresh_workers: bool = ...,
-    inner_threads: InnerThreads = ...,
-    initializer: Callable[..., object] | None = ...,
-    initargs: tuple[Any, ...] = ...,
-    max_tasks_per_child: int | None = ...,
     report: Literal[False] = ...,
+    **options: Unpack[_Options],
 ) -> list[R]: ...
 @overload
 def map(
     fn: Callable[[T], R],
     items: Iterable[T],
     *,
-    model: Model = ...,
-    workers: int | None = ...,
-    max_concurrency: int | None = ...,
-    max_rate: float | None = ...,
-    chunksize: int | None = ...,
-    ordered: bool = ...,
-    timeout: float | None = ...,
-    retries: int = ...,
-    backoff: float = ...,
     on_error: Literal["collect"],
-    progress: Progress = ...,
-    client: Any = ...,
-    fresh_workers: bool = ...,
-    inner_threads: InnerThreads = ...,
-    initializer: Callable[..., object] | None = ...,
-    initargs: tuple[Any, ...] = ...,
-    max_tasks_per_child: int | None = ...,
     report: Literal[False] = ...,
+    **options: Unpack[_Options],
 ) -> list[R | Failure]: ...
 def map(
     fn: Callable[[Any], Any],
@@ -566,92 +501,32 @@ def imap(
     fn: Callable[[T], Awaitable[R]],
     items: Iterable[T],
     *,
-    model: Model = ...,
-    workers: int | None = ...,
-    max_concurrency: int | None = ...,
-    max_rate: float | None = ...,
-    chunksize: int | None = ...,
-    ordered: bool = ...,
-    timeout: float | None = ...,
-    retries: int = ...,
-    backoff: float = ...,
     on_error: Literal["raise", "skip"] = ...,
-    progress: Progress = ...,
-    client: Any = ...,
-    fresh_workers: bool = ...,
-    inner_threads: InnerThreads = ...,
-    initializer: Callable[..., object] | None = ...,
-    initargs: tuple[Any, ...] = ...,
-    max_tasks_per_child: int | None = ...,
+    **options: Unpack[_Options],
 ) -> Results[R]: ...
 @overload
 def imap(
     fn: Callable[[T], Awaitable[R]],
     items: Iterable[T],
     *,
-    model: Model = ...,
-    workers: int | None = ...,
-    max_concurrency: int | None = ...,
-    max_rate: float | None = ...,
-    chunksize: int | None = ...,
-    ordered: bool = ...,
-    timeout: float | None = ...,
-    retries: int = ...,
-    backoff: float = ...,
     on_error: Literal["collect"],
-    progress: Progress = ...,
-    client: Any = ...,
-    fresh_workers: bool = ...,
-    inner_threads: InnerThreads = ...,
-    initializer: Callable[..., object] | None = ...,
-    initargs: tuple[Any, ...] = ...,
-    max_tasks_per_child: int | None = ...,
+    **options: Unpack[_Options],
 ) -> Results[R | Failure]: ...
 @overload
 def imap(
     fn: Callable[[T], R],
     items: Iterable[T],
     *,
-    model: Model = ...,
-    workers: int | None = ...,
-    max_concurrency: int | None = ...,
-    max_rate: float | None = ...,
-    chunksize: int | None = ...,
-    ordered: bool = ...,
-    timeout: float | None = ...,
-    retries: int = ...,
-    backoff: float = ...,
     on_error: Literal["raise", "skip"] = ...,
-    progress: Progress = ...,
-    client: Any = ...,
-    fresh_workers: bool = ...,
-    inner_threads: InnerThreads = ...,
-    initializer: Callable[..., object] | None = ...,
-    initargs: tuple[Any, ...] = ...,
-    max_tasks_per_child: int | None = ...,
+    **options: Unpack[_Options],
 ) -> Results[R]: ...
 @overload
 def imap(
     fn: Callable[[T], R],
     items: Iterable[T],
     *,
-    model: Model = ...,
-    workers: int | None = ...,
-    max_concurrency: int | None = ...,
-    max_rate: float | None = ...,
-    chunksize: int | None = ...,
-    ordered: bool = ...,
-    timeout: float | None = ...,
-    retries: int = ...,
-    backoff: float = ...,
     on_error: Literal["collect"],
-    progress: Progress = ...,
-    client: Any = ...,
-    fresh_workers: bool = ...,
-    inner_threads: InnerThreads = ...,
-    initializer: Callable[..., object] | None = ...,
-    initargs: tuple[Any, ...] = ...,
-    max_tasks_per_child: int | None = ...,
+    **options: Unpack[_Options],
 ) -> Results[R | Failure]: ...
 @overload
 def imap(
@@ -660,23 +535,8 @@ def imap(
     more: Iterable[Any],
     /,
     *more_items: Iterable[Any],
-    model: Model = ...,
-    workers: int | None = ...,
-    max_concurrency: int | None = ...,
-    max_rate: float | None = ...,
-    chunksize: int | None = ...,
-    ordered: bool = ...,
-    timeout: float | None = ...,
-    retries: int = ...,
-    backoff: float = ...,
     on_error: OnError = ...,
-    progress: Progress = ...,
-    client: Any = ...,
-    fresh_workers: bool = ...,
-    inner_threads: InnerThreads = ...,
-    initializer: Callable[..., object] | None = ...,
-    initargs: tuple[Any, ...] = ...,
-    max_tasks_per_child: int | None = ...,
+    **options: Unpack[_Options],
 ) -> Results[Any]: ...
 def imap(
     fn: Callable[[Any], Any],
@@ -751,92 +611,32 @@ async def amap(
     fn: Callable[[T], Awaitable[R]],
     items: Iterable[T],
     *,
-    model: Model = ...,
-    workers: int | None = ...,
-    max_concurrency: int | None = ...,
-    max_rate: float | None = ...,
-    chunksize: int | None = ...,
-    ordered: bool = ...,
-    timeout: float | None = ...,
-    retries: int = ...,
-    backoff: float = ...,
     on_error: Literal["raise", "skip"] = ...,
-    progress: Progress = ...,
-    client: Any = ...,
-    fresh_workers: bool = ...,
-    inner_threads: InnerThreads = ...,
-    initializer: Callable[..., object] | None = ...,
-    initargs: tuple[Any, ...] = ...,
-    max_tasks_per_child: int | None = ...,
+    **options: Unpack[_Options],
 ) -> list[R]: ...
 @overload
 async def amap(
     fn: Callable[[T], Awaitable[R]],
     items: Iterable[T],
     *,
-    model: Model = ...,
-    workers: int | None = ...,
-    max_concurrency: int | None = ...,
-    max_rate: float | None = ...,
-    chunksize: int | None = ...,
-    ordered: bool = ...,
-    timeout: float | None = ...,
-    retries: int = ...,
-    backoff: float = ...,
     on_error: Literal["collect"],
-    progress: Progress = ...,
-    client: Any = ...,
-    fresh_workers: bool = ...,
-    inner_threads: InnerThreads = ...,
-    initializer: Callable[..., object] | None = ...,
-    initargs: tuple[Any, ...] = ...,
-    max_tasks_per_child: int | None = ...,
+    **options: Unpack[_Options],
 ) -> list[R | Failure]: ...
 @overload
 async def amap(
     fn: Callable[[T], R],
     items: Iterable[T],
     *,
-    model: Model = ...,
-    workers: int | None = ...,
-    max_concurrency: int | None = ...,
-    max_rate: float | None = ...,
-    chunksize: int | None = ...,
-    ordered: bool = ...,
-    timeout: float | None = ...,
-    retries: int = ...,
-    backoff: float = ...,
     on_error: Literal["raise", "skip"] = ...,
-    progress: Progress = ...,
-    client: Any = ...,
-    fresh_workers: bool = ...,
-    inner_threads: InnerThreads = ...,
-    initializer: Callable[..., object] | None = ...,
-    initargs: tuple[Any, ...] = ...,
-    max_tasks_per_child: int | None = ...,
+    **options: Unpack[_Options],
 ) -> list[R]: ...
 @overload
 async def amap(
     fn: Callable[[T], R],
     items: Iterable[T],
     *,
-    model: Model = ...,
-    workers: int | None = ...,
-    max_concurrency: int | None = ...,
-    max_rate: float | None = ...,
-    chunksize: int | None = ...,
-    ordered: bool = ...,
-    timeout: float | None = ...,
-    retries: int = ...,
-    backoff: float = ...,
     on_error: Literal["collect"],
-    progress: Progress = ...,
-    client: Any = ...,
-    fresh_workers: bool = ...,
-    inner_threads: InnerThreads = ...,
-    initializer: Callable[..., object] | None = ...,
-    initargs: tuple[Any, ...] = ...,
-    max_tasks_per_child: int | None = ...,
+    **options: Unpack[_Options],
 ) -> list[R | Failure]: ...
 @overload
 async def amap(
@@ -845,23 +645,8 @@ async def amap(
     more: Iterable[Any],
     /,
     *more_items: Iterable[Any],
-    model: Model = ...,
-    workers: int | None = ...,
-    max_concurrency: int | None = ...,
-    max_rate: float | None = ...,
-    chunksize: int | None = ...,
-    ordered: bool = ...,
-    timeout: float | None = ...,
-    retries: int = ...,
-    backoff: float = ...,
     on_error: OnError = ...,
-    progress: Progress = ...,
-    client: Any = ...,
-    fresh_workers: bool = ...,
-    inner_threads: InnerThreads = ...,
-    initializer: Callable[..., object] | None = ...,
-    initargs: tuple[Any, ...] = ...,
-    max_tasks_per_child: int | None = ...,
+    **options: Unpack[_Options],
 ) -> list[Any]: ...
 async def amap(
     fn: Callable[[Any], Any],
@@ -950,7 +735,8 @@ def starmap(fn: Callable[..., R], items: Iterable[Iterable[Any]], **options: Any
 AIMAP_AHEAD = 4
 
 
-async def aimap(
+# (Complex on purpose: two bridges (the caller's loop, a helper thread) and their cancellation.)
+async def aimap(  # noqa: C901
     fn: Callable[..., Any], items: Iterable[Any], *more_items: Iterable[Any], **options: Any
 ) -> AsyncIterator[Any]:
     """:func:`imap` for callers inside an event loop: ``async for r in pickpool.aimap(f, xs)``.

@@ -15,10 +15,11 @@ from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Itera
 from typing import Any, Final
 
 from . import _backends, _log
-from ._advise import Advice, decide, format_seconds
+from ._advise import Advice, decide
 from ._driver import Block, Done, Plan, drive
 from ._options import check_fn, length_hint, positive_seconds
 from ._probe import ADVISE_SHARE, WAITING_SHARE, Phase, Pilot, Wishes
+from ._reasons import format_seconds
 from ._task import OK, is_async_callable
 
 # Auto probes at most about this long, and for at most this share of the batch's serial time

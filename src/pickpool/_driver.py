@@ -6,6 +6,9 @@ not), and decides retries. :func:`drive` (sync) and ``_aio.adrive`` (on the call
 move tasks and outcomes between it and a backend, and always close the backend: normally when
 the input is done, with ``cancel=True`` on any exception, on ``break`` in an ``imap`` loop, or
 when the consumer's generator is garbage-collected.
+
+Where this loop sits in a call (the API's checks above it, auto's probe and decision beside
+it, the backends below it) is drawn in ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -261,7 +264,8 @@ class Schedule:
         """A task of the one outstanding item ``index``."""
         return self._task(index, [self._outstanding[index]])
 
-    def accept(
+    # (Complex on purpose: an outcome's one rule book: retry, fail fast, order.)
+    def accept(  # noqa: C901
         self, outcomes: list[Outcome]
     ) -> tuple[list[tuple[Task, float]], list[Done | Block]]:
         """Take finished outcomes; return (retries to submit, each with the seconds it waits
@@ -449,7 +453,8 @@ def drive(
     start: int = ...,
     blocks: bool,
 ) -> Generator[Done | Block, None, None]: ...
-def drive(
+# (Complex on purpose: the one run loop: send, pace, wait, retry, cancel.)
+def drive(  # noqa: C901, PLR0912, PLR0915
     items: Iterable[Any],
     plan: Plan,
     setup: Setup,
@@ -548,7 +553,8 @@ LOOP_CHUNK_SECONDS: Final = 0.002
 LOOP_MAX_CHUNK: Final = 4096
 
 
-def _loop(
+# (Complex on purpose: drive()'s rules inline, a third of its cost per item.)
+def _loop(  # noqa: C901, PLR0912
     items: Iterable[Any],
     plan: Plan,
     caller: Caller,

@@ -191,7 +191,7 @@ class _Router:
 
 
 def _decide(timing: _Timing, fn: Any) -> tuple[str, str]:
-    from ._advise import format_seconds
+    from ._reasons import format_seconds
 
     wall, cpu = timing.wall, timing.cpu
     share = cpu / wall if wall > 0 else 0.0

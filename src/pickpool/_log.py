@@ -24,7 +24,7 @@ logger.addHandler(logging.NullHandler())
 
 
 def _seconds(s: float) -> str:
-    from ._advise import format_seconds
+    from ._reasons import format_seconds
 
     return format_seconds(s)
 

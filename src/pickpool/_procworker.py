@@ -47,7 +47,8 @@ IDLE_LIFETIME = 60.0
 IDLE_COLLECT = 1.0
 
 
-def main(conn: Connection, owner: int, cores: int, env: dict[str, str]) -> None:
+# (Complex on purpose: a worker process's whole life, in one loop.)
+def main(conn: Connection, owner: int, cores: int, env: dict[str, str]) -> None:  # noqa: C901
     """Receive pickled tasks on ``conn``, run them, send pickled outcomes back.
 
     :data:`FUNCTION` followed by a pickled function sets the function later tasks run. An

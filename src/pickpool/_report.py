@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._advise import format_seconds
+from ._reasons import format_seconds
 
 if TYPE_CHECKING:
     from rich.console import RenderableType

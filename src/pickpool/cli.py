@@ -19,6 +19,7 @@ from typing import Any, NoReturn, TextIO, cast
 import click
 
 from ._errors import BackendUnavailable
+from ._options import ALL_MODELS
 
 TARGET_HELP = "MODULE:FUNCTION, or path/to/file.py:FUNCTION"
 EXAMPLES = {
@@ -226,8 +227,7 @@ def advise(
 
 @cli.command(epilog=EXAMPLES["run"])
 @_inputs
-@click.option("--model", default="auto", show_default=True, type=click.Choice(
-    ["auto", "serial", "threads", "processes", "asyncio", "interpreters", "dask"]))  # fmt: skip
+@click.option("--model", default="auto", show_default=True, type=click.Choice(ALL_MODELS))
 @click.option("--workers", type=click.IntRange(min=1), help="how many at once")
 @click.option("--chunksize", type=click.IntRange(min=1), help="items per hand-off")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="seconds per item")

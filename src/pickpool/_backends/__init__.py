@@ -128,6 +128,10 @@ TRAITS: Final[dict[str, Traits]] = {
 }
 
 
+# The model that takes every option: ``model="auto"``'s options are checked as its, at the call.
+CHECKED_AS_AUTO: Final = "threads"
+
+
 def traits(model: str) -> Traits:
     """The :class:`Traits` of ``model`` (a backend's name, not ``"auto"``)."""
     return TRAITS[model]

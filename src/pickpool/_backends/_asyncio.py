@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from .. import _inner
 from .._errors import TaskTimeout
+from .._limits import Limiter
 from .._pace import Pacer
 from .._task import (
     BLOCK,
@@ -38,7 +39,7 @@ from .._task import (
     run_initializer,
 )
 from . import Setup
-from ._threads import CANCEL_GRACE, Limiter
+from ._threads import CANCEL_GRACE
 
 T = TypeVar("T")
 

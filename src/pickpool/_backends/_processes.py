@@ -169,7 +169,8 @@ class ProcessesBackend:
         self._pending.append((task, dumps_task(task)))
         self._dispatch()
 
-    def collect(self, timeout: float | None) -> list[Outcome]:
+    # (Complex on purpose: outcomes, deadlines and dead workers, read in one pass.)
+    def collect(self, timeout: float | None) -> list[Outcome]:  # noqa: C901
         outcomes, self._ready = self._ready, []
         busy = [w for w in self._workers if w.tasks]
         if outcomes or not busy:

@@ -19,7 +19,7 @@ from typing import Any
 import pickpool
 from pickpool import _machine, lab
 from pickpool._advise import Advice
-from pickpool._api import Model, _Run
+from pickpool._api import Model
 from pickpool._backends import MODELS, ModelName
 
 
@@ -72,19 +72,13 @@ def _time(fn: Callable[[Any], Any], n: int, model: Model) -> float:
 
 
 def run_auto(fn: Callable[[Any], Any], items: Sequence[Any]) -> tuple[float, Advice | None]:
-    """Seconds of ``map(fn, items, model="auto")``, probe included, and the advice it followed.
-
-    (The advice is read off the run's private state: ``map`` itself returns only results.)
-    """
+    """Seconds of ``map(fn, items, model="auto")``, probe included, and the advice it followed
+    (its latest decision, from the run's :class:`~pickpool.Report`)."""
     start = time.perf_counter()
-    run = _Run(
-        fn, items, model="auto", workers=None, chunksize=None, ordered=True, timeout=None,
-        retries=0, on_error="raise", progress=False,
-    )  # fmt: skip
-    results = list(run.iterate())
+    results, report = pickpool.map(fn, items, model="auto", report=True)
     seconds = time.perf_counter() - start
     assert len(results) == len(items)
-    return seconds, run.auto.advice if run.auto is not None else None
+    return seconds, report.decisions[-1] if report.decisions else None
 
 
 def main(

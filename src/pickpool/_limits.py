@@ -1,0 +1,220 @@
+"""How many calls may run at once, moved by what the run measures.
+
+:class:`Limiter` follows the calls' latency and failures (a far side with a finite capacity:
+a server, a database, an API with a quota); :class:`Climber` follows throughput (hill climbing,
+for calls that compute). Both are plain bookkeeping, fed by a backend with what it sees (the
+threads backend's workers, asyncio's item runner): no threads, no I/O, tested on made-up
+samples.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+
+class Climber:
+    """How many threads may run at once, moved by the throughput it measures (hill climbing).
+
+    As .NET's thread pool does: every :data:`INTERVAL` seconds (and at least a few
+    completions), compare items per second with the last interval's; keep moving the limit the
+    same way while throughput rises by more than the noise, turn back when it falls, and hold
+    when it is flat. Steps are an eighth of the limit, at least one; the limit stays between
+    half the start and ``cap``. Blocking I/O's best thread count drifts with the far side's
+    latency: the start is Little's law on the probe's numbers, the climb follows the run.
+    """
+
+    INTERVAL = 0.1
+    NOISE = 0.05
+
+    def __init__(self, start: int, cap: int) -> None:
+        self.limit = start
+        self._low, self._high = max(1, start // 2), max(start, cap)
+        self._direction = 1
+        self._last: float | None = None
+        self._began = time.monotonic()
+        self._done = 0
+        self.history: list[tuple[int, float]] = []  # (limit, items per second) per interval
+
+    def completed(self, count: int) -> bool:
+        """``count`` more items finished; True if the limit moved."""
+        self._done += count
+        now = time.monotonic()
+        elapsed = now - self._began
+        if elapsed < self.INTERVAL or self._done < 2 * self.limit:
+            return False
+        rate = self._done / elapsed
+        self.history.append((self.limit, rate))
+        self._began, self._done = now, 0
+        last, self._last = self._last, rate
+        if last is not None:
+            if rate < last * (1 - self.NOISE):
+                self._direction = -self._direction  # worse: turn back
+            elif rate <= last * (1 + self.NOISE):
+                return False  # flat: stay
+        step = max(1, self.limit // 8)
+        moved = min(self._high, max(self._low, self.limit + self._direction * step))
+        if moved == self.limit:
+            self._direction = -self._direction
+            return False
+        self.limit = moved
+        return True
+
+
+class Limiter:
+    """How many calls may run at once, moved by their latency and failures, for calls that wait
+    on something with a finite capacity (a server, a database, an API with a quota).
+
+    Each call's latency is compared with the no-load latency the probe measured (lowered if a
+    window sees less). In windows of a few completions (tens of milliseconds for 20 ms calls):
+
+    * failures rising above :data:`FAILING` of the window: at once, down to as many calls as
+      went through (at most halved), and never come back within reach of where it broke (a
+      ceiling just below);
+    * a call running :data:`STUCK` times the no-load latency (a connection dropped past a
+      listen backlog, which the client's kernel retries only after a second, RFC 6298's
+      initial timeout): back to half the limit before the last rise, and stay there.
+      Each such call costs a second, more than many whole batches: the limit never comes back
+      to where they were dropped;
+    * latency above :data:`TOLERANCE` times the no-load latency (queueing at the far side): cut
+      the limit in proportion, as the gradient of Envoy's adaptive concurrency filter and
+      Netflix's concurrency-limits do;
+    * otherwise, when the limit was reached: double it (TCP's slow start) until the first
+      cut, or until latency begins to rise (past :data:`SLOW_START_EXIT` times the no-load
+      latency: the knee is near, as TCP's HyStart reads it), then add about its square root
+      per window while latency holds.
+
+    Calls start paced (:attr:`pace`), never in a burst: a far side that takes new connections
+    one at a time, through a short listen backlog, drops those of a burst.
+
+    Throughput alone (:class:`Climber`) is too slow and too noisy to see a knee in a run of a
+    few seconds; latency rises at the knee within a window.
+    """
+
+    TOLERANCE = 2.0
+    SLOW_START = 2
+    SLOW_START_EXIT = 1.25
+    STUCK = 8.0
+    FAILING = 0.1
+    RECOVER = 8
+    MOST_RECOVER = 64
+
+    def __init__(self, start: int, cap: int, baseline: float) -> None:
+        self.limit = max(1, min(start, cap))
+        self._cap = cap
+        self._ceiling = cap
+        self._floor = max(baseline, 1e-6)
+        self._growing = True
+        self._latencies: list[float] = []
+        self._failures = 0
+        self._calls = 0
+        self._busiest = 0
+        self._acted = 0.0  # calls started before this tell of an old limit: not judged
+        self._at_ceiling = 0  # clean windows spent at the ceiling
+        self._recover = self.RECOVER  # of them, before it rises by one
+        self._probing = False  # the ceiling just rose: no clean window above the old one yet
+        self._below = 0  # the limit before the last rise: its calls all ran clean
+        self.history: list[tuple[int, float, float]] = []  # (limit, mean latency, failed share)
+
+    @property
+    def pace(self) -> float:
+        """Seconds between call starts: twice the rate that keeps ``limit`` calls running
+        while the limit grows (it fills within half a latency), 1.25x once it holds, as TCP
+        paces its packets."""
+        return self._floor / (self.limit * (2.0 if self._growing else 1.25))
+
+    @property
+    def stuck_after(self) -> float:
+        """Seconds a call may run before it counts as stuck (a dropped connection)."""
+        return max(self.STUCK * self._floor, 0.25)
+
+    def next_look(self, oldest: float | None) -> float | None:
+        """Seconds until the call started at ``oldest`` would count as stuck, or None if it
+        never will (it started before the last cut): a caller waiting for completions looks
+        again by then, since stuck calls complete nothing."""
+        if oldest is None or oldest <= self._acted:
+            return None
+        return max(0.0, oldest + self.stuck_after - time.monotonic())
+
+    def saw(self, running: int) -> None:
+        """``running`` calls are running now (the window remembers the most)."""
+        self._busiest = max(self._busiest, running)
+
+    def completed(self, samples: list[tuple[float, float, int, int]], oldest: float | None) -> bool:
+        """Calls finished: (start, seconds per item, failed items, items) each; ``oldest``:
+        when the longest-running call started (``time.monotonic()``). True if it moved."""
+        for start, latency, bad, items in samples:
+            if start < self._acted:
+                continue  # started before the last cut: it tells of the old limit, not this one
+            self._calls += items
+            self._failures += bad
+            if not bad:
+                # (A failure's latency is no measure of the far side's queue: a 429 is quick.)
+                self._latencies += [latency] * items
+        # A call stuck that long is one signal, acted on once: the cut that follows lets the
+        # calls already running finish, and they cannot be hurried.
+        stuck = self.next_look(oldest) == 0.0
+        if not stuck and self._calls < max(4, self.limit // 2):
+            return False
+        window, self._latencies = self._latencies, []
+        failures, self._failures = self._failures, 0
+        calls, self._calls = self._calls, 0
+        busiest, self._busiest = self._busiest, 0
+        before = self.limit
+        mean = statistics.fmean(window) if window else 0.0
+        failed = failures / calls if calls else 0.0
+        if window:
+            self._floor = min(self._floor, statistics.median(window))
+        self.history.append((before, mean, failed))
+        if stuck:
+            known = self._below if 0 < self._below < before else before
+            self._cut(max(1, min(self._ceiling, known // 2)))
+            self._ceiling = self.limit
+        elif failed > self.FAILING:
+            self._refused(before, failed)
+        elif mean > self.TOLERANCE * self._floor:
+            self._cut(max(1, round(before * self.TOLERANCE * self._floor / mean)))
+        elif busiest >= before - before // 8:  # (paced starts may not quite reach it)
+            self._grow(before, mean)
+        return self.limit != before
+
+    def _refused(self, before: int, failed: float) -> None:
+        """A window with ``failed`` of its calls failing, at ``before``."""
+        if self._probing:
+            # A rise past the ceiling broke again: each time, the ceiling is tried half as
+            # often, as an exponential backoff.
+            self._recover = min(self.MOST_RECOVER, 2 * self._recover)
+            self._probing = False
+        self._ceiling = max(1, min(self._ceiling, before - 1))
+        # The calls that went through measure what the far side takes: keep that many, and at
+        # least half (failures that are not the far side's capacity speaking).
+        self._cut(max(1, before // 2, min(before - 1, math.floor(before * (1 - failed)))))
+
+    def _grow(self, before: int, mean: float) -> None:
+        """A clean window that used the limit ``before``, at ``mean`` latency."""
+        if mean > self.SLOW_START_EXIT * self._floor:
+            self._growing = False  # latency begins to rise: the knee is near (HyStart)
+        # Doubling while it grows (slow start), then about its square root per window.
+        step = (self.SLOW_START - 1) * before if self._growing else round(math.sqrt(before))
+        if before >= self._ceiling:
+            # Clean windows at the ceiling: every RECOVER of them it rises by one, so that a
+            # far side that recovered (a brief outage, a burst of 429s) is found again, slowly
+            # enough that one that did not is not hammered (and more slowly each time it
+            # breaks again, up to every MOST_RECOVER).
+            self._at_ceiling += 1
+            self._probing = False  # (a clean window at the ceiling: it held)
+            if self._at_ceiling % self._recover == 0:
+                self._ceiling = min(self._cap, self._ceiling + 1)
+                self._probing = True
+        self.limit = min(self._cap, self._ceiling, before + step)
+        if self.limit > before:
+            self._below = before
+
+    def _cut(self, limit: int) -> None:
+        self.limit = limit
+        self._growing = False
+        # One cut per latency, as TCP cuts once per round trip: the calls that start within
+        # one still meet the far side as the old limit left it (busy, queued), and would cut
+        # again for what was already acted on.
+        self._acted = time.monotonic() + self._floor
