@@ -343,3 +343,38 @@ def test_calls_that_wait_run_under_the_limiter_from_its_start(
     assert limiters[0].history[0][0] == _auto.RAMP_START
     assert run.pilot.evidence is not None
     assert limiters[0]._floor <= run.pilot.evidence.wall
+
+
+async def _await_20ms(x: int) -> int:
+    import asyncio
+
+    await asyncio.sleep(0.02)
+    return x
+
+
+def test_coroutines_start_the_limit_at_what_the_probe_ran_clean(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The probe ran k coroutines at once, overlapping at the no-load latency: the run's limit
+    # starts there, not at RAMP_START (a ramp's windows would cost a latency each).
+    from pickpool import _limits
+    from pickpool._backends import _asyncio
+
+    starts: list[int] = []
+
+    class Recorded(_limits.Limiter):
+        def __init__(self, start: int, cap: int, baseline: float) -> None:
+            super().__init__(start, cap, baseline)
+            starts.append(start)
+
+    monkeypatch.setattr(_asyncio, "Limiter", Recorded)
+    run = _auto.AutoRun(_await_20ms, iter(range(200)), is_async=True, length=200, wishes=Wishes())
+    from pickpool._driver import Done
+
+    assert [d.value for d in run.dones() if isinstance(d, Done)] == list(range(200))
+    ev = run.pilot.evidence
+    assert ev is not None
+    assert ev.coroutines > _auto.RAMP_START
+    assert ev.loop_blocked is not None
+    assert ev.loop_blocked < 0.1
+    assert starts == [ev.coroutines]

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -550,3 +551,46 @@ def test_failures_below_the_ceiling_do_not_slow_its_recovery() -> None:
             rises.append(step)
     assert len(rises) >= 2
     assert rises[1] - rises[0] == Limiter.RECOVER
+
+
+def test_paced_coroutines_fill_a_limit_past_a_start_a_millisecond() -> None:
+    # A loop's timers fire to the millisecond: a timer per paced start would cap the starts at
+    # ~1000 a second, and so the coroutines in flight at latency / 1 ms (20 here), whatever
+    # the limit.
+    import asyncio
+
+    from pickpool._backends import Setup
+    from pickpool._backends._asyncio import ItemRunner
+
+    async def call(_: object) -> None:
+        await asyncio.sleep(0.02)
+
+    async def main() -> int:
+        done = asyncio.Event()
+        finished = 0
+
+        def emit(outcomes: list[Any]) -> None:
+            nonlocal finished
+            finished += sum(len(o[2]) if o[1] == 3 else 1 for o in outcomes)
+            if finished == 256:
+                done.set()
+
+        runner = ItemRunner(Setup(call, 512, True, None, concurrency=64, latency=0.02), emit)
+        assert runner.limiter is not None
+        most = 0
+        saw = runner.limiter.saw
+
+        def seen(running: int) -> None:
+            nonlocal most
+            most = max(most, running)
+            saw(running)
+
+        runner.limiter.saw = seen  # type: ignore[method-assign]
+        runner.start((0, 0, list(range(256))))
+        try:
+            await asyncio.wait_for(done.wait(), 30)
+        finally:
+            await runner.cancel()
+        return most
+
+    assert asyncio.run(main()) >= 48

@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Itera
 from typing import Any, Final
 
 from . import _backends, _log
-from ._advise import Advice, decide
+from ._advise import LOOP_BLOCKED, Advice, decide
 from ._driver import Block, Done, Plan, drive
 from ._options import check_fn, length_hint, positive_seconds
 from ._probe import ADVISE_SHARE, WAITING_SHARE, Phase, Pilot, Wishes
@@ -165,7 +165,11 @@ class AutoRun:
         cap = min(CLIMB_CAP, wishes.max_concurrency or CLIMB_CAP)
         start, latency, workers = advice.workers, None, advice.workers
         if climb and waits:
-            latency, start = ev.wall, min(cap, RAMP_START)
+            # Coroutines the probe ran together without blocking their loop overlapped at the
+            # no-load latency: that many at once are known to be clean, a start for the limit.
+            blocked = ev.loop_blocked
+            clean = ev.coroutines if blocked is not None and blocked < LOOP_BLOCKED else 0
+            latency, start = ev.wall, min(cap, max(RAMP_START, clean))
             workers = cap if climbs == "calls" else max(cap, advice.workers)
         elif climb:
             workers = min(cap, 2 * advice.workers)

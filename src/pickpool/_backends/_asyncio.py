@@ -44,6 +44,10 @@ from ._threads import CANCEL_GRACE
 T = TypeVar("T")
 
 
+# A loop's timers fire to the millisecond (epoll's timeout is in whole milliseconds).
+TIMER_GRANULARITY = 1e-3
+
+
 class ItemRunner:
     """Runs items as tasks on the current event loop and reports each outcome to ``emit``."""
 
@@ -90,11 +94,14 @@ class ItemRunner:
         while waiting and len(tasks) < self._limit:
             if pacer is not None:
                 delay = pacer.delay()
-                if delay > 0:
+                if delay > TIMER_GRANULARITY:
                     if self._timer is None:
                         self._timer = loop.call_later(delay, self._paced_fill)
                     return
-                pacer.reserve()  # (now: its delay has passed)
+                # Its start is now, or due within what a loop's timer can tell apart: started
+                # now, its successors still spaced (a timer per start would cap the rate at a
+                # start a millisecond, and so the calls in flight at latency / 1 ms).
+                pacer.reserve()
             t = loop.create_task(self._one(*waiting.popleft()))
             tasks.add(t)
             t.add_done_callback(self._finish)
