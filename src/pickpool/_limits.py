@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Sequence
 
 
 class Climber:
@@ -129,21 +130,28 @@ class Limiter:
         """Seconds a call may run before it counts as stuck (a dropped connection)."""
         return max(self.STUCK * self._floor, 0.25)
 
-    def next_look(self, oldest: float | None) -> float | None:
-        """Seconds until the call started at ``oldest`` would count as stuck, or None if it
-        never will (it started before the last cut): a caller waiting for completions looks
-        again by then, since stuck calls complete nothing."""
-        if oldest is None or oldest <= self._acted:
+    def next_look(self, running: Sequence[float]) -> float | None:
+        """Seconds until calls now running (their starts, ``time.monotonic()``) would count as
+        stuck, or None if none can (all started before the last cut): a caller waiting for
+        completions looks again by then, since stuck calls complete nothing.
+
+        Stuck means two calls past :attr:`stuck_after` (or the only one judged): one slow call
+        is a far side's tail latency, several at once are connections it dropped."""
+        judged = sorted(start for start in running if start > self._acted)
+        if not judged:
             return None
-        return max(0.0, oldest + self.stuck_after - time.monotonic())
+        kth = judged[min(2, len(judged)) - 1]
+        return max(0.0, kth + self.stuck_after - time.monotonic())
 
     def saw(self, running: int) -> None:
         """``running`` calls are running now (the window remembers the most)."""
         self._busiest = max(self._busiest, running)
 
-    def completed(self, samples: list[tuple[float, float, int, int]], oldest: float | None) -> bool:
-        """Calls finished: (start, seconds per item, failed items, items) each; ``oldest``:
-        when the longest-running call started (``time.monotonic()``). True if it moved."""
+    def completed(
+        self, samples: list[tuple[float, float, int, int]], running: Sequence[float] = ()
+    ) -> bool:
+        """Calls finished: (start, seconds per item, failed items, items) each; ``running``:
+        when each call still running started (``time.monotonic()``). True if it moved."""
         for start, latency, bad, items in samples:
             if start < self._acted:
                 continue  # started before the last cut: it tells of the old limit, not this one
@@ -152,9 +160,9 @@ class Limiter:
             if not bad:
                 # (A failure's latency is no measure of the far side's queue: a 429 is quick.)
                 self._latencies += [latency] * items
-        # A call stuck that long is one signal, acted on once: the cut that follows lets the
+        # Calls stuck that long are one signal, acted on once: the cut that follows lets the
         # calls already running finish, and they cannot be hurried.
-        stuck = self.next_look(oldest) == 0.0
+        stuck = self.next_look(running) == 0.0
         if not stuck and self._calls < max(4, self.limit // 2):
             return False
         window, self._latencies = self._latencies, []
@@ -170,7 +178,7 @@ class Limiter:
         if stuck:
             known = self._below if 0 < self._below < before else before
             self._cut(max(1, min(self._ceiling, known // 2)))
-            self._ceiling = self.limit
+            self._set_ceiling(self.limit)
         elif failed > self.FAILING:
             self._refused(before, failed)
         elif mean > self.TOLERANCE * self._floor:
@@ -186,7 +194,7 @@ class Limiter:
             # often, as an exponential backoff.
             self._recover = min(self.MOST_RECOVER, 2 * self._recover)
             self._probing = False
-        self._ceiling = max(1, min(self._ceiling, before - 1))
+        self._set_ceiling(max(1, min(self._ceiling, before - 1)))
         # The calls that went through measure what the far side takes: keep that many, and at
         # least half (failures that are not the far side's capacity speaking).
         self._cut(max(1, before // 2, min(before - 1, math.floor(before * (1 - failed)))))
@@ -204,16 +212,22 @@ class Limiter:
             # breaks again, up to every MOST_RECOVER).
             self._at_ceiling += 1
             self._probing = False  # (a clean window at the ceiling: it held)
-            if self._at_ceiling % self._recover == 0:
-                self._ceiling = min(self._cap, self._ceiling + 1)
+            if self._at_ceiling >= self._recover:
+                self._set_ceiling(min(self._cap, self._ceiling + 1))
                 self._probing = True
         self.limit = min(self._cap, self._ceiling, before + step)
         if self.limit > before:
             self._below = before
 
+    def _set_ceiling(self, ceiling: int) -> None:
+        if ceiling != self._ceiling:
+            self._ceiling = ceiling
+            self._at_ceiling = 0  # clean windows are counted at this ceiling
+
     def _cut(self, limit: int) -> None:
         self.limit = limit
         self._growing = False
+        self._probing = False
         # One cut per latency, as TCP cuts once per round trip: the calls that start within
         # one still meet the far side as the old limit left it (busy, queued), and would cut
         # again for what was already acted on.

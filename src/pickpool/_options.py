@@ -63,17 +63,14 @@ def worker_options(
         raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
     if not isinstance(initargs, tuple | list):
         raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
-    if initializer is not None and model in TRAITS and not traits(str(model)).initializer:
+    known = isinstance(model, str) and model in TRAITS
+    if initializer is not None and known and not traits(str(model)).initializer:
         raise ValueError(
             f"initializer is not supported under model={model!r}: set up each worker "
             "another way (a dask WorkerPlugin), or use model='processes' or 'threads'"
         )
     tasks_cap = positive_int("max_tasks_per_child", max_tasks_per_child)
-    if (
-        tasks_cap is not None
-        and model != "auto"
-        and not (model in TRAITS and traits(str(model)).recycles)
-    ):
+    if tasks_cap is not None and model != "auto" and not (known and traits(str(model)).recycles):
         raise ValueError(
             f"max_tasks_per_child is for worker processes, not model={model!r}: use "
             "model='processes' (or 'auto', where it applies if auto chooses processes)"

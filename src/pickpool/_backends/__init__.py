@@ -63,8 +63,9 @@ def _interpreters_prepare(client: Any, workers: Any) -> tuple[Any, Any]:
 class Traits:
     """What the core needs to know of one model, without importing its backend.
 
-    The core asks these, never the model's name: adding a model is a backend module and one
-    entry in :data:`TRAITS`.
+    The core asks these, never the model's name: adding a model is a backend module, its name
+    in :data:`ModelName` and :data:`MODELS` (or :data:`EXTRA_MODELS`), and one entry in
+    :data:`TRAITS` (and, for auto to choose it, a prediction in the cost model).
     """
 
     name: ModelName

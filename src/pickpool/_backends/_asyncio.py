@@ -99,8 +99,9 @@ class ItemRunner:
                         self._timer = loop.call_later(delay, self._paced_fill)
                     return
                 # Its start is now, or due within what a loop's timer can tell apart: started
-                # now, its successors still spaced (a timer per start would cap the rate at a
-                # start a millisecond, and so the calls in flight at latency / 1 ms).
+                # now. Starts due within one millisecond go together, the pace holds over
+                # longer spans (a timer per start would cap the starts at one a millisecond,
+                # and so the calls in flight at latency / 1 ms).
                 pacer.reserve()
             t = loop.create_task(self._one(*waiting.popleft()))
             tasks.add(t)
@@ -113,17 +114,18 @@ class ItemRunner:
     def _watch(self) -> None:
         """Under the limiter: look at the oldest call when it would count as stuck, since
         stuck calls (connections a far side dropped) complete nothing to be judged by."""
-        if self.limiter is None or self._look is not None:
+        if self.limiter is None or self._look is not None or not self._tasks:
             return
-        wait = self.limiter.next_look(min(self._began.values(), default=None))
-        if wait is not None:
-            self._look = asyncio.get_running_loop().call_later(wait, self._looked)
+        wait = self.limiter.next_look(list(self._began.values()))
+        # (None: the calls running started before the last cut; look again in a stuck time.)
+        wait = self.limiter.stuck_after if wait is None else wait
+        self._look = asyncio.get_running_loop().call_later(wait, self._looked)
 
     def _looked(self) -> None:
         self._look = None
         assert self.limiter is not None
         assert self._pacer is not None
-        if self.limiter.completed([], min(self._began.values(), default=None)):
+        if self.limiter.completed([], list(self._began.values())):
             self._limit = self.limiter.limit
             self._pacer.interval = self.limiter.pace
         self._watch()
@@ -151,7 +153,7 @@ class ItemRunner:
         if began is None:
             return
         sample = (began, time.monotonic() - began, int(outcome[1] != OK), 1)
-        self.limiter.completed([sample], min(self._began.values(), default=None))
+        self.limiter.completed([sample], list(self._began.values()))
         self._limit = self.limiter.limit
         self._pacer.interval = self.limiter.pace  # (its no-load latency may have moved too)
 

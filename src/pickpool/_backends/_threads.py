@@ -185,8 +185,11 @@ class ThreadsBackend:
         limit = self._setup.timeout
         wait = timeout if limit is None else _min(timeout, self._next_deadline(limit))
         if self.limiter is not None:
-            # Stuck calls complete nothing: look at them in time all the same.
-            wait = _min(wait, self.limiter.next_look(self._oldest_start()))
+            # Stuck calls complete nothing: look at them in time all the same (and, while the
+            # calls in flight are not yet running or started before the last cut, again
+            # within the time a call takes to count as stuck).
+            look = self.limiter.next_look(self._starts())
+            wait = _min(wait, self.limiter.stuck_after if look is None else look)
         outcomes: list[Outcome] = []
         try:
             batch: list[Outcome] | None = self._outbox.get(timeout=wait)
@@ -225,17 +228,13 @@ class ThreadsBackend:
         samples = []
         while self._samples:
             samples.append(self._samples.popleft())
-        self.limiter.saw(self._running_calls())  # running a call (not waiting for one)
-        return self.limiter.completed(samples, self._oldest_start())
+        starts = self._starts()
+        self.limiter.saw(len(starts))  # running a call (not waiting for one)
+        return self.limiter.completed(samples, starts)
 
-    def _running_calls(self) -> int:
-        return sum(1 for slot in self._threads.values() if slot.task is not None)
-
-    def _oldest_start(self) -> float | None:
-        return min(
-            (slot.started for slot in self._threads.values() if slot.task is not None),
-            default=None,
-        )
+    def _starts(self) -> list[float]:
+        """When each call running now started."""
+        return [slot.started for slot in self._threads.values() if slot.task is not None]
 
     def close(self, *, cancel: bool) -> None:
         if self._closed:
