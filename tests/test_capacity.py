@@ -540,6 +540,18 @@ def test_stuck_coroutines_are_seen_without_any_completion() -> None:
     assert asyncio.run(main()) == 2
 
 
+def ceiling_rises(limiter: Limiter, ceiling: int) -> list[int]:
+    """Of 6 x RECOVER clean windows, those after which the limit rose from ``ceiling`` or
+    above (the ceiling's own rises, once the limit has climbed back to it)."""
+    rises = []
+    for step in range(6 * Limiter.RECOVER):
+        before = limiter.limit
+        window(limiter, FLOOR)
+        if limiter.limit > before >= ceiling:
+            rises.append(step)
+    return rises
+
+
 def test_a_ceiling_that_breaks_again_is_tried_half_as_often() -> None:
     limiter = Limiter(start=16, cap=64, baseline=FLOOR)
     window(limiter, FLOOR, failed=4)  # the first failures: a ceiling at 15
@@ -549,12 +561,7 @@ def test_a_ceiling_that_breaks_again_is_tried_half_as_often() -> None:
             break
     assert limiter.limit == 16  # the ceiling was tried again...
     window(limiter, FLOOR, failed=4)  # ... and broke again: back to 8, the ceiling at 15
-    rises = []
-    for step in range(6 * Limiter.RECOVER):
-        before = limiter.limit
-        window(limiter, FLOOR)
-        if limiter.limit > before >= 15:
-            rises.append(step)
+    rises = ceiling_rises(limiter, 15)
     # Up to 15, then one more every 2 x RECOVER clean windows, not every RECOVER.
     assert len(rises) >= 2
     assert rises[1] - rises[0] == 2 * Limiter.RECOVER
@@ -566,12 +573,7 @@ def test_failures_below_the_ceiling_do_not_slow_its_recovery() -> None:
     limiter = Limiter(start=16, cap=64, baseline=FLOOR)
     window(limiter, FLOOR, failed=4)  # a ceiling at 15
     window(limiter, FLOOR, failed=4)  # 8 -> 4, the ceiling at 7
-    rises = []
-    for step in range(6 * Limiter.RECOVER):
-        before = limiter.limit
-        window(limiter, FLOOR)
-        if limiter.limit > before >= 7:
-            rises.append(step)
+    rises = ceiling_rises(limiter, 7)
     assert len(rises) >= 2
     assert rises[1] - rises[0] == Limiter.RECOVER
 

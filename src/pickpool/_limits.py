@@ -71,20 +71,21 @@ class Limiter:
     window sees less). In windows of a few completions (tens of milliseconds for 20 ms calls):
 
     * failures rising above :data:`FAILING` of the window: at once, down to as many calls as
-      went through (at most halved), and never come back within reach of where it broke (a
-      ceiling just below);
-    * a call running :data:`STUCK` times the no-load latency (a connection dropped past a
+      went through (at most halved), with a ceiling just below where it broke;
+    * two calls running :data:`STUCK` times the no-load latency (connections dropped past a
       listen backlog, which the client's kernel retries only after a second, RFC 6298's
-      initial timeout): back to half the limit before the last rise, and stay there.
-      Each such call costs a second, more than many whole batches: the limit never comes back
-      to where they were dropped;
+      initial timeout; one slow call among others is a tail, not a drop): back to half the
+      limit before the last rise, with the ceiling there. Each such call costs a second, more
+      than many whole batches;
     * latency above :data:`TOLERANCE` times the no-load latency (queueing at the far side): cut
       the limit in proportion, as the gradient of Envoy's adaptive concurrency filter and
       Netflix's concurrency-limits do;
     * otherwise, when the limit was reached: double it (TCP's slow start) until the first
       cut, or until latency begins to rise (past :data:`SLOW_START_EXIT` times the no-load
       latency: the knee is near, as TCP's HyStart reads it), then add about its square root
-      per window while latency holds.
+      per window while latency holds. A ceiling rises by one every :data:`RECOVER` clean
+      windows spent at it (half as often each time such a rise breaks again, down to every
+      :data:`MOST_RECOVER`), so that a far side that recovered is found again.
 
     Calls start paced (:attr:`pace`), never in a burst: a far side that takes new connections
     one at a time, through a short listen backlog, drops those of a burst.

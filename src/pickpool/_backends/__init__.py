@@ -98,7 +98,7 @@ class Traits:
     takes_client: bool = False
     # Under auto, what the latency-driven limit (or throughput climbing) may hold: "calls"
     # (every call: threads), "coroutines" (coroutines that wait: asyncio's loop), or None.
-    climbs: str | None = None
+    climbs: Literal["calls", "coroutines"] | None = None
     # Checks made at the call, before anything runs: ``(client, workers)`` resolved (a missing
     # extra or cluster is reported at the call, even by imap).
     prepare: Callable[[Any, Any], tuple[Any, Any]] | None = None
