@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,19 @@ def test_slow_start_ends_where_latency_begins_to_rise() -> None:
     assert limiter.limit == 20
     window(limiter, FLOOR)
     assert limiter.limit == 24
+
+
+def test_a_few_late_calls_do_not_end_slow_start() -> None:
+    # A window whose least latency holds is no knee, whatever its mean: some calls were late
+    # at the caller's end (a busy loop, a run starting up), none queued at the far side.
+    limiter = Limiter(start=16, cap=1024, baseline=FLOOR)
+    later = time.monotonic() + 60.0
+    limiter.saw(16)
+    limiter.completed([(later, FLOOR, 0, 4), (later, 2.2 * FLOOR, 0, 4)])  # mean 1.6x
+    assert limiter.limit == 32
+    limiter.saw(32)
+    limiter.completed([(later, 1.3 * FLOOR, 0, 8), (later, 1.9 * FLOOR, 0, 8)])  # all late
+    assert limiter.limit == 32 + round(math.sqrt(32))
 
 
 def test_calls_start_paced_never_in_a_burst() -> None:
@@ -174,6 +188,8 @@ def test_a_call_counts_as_stuck_after_its_time_unless_it_started_before_a_cut() 
     now = time.monotonic()
     assert limiter.next_look([now - 1.0, now]) == pytest.approx(0.25, abs=0.05)
     assert limiter.next_look([]) is None
+    # Oldest first, as callers hand them: only the oldest are read.
+    assert limiter.next_look(iter([now - 2.0, now - 1.0, *[now] * 10_000])) == 0.0
     before_cut = time.monotonic()
     assert limiter.completed([], [time.monotonic() - 1.0])  # cut
     assert limiter.next_look([before_cut]) is None  # started before the cut: not judged
@@ -522,7 +538,7 @@ def test_stuck_coroutines_are_seen_without_any_completion() -> None:
         judged = limiter.completed
 
         def completed(
-            samples: list[tuple[float, float, int, int]], running: Sequence[float] = ()
+            samples: list[tuple[float, float, int, int]], running: Iterable[float] = ()
         ) -> bool:
             moved = judged(samples, running)
             if moved:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 
 class Climber:
@@ -81,11 +81,12 @@ class Limiter:
       the limit in proportion, as the gradient of Envoy's adaptive concurrency filter and
       Netflix's concurrency-limits do;
     * otherwise, when the limit was reached: double it (TCP's slow start) until the first
-      cut, or until latency begins to rise (past :data:`SLOW_START_EXIT` times the no-load
-      latency: the knee is near, as TCP's HyStart reads it), then add about its square root
-      per window while latency holds. A ceiling rises by one every :data:`RECOVER` clean
-      windows spent at it (half as often each time such a rise breaks again, down to every
-      :data:`MOST_RECOVER`), so that a far side that recovered is found again.
+      cut, or until latency begins to rise (the least of a window's past
+      :data:`SLOW_START_EXIT` times the no-load latency: the knee is near, as TCP's HyStart
+      reads it), then add about its square root per window while latency holds. A ceiling
+      rises by one every :data:`RECOVER` clean windows spent at it (half as often each time
+      such a rise breaks again, down to every :data:`MOST_RECOVER`), so that a far side that
+      recovered is found again.
 
     Calls start paced (:attr:`pace`), never in a burst: a far side that takes new connections
     one at a time, through a short listen backlog, drops those of a burst.
@@ -131,28 +132,34 @@ class Limiter:
         """Seconds a call may run before it counts as stuck (a dropped connection)."""
         return max(self.STUCK * self._floor, 0.25)
 
-    def next_look(self, running: Sequence[float]) -> float | None:
-        """Seconds until calls now running (their starts, ``time.monotonic()``) would count as
-        stuck, or None if none can (all started before the last cut): a caller waiting for
-        completions looks again by then, since stuck calls complete nothing.
+    def next_look(self, running: Iterable[float]) -> float | None:
+        """Seconds until calls now running (their starts, ``time.monotonic()``, oldest first)
+        would count as stuck, or None if none can (all started before the last cut): a caller
+        waiting for completions looks again by then, since stuck calls complete nothing.
 
         Stuck means two calls past :attr:`stuck_after` (or the only one judged): one slow call
-        is a far side's tail latency, several at once are connections it dropped."""
-        judged = sorted(start for start in running if start > self._acted)
+        is a far side's tail latency, several at once are connections it dropped. Only the
+        oldest are read: a thousand coroutines in flight cost no more than two."""
+        judged: list[float] = []
+        for start in running:
+            if start > self._acted:
+                judged.append(start)
+                if len(judged) == 2:
+                    break
         if not judged:
             return None
-        kth = judged[min(2, len(judged)) - 1]
-        return max(0.0, kth + self.stuck_after - time.monotonic())
+        return max(0.0, judged[-1] + self.stuck_after - time.monotonic())
 
     def saw(self, running: int) -> None:
         """``running`` calls are running now (the window remembers the most)."""
         self._busiest = max(self._busiest, running)
 
     def completed(
-        self, samples: list[tuple[float, float, int, int]], running: Sequence[float] = ()
+        self, samples: list[tuple[float, float, int, int]], running: Iterable[float] = ()
     ) -> bool:
         """Calls finished: (start, seconds per item, failed items, items) each; ``running``:
-        when each call still running started (``time.monotonic()``). True if it moved."""
+        when each call still running started (``time.monotonic()``, oldest first). True if
+        it moved."""
         for start, latency, bad, items in samples:
             if start < self._acted:
                 continue  # started before the last cut: it tells of the old limit, not this one
@@ -185,7 +192,7 @@ class Limiter:
         elif mean > self.TOLERANCE * self._floor:
             self._cut(max(1, round(before * self.TOLERANCE * self._floor / mean)))
         elif busiest >= before - before // 8:  # (paced starts may not quite reach it)
-            self._grow(before, mean)
+            self._grow(before, min(window, default=mean))
         return self.limit != before
 
     def _refused(self, before: int, failed: float) -> None:
@@ -200,9 +207,11 @@ class Limiter:
         # least half (failures that are not the far side's capacity speaking).
         self._cut(max(1, before // 2, min(before - 1, math.floor(before * (1 - failed)))))
 
-    def _grow(self, before: int, mean: float) -> None:
-        """A clean window that used the limit ``before``, at ``mean`` latency."""
-        if mean > self.SLOW_START_EXIT * self._floor:
+    def _grow(self, before: int, low: float) -> None:
+        """A clean window that used the limit ``before``, its calls at ``low`` latency at
+        least (HyStart++, RFC 9406, reads the round's least: a queue at the far side delays
+        every call, a busy moment at the caller's end only some)."""
+        if low > self.SLOW_START_EXIT * self._floor:
             self._growing = False  # latency begins to rise: the knee is near (HyStart)
         # Doubling while it grows (slow start), then about its square root per window.
         step = (self.SLOW_START - 1) * before if self._growing else round(math.sqrt(before))

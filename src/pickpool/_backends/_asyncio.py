@@ -80,7 +80,8 @@ class ItemRunner:
             self.limiter = Limiter(setup.concurrency, setup.workers, setup.latency)
             self._limit = self.limiter.limit
             self._pacer = Pacer(self.limiter.pace)
-        self._began: dict[asyncio.Task[None], float] = {}  # running: when each started
+        # Running: when each started, oldest first (as they were added), as the limiter reads.
+        self._began: dict[asyncio.Task[None], float] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._look: asyncio.TimerHandle | None = None  # the next look for a stuck call
 
@@ -116,7 +117,7 @@ class ItemRunner:
         stuck calls (connections a far side dropped) complete nothing to be judged by."""
         if self.limiter is None or self._look is not None or not self._tasks:
             return
-        wait = self.limiter.next_look(list(self._began.values()))
+        wait = self.limiter.next_look(self._began.values())
         # (None: the calls running started before the last cut; look again in a stuck time.)
         wait = self.limiter.stuck_after if wait is None else wait
         self._look = asyncio.get_running_loop().call_later(wait, self._looked)
@@ -125,7 +126,7 @@ class ItemRunner:
         self._look = None
         assert self.limiter is not None
         assert self._pacer is not None
-        if self.limiter.completed([], list(self._began.values())):
+        if self.limiter.completed([], self._began.values()):
             self._limit = self.limiter.limit
             self._pacer.interval = self.limiter.pace
         self._watch()
@@ -153,7 +154,7 @@ class ItemRunner:
         if began is None:
             return
         sample = (began, time.monotonic() - began, int(outcome[1] != OK), 1)
-        self.limiter.completed([sample], list(self._began.values()))
+        self.limiter.completed([sample], self._began.values())
         self._limit = self.limiter.limit
         self._pacer.interval = self.limiter.pace  # (its no-load latency may have moved too)
 

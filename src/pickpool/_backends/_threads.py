@@ -233,8 +233,8 @@ class ThreadsBackend:
         return self.limiter.completed(samples, starts)
 
     def _starts(self) -> list[float]:
-        """When each call running now started."""
-        return [slot.started for slot in self._threads.values() if slot.task is not None]
+        """When each call running now started, oldest first."""
+        return sorted(slot.started for slot in self._threads.values() if slot.task is not None)
 
     def close(self, *, cancel: bool) -> None:
         if self._closed:
