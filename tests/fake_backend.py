@@ -16,10 +16,10 @@ Two halves, both importable by worker processes and dask workers (no pytest here
   :attr:`Script.order` says), every running chunk ages one tick, and those done run their
   items through the same :class:`~pickpool._task.Caller` as every real model. A
   :class:`Script` injects faults by item index: failures, crashes reported the way
-  ``model="processes"`` reports a dead worker (a chunk re-run one item at a time, then
-  :class:`~pickpool.WorkerCrashed` for the culprit alone), slow chunks, overruns of
-  ``setup.timeout``, and items ``submit`` refuses as unpicklable. :class:`Log` records what
-  happened, for the driver's tests to check.
+  ``model="processes"`` reports a dead worker (``LOST`` for each item of a chunk of several,
+  which the driver sends again one item at a time, then :class:`~pickpool.WorkerCrashed` for
+  the culprit alone), slow chunks, overruns of ``setup.timeout``, and items ``submit`` refuses
+  as unpicklable. :class:`Log` records what happened, for the driver's tests to check.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from pickpool._task import (
     Outcome,
     Task,
     format_traceback,
+    lost_chunk,
     outcome_count,
     run_initializer,
     task_indices,
@@ -294,9 +295,10 @@ class Script:
     * ``fail``: the first N runs of the item fail with :class:`ScriptedFailure` (an ``ERROR``
       outcome; the function is not called).
     * ``crash``: the first N runs of the item kill its "worker", as a segfault kills a worker
-      process: nothing of the chunk comes back; a chunk of several items is queued again one
-      item at a time, first in line; a chunk of that item alone fails it with
-      :class:`~pickpool.WorkerCrashed`. Exactly what ``model="processes"`` does.
+      process: nothing of the chunk comes back; the items of a chunk of several are reported
+      ``LOST`` (and go first in line when the driver sends them again, one item a task); a
+      chunk of that item alone fails it with :class:`~pickpool.WorkerCrashed`. Exactly what
+      ``model="processes"`` does.
     * ``slow``: the item's chunk takes that many more ticks (collects) to finish.
     * ``hang``: the item runs past ``setup.timeout``: its chunk's items fail with
       :class:`~pickpool.TaskTimeout`, as when processes kills an overrunning worker (needs a
@@ -355,6 +357,7 @@ class FakeBackend:
             )
         self._fails = dict(script.fail)
         self._crashes = dict(script.crash)
+        self._lost: set[int] = set()  # items reported LOST, until taken again
         self._random = random.Random(script.seed)
         self._tick = 0
         self._in_flight = 0
@@ -373,7 +376,14 @@ class FakeBackend:
         if bad:
             raise TypeError(f"cannot send item {bad[0]} to a worker process (scripted)")
         self.log.submitted.append((self._tick, task))
-        self._queue.append(task)
+        if task[1] in self._lost:
+            # As processes: first in line, behind the items of its chunk sent before it.
+            at = 0
+            while at < len(self._queue) and self._queue[at][1] in self._lost:
+                at += 1
+            self._queue.insert(at, task)
+        else:
+            self._queue.append(task)
         self._in_flight += len(task[2])
         self.log.most_in_flight = max(self.log.most_in_flight, self._in_flight)
 
@@ -382,6 +392,7 @@ class FakeBackend:
         self._tick += 1
         while self._queue and len(self._running) < self.setup.workers:
             task = self._take()
+            self._lost.discard(task[1])
             ticks = 1 + sum(self.script.slow.get(index, 0) for index in task_indices(task))
             self._running.append([task, ticks])
             self.log.started.append(task)
@@ -460,12 +471,14 @@ class FakeBackend:
 
     def _crashed(self, task: Task, culprit: int) -> list[Outcome]:
         """As ``ProcessesBackend._lost``: the worker died running ``culprit``."""
-        number, first, items = task
+        _, first, items = task
         if len(items) > 1:
-            # Which item crashed it is unknown: its items are run again one by one, first.
-            singles: list[Task] = [(number, i, [item]) for i, item in enumerate(items, first)]
-            self._queue[0:0] = singles
-            return []
+            lost = WorkerCrashed(
+                f"the worker process running items {first} to {first + len(items) - 1} died "
+                "(scripted crash); which of them crashed it is unknown: each runs again alone"
+            )
+            self._lost.update(task_indices(task))
+            return lost_chunk(task, lost)
         crash = WorkerCrashed(
             f"the worker process running item {culprit} died (scripted crash); likely causes: "
             "a crash in C code, os._exit or sys.exit in a library, or the machine running "

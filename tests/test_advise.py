@@ -20,7 +20,7 @@ import pytest
 import pickpool
 from pickpool import _machine, lab
 from pickpool._advise import Machine, decide
-from pickpool._probe import Evidence
+from pickpool._readings import Evidence
 
 TWO_CORES = Machine(cores=2, gil=True, start_method="forkserver", server_running=True)
 

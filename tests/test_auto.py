@@ -24,7 +24,7 @@ import pickpool
 from pickpool import _advise, _auto, _machine, lab
 from pickpool._advise import Advice
 from pickpool._api import OnError
-from pickpool._probe import Wishes
+from pickpool._options import Wishes
 from tests.helpers import Boom, asquare_or_fail, hang_on, square_or_fail
 from tests.test_semantics import Items, items_strategy, normalise, serial_loop
 
@@ -241,28 +241,32 @@ def _pid_after_crunch(x: int) -> int:
 
 def test_the_watch_judges_pace_over_windows() -> None:
     from pickpool._auto import _Watch
+    from pickpool._cursor import Cursor
 
-    steady = _Watch(iter(range(1000)), predicted=0.01)
+    steady = _Watch(predicted=0.01)
     for _ in range(200):
-        next(steady)
         steady.saw(0.012, 1)  # 1.2x the prediction: noise, not drift
     assert steady.drift is None
-    slower = _Watch(iter(range(1000)), predicted=0.001)
+    cursor = Cursor(iter(range(1000)), 1000)
+    slower = _Watch(predicted=0.001)
+    items = cursor.gate(slower.steady)
     for taken in range(1, 100):  # noqa: B007 - read after the loop
-        next(slower)
+        next(items)
         slower.saw(0.03, 1)
         if slower.drift:
             break
     # Judged once it had watched 0.5 s and 10 items: after 17 items of 30 ms.
     assert (slower.drift, taken) == ("slower", 17)
     with pytest.raises(StopIteration):
-        next(slower)  # no more items fed once it drifted
-    assert slower.taken == 17
-    faster = _Watch(iter(range(1000)), predicted=1.0)
-    while faster.drift is None and faster.taken < 100:
-        next(faster)
+        next(items)  # no more items fed once it drifted
+    assert cursor.taken == 17
+    cursor = Cursor(iter(range(1000)), 1000)
+    faster = _Watch(predicted=1.0)
+    items = cursor.gate(faster.steady)
+    while faster.drift is None and cursor.taken < 100:
+        next(items)
         faster.saw(0.1, 1)
-    assert (faster.drift, faster.taken) == ("faster", 10)
+    assert (faster.drift, cursor.taken) == ("faster", 10)
 
 
 def drifting(x: int) -> int:
@@ -303,6 +307,44 @@ def test_a_run_out_of_re_decisions_still_runs_every_item(monkeypatch: pytest.Mon
     assert len(run.decisions) == _auto.MAX_REDECISIONS + 1
 
 
+async def _await_1ms(x: int) -> int:
+    import asyncio
+
+    await asyncio.sleep(0.001)
+    return x
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["plain", "coroutine"])
+def test_amap_watches_and_re_decides_as_map_does(
+    monkeypatch: pytest.MonkeyPatch, is_async: bool
+) -> None:
+    # One auto path: amap's run (the rest in a thread for a plain function, on the caller's
+    # loop for a coroutine function) watches its pace and re-decides, as map's does.
+    import asyncio
+
+    from pickpool._driver import Block
+
+    monkeypatch.setattr(_auto, "DRIFT_WATCH", 0.0)
+    decide = _advise.decide
+
+    def absurd(*args: Any, **kwargs: Any) -> Advice:
+        return dataclasses.replace(decide(*args, **kwargs), pace=_auto.WATCH_MIN_PACE)
+
+    monkeypatch.setattr(_auto, "decide", absurd)
+    fn = _await_1ms if is_async else lab.blocking_wait
+    wishes = Wishes(workers=4)
+    run = _auto.AutoRun(fn, iter(range(400)), is_async=is_async, length=400, wishes=wishes)
+
+    async def main() -> list[Any]:
+        out: list[Any] = []
+        async for done in run.adones():
+            out += done.values if isinstance(done, Block) else [done.value]
+        return out
+
+    assert asyncio.run(main()) == list(range(400))
+    assert len(run.decisions) == _auto.MAX_REDECISIONS + 1
+
+
 def test_slow_items_are_probed_with_as_few_calls_as_can_tell(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -314,7 +356,7 @@ def test_slow_items_are_probed_with_as_few_calls_as_can_tell(
     run = auto_run(lab.blocking_wait, iter(range(30)), length=30)
     pilot = run.pilot
     assert [done.value for done in run.dones()] == list(range(30))
-    assert len(pilot._alone) == 1
+    assert len(pilot.readings.alone) == 1
     assert pilot.evidence is not None
     assert pilot.evidence.ramp == ()
 
@@ -338,7 +380,7 @@ def test_calls_that_wait_run_under_the_limiter_from_its_start(
     assert [done.value for done in run.dones()] == list(range(60))
     # One call alone says it waits; the run starts RAMP_START at once, its limit moved by
     # their latency from the no-load latency that one call showed.
-    assert len(run.pilot._alone) == 1
+    assert len(run.pilot.readings.alone) == 1
     assert len(limiters) == 1
     assert limiters[0].history[0][0] == _auto.RAMP_START
     assert run.pilot.evidence is not None

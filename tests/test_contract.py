@@ -17,8 +17,9 @@ Part one runs every registered model (``pickpool._backends.ModelName``) and
   ``TaskTimeout`` outcome and nothing more, even once its call returns.
 
 Part two drives ``_driver.drive`` with the fake alone: results put back in input order, the
-window, fail-fast feeding nothing more, retries counted, a crashed chunk re-run item by item,
-and the fake checked against the real processes backend for crashes and unpicklable items.
+window, fail-fast feeding nothing more, retries counted, a chunk that died with its worker
+(its items reported ``LOST``) sent again item by item by the driver, not counted as tries, and
+the fake checked against the real processes backend for crashes and unpicklable items.
 
 Where a model breaks the contract the test is marked ``xfail(strict=True)`` with the defect.
 """
@@ -43,7 +44,18 @@ from hypothesis import strategies as st
 from pickpool._backends import EXTRA_MODELS, MODELS, Backend, ModelName, Setup, Wakeable, load
 from pickpool._driver import Done, Plan, drive
 from pickpool._errors import BackendUnavailable, PickpoolError, TaskTimeout, WorkerCrashed
-from pickpool._task import ERROR, FATAL, OK, Outcome, Task, expand, is_async_callable
+from pickpool._task import (
+    ERROR,
+    FATAL,
+    LOST,
+    OK,
+    Outcome,
+    Task,
+    expand,
+    is_async_callable,
+    lost_chunk,
+    task_indices,
+)
 from tests import fake_backend
 from tests.fake_backend import (
     FINISHED,
@@ -843,6 +855,15 @@ def test_a_crashed_chunk_is_run_again_item_by_item(
     assert (dones[3].status, dones[3].attempts) == (status, attempts)
     if status == ERROR:
         assert isinstance(dones[3].value, WorkerCrashed)
+    # The fake reported the chunk's items LOST, and the driver sent them again one by one.
+    assert [i for _, i, s in fake.log.reported if s == LOST] == [0, 1, 2, 3]
+    assert [(t[1], len(t[2])) for _, t in fake.log.submitted[:5]] == [
+        (0, 4),
+        (0, 1),
+        (1, 1),
+        (2, 1),
+        (3, 1),
+    ]
     # The chunk, then its items alone, in order, before anything else.
     assert [(t[1], len(t[2])) for t in fake.log.started[:5]] == [
         (0, 4),
@@ -851,6 +872,64 @@ def test_a_crashed_chunk_is_run_again_item_by_item(
         (2, 1),
         (3, 1),
     ]
+
+
+class LosesChunks:
+    """A backend whose every chunk of several dies with its worker (its items LOST), while a
+    task of one item works: what is run alone is the driver's doing, never the backend's."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.submitted: list[tuple[int, Task]] = []  # (collects before it, task)
+        self.closes: list[bool] = []
+        self._ready: list[Outcome] = []
+        self._collects = 0
+
+    def submit(self, task: Task) -> None:
+        self.submitted.append((self._collects, task))
+        if len(task[2]) > 1:
+            self._ready += lost_chunk(task, WorkerCrashed("lost (scripted)"))
+        else:
+            self._ready.append((task[1], OK, task[2][0], None))
+
+    def collect(self, timeout: float | None) -> list[Outcome]:
+        self._collects += 1
+        ready, self._ready = self._ready, []
+        return ready
+
+    def close(self, *, cancel: bool) -> None:
+        self.closes.append(cancel)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ordered", [True, False])
+def test_the_driver_runs_lost_items_again_alone_and_not_as_tries(ordered: bool) -> None:
+    made: list[LosesChunks] = []
+
+    def open_backend(setup: Setup) -> LosesChunks:
+        made.append(LosesChunks(setup))
+        return made[-1]
+
+    # No retries, and fail-fast: a LOST item counted as a failed try would end the run.
+    the_plan = plan(workers=2, chunksize=3, retries=0, fail_fast=True, ordered=ordered)
+    dones = list(drive(range(10), the_plan, Setup(identity, 2, False, None), open_backend))
+    (backend,) = made
+    assert sorted((d.index, d.status, d.value, d.attempts) for d in dones) == [
+        (i, OK, i, 1) for i in range(10)
+    ]
+    sent = backend.submitted
+    assert any(len(task[2]) > 1 for _, task in sent)
+    # Each item alone exactly once.
+    assert sorted(task[1] for _, task in sent if len(task[2]) == 1) == list(range(10))
+    for at, (collects, chunk) in enumerate(sent):
+        if len(chunk[2]) == 1:
+            continue
+        # Its items alone, in order, sent at once after the collect that reported them LOST,
+        # and before any new chunk.
+        after = [task for when, task in sent[at + 1 :] if when == collects + 1]
+        first_chunk = next((k for k, task in enumerate(after) if len(task[2]) > 1), len(after))
+        indices = task_indices(chunk)
+        assert [task[1] for task in after[:first_chunk] if task[1] in indices] == list(indices)
+    assert backend.closes == [False]
 
 
 def summary(dones: list[Done]) -> list[tuple[int, int, Any, int]]:

@@ -116,7 +116,7 @@ def test_crashes_exceptions_and_hangs_in_processes(items: list[tuple[int, str]])
 def test_crashes_in_chunks_fail_only_their_item(
     items: list[tuple[int, str]], chunksize: int
 ) -> None:
-    # A crash kills the chunk in flight: its items are re-run singly to find the culprit.
+    # A crash kills the chunk in flight: the driver re-runs its items singly to find the culprit.
     results = pickpool.map(
         faulty, items, model="processes", workers=2, chunksize=chunksize, on_error="collect"
     )

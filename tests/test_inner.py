@@ -22,7 +22,8 @@ from pickpool import _inner, _machine
 from pickpool._advise import Machine, decide
 from pickpool._api import Model
 from pickpool._inner import Pool
-from pickpool._probe import Evidence, Knocker
+from pickpool._readings import Evidence
+from pickpool._timing import Knocker
 
 from . import inner_helpers as ih
 from .test_advise import evidence

@@ -26,7 +26,8 @@ from typing import Any, Final, Literal
 
 from . import _machine, _reasons
 from ._inner import LEAVE, InnerThreads
-from ._probe import RAMP_FAILING, RAMP_TOLERANCE, Evidence
+from ._probe import RAMP_FAILING, RAMP_TOLERANCE
+from ._readings import Evidence
 
 Kind = Literal["cpu", "cpu-nogil", "blocking-io", "async-io", "tiny", "mixed"]
 

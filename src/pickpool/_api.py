@@ -24,6 +24,7 @@ from ._inner import InnerThreads, check_inner_threads
 from ._options import (
     ALL_MODELS,
     DEFAULT_BACKOFF,
+    Wishes,
     check_fn,
     length_hint,
     make_plan,
@@ -31,7 +32,6 @@ from ._options import (
     worker_options,
 )
 from ._outcome import Failure
-from ._probe import Wishes
 from ._progress import bar, wants_progress
 from ._results import Report, Results
 from ._star import star

@@ -16,9 +16,11 @@ from typing import Any, Final
 
 from . import _backends, _log
 from ._advise import LOOP_BLOCKED, Advice, decide
+from ._cursor import Cursor
 from ._driver import Block, Done, Plan, drive
-from ._options import check_fn, length_hint, positive_seconds
-from ._probe import ADVISE_SHARE, WAITING_SHARE, Phase, Pilot, Wishes
+from ._options import Wishes, check_fn, length_hint, positive_seconds
+from ._probe import ADVISE_SHARE, WAITING_SHARE, Phase, Pilot
+from ._readings import Evidence
 from ._reasons import format_seconds
 from ._task import OK, is_async_callable
 
@@ -40,40 +42,27 @@ RAMP_START: Final = 8
 
 
 class _Watch:
-    """Feeds the chosen model its items and watches its pace against the prediction.
+    """Watches the chosen model's pace against the prediction.
 
     The pace is the time the run had control (not the time the consumer of ``imap`` spent
     between items) per item handed out, over a window of at least :data:`DRIFT_WATCH` seconds
-    and 10 items. When it is :data:`DRIFT` times slower or faster than
-    predicted, :attr:`drift` says which, and no more items are fed, so the run winds down.
-    Faster is only judged when the consumer is not what sets the pace.
+    and 10 items. When it is :data:`DRIFT` times slower or faster than predicted, :attr:`drift`
+    says which, and the run's gate hands out no more items, so the run winds down. Faster is
+    only judged when the consumer is not what sets the pace.
     """
 
-    def __init__(self, source: Iterator[Any], predicted: float) -> None:
-        self._source = source
+    def __init__(self, predicted: float) -> None:
         self._predicted = predicted
         self._min_items = 10  # and a few items, so that one slow item is not a drift
         self._began = time.perf_counter()
         self._busy = 0.0
         self._count = 0
-        self.taken = 0
-        self.exhausted = False
         self.drift: str | None = None
         self.pace: float | None = None  # seconds per item over the window that drifted
 
-    def __iter__(self) -> _Watch:
-        return self
-
-    def __next__(self) -> Any:
-        if self.drift is not None:
-            raise StopIteration
-        try:
-            item = next(self._source)
-        except StopIteration:
-            self.exhausted = True
-            raise
-        self.taken += 1
-        return item
+    def steady(self) -> bool:
+        """No drift seen: the run may take another item."""
+        return self.drift is None
 
     def saw(self, busy: float, count: int) -> None:
         """``count`` items handed out, after the run had control for ``busy`` seconds."""
@@ -90,9 +79,21 @@ class _Watch:
         # A new window: what counts is the recent pace, not the average since the start.
         self._busy, self._count, self._began = 0.0, 0, time.perf_counter()
 
+    def why(self, model: str) -> str:
+        """What drifted, in the words of the log's re-decision."""
+        return (
+            f"{model} ran {format_seconds(self.pace or 0.0)} per item, predicted "
+            f"{format_seconds(self._predicted)}: {self.drift} than predicted"
+        )
+
 
 class AutoRun:
-    """The phases of one ``model="auto"`` call, and the decision between them."""
+    """The phases of one ``model="auto"`` call, and the decision between them.
+
+    :meth:`legs` is the one sequence of phases both paths run: :meth:`dones` through
+    ``drive``, :meth:`adones` on the caller's loop (or a thread); each tells :meth:`saw`
+    of every item, so that the probe reads it and the watch judges the pace.
+    """
 
     def __init__(
         self,
@@ -104,43 +105,41 @@ class AutoRun:
         wishes: Wishes,
     ) -> None:
         self.fn, self.is_async, self.wishes = fn, is_async, wishes
-        self.source, self.length = source, length
+        self.cursor = Cursor(source, length)
         self.fn_bytes: bytes | None = None  # pickled for processes once, by the first probe
-        # Time in the probe's phases, consumer included (benchmarks report it).
-        self.probe_seconds = 0.0
-        self.pilot = self._new_pilot(0)
+        self.probe_seconds = 0.0  # in the probe's phases, consumer included (for benchmarks)
+        self.pilot = self._new_pilot()
         self.advice: Advice | None = None
         self.decisions: list[Advice] = []  # the first, then one per re-decision after a drift
         # Seconds per item a model was seen to take when it drifted slower than predicted.
         self.observed: dict[str, float] = {}
         self._again: str | None = None  # why the next decision is a re-decision
+        self.watching: _Watch | None = None  # the rest's, while it runs watched
         # Told each decision and the plan it runs on (the caller's Report).
         self.on_decide: Callable[[Advice, Plan], None] | None = None
 
-    def _new_pilot(self, start: int) -> Pilot:
+    def _new_pilot(self) -> Pilot:
         pilot = Pilot(
             self.fn,
-            self.source,
+            self.cursor,
             is_async=self.is_async,
-            length=self.length,
             budget=AUTO_BUDGET,
             share=AUTO_SHARE,
             wishes=self.wishes,
-            start=start,
             ramp=False,
         )
-        pilot.fn_bytes = self.fn_bytes
+        pilot.readings.fn_bytes = self.fn_bytes
         return pilot
 
-    def rest(self) -> tuple[Plan, _backends.Setup, Iterator[Any], int] | None:
+    def rest(self) -> tuple[Plan, _backends.Setup] | None:
         """After the probe: the plan for the items left, or None if there are none."""
         pilot = self.pilot
-        if pilot.exhausted or pilot.evidence is None:
+        if self.cursor.exhausted or pilot.evidence is None:
             return None
-        wishes = self.wishes
+        ev, wishes = pilot.evidence, self.wishes
         advice = decide(
-            pilot.evidence,
-            items=pilot.remaining(),
+            ev,
+            items=self.cursor.remaining(),
             workers=wishes.workers,
             chunksize=wishes.chunksize,
             timeout=wishes.timeout,
@@ -149,58 +148,93 @@ class AutoRun:
             max_concurrency=wishes.max_concurrency,
             max_rate=None if wishes.pacer is None else wishes.pacer.rate,
         )
-        # Threads start at the advised count and climb, unless the caller fixed the count.
-        # Calls that wait follow their latency and failures (a far side's capacity), from
-        # RAMP_START up to CLIMB_CAP; others climb by throughput, up to twice the count.
-        # Coroutines that wait follow their latency and failures the same way, on the loop.
-        # (Under a rate, what is sent starts at once: the workers hold the pace's calls.)
-        ev = pilot.evidence
-        waits = ev.cpu_share < WAITING_SHARE
-        climbs = _backends.traits(advice.model).climbs
-        climb = (
-            wishes.workers is None
-            and wishes.pacer is None
-            and (climbs == "calls" or (climbs == "coroutines" and self.is_async and waits))
-        )
-        cap = min(CLIMB_CAP, wishes.max_concurrency or CLIMB_CAP)
-        start, latency, workers = advice.workers, None, advice.workers
-        if climb and waits:
-            # Coroutines the probe ran together without blocking their loop overlapped at the
-            # no-load latency: that many at once are known to be clean, a start for the limit.
-            blocked = ev.loop_blocked
-            clean = ev.coroutines if blocked is not None and blocked < LOOP_BLOCKED else 0
-            latency, start = ev.wall, min(cap, max(RAMP_START, clean))
-            workers = cap if climbs == "calls" else max(cap, advice.workers)
-        elif climb:
-            workers = min(cap, 2 * advice.workers)
+        start, latency, workers = _limit(ev, advice, wishes, is_async=self.is_async)
         plan = wishes.plan(
             advice.model,
             is_async=self.is_async,
             workers=max(workers, advice.workers),
             chunksize=advice.chunksize,
             adaptive=True,
-            length=pilot.remaining(),
+            length=self.cursor.remaining(),
         )
         self.advice = advice
-        _log.decided(advice, start=pilot.taken, most=plan.workers, again=self._again)
+        _log.decided(advice, start=self.cursor.taken, most=plan.workers, again=self._again)
         self.decisions.append(advice)
         if self.on_decide is not None:
             self.on_decide(advice, plan)
         # A re-decision's probe needs not pickle the function again.
-        self.fn_bytes = self.fn_bytes or pilot.fn_bytes
+        self.fn_bytes = self.fn_bytes or pilot.readings.fn_bytes
         setup = _backends.Setup(
             self.fn,
             plan.workers,
             self.is_async,
             plan.timeout,
             self.fn_bytes,
-            concurrency=start if climb else None,
+            concurrency=start,
             latency=latency,
             fresh=wishes.fresh_workers,
             inner_threads=wishes.inner_threads,
             **wishes.workers_setup(),
         )
-        return plan, setup, pilot.source, pilot.taken
+        return plan, setup
+
+    def legs(self) -> Generator[Phase, None, None]:
+        """The run's phases in order: the probe's, then the rest on the chosen model.
+
+        While the rest runs, its pace is watched: if items come 5x slower or faster than the
+        decision predicted (see :class:`_Watch`), the rest is fed no more, finishes what it
+        holds, and the next items are probed afresh and decided again, at most
+        :data:`MAX_REDECISIONS` times in a run. Each phase is yielded once the one before it
+        has run to the end.
+        """
+        redecisions = 0
+        while True:
+            yield from self._probe()
+            rest = self.rest()
+            if rest is None:
+                return
+            plan, setup = rest
+            assert self.advice is not None
+            start = self.cursor.taken
+            if redecisions == MAX_REDECISIONS or self.advice.pace < WATCH_MIN_PACE:
+                # Out of re-decisions, the last choice runs the rest unwatched; so do items of
+                # a few microseconds, which watching would slow by a third.
+                self.watching = None
+                yield Phase("run", plan, setup, self.cursor.rest(), start)
+                return
+            self.watching = watch = _Watch(self.advice.pace)
+            yield Phase("run", plan, setup, self.cursor.gate(watch.steady), start)
+            self.watching = None
+            if self.cursor.exhausted or watch.drift is None:
+                return
+            self._drifted(plan.model, watch)
+            redecisions += 1
+            self.pilot = self._new_pilot()
+
+    def _probe(self) -> Generator[Phase, None, None]:
+        phases = self.pilot.phases()
+        began = time.perf_counter()
+        try:
+            yield from phases
+        finally:
+            phases.close()
+            self.probe_seconds += time.perf_counter() - began
+
+    def _drifted(self, model: str, watch: _Watch) -> None:
+        """Note why the next decision is made again, and what ``model`` was seen to do."""
+        self._again = watch.why(model)
+        if watch.drift == "slower" and watch.pace is not None:
+            # What the model really did is evidence the probe cannot see (workers' native
+            # threads fighting for the cores, a server that slows down under load).
+            self.observed[model] = max(self.observed.get(model, 0.0), watch.pace)
+
+    def saw(self, phase: Phase, done: Done | Block, busy: float) -> None:
+        """``done`` came out of ``phase``, after the run had control for ``busy`` seconds."""
+        if phase.name != "run":
+            assert type(done) is Done
+            self.pilot.saw(done)
+        elif self.watching is not None:
+            self.watching.saw(busy, len(done.values) if type(done) is Block else 1)
 
     def dones(
         self, cancel: threading.Event | None = None, *, blocks: bool = False
@@ -208,98 +242,108 @@ class AutoRun:
         """Every item's :class:`Done`: the probe's phases, then the rest on the chosen model.
 
         ``blocks``: for the rest, :class:`Block` for runs of results, as ``drive`` hands out.
-
-        While the rest runs, its pace is watched: if items come 5x slower or faster than the
-        decision predicted (see :class:`_Watch`), auto stops feeding that model, lets it finish
-        what it holds, probes the next items afresh and decides again, at most
-        :data:`MAX_REDECISIONS` times in a run.
         """
-        redecisions = 0
-        while True:
-            yield from self._probe(cancel)
-            rest = self.rest()
-            if rest is None:
-                return
-            plan, setup, items, start = rest
-            backend = _backends.load(plan.model)
-            assert self.advice is not None
-            if redecisions == MAX_REDECISIONS or self.advice.pace < WATCH_MIN_PACE:
-                # Out of re-decisions, the last choice runs the rest unwatched; so do items of
-                # a few microseconds, which watching would slow by a third.
-                yield from drive(
-                    items, plan, setup, backend, cancel=cancel, start=start, blocks=blocks
-                )
-                return
-            watch = _Watch(items, self.advice.pace)
-            resumed = time.perf_counter()
-            for done in drive(
-                watch, plan, setup, backend, cancel=cancel, start=start, blocks=blocks
-            ):
-                watch.saw(
-                    time.perf_counter() - resumed, len(done.values) if type(done) is Block else 1
-                )
-                yield done
-                resumed = time.perf_counter()
-            if watch.exhausted or watch.drift is None:
-                return
-            if watch.pace is not None:
-                self._again = (
-                    f"{plan.model} ran {format_seconds(watch.pace)} per item, predicted "
-                    f"{format_seconds(self.advice.pace)}: {watch.drift} than predicted"
-                )
-            if watch.drift == "slower" and watch.pace is not None:
-                # What the model really did is evidence the probe cannot see (workers' native
-                # threads fighting for the cores, a server that slows down under load).
-                seen = self.observed.get(plan.model, 0.0)
-                self.observed[plan.model] = max(seen, watch.pace)
-            redecisions += 1
-            self.pilot = self._new_pilot(start + watch.taken)
-
-    def _probe(self, cancel: threading.Event | None) -> Generator[Done, None, None]:
-        phases = self.pilot.phases()
-        began = time.perf_counter()
+        legs = self.legs()
         try:
-            for phase in phases:
-                yield from self._phase(phase, cancel)
+            for phase in legs:
+                yield from _run(self, phase, cancel, blocks=blocks and phase.name == "run")
         finally:
-            phases.close()
-            self.probe_seconds += time.perf_counter() - began
-
-    def _phase(self, phase: Phase, cancel: threading.Event | None) -> Generator[Done, None, None]:
-        backend = _backends.load(phase.plan.model)
-        for done in drive(
-            phase.items, phase.plan, phase.setup, backend, cancel=cancel, start=phase.start
-        ):
-            self.pilot.saw(done)
-            yield done
+            legs.close()
 
     async def adones(self) -> AsyncGenerator[Done | Block, None]:
-        """:meth:`dones` for ``amap``: coroutines probed and run on the caller's own loop."""
-        from ._aio import adrive
-
-        phases = self.pilot.phases()
+        """:meth:`dones` for ``amap``: the probe and the models that run on a loop use the
+        caller's own; the others run in a thread, each phase's results handed over whole."""
+        legs = self.legs()
         try:
-            for phase in phases:
-                async for done in adrive(phase.items, phase.plan, phase.setup, start=phase.start):
-                    self.pilot.saw(done)
+            for phase in legs:
+                async for done in _arun(self, phase):
                     yield done
         finally:
-            phases.close()
-        rest = self.rest()
-        if rest is None:
-            return
-        plan, setup, items, start = rest
-        if _backends.traits(plan.model).on_loop:
-            async for block in adrive(items, plan, setup, start=start, blocks=True):
-                yield block
-            return
-        backend = _backends.load(plan.model)
-        for block in await in_thread(
-            lambda cancel: list(
-                drive(items, plan, setup, backend, cancel=cancel, start=start, blocks=True)
-            )
-        ):
-            yield block
+            legs.close()
+
+
+def _limit(
+    ev: Evidence, advice: Advice, wishes: Wishes, *, is_async: bool
+) -> tuple[int | None, float | None, int]:
+    """(the limit's start, None if the count is fixed; the latency it follows, None if it
+    climbs by throughput; the most workers) for the rest.
+
+    Threads start at the advised count and climb, unless the caller fixed the count.
+    Calls that wait follow their latency and failures (a far side's capacity), from
+    :data:`RAMP_START` up to :data:`CLIMB_CAP`; others climb by throughput, up to twice
+    the count. Coroutines that wait follow their latency and failures the same way, on the
+    loop. (Under a rate, what is sent starts at once: the workers hold the pace's calls.)
+    """
+    waits = ev.cpu_share < WAITING_SHARE
+    climbs = _backends.traits(advice.model).climbs
+    climb = (
+        wishes.workers is None
+        and wishes.pacer is None
+        and (climbs == "calls" or (climbs == "coroutines" and is_async and waits))
+    )
+    if not climb:
+        return None, None, advice.workers
+    cap = min(CLIMB_CAP, wishes.max_concurrency or CLIMB_CAP)
+    if not waits:
+        return advice.workers, None, min(cap, 2 * advice.workers)
+    # Coroutines the probe ran together without blocking their loop overlapped at the
+    # no-load latency: that many at once are known to be clean, a start for the limit.
+    blocked = ev.loop_blocked
+    clean = ev.coroutines if blocked is not None and blocked < LOOP_BLOCKED else 0
+    workers = cap if climbs == "calls" else max(cap, advice.workers)
+    return min(cap, max(RAMP_START, clean)), ev.wall, workers
+
+
+def _run(
+    auto: AutoRun, phase: Phase, cancel: threading.Event | None, *, blocks: bool
+) -> Generator[Done | Block, None, None]:
+    """``phase`` run through ``drive``, each item told to ``auto``."""
+    backend = _backends.load(phase.plan.model)
+    if phase.name == "run" and auto.watching is None:
+        # Unwatched: nothing to tell, and items of a few microseconds would pay for it.
+        yield from drive(
+            phase.items,
+            phase.plan,
+            phase.setup,
+            backend,
+            cancel=cancel,
+            start=phase.start,
+            blocks=blocks,
+        )
+        return
+    resumed = time.perf_counter()
+    for done in drive(
+        phase.items,
+        phase.plan,
+        phase.setup,
+        backend,
+        cancel=cancel,
+        start=phase.start,
+        blocks=blocks,
+    ):
+        auto.saw(phase, done, time.perf_counter() - resumed)
+        yield done
+        resumed = time.perf_counter()
+
+
+async def _arun(auto: AutoRun, phase: Phase) -> AsyncGenerator[Done | Block, None]:
+    """:func:`_run` for ``amap``: on the caller's loop, or in a thread for a model that is not
+    run on one (its results are handed over whole)."""
+    from ._aio import adrive
+
+    blocks = phase.name == "run"
+    if blocks and not _backends.traits(phase.plan.model).on_loop:
+        ran = await in_thread(lambda cancel: list(_run(auto, phase, cancel, blocks=True)))
+        for done in ran:
+            yield done
+        return
+    resumed = time.perf_counter()
+    async for done in adrive(
+        phase.items, phase.plan, phase.setup, start=phase.start, blocks=blocks
+    ):
+        auto.saw(phase, done, time.perf_counter() - resumed)
+        yield done
+        resumed = time.perf_counter()
 
 
 # How long a cancelled ``amap`` waits for its run to wind down (threads get a second to return,
@@ -404,9 +448,8 @@ def advise(fn: Callable[[Any], Any], items: Iterable[Any], *, budget: float = 1.
     length = length_hint(items)
     pilot = Pilot(
         fn,
-        source,
+        Cursor(source, length),
         is_async=is_async_callable(fn),
-        length=length,
         budget=seconds,
         share=ADVISE_SHARE,
         wishes=Wishes(on_error="collect"),

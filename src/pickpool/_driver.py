@@ -2,10 +2,12 @@
 
 :class:`Schedule` is the bookkeeping, free of I/O and clocks: it reads the input lazily, cuts it
 into chunks, keeps a bounded window of items in flight, puts outcomes back in input order (or
-not), and decides retries. :func:`drive` (sync) and ``_aio.adrive`` (on the caller's event loop)
-move tasks and outcomes between it and a backend, and always close the backend: normally when
-the input is done, with ``cancel=True`` on any exception, on ``break`` in an ``imap`` loop, or
-when the consumer's generator is garbage-collected.
+not), decides retries (by :func:`judge`, which the serial loop follows too), and has the items
+of a chunk that died with its worker run again one by one. :func:`drive` (sync) and
+``_aio.adrive`` (on the caller's event loop) move tasks and outcomes between it and a backend,
+and always close the backend: normally when the input is done, with ``cancel=True`` on any
+exception, on ``break`` in an ``imap`` loop, or when the consumer's generator is
+garbage-collected.
 
 Where this loop sits in a call (the API's checks above it, auto's probe and decision beside
 it, the backends below it) is drawn in ``docs/architecture.md``.
@@ -29,7 +31,7 @@ from . import _log
 from ._backends import Backend, Inline, Setup
 from ._errors import TaskTimeout, WorkerCrashed
 from ._pace import Pacer
-from ._task import BLOCK, ERROR, FATAL, OK, Caller, Outcome, Task, expand, failed
+from ._task import BLOCK, ERROR, FATAL, LOST, OK, Caller, Outcome, Task, expand, failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,33 @@ class Done:
     value: Any  # the result, or the exception
     traceback: str | None
     attempts: int
+
+
+def judge(
+    plan: Plan, index: int, item: Any, status: int, value: Any, text: str | None, tries: int
+) -> Done | float:
+    """The run's rules for item ``index``'s outcome after ``tries`` tries: its final
+    :class:`Done`, or the seconds to wait before it is tried again (a retry, logged).
+
+    The one rule book of :meth:`Schedule.accept` and the serial loop: a ``FATAL`` outcome is
+    raised, a crash or a timeout is logged, a failure is retried while ``plan.retries`` allow.
+    """
+    if status == FATAL:
+        raise value
+    if status == ERROR:
+        if isinstance(value, (TaskTimeout, WorkerCrashed)):
+            _log.failed_hard(index, value)
+        if tries <= plan.retries:
+            delay = backoff_delay(plan.backoff, tries + 1)
+            _log.retrying(index, tries, plan.retries, value, delay)
+            return delay
+    return Done(index, item, status, value, text, tries)
+
+
+def ends_run(plan: Plan, done: Done) -> bool:
+    """Whether nothing after ``done``'s item may start any more: under ``on_error="raise"``,
+    a final failure ends the run, as it ends a plain loop (the items before it still run)."""
+    return plan.fail_fast and done.status == ERROR
 
 
 @dataclass(slots=True)
@@ -264,18 +293,17 @@ class Schedule:
         """A task of the one outstanding item ``index``."""
         return self._task(index, [self._outstanding[index]])
 
-    # (Complex on purpose: an outcome's one rule book: retry, fail fast, order.)
-    def accept(  # noqa: C901
+    def accept(
         self, outcomes: list[Outcome]
     ) -> tuple[list[tuple[Task, float]], list[Done | Block]]:
-        """Take finished outcomes; return (retries to submit, each with the seconds it waits
-        first, and what to hand out, in order)."""
+        """Take finished outcomes; return (tasks to submit again, each with the seconds it
+        waits first, and what to hand out, in order)."""
         plan, out = self._plan, []
         retries: list[tuple[Task, float]] = []
         outstanding, attempts, buffer = self._outstanding, self._attempts, self._buffer
         if outcomes:
             self._sample(outcomes[0])
-        ordered, fail_fast = plan.ordered, plan.fail_fast
+        ordered = plan.ordered
         count = 0
         for outcome in outcomes:
             index, status, value, text = outcome
@@ -289,34 +317,35 @@ class Schedule:
                     continue
                 count += size
                 done = Block(index, value)
+            elif status == OK and not attempts:
+                count += 1
+                size = 1
+                done = Done(index, outstanding[index], OK, value, None, 1)
+            elif status == LOST:
+                # Its chunk died with its worker, and which item killed it is unknown: each
+                # runs again alone, sent at once, before any new chunk. Not a try: only an
+                # item's own crash, alone, counts as one.
+                retries.append((self.single(index), 0.0))
+                continue
             else:
                 count += 1
                 size = 1
-                if status == OK and not attempts:
-                    done = Done(index, outstanding[index], OK, value, None, 1)
-                else:
-                    if status == FATAL:
-                        raise value
-                    if status == ERROR and isinstance(value, (TaskTimeout, WorkerCrashed)):
-                        _log.failed_hard(index, value)
-                    tries = attempts.get(index, 1)
-                    if status == ERROR and tries <= plan.retries:
-                        attempts[index] = tries + 1
-                        delay = backoff_delay(plan.backoff, tries + 1)
-                        _log.retrying(index, tries, plan.retries, value, delay)
-                        retries.append((self._task(index, [outstanding[index]]), delay))
-                        continue
-                    attempts.pop(index, None)
-                    done = Done(index, outstanding[index], status, value, text, tries)
-                    # As in the serial loop, the lowest failing index is the one raised: items
-                    # before it still run, nothing after it is started any more.
-                    if (
-                        ordered
-                        and status == ERROR
-                        and fail_fast
-                        and (self._failed_at is None or index < self._failed_at)
-                    ):
-                        self._failed_at = index
+                tries = attempts.get(index, 1)
+                step = judge(plan, index, outstanding[index], status, value, text, tries)
+                if not isinstance(step, Done):
+                    attempts[index] = tries + 1
+                    retries.append((self.single(index), step))
+                    continue
+                attempts.pop(index, None)
+                done = step
+                # As in the serial loop, the lowest failing index is the one raised: items
+                # before it still run, nothing after it is started any more.
+                if (
+                    ordered
+                    and ends_run(plan, done)
+                    and (self._failed_at is None or index < self._failed_at)
+                ):
+                    self._failed_at = index
             if not ordered:
                 _forget(outstanding, index, size)
                 out.append(done)
@@ -553,7 +582,7 @@ LOOP_CHUNK_SECONDS: Final = 0.002
 LOOP_MAX_CHUNK: Final = 4096
 
 
-# (Complex on purpose: drive()'s rules inline, a third of its cost per item.)
+# (Complex on purpose: drive()'s loop inline, a third of its cost per item.)
 def _loop(  # noqa: C901, PLR0912
     items: Iterable[Any],
     plan: Plan,
@@ -569,7 +598,7 @@ def _loop(  # noqa: C901, PLR0912
     a time (a chunk doubles while it takes under 2 ms and halves when it takes longer); a
     chunk that all works costs no more than ``map(fn, chunk)``.
     """
-    retries, fail_fast, pacer = plan.retries, plan.fail_fast, plan.pacer
+    pacer = plan.pacer
     source = iter(items)
     index, size = start, plan.chunksize
     note = _LoopSource()
@@ -600,25 +629,16 @@ def _loop(  # noqa: C901, PLR0912
                     continue
                 item, tries = chunk[pos], 1
                 pos += 1
-                while status != OK:
-                    if status == FATAL:
-                        raise value
-                    if tries > retries:
+                # A failure (the fast path, blocks of results, is above): drive()'s rules.
+                while True:
+                    step = judge(plan, first, item, status, value, text, tries)
+                    if isinstance(step, Done):
                         break
                     tries += 1
-                    # A plain loop retrying: it waits, as `time.sleep` in a retry loop would
-                    # (and a cancelled run stops waiting).
-                    delay = backoff_delay(plan.backoff, tries)
-                    _log.retrying(first, tries - 1, retries, value, delay)
-                    if cancel is None:
-                        time.sleep(delay)
-                    elif cancel.wait(delay):
-                        raise Cancelled
-                    if pacer is not None and not pacer.wait(cancel):
-                        raise Cancelled
+                    _wait_to_retry(step, cancel, pacer)
                     _, status, value, text = caller.call(first, item)
-                yield Done(first, item, status, value, text, tries)
-                if status != OK and fail_fast:
+                yield step
+                if ends_run(plan, step):
                     return
         index += len(chunk)
         if not plan.adaptive:
@@ -627,3 +647,14 @@ def _loop(  # noqa: C901, PLR0912
             size = min(LOOP_MAX_CHUNK, 2 * size)
         elif size > 1:
             size //= 2
+
+
+def _wait_to_retry(delay: float, cancel: threading.Event | None, pacer: Pacer | None) -> None:
+    """The serial loop before a retry: it waits ``delay`` seconds, as ``time.sleep`` in a retry
+    loop would (a cancelled run stops waiting), then, under a rate, for the call's start."""
+    if cancel is None:
+        time.sleep(delay)
+    elif cancel.wait(delay):
+        raise Cancelled
+    if pacer is not None and not pacer.wait(cancel):
+        raise Cancelled

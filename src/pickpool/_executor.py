@@ -330,6 +330,9 @@ class _Lane:
         for future, call, key in batch:
             index = next(self._ids)
             try:
+                # One call a task (map's chunks too: one call of _run_chunk): a worker that
+                # dies fails it with WorkerCrashed, never with LOST, which only the items of a
+                # task of several get, for the driver to run again alone.
                 backend.submit((index, index, [call]))
             except TypeError as exc:  # it cannot be pickled for a worker process
                 future.set_exception(

@@ -5,13 +5,17 @@ Every check runs before any work starts, so bad input costs nothing and loses no
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from . import _machine
 from ._backends import EXTRA_MODELS, MODELS, TRAITS, traits
 from ._driver import Plan
+from ._inner import InnerThreads
 from ._pace import Pacer
 
 ON_ERROR: Final = ("raise", "collect", "skip")
@@ -211,3 +215,69 @@ def length_hint(items: Any) -> int | None:
         return len(items)
     except TypeError:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class Wishes:
+    """The caller's own ``map`` options, checked: what every phase and the rest must honour."""
+
+    workers: int | None = None
+    chunksize: int | None = None
+    timeout: float | None = None
+    retries: int = 0
+    on_error: str = "raise"
+    ordered: bool = True
+    fresh_workers: bool = False
+    inner_threads: InnerThreads = None
+    backoff: float = 0.0
+    max_concurrency: int | None = None
+    initializer: Callable[..., object] | None = None
+    initargs: tuple[Any, ...] = ()
+    max_tasks_per_child: int | None = None
+    # ``max_rate``, as the one pacer every phase of the run shares.
+    pacer: Pacer | None = None
+
+    def workers_setup(self) -> dict[str, Any]:
+        """What each new worker is set up with, for every :class:`Setup` of the run."""
+        return {
+            "initializer": self.initializer,
+            "initargs": self.initargs,
+            "max_tasks_per_child": self.max_tasks_per_child,
+        }
+
+    def plan(
+        self,
+        model: str,
+        *,
+        is_async: bool,
+        workers: int,
+        chunksize: int | None,
+        adaptive: bool = False,
+        length: int | None = None,
+    ) -> Plan:
+        """The plan for running some of the items on ``model``, with these options.
+
+        ``adaptive``: chunks start at ``chunksize`` and follow the measured pace, unless the
+        caller fixed the chunk size; ``length``: how many items the plan runs, if known.
+        """
+        # Each item on its own: its timeout runs from its start, its start is paced.
+        one_by_one = self.timeout is not None or self.pacer is not None
+        plan = make_plan(
+            model=model,
+            is_async=is_async,
+            length=length,
+            workers=workers,
+            chunksize=None if one_by_one else chunksize,
+            ordered=self.ordered,
+            timeout=self.timeout,
+            retries=self.retries,
+            on_error=self.on_error,
+            backoff=self.backoff,
+            max_concurrency=self.max_concurrency,
+            max_rate=None if self.pacer is None else self.pacer.rate,
+        )
+        return dataclasses.replace(
+            plan,
+            adaptive=adaptive and not one_by_one and self.chunksize is None,
+            pacer=self.pacer,
+        )

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from . import _advise
-from ._probe import RAMP_FAILING, RAMP_TOLERANCE, Evidence
+from ._probe import RAMP_FAILING, RAMP_TOLERANCE
+from ._readings import Evidence
 
 if TYPE_CHECKING:
     from ._advise import Kind, Machine, Option

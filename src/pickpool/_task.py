@@ -3,10 +3,11 @@
 A *task* is a chunk of consecutive items: ``(task_id, first_index, [item, ...])``. Running it
 gives *outcomes*, ``(index, status, payload, traceback_text)``: ``status`` is :data:`BLOCK`
 (payload is the list of results of items ``index, index + 1, ...``, all of which worked),
-:data:`OK` (one item's result), :data:`ERROR` (the exception your function raised) or
+:data:`OK` (one item's result), :data:`ERROR` (the exception your function raised),
 :data:`FATAL` (a ``BaseException`` such as ``SystemExit`` that the serial loop would not have
-survived either). Plain tuples and lists, because they cross process boundaries by the
-hundred thousand; a block makes the common case, a chunk that all worked, one outcome.
+survived either) or :data:`LOST` (the item's chunk died with its worker). Plain tuples and
+lists, because they cross process boundaries by the hundred thousand; a block makes the common
+case, a chunk that all worked, one outcome.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ OK: Final = 0
 ERROR: Final = 1
 FATAL: Final = 2
 BLOCK: Final = 3
+# The item was in a chunk of several whose worker died, and which item killed it is unknown
+# (payload: a WorkerCrashed saying so). Not a failure of the item: the driver runs it again
+# alone, and only a crash of the item alone counts as a try. A backend reports it for every
+# item of such a chunk; an item that was running alone fails with ERROR instead.
+LOST: Final = 4
 
 Task = tuple[int, int, Sequence[Any]]
 Outcome = tuple[int, int, Any, str | None]
@@ -155,6 +161,13 @@ def chain_remote(exc: BaseException, text: str | None) -> None:
 def task_indices(task: Task) -> range:
     """The indices of the items of ``task``."""
     return range(task[1], task[1] + len(task[2]))
+
+
+def lost_chunk(task: Task, error: Exception) -> list[Outcome]:
+    """The outcomes of ``task``, a chunk of several items that died with its worker: each item
+    :data:`LOST`, carrying ``error``."""
+    text = format_traceback(error)
+    return [(index, LOST, error, text) for index in task_indices(task)]
 
 
 def outcome_count(outcomes: list[Outcome]) -> int:

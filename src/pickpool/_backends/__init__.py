@@ -3,7 +3,8 @@ registry of what the core needs to know of each model (:class:`Traits`, :func:`t
 
 The core (``_api``, ``_options``, ``_driver``, ``_auto``) knows no backend by name: it asks a
 model's :class:`Traits` (how it is fed, its defaults, its checks) and the driver submits chunks
-and collects outcomes. A backend knows nothing of chunking, ordering, retries or error policy.
+and collects outcomes. A backend knows nothing of chunking, ordering, retries or error policy,
+nor of finding which item of a chunk kills its worker.
 """
 
 from __future__ import annotations
@@ -177,8 +178,11 @@ class Backend(Protocol):
     * :meth:`collect` blocks up to ``timeout`` seconds (``None``: until something happens) and
       returns the outcomes that finished, possibly for part of a task and possibly none. Every
       item submitted gets exactly one outcome unless the backend is closed first; an item that
-      overran ``setup.timeout`` gets a :class:`~pickpool.TaskTimeout` outcome, one whose worker
-      died a :class:`~pickpool.WorkerCrashed` outcome.
+      overran ``setup.timeout`` gets a :class:`~pickpool.TaskTimeout` outcome, an item running
+      alone whose worker died a :class:`~pickpool.WorkerCrashed` outcome, and each item of a
+      chunk of several whose worker died a ``LOST`` outcome carrying a ``WorkerCrashed``
+      (which item killed it is unknown). The driver sends each ``LOST`` item again alone, not
+      counted as a try; a backend never re-runs or splits a task itself.
     * :meth:`close` stops every worker. ``cancel=True`` abandons work not yet started and stops
       what runs as far as the model allows (processes are killed; threads are waited for).
       It must be safe to call twice, and after a failed ``__init__``.

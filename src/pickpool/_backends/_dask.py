@@ -8,7 +8,8 @@ their order are the same. What dask adds:
 
 * a worker that dies mid-task has its tasks re-run elsewhere by the scheduler; a task that kept
   killing workers (dask's ``allowed-failures``, 3 by default) fails its item with
-  :class:`~pickpool.WorkerCrashed`;
+  :class:`~pickpool.WorkerCrashed` (a chunk of several reports its items ``LOST``: the driver
+  runs each again alone, to find the one that kills);
 * ``timeout`` is measured from submission (dask does not say when a task starts, so pickpool
   keeps no more tasks in flight than the cluster has threads): an item past it fails with
   :class:`~pickpool.TaskTimeout` and its task is cancelled, though a task already running on a
@@ -24,7 +25,7 @@ import uuid
 from typing import Any
 
 from .._errors import BackendUnavailable, WorkerCrashed
-from .._task import Outcome, Task
+from .._task import Outcome, Task, lost_chunk
 from . import Setup
 from ._futures import failed_task, overdue, run_chunk, wait_for
 
@@ -99,11 +100,6 @@ class DaskBackend:
         outcomes: list[Outcome] = []
         for future in done:
             task, _ = self._futures.pop(future)
-            if len(task[2]) > 1 and _killed(future):
-                # Which item kills its workers is unknown: run them one by one to find out.
-                for index, item in enumerate(task[2], task[1]):
-                    self.submit((task[0], index, [item]))
-                continue
             outcomes += self._outcomes(future, task)
         if limit is not None:
             outcomes += overdue(
@@ -123,6 +119,14 @@ class DaskBackend:
             return result
         error: BaseException = future.exception()
         if _killed(future):
+            if len(task[2]) > 1:
+                crash = WorkerCrashed(
+                    f"the dask workers running items {task[1]} to {task[1] + len(task[2]) - 1} "
+                    f"died each time ({error}); which of them killed them is unknown: each "
+                    "runs again alone"
+                )
+                crash.__cause__ = error
+                return lost_chunk(task, crash)
             crash = WorkerCrashed(
                 f"the dask workers running item {task[1]} died each time ({error}); likely a "
                 "crash in C code, os._exit, or running out of memory"

@@ -3,8 +3,9 @@
 Processes run pure-Python CPU work in parallel, one GIL each, at the price of pickling.
 Unlike ``ProcessPoolExecutor`` (one shared queue), the parent hands each chunk to a chosen
 worker, so it always knows who holds what: a worker that dies fails only the item it was
-running (a multi-item chunk is re-run one item at a time to find the culprit), and an item
-that overruns ``timeout`` gets its worker killed and replaced while the others go on.
+running (the items of a chunk of several are reported ``LOST``: the driver runs them again one
+at a time to find the culprit), and an item that overruns ``timeout`` gets its worker killed
+and replaced while the others go on.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from .. import _inner, _machine
 from .._errors import TaskTimeout, WorkerCrashed
 from .._pickling import dumps_function, dumps_task, loads, loads_outcomes
-from .._task import ERROR, Outcome, Task, WithInit, format_traceback, task_indices
+from .._task import ERROR, Outcome, Task, WithInit, format_traceback, lost_chunk, task_indices
 from . import Setup
 
 # A second chunk is queued on a busy worker so it never waits for the parent between chunks,
@@ -157,6 +158,8 @@ class ProcessesBackend:
         self._workers: list[_Worker] = []
         self._pending: deque[tuple[Task, bytes]] = deque()
         self._ready: list[Outcome] = []
+        # Items reported LOST (their chunk died with its worker), until sent again alone.
+        self._lost_items: set[int] = set()
         self._closed = False
         # wake() writes a byte here, which a waiting collect() sees among its handles.
         self._wake_r, self._wake_w = os.pipe()
@@ -166,7 +169,16 @@ class ProcessesBackend:
     # The driver's thread --------------------------------------------------------------------
 
     def submit(self, task: Task) -> None:
-        self._pending.append((task, dumps_task(task)))
+        entry = (task, dumps_task(task))
+        if self._lost_items and task[1] in self._lost_items:
+            # An item of a chunk that died with its worker, sent again alone: it goes first in
+            # line, as its chunk had started already (behind its chunk's items sent before it).
+            at = 0
+            while at < len(self._pending) and self._pending[at][0][1] in self._lost_items:
+                at += 1
+            self._pending.insert(at, entry)
+        else:
+            self._pending.append(entry)
         self._dispatch()
 
     # (Complex on purpose: outcomes, deadlines and dead workers, read in one pass.)
@@ -256,6 +268,8 @@ class ProcessesBackend:
                 self._pending.appendleft((task, payload))
                 self._lost(w)
                 continue
+            if self._lost_items:
+                self._lost_items.discard(task[1])
             if not w.tasks and not w.announces:
                 w.started = time.monotonic()
             w.tasks.append(task)
@@ -382,16 +396,19 @@ class ProcessesBackend:
         return running, cause
 
     def _lost(self, w: _Worker) -> None:
-        """``w`` died: fail its running item; put the rest of its work back in line."""
+        """``w`` died: fail its running item (or report its chunk's items LOST); put the rest
+        of its work back in line."""
         running, cause = self._remove(w)
         if running is None:
             return
         _, first, items = running
         if len(items) > 1:
-            # Which item of the chunk crashed it is unknown: run them one by one to find out.
-            for index, item in reversed(list(enumerate(items, first))):
-                single: Task = (running[0], index, [item])
-                self._pending.appendleft((single, dumps_task(single)))
+            crash = WorkerCrashed(
+                f"the worker process running items {first} to {first + len(items) - 1} died "
+                f"({cause}); which of them crashed it is unknown: each runs again alone"
+            )
+            self._ready += lost_chunk(running, crash)
+            self._lost_items.update(task_indices(running))
             return
         index = first
         crash = WorkerCrashed(

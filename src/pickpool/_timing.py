@@ -1,0 +1,228 @@
+"""The probe's instruments: each call's clocks, and a watcher of the GIL.
+
+:class:`Timed` wraps the user's function so that every call appends its :data:`Record`; the
+:class:`Knocker` measures how much of the time some other thread holds the GIL. ``_probe``
+plans the phases that use them, ``_readings`` sums up what they measured.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+# (start, wall seconds, CPU seconds of the calling thread, CPU seconds of the whole process)
+# of one call. Alone, the process's CPU time is the call's own with its native threads (BLAS):
+# 2 s of it in 1 s of wall time is a call that used two cores.
+Record = tuple[float, float, float, float]
+
+
+def clocks() -> tuple[float, float, float]:
+    """Wall, this thread's CPU and the process's CPU clocks, now."""
+    return time.perf_counter(), time.thread_time(), time.process_time()
+
+
+def since(began: tuple[float, float, float]) -> Record:
+    """The :data:`Record` of a call that began at ``began`` (see :func:`clocks`)."""
+    start, cpu, all_cpu = began
+    wall, cpu_now, all_now = clocks()
+    return start, wall - start, cpu_now - cpu, all_now - all_cpu
+
+
+class Timed:
+    """``fn`` with each call's wall, thread CPU and process CPU time appended to ``records``;
+    a :class:`Knocker`, if given, is told when each call runs."""
+
+    __slots__ = ("fn", "knocker", "records")
+
+    def __init__(
+        self, fn: Callable[[Any], Any], records: list[Record], knocker: Knocker | None = None
+    ) -> None:
+        self.fn = fn
+        self.records = records
+        self.knocker = knocker
+
+    def __call__(self, item: Any) -> Any:
+        knocker = self.knocker
+        if knocker is not None:
+            knocker.enter()
+        began = clocks()
+        try:
+            return self.fn(item)
+        finally:
+            self.records.append(since(began))
+            if knocker is not None:
+                knocker.leave()
+
+
+class AsyncTimed(Timed):
+    """:class:`Timed` for a coroutine function (CPU time is the loop thread's over the await)."""
+
+    __slots__ = ()
+
+    async def __call__(self, item: Any) -> Any:
+        knocker = self.knocker
+        if knocker is not None:
+            knocker.enter()
+        began = clocks()
+        try:
+            return await self.fn(item)
+        finally:
+            self.records.append(since(began))
+            if knocker is not None:
+                knocker.leave()
+
+
+class Knocker:
+    """Measures the share of time some other thread holds the GIL.
+
+    A thread naps :attr:`NAP` seconds in a loop. Waking, it needs the GIL: when the GIL is free it
+    runs on at once, when a thread holds it (pure Python) it waits until the interpreter forces a
+    switch, up to ``sys.getswitchinterval()`` (5 ms). Lateness beyond the nap's usual oversleep,
+    over the time watched, scaled so that a GIL held throughout reads 1.0, is the held share.
+    It costs the measured code one GIL hand-off per ~5 ms.
+
+    A thread also wakes late when every core is busy (native threads of the measured call, other
+    programs): it is then runnable but waits for a core, which is not the GIL. The kernel counts
+    that wait (``/proc/thread-self/schedstat``, "run delay"), and it is taken off the lateness.
+    Waiting for the GIL is a sleep on a condition variable, which that count leaves out.
+
+    With ``calls=True`` only the time inside calls counts (:meth:`enter` and :meth:`leave`
+    mark them): what runs between calls (the consumer of the results, the probe's own
+    bookkeeping, a first import of the pickler) holds the GIL too, but is not the call's.
+    A nap counts from a call's start, less the time it spent between calls.
+    """
+
+    NAP = 0.0005
+
+    def __init__(self, *, calls: bool = False) -> None:
+        self._stop = threading.Event()
+        self._late = 0.0
+        self._watched = 0.0
+        self._baseline = 0.0
+        self._thread: threading.Thread | None = None
+        self._calls = calls
+        self._inside = 0  # calls running now
+        self._left_at = 0.0  # when the last one ended
+        self._between = 0.0  # seconds so far with no call running, after the first call
+
+    def enter(self) -> None:
+        """A call begins (with ``calls=True``)."""
+        if self._inside == 0 and self._left_at:
+            self._between += time.perf_counter() - self._left_at
+        self._inside += 1
+
+    def leave(self) -> None:
+        """A call ends."""
+        self._inside -= 1
+        if self._inside == 0:
+            self._left_at = time.perf_counter()
+
+    def start(self) -> None:
+        self._baseline = _oversleep(self.NAP)
+        self._thread = threading.Thread(target=self._run, name="pickpool-knocker", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        nap, baseline = self.NAP, self._baseline
+        queued = _RunDelay()
+        try:
+            while not self._stop.is_set():
+                watching = not self._calls or self._inside > 0
+                between = self._between
+                t0 = time.perf_counter()
+                q0 = queued.seconds()
+                time.sleep(nap)
+                woke = time.perf_counter()
+                waited_for_core = queued.seconds() - q0
+                if not watching:
+                    continue
+                elapsed = woke - t0
+                if self._calls:
+                    # Time between calls is not a call's, whoever held the GIL in it.
+                    between = self._between - between
+                    if self._inside == 0:
+                        between += woke - self._left_at
+                    elapsed -= min(elapsed, max(0.0, between))
+                self._late += max(0.0, elapsed - nap - baseline - waited_for_core)
+                self._watched += elapsed
+        finally:
+            queued.close()
+
+    def stop(self) -> tuple[float, float]:
+        """(held share 0..1, seconds watched)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._watched <= 0:
+            return 0.0, 0.0
+        switch = sys.getswitchinterval()
+        full = switch / (switch + self.NAP)  # what a GIL held throughout reads
+        return min(1.0, self._late / self._watched / full), self._watched
+
+
+class _RunDelay:
+    """Seconds the calling thread has waited, runnable, for a core (0 where unknown)."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        try:
+            self._fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+            self.seconds()
+        except (OSError, ValueError, IndexError):
+            self.close()
+
+    def seconds(self) -> float:
+        if self._fd is None:
+            return 0.0
+        # "<ns on a core> <ns waiting for one> <timeslices>"
+        return int(os.pread(self._fd, 128, 0).split()[1]) / 1e9
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+@functools.cache
+def _oversleep(nap: float) -> float:
+    """How late a nap of ``nap`` seconds wakes with nothing else running: the lateness that is
+    not the GIL's. A fact of the machine, measured once per process (it costs ~3 ms)."""
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        time.sleep(nap)
+        samples.append(time.perf_counter() - t0 - nap)
+    return max(0.0, statistics.median(samples))
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's finished, waited-for child processes (0 where unknown)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def typical_process_cpu(records: list[Record]) -> float:
+    """The whole process's CPU time in a typical call (as :func:`typical` picks)."""
+    rest = records[1:] if len(records) >= 3 else records
+    return statistics.median(r[3] for r in rest) if rest else 0.0
+
+
+def typical(records: list[Record]) -> tuple[float, float]:
+    """(wall, cpu) of a typical call: the median, leaving out the first (warm-up) of 3 or more."""
+    if not records:
+        return 0.0, 0.0
+    if len(records) < 3:
+        best = min(records, key=lambda r: r[1])
+        return best[1], best[2]
+    rest = records[1:]
+    return statistics.median(r[1] for r in rest), statistics.median(r[2] for r in rest)
