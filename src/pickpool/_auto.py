@@ -92,7 +92,8 @@ class AutoRun:
 
     :meth:`legs` is the one sequence of phases both paths run: :meth:`dones` through
     ``drive``, :meth:`adones` on the caller's loop (or a thread); each tells :meth:`saw`
-    of every item, so that the probe reads it and the watch judges the pace.
+    of every item of a probe's phase or of a watched rest, so that the probe reads it and the
+    watch judges the pace.
     """
 
     def __init__(
@@ -197,8 +198,7 @@ class AutoRun:
             assert self.advice is not None
             start = self.cursor.taken
             if redecisions == MAX_REDECISIONS or self.advice.pace < WATCH_MIN_PACE:
-                # Out of re-decisions, the last choice runs the rest unwatched; so do items of
-                # a few microseconds, which watching would slow by a third.
+                # Unwatched: out of re-decisions, or items of a few µs (watching costs a third).
                 self.watching = None
                 yield Phase("run", plan, setup, self.cursor.rest(), start)
                 return
@@ -252,12 +252,16 @@ class AutoRun:
 
     async def adones(self) -> AsyncGenerator[Done | Block, None]:
         """:meth:`dones` for ``amap``: the probe and the models that run on a loop use the
-        caller's own; the others run in a thread, each phase's results handed over whole."""
+        caller's own; the others run in a thread, each phase's results handed over whole.
+
+        Each phase is closed here, not by the loop's finalizer later: a run that stops early
+        stops its tasks before the probe's watcher."""
         legs = self.legs()
         try:
             for phase in legs:
-                async for done in _arun(self, phase):
-                    yield done
+                async with contextlib.aclosing(_arun(self, phase)) as dones:
+                    async for done in dones:
+                        yield done
         finally:
             legs.close()
 
@@ -338,12 +342,12 @@ async def _arun(auto: AutoRun, phase: Phase) -> AsyncGenerator[Done | Block, Non
             yield done
         return
     resumed = time.perf_counter()
-    async for done in adrive(
-        phase.items, phase.plan, phase.setup, start=phase.start, blocks=blocks
-    ):
-        auto.saw(phase, done, time.perf_counter() - resumed)
-        yield done
-        resumed = time.perf_counter()
+    dones = adrive(phase.items, phase.plan, phase.setup, start=phase.start, blocks=blocks)
+    async with contextlib.aclosing(dones):
+        async for done in dones:
+            auto.saw(phase, done, time.perf_counter() - resumed)
+            yield done
+            resumed = time.perf_counter()
 
 
 # How long a cancelled ``amap`` waits for its run to wind down (threads get a second to return,

@@ -139,7 +139,8 @@ class Limiter:
 
         Stuck means two calls past :attr:`stuck_after` (or the only one judged): one slow call
         is a far side's tail latency, several at once are connections it dropped. Only the
-        oldest are read: a thousand coroutines in flight cost no more than two."""
+        oldest are read, up to the second judged: a thousand coroutines in flight cost no more
+        than two, but for those that started before the last cut (within a latency of it)."""
         judged: list[float] = []
         for start in running:
             if start > self._acted:

@@ -171,8 +171,10 @@ class ProcessesBackend:
     def submit(self, task: Task) -> None:
         entry = (task, dumps_task(task))
         if self._lost_items and task[1] in self._lost_items:
-            # An item of a chunk that died with its worker, sent again alone: it goes first in
-            # line, as its chunk had started already (behind its chunk's items sent before it).
+            # An item of a chunk that died with its worker, sent again alone: it goes ahead of the
+            # chunks still waiting, as its chunk had started already (behind its chunk's items
+            # sent before it). A chunk handed to the dead worker's replacement meanwhile runs
+            # first: the driver sends these only once it has read the loss.
             at = 0
             while at < len(self._pending) and self._pending[at][0][1] in self._lost_items:
                 at += 1
