@@ -302,29 +302,21 @@ def _run(
     auto: AutoRun, phase: Phase, cancel: threading.Event | None, *, blocks: bool
 ) -> Generator[Done | Block, None, None]:
     """``phase`` run through ``drive``, each item told to ``auto``."""
-    backend = _backends.load(phase.plan.model)
-    if phase.name == "run" and auto.watching is None:
-        # Unwatched: nothing to tell, and items of a few microseconds would pay for it.
-        yield from drive(
-            phase.items,
-            phase.plan,
-            phase.setup,
-            backend,
-            cancel=cancel,
-            start=phase.start,
-            blocks=blocks,
-        )
-        return
-    resumed = time.perf_counter()
-    for done in drive(
+    dones = drive(
         phase.items,
         phase.plan,
         phase.setup,
-        backend,
+        _backends.load(phase.plan.model),
         cancel=cancel,
         start=phase.start,
         blocks=blocks,
-    ):
+    )
+    if phase.name == "run" and auto.watching is None:
+        # Unwatched: nothing to tell, and items of a few microseconds would pay for it.
+        yield from dones
+        return
+    resumed = time.perf_counter()
+    for done in dones:
         auto.saw(phase, done, time.perf_counter() - resumed)
         yield done
         resumed = time.perf_counter()
