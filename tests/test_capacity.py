@@ -206,12 +206,12 @@ def test_the_no_load_latency_follows_a_faster_far_side() -> None:
 def test_stuck_calls_are_seen_without_any_completion() -> None:
     # Every call stuck (connections dropped): nothing completes, and the limit must be cut all
     # the same, in the stuck time, not when the kernel's retry lets the calls through.
-    from pickpool._backends import Setup
+    from pickpool._backends import Climb, Setup
     from pickpool._backends._threads import ThreadsBackend
 
     release = threading.Event()
     backend = ThreadsBackend(
-        Setup(lambda _: release.wait(30), 8, False, None, concurrency=4, latency=0.001)
+        Setup(lambda _: release.wait(30), 8, False, None, climb=Climb(4, 0.001))
     )
     try:
         assert backend.limiter is not None
@@ -522,16 +522,14 @@ def test_stuck_coroutines_are_seen_without_any_completion() -> None:
     # The same under asyncio: coroutines whose connections were dropped complete nothing.
     import asyncio
 
-    from pickpool._backends import Setup
+    from pickpool._backends import Climb, Setup
     from pickpool._backends._asyncio import ItemRunner
 
     async def hang(_: object) -> None:
         await asyncio.Event().wait()
 
     async def main() -> int:
-        runner = ItemRunner(
-            Setup(hang, 8, True, None, concurrency=4, latency=0.001), lambda _: None
-        )
+        runner = ItemRunner(Setup(hang, 8, True, None, climb=Climb(4, 0.001)), lambda _: None)
         assert runner.limiter is not None
         cut = asyncio.Event()
         limiter = runner.limiter
@@ -600,7 +598,7 @@ def test_paced_coroutines_fill_a_limit_past_a_start_a_millisecond() -> None:
     # the limit.
     import asyncio
 
-    from pickpool._backends import Setup
+    from pickpool._backends import Climb, Setup
     from pickpool._backends._asyncio import ItemRunner
 
     async def call(_: object) -> None:
@@ -616,7 +614,7 @@ def test_paced_coroutines_fill_a_limit_past_a_start_a_millisecond() -> None:
             if finished == 256:
                 done.set()
 
-        runner = ItemRunner(Setup(call, 512, True, None, concurrency=64, latency=0.02), emit)
+        runner = ItemRunner(Setup(call, 512, True, None, climb=Climb(64, 0.02)), emit)
         assert runner.limiter is not None
         most = 0
         saw = runner.limiter.saw

@@ -302,7 +302,7 @@ def test_the_climber_backs_off_when_more_threads_hurt(monkeypatch: pytest.Monkey
 def test_a_climbing_pool_adds_threads_for_waits_that_overlap() -> None:
     import dataclasses
 
-    from pickpool._backends import Setup
+    from pickpool._backends import Climb, Setup
     from pickpool._backends._threads import ThreadsBackend
     from pickpool._driver import drive
 
@@ -316,7 +316,7 @@ def test_a_climbing_pool_adds_threads_for_waits_that_overlap() -> None:
         time.sleep(0.005)
         return x
 
-    setup = Setup(wait, 16, False, None, concurrency=2)
+    setup = Setup(wait, 16, False, None, climb=Climb(2))
     run = dataclasses.replace(plan(model="threads", workers=16, window=64), adaptive=False)
     dones = list(drive(range(600), run, setup, open_backend))
     assert [d.value for d in dones] == list(range(600))

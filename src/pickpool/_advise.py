@@ -310,6 +310,7 @@ def _interpolate(one: float, full: float, k: int, pool: int) -> float:
     return one + (full - one) * (1 - 1 / k) / (1 - 1 / pool)
 
 
+# (Long on purpose: the cost model: one prediction method per model, sharing the evidence.)
 class _Costs:
     """The cost model for one piece of evidence on one machine, for ``n`` items: each model's
     predicted seconds (``options()``). (Named so that "model" keeps one meaning in pickpool:

@@ -64,7 +64,7 @@ async def adrive(  # noqa: C901, PLR0912
                     pacer.reserve()  # (now: its delay has passed)
                     runner.start(tasks[0])
             if schedule.finished:
-                finished = True
+                finished = not schedule.over
                 break
             outcomes = await outbox.get()
             while not outbox.empty():

@@ -81,9 +81,59 @@ def _check_model(model: object) -> str:
     return model
 
 
+def _inputs(
+    fn: Any, items: Any, more_items: tuple[Any, ...]
+) -> tuple[Iterator[Any], int | None, Any]:
+    """The items as one iterator, their count if known, and ``fn`` to call on each."""
+    iterators = []
+    for which, iterable in enumerate((items, *more_items)):
+        try:
+            iterators.append(iter(iterable))
+        except TypeError:
+            what = "items" if not which else f"iterable {which + 1}"
+            raise TypeError(
+                f"{what} must be an iterable (a list, a generator...), not "
+                f"{type(iterable).__name__}"
+            ) from None
+    length = length_hint(items)
+    if not more_items:
+        return iterators[0], length, fn
+    # Several iterables, as builtins.map takes them: zipped (to the shortest), and each tuple
+    # unpacked into fn's arguments.
+    lengths = [length, *(length_hint(m) for m in more_items)]
+    length = None if None in lengths else min(n for n in lengths if n is not None)
+    return zip(iterators[0], *more_items, strict=False), length, star(fn)
+
+
+def _prepared(name: str, client: object, workers: object) -> tuple[Any, Any]:
+    """``(client, workers)`` as ``name``'s model takes them, its pre-flight checks passed."""
+    kind = None if name == "auto" else _backends.traits(name)
+    if client is not None and (kind is None or not kind.takes_client):
+        clustered = " or ".join(
+            f"model={t.name!r}" for t in _backends.TRAITS.values() if t.takes_client
+        )
+        raise ValueError(f"client= is for {clustered}, not model={name!r}")
+    if kind is not None and kind.prepare is not None:
+        # Here, so that a missing extra or cluster is reported at the call, even by imap.
+        return kind.prepare(client, workers)
+    return client, workers
+
+
+def _shipped(model: str, fn: Any) -> bytes | None:
+    """``fn`` pickled, if ``model`` sends it pickled: here rather than when the pool starts, so
+    that an unpicklable function is reported at the call, even by imap."""
+    if not _backends.traits(model).pickles:
+        return None
+    from ._pickling import dumps_function
+
+    return dumps_function(fn)
+
+
+# (Long on purpose: one call's checked inputs and error policy, for map, imap and amap alike.)
 class _Run:
     """One call's checked inputs: what runs, on what, with which error policy."""
 
+    # (Long on purpose: every option checked at the call, before anything runs.)
     def __init__(
         self,
         fn: Any,
@@ -110,25 +160,7 @@ class _Run:
     ) -> None:
         check_fn(fn)
         self._fn_name = getattr(fn, "__name__", "fn")
-        for which, iterable in enumerate((items, *more_items)):
-            try:
-                iterator = iter(iterable)
-            except TypeError:
-                what = "items" if not which else f"iterable {which + 1}"
-                raise TypeError(
-                    f"{what} must be an iterable (a list, a generator...), not "
-                    f"{type(iterable).__name__}"
-                ) from None
-            if not which:
-                self.source: Iterator[Any] = iterator
-        self.length = length_hint(items)
-        if more_items:
-            # Several iterables, as builtins.map takes them: zipped (to the shortest), and
-            # each tuple unpacked into fn's arguments.
-            lengths = [self.length, *(length_hint(m) for m in more_items)]
-            self.length = None if None in lengths else min(n for n in lengths if n is not None)
-            self.source = zip(self.source, *more_items, strict=False)
-            fn = star(fn)
+        self.source, self.length, fn = _inputs(fn, items, more_items)
         worker_setup = worker_options(model, initializer, initargs, max_tasks_per_child)
         if initializer is not None or worker_setup["max_tasks_per_child"] is not None:
             # State an initializer leaves, or a worker's count of items, belongs to this run:
@@ -136,19 +168,10 @@ class _Run:
             fresh_workers = True
         self.is_async = is_async_callable(fn)
         name = _check_model(model)
-        self.auto: AutoRun | None = None
         if not isinstance(fresh_workers, bool):
             raise TypeError(f"fresh_workers must be True or False, not {fresh_workers!r}")
         inner = check_inner_threads(inner_threads)
-        kind = None if name == "auto" else _backends.traits(name)
-        if client is not None and (kind is None or not kind.takes_client):
-            clustered = " or ".join(
-                f"model={t.name!r}" for t in _backends.TRAITS.values() if t.takes_client
-            )
-            raise ValueError(f"client= is for {clustered}, not model={name!r}")
-        if kind is not None and kind.prepare is not None:
-            # Here, so that a missing extra or cluster is reported at the call, even by imap.
-            client, workers = kind.prepare(client, workers)
+        client, workers = _prepared(name, client, workers)
         # Under "auto" the options are checked here all the same, before anything runs.
         self.plan: Plan = make_plan(
             model=_backends.CHECKED_AS_AUTO if name == "auto" else name,
@@ -164,46 +187,39 @@ class _Run:
             max_concurrency=max_concurrency,
             max_rate=max_rate,
         )
-        fn_bytes = None
-        if _backends.traits(self.plan.model).pickles:
-            # Here rather than when the pool starts, so that imap raises at the call too.
-            from ._pickling import dumps_function
-
-            fn_bytes = dumps_function(fn)
-        if name == "auto":
-            self.auto = AutoRun(
-                fn,
-                self.source,
-                is_async=self.is_async,
-                length=self.length,
-                wishes=Wishes(
-                    workers=positive_int("workers", workers),
-                    chunksize=positive_int("chunksize", chunksize),
-                    timeout=self.plan.timeout,
-                    retries=self.plan.retries,
-                    backoff=self.plan.backoff,
-                    max_concurrency=positive_int("max_concurrency", max_concurrency),
-                    pacer=self.plan.pacer,
-                    on_error=str(on_error),
-                    ordered=self.plan.ordered,
-                    fresh_workers=fresh_workers,
-                    inner_threads=inner,
-                    **worker_setup,
-                ),
-            )
-        self.on_error = on_error
-        self.progress = wants_progress(progress)
         self.setup = _backends.Setup(
             fn,
             self.plan.workers,
             self.is_async,
             self.plan.timeout,
-            fn_bytes,
+            _shipped(self.plan.model, fn),
             client=client,
             fresh=fresh_workers,
             inner_threads=inner,
             **worker_setup,
         )
+        self.auto: AutoRun | None = None
+        if name == "auto":
+            wishes = Wishes(
+                workers=positive_int("workers", workers),
+                chunksize=positive_int("chunksize", chunksize),
+                timeout=self.plan.timeout,
+                retries=self.plan.retries,
+                backoff=self.plan.backoff,
+                max_concurrency=positive_int("max_concurrency", max_concurrency),
+                pacer=self.plan.pacer,
+                on_error=str(on_error),
+                ordered=self.plan.ordered,
+                fresh_workers=fresh_workers,
+                inner_threads=inner,
+                **worker_setup,
+            )
+            self.auto = AutoRun(
+                fn, self.source, is_async=self.is_async, length=self.length, wishes=wishes
+            )
+            self.auto.on_decide = self._decided
+        self.on_error = on_error
+        self.progress = wants_progress(progress)
         self.description = f"{self._fn_name} [{name}]"
         self.report = Report(
             name,
@@ -212,7 +228,6 @@ class _Run:
         )
         if self.auto is not None:
             self.report.decisions = self.auto.decisions
-            self.auto.on_decide = self._decided
 
     def _decided(self, advice: Advice, plan: Plan) -> None:
         report = self.report

@@ -149,7 +149,7 @@ class AutoRun:
             max_concurrency=wishes.max_concurrency,
             max_rate=None if wishes.pacer is None else wishes.pacer.rate,
         )
-        start, latency, workers = _limit(ev, advice, wishes, is_async=self.is_async)
+        climb, workers = _limit(ev, advice, wishes, is_async=self.is_async)
         plan = wishes.plan(
             advice.model,
             is_async=self.is_async,
@@ -171,8 +171,7 @@ class AutoRun:
             self.is_async,
             plan.timeout,
             self.fn_bytes,
-            concurrency=start,
-            latency=latency,
+            climb=climb,
             fresh=wishes.fresh_workers,
             inner_threads=wishes.inner_threads,
             **wishes.workers_setup(),
@@ -268,9 +267,9 @@ class AutoRun:
 
 def _limit(
     ev: Evidence, advice: Advice, wishes: Wishes, *, is_async: bool
-) -> tuple[int | None, float | None, int]:
-    """(the limit's start, None if the count is fixed; the latency it follows, None if it
-    climbs by throughput; the most workers) for the rest.
+) -> tuple[_backends.Climb | None, int]:
+    """(how the count of calls in flight climbs, None if it is fixed; the most workers) for the
+    rest.
 
     Threads start at the advised count and climb, unless the caller fixed the count.
     Calls that wait follow their latency and failures (a far side's capacity), from
@@ -280,22 +279,22 @@ def _limit(
     """
     waits = ev.cpu_share < WAITING_SHARE
     climbs = _backends.traits(advice.model).climbs
-    climb = (
+    climbing = (
         wishes.workers is None
         and wishes.pacer is None
         and (climbs == "calls" or (climbs == "coroutines" and is_async and waits))
     )
-    if not climb:
-        return None, None, advice.workers
+    if not climbing:
+        return None, advice.workers
     cap = min(CLIMB_CAP, wishes.max_concurrency or CLIMB_CAP)
     if not waits:
-        return advice.workers, None, min(cap, 2 * advice.workers)
+        return _backends.Climb(advice.workers), min(cap, 2 * advice.workers)
     # Coroutines the probe ran together without blocking their loop overlapped at the
     # no-load latency: that many at once are known to be clean, a start for the limit.
     blocked = ev.loop_blocked
     clean = ev.coroutines if blocked is not None and blocked < LOOP_BLOCKED else 0
     workers = cap if climbs == "calls" else max(cap, advice.workers)
-    return min(cap, max(RAMP_START, clean)), ev.wall, workers
+    return _backends.Climb(min(cap, max(RAMP_START, clean)), ev.wall), workers
 
 
 def _run(

@@ -196,6 +196,7 @@ class Chunking:
         return size
 
 
+# (Long on purpose: the run's bookkeeping: window, chunks, order, retries, fail-fast.)
 class Schedule:
     """What to submit next and what to hand out, given the outcomes so far.
 
@@ -220,6 +221,8 @@ class Schedule:
         self._next_task = 0
         self._exhausted = False
         self._failed_at: int | None = None
+        # The failure at ``_failed_at`` is handed out: the run ends there, what runs abandoned.
+        self.over = False
         # What the input raised, if it did: raised once every item read before it is out.
         self._source_error: Exception | None = None
         self._result_bytes = 0.0  # the size of one result, estimated from samples
@@ -228,8 +231,10 @@ class Schedule:
 
     @property
     def finished(self) -> bool:
-        """Nothing in flight and nothing left to submit."""
-        return not self._outstanding and (self._exhausted or self._failed_at is not None)
+        """Nothing in flight and nothing left to submit, or the run's failure handed out."""
+        return self.over or (
+            not self._outstanding and (self._exhausted or self._failed_at is not None)
+        )
 
     def tasks(self, most: int | None = None) -> list[Task]:
         """Chunks to submit now: as many as the window has room for (at most ``most``)."""
@@ -306,7 +311,7 @@ class Schedule:
         ordered = plan.ordered
         count = 0
         for outcome in outcomes:
-            index, status, value, text = outcome
+            index, status, value, _ = outcome
             done: Done | Block
             if status == BLOCK:
                 size = len(value)
@@ -321,31 +326,13 @@ class Schedule:
                 count += 1
                 size = 1
                 done = Done(index, outstanding[index], OK, value, None, 1)
-            elif status == LOST:
-                # Its chunk died with its worker, and which item killed it is unknown: each
-                # runs again alone, sent at once, before any new chunk. Not a try: only an
-                # item's own crash, alone, counts as one.
-                retries.append((self.single(index), 0.0))
-                continue
             else:
-                count += 1
+                count += status != LOST
                 size = 1
-                tries = attempts.get(index, 1)
-                step = judge(plan, index, outstanding[index], status, value, text, tries)
-                if not isinstance(step, Done):
-                    attempts[index] = tries + 1
-                    retries.append((self.single(index), step))
+                final = self._judge(outcome, retries)
+                if final is None:
                     continue
-                attempts.pop(index, None)
-                done = step
-                # As in the serial loop, the lowest failing index is the one raised: items
-                # before it still run, nothing after it is started any more.
-                if (
-                    ordered
-                    and ends_run(plan, done)
-                    and (self._failed_at is None or index < self._failed_at)
-                ):
-                    self._failed_at = index
+                done = final
             if not ordered:
                 _forget(outstanding, index, size)
                 out.append(done)
@@ -355,14 +342,54 @@ class Schedule:
                 self._next_out = index + size
             else:
                 buffer[index] = done
+        self.chunking.finished(count)
+        return retries, self._flush(out)
+
+    def _judge(self, outcome: Outcome, retries: list[tuple[Task, float]]) -> Done | None:
+        """An outcome other than a first-try success: the item's final :class:`Done`, or None
+        if it runs again (added to ``retries`` with the seconds it waits first)."""
+        index, status, value, text = outcome
+        if status == LOST:
+            # Its chunk died with its worker, and which item killed it is unknown: each runs
+            # again alone, sent at once, before any new chunk. Not a try: only an item's own
+            # crash, alone, counts as one.
+            if self._may_start(index):
+                retries.append((self.single(index), 0.0))
+            return None
+        plan, attempts = self._plan, self._attempts
+        tries = attempts.get(index, 1)
+        step = judge(plan, index, self._outstanding[index], status, value, text, tries)
+        if not isinstance(step, Done):
+            attempts[index] = tries + 1
+            if self._may_start(index):
+                retries.append((self.single(index), step))
+            return None
+        attempts.pop(index, None)
+        # As in the serial loop, the lowest failing index is the one raised: items before it
+        # still run, nothing after it is started any more.
+        if plan.ordered and ends_run(plan, step) and self._may_start(index):
+            self._failed_at = index
+        return step
+
+    def _may_start(self, index: int) -> bool:
+        """Whether item ``index`` may start (again): not past the failure that ends the run."""
+        return self._failed_at is None or index < self._failed_at
+
+    def _flush(self, out: list[Done | Block]) -> list[Done | Block]:
+        """``out`` and what the buffer now hands out after it, up to the run's failure."""
+        outstanding, buffer = self._outstanding, self._buffer
         while self._next_out in buffer:
             done = buffer.pop(self._next_out)
             size = len(done.values) if type(done) is Block else 1
             _forget(outstanding, self._next_out, size)
             out.append(done)
             self._next_out += size
-        self.chunking.finished(count)
-        return retries, out
+        if self._failed_at is not None and self._next_out > self._failed_at:
+            # The failure is out: the run ends there, as a plain loop's would.
+            self.over = True
+            at = next((i for i, d in enumerate(out) if d.index == self._failed_at), -1)
+            out = out[: at + 1]
+        return out
 
     def _sample(self, outcome: Outcome) -> None:
         """Weigh one result of this batch of outcomes (one per batch: it costs ~1 µs)."""
@@ -483,6 +510,7 @@ def drive(
     blocks: bool,
 ) -> Generator[Done | Block, None, None]: ...
 # (Complex on purpose: the one run loop: send, pace, wait, retry, cancel.)
+# (Long and complex on purpose: the one run loop: send, pace, wait, retry, cancel.)
 def drive(  # noqa: C901, PLR0912, PLR0915
     items: Iterable[Any],
     plan: Plan,
@@ -541,7 +569,7 @@ def drive(  # noqa: C901, PLR0912, PLR0915
                     pacer.reserve()  # (now: its delay was 0)
                     unsent += send(backend, schedule, task)
             if schedule.finished:
-                finished = True
+                finished = not schedule.over
                 break
             wait = poll
             if unsent:

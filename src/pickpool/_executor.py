@@ -214,6 +214,7 @@ def _decide(timing: _Timing, fn: Any) -> tuple[str, str]:
 _Entry = tuple[Future[Any], _Call, tuple[str, int] | None]
 
 
+# (Long on purpose: one model's backend fed from submit(), with its feeder thread.)
 class _Lane:
     """One backend, fed from a queue of submitted calls by a thread of its own."""
 
@@ -415,6 +416,7 @@ def _stop_lanes(lanes: dict[str, _Lane]) -> None:
         lane.stop(cancel_futures=False)
 
 
+# (Long on purpose: concurrent.futures.Executor's whole contract, and auto's routes.)
 class Executor(concurrent.futures.Executor):
     """A ``concurrent.futures.Executor`` on pickpool's models, with its fault handling.
 
@@ -557,7 +559,7 @@ class Executor(concurrent.futures.Executor):
         if lane is None:
             workers = self._max_workers or default_workers(model, is_async=False)
             workers_setup = dict(self._workers_setup)
-            if model != "processes":  # auto's threads: the cap is for worker processes
+            if not _backends.traits(model).recycles:  # auto's threads: for worker processes
                 workers_setup["max_tasks_per_child"] = None
             setup = Setup(
                 _run_call,

@@ -98,6 +98,7 @@ def check_fn(fn: object) -> None:
 DEFAULT_BACKOFF = 0.05
 
 
+# (Long on purpose: every option of a concrete model checked and defaulted.)
 def make_plan(
     *,
     model: str,

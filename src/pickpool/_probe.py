@@ -153,6 +153,7 @@ class _Allowance:
         return allow
 
 
+# (Long on purpose: the phase policy: three kinds of phase, each sized to what is known.)
 class Pilot:
     """Plans the probe's phases, one after the other, over the items of ``cursor``.
 

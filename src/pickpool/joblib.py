@@ -64,6 +64,7 @@ _IN_PROCESS: Final = ("threads", "serial")
 _NAME: Final = "pickpool"
 
 
+# (Long on purpose: joblib's ParallelBackendBase contract, method by method.)
 class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
     """joblib's ``"pickpool"`` backend: each ``Parallel`` call runs on a :class:`pickpool.Executor`.
 

@@ -140,32 +140,58 @@ def traits(model: str) -> Traits:
 
 
 @dataclass(frozen=True, slots=True)
+class Climb:
+    """How a model that climbs (:attr:`Traits.climbs`) moves its count of calls in flight."""
+
+    start: int  # how many run at first, climbing up to ``Setup.workers``
+    # The calls' latency with nothing else in flight, as the probe measured it; given, the count
+    # follows the calls' latency and failures (a far side's capacity); None, their throughput.
+    latency: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Setup:
-    """What a backend is started with."""
+    """What a backend is started with.
+
+    A field marked with a trait is only for the models that have it (and only they read it:
+    ``tests/test_contract.py`` checks); the others are for every model.
+    """
 
     fn: Callable[[Any], Any]
     workers: int
     is_async: bool
     timeout: float | None
-    fn_bytes: bytes | None = None  # ``fn`` pickled for processes, when the caller did already
-    # Threads: how many run at first, climbing (up to ``workers``) by measured throughput.
-    concurrency: int | None = None
-    # Threads: the calls' latency with nothing else in flight, as the probe measured it; given,
-    # the count follows the calls' latency and failures (a far side's capacity), not throughput.
-    latency: float | None = None
-    client: Any = None  # dask: the distributed.Client to run on (None: the active one)
+    # ``pickles``: ``fn`` pickled, when the caller did already (None: the backend pickles it).
+    fn_bytes: bytes | None = None
+    # ``climbs``: the count of calls in flight starts lower than ``workers`` and moves (None:
+    # all ``workers`` run at once).
+    climb: Climb | None = None
+    # ``takes_client``: the cluster's client to run on (None: the active one).
+    client: Any = None
     # New worker processes and threads for this run, none taken from or given back to the
     # warm pools: no state left by an earlier call (resource limits, globals, thread-locals).
     fresh: bool = False
     # Native thread pools (BLAS, OpenMP...) inside calls: None fits them to the cores the run's
     # calls share, an int caps them, "leave" leaves them (see pickpool._inner).
     inner_threads: InnerThreads = None
-    # Called with ``initargs`` once in each new worker thread or process before its first item
-    # (callers make the run's workers fresh: state it sets must not leak into other runs).
+    # ``initializer``: called with ``initargs`` once in each new worker thread or process before
+    # its first item (callers make the run's workers fresh: state it sets must not leak into
+    # other runs).
     initializer: Callable[..., object] | None = None
     initargs: tuple[Any, ...] = ()
-    # Processes: a worker runs at most this many items, then a new one takes its place.
+    # ``recycles``: a worker runs at most this many items, then a new one takes its place.
     max_tasks_per_child: int | None = None
+
+
+# Setup's fields that only some models read, and the trait that says which (see Setup).
+FIELD_TRAITS: Final[dict[str, str]] = {
+    "fn_bytes": "pickles",
+    "climb": "climbs",
+    "client": "takes_client",
+    "initializer": "initializer",
+    "initargs": "initializer",
+    "max_tasks_per_child": "recycles",
+}
 
 
 class Backend(Protocol):

@@ -48,6 +48,7 @@ T = TypeVar("T")
 TIMER_GRANULARITY = 1e-3
 
 
+# (Long on purpose: a loop's items: limit, pace, timeouts, outcomes.)
 class ItemRunner:
     """Runs items as tasks on the current event loop and reports each outcome to ``emit``."""
 
@@ -76,8 +77,9 @@ class ItemRunner:
         self.limiter: Limiter | None = None
         self._pacer: Pacer | None = None
         self._limit = setup.workers
-        if setup.latency is not None and setup.concurrency is not None:
-            self.limiter = Limiter(setup.concurrency, setup.workers, setup.latency)
+        climb = setup.climb
+        if climb is not None and climb.latency is not None:
+            self.limiter = Limiter(climb.start, setup.workers, climb.latency)
             self._limit = self.limiter.limit
             self._pacer = Pacer(self.limiter.pace)
         # Running: when each started, oldest first (as they were added), as the limiter reads.
@@ -293,6 +295,7 @@ class AsyncioBackend:
     """An :class:`ItemRunner` on a fresh event loop in a thread of its own."""
 
     def __init__(self, setup: Setup) -> None:
+        self._closed = True  # until built: close() after a failed __init__ has nothing to do
         # One event loop is the one worker: its initializer runs once, here, and what it
         # raises is raised.
         error = run_initializer(setup.initializer, setup.initargs)
@@ -301,7 +304,6 @@ class AsyncioBackend:
         self._inner = _inner.Held(inner_limit(setup))
         self._outbox: queue.SimpleQueue[list[Outcome]] = queue.SimpleQueue()
         self._in_flight = 0
-        self._closed = False
         self._loop = asyncio.new_event_loop()
         self._runner: ItemRunner | None = None
         self._lock = threading.Lock()
@@ -311,8 +313,14 @@ class AsyncioBackend:
         self._thread = threading.Thread(
             target=self._run_loop, args=(setup, started), name="pickpool-asyncio", daemon=True
         )
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            self._loop.close()
+            self._inner.close()
+            raise
         started.wait()
+        self._closed = False
 
     def submit(self, task: Task) -> None:
         self._in_flight += len(task[2])

@@ -68,6 +68,7 @@ def cluster_threads(client: Any) -> int:
 
 class DaskBackend:
     def __init__(self, setup: Setup) -> None:
+        self._closed = True  # until built: close() after a failed __init__ has nothing to do
         self._setup = setup
         self._distributed = distributed_module()
         self._client = active_client(setup.client)

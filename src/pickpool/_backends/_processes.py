@@ -135,8 +135,10 @@ warm = _WarmPool()
 os.register_at_fork(after_in_child=warm.forget)
 
 
+# (Long on purpose: worker processes: start, feed, crash, kill.)
 class ProcessesBackend:
     def __init__(self, setup: Setup) -> None:
+        self._closed = True  # until built: close() after a failed __init__ has nothing to do
         self._setup = setup
         # Pickled once per run (by the caller, usually), and before any process starts. An
         # initializer travels in the same pickle as the function: defined in __main__, both go
@@ -160,11 +162,11 @@ class ProcessesBackend:
         self._ready: list[Outcome] = []
         # Items reported LOST (their chunk died with its worker), until sent again alone.
         self._lost_items: set[int] = set()
-        self._closed = False
         # wake() writes a byte here, which a waiting collect() sees among its handles.
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._closed = False
 
     # The driver's thread --------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ class SerialBackend:
     """
 
     def __init__(self, setup: Setup) -> None:
+        self._closed = True  # until built: close() after a failed __init__ has nothing to do
         # The one worker is this thread: its initializer runs here, and what it raises is
         # raised, as a plain program's set-up would.
         error = run_initializer(setup.initializer, setup.initargs)
@@ -29,6 +30,7 @@ class SerialBackend:
         limit = _inner.limit_for(setup.inner_threads, 1)
         self._inner = _inner.Held(limit)
         self.inline = self._caller if limit is None else None
+        self._closed = False
 
     def submit(self, task: Task) -> None:
         self._queue.append(task)
@@ -43,6 +45,9 @@ class SerialBackend:
         """Nothing to do: collect() never waits."""
 
     def close(self, *, cancel: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._queue.clear()
         self._caller.close()
         self._inner.close()

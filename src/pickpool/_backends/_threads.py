@@ -135,6 +135,7 @@ os.register_at_fork(after_in_child=warm.forget)
 _WAKE: list[Outcome] = []
 
 
+# (Long on purpose: threads: the gate, the limit, timeouts, abandon.)
 class ThreadsBackend:
     def __init__(self, setup: Setup) -> None:
         self._setup = setup
@@ -144,11 +145,12 @@ class ThreadsBackend:
         self.climber: Climber | None = None
         self.limiter: Limiter | None = None
         self._samples: collections.deque[tuple[float, float, int, int]] = collections.deque()
-        if setup.concurrency is not None and setup.concurrency < setup.workers:
-            if setup.latency is not None:
-                self.limiter = Limiter(setup.concurrency, setup.workers, setup.latency)
+        climb = setup.climb
+        if climb is not None and climb.start < setup.workers:
+            if climb.latency is not None:
+                self.limiter = Limiter(climb.start, setup.workers, climb.latency)
             else:
-                self.climber = Climber(setup.concurrency, setup.workers)
+                self.climber = Climber(climb.start, setup.workers)
         self._limit = setup.workers
         # Calls under the limiter start spaced out, one every no-load latency / limit: as many
         # as the limit sustains, never in a burst (TCP's pacing), which a far side that takes
