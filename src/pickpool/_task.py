@@ -103,8 +103,11 @@ def _unwrapped(exc: BaseException) -> BaseException:
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    # Raised by our own generator in run_items, not by the function itself.
-    if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+    # Raised by our own generator as it ended, so seen first in run_items: not by the function
+    # itself, nor by a coroutine that raised StopIteration, which Python reports as this
+    # RuntimeError (asyncio.run(f(x)) does), from deeper frames.
+    code = None if tb is None else tb.tb_frame.f_code
+    if code is not None and code.co_filename == __file__ and code.co_name == "run_items":
         return exc.__cause__
     return exc
 
