@@ -165,6 +165,14 @@ def test_the_tail_is_split_over_every_worker() -> None:
     assert chunking.next(taken=999) == 1
 
 
+def test_hops_are_not_split_at_the_tail() -> None:
+    # A hop's items wait in one place for the next free coroutine: splitting the tail over
+    # the workers (1,024 coroutines) would only make hops of one item.
+    chunking = Chunking(plan(model="asyncio", hops=True, workers=1024, chunksize=64, length=1000))
+    assert chunking.next(taken=0) == 64
+    assert chunking.next(taken=990) == 64  # (the input ends first: take() reads what is left)
+
+
 def test_a_fixed_chunksize_is_kept() -> None:
     chunking = Chunking(plan(chunksize=7, adaptive=False, length=10))
     chunking.started()

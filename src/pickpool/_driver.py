@@ -190,7 +190,9 @@ class Chunking:
         """The size of the next chunk, ``taken`` items having been read so far."""
         size = self.size
         length = self._plan.length
-        if length is not None and self._plan.adaptive:
+        # (Hops need no split at the tail: their items all wait in one place, for the next
+        # free coroutine, whichever hop brought them.)
+        if length is not None and self._plan.adaptive and not self._hops:
             left = length - taken
             size = min(size, max(1, -(-left // (TAIL_SPLIT * self._plan.workers))))
         return size
