@@ -41,22 +41,30 @@ class Def(NamedTuple):
     most: int  # the limit
     reason: str  # "Long", "Complex", "Long and complex", or "" (no reason above it)
     complex: bool  # ruff's complexity rules are silenced on it
+    reason_at: int  # the reason's line (1-based), or 0
 
 
-def _reason(source: list[str], node: ast.AST) -> str:
-    """The kind of reason in the comment lines just above ``node`` (and its decorators)."""
+def _reason(source: list[str], node: ast.AST) -> tuple[str, int]:
+    """The kind of reason in the comment lines just above ``node`` (and its decorators), and
+    its line."""
     assert isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
     line = min([node.lineno, *(d.lineno for d in node.decorator_list)]) - 2
     while line >= 0 and source[line].lstrip().startswith("#"):
         found = REASON.match(source[line])
         if found:
-            return found.group(1)
+            return found.group(1), line + 1
         line -= 1
-    return ""
+    return "", 0
+
+
+# A noqa that silences the complexity rules: by code, or every rule (a bare noqa).
+SILENCED = re.compile(r"#\s*noqa(?!:)|#\s*noqa:.*(C90|PLR09)")
 
 
 def _defs() -> dict[str, Def]:
-    """``module:Qualified.name`` -> its :class:`Def`, for every def and class in ``src/``."""
+    """``module:Qualified.name`` -> its :class:`Def`, for every def and class in ``src/``,
+    however deeply nested (in a def, a class, an ``if``, a ``with``...). Of defs that share a
+    name (overloads, a property's getter and setter), the longest."""
     defs: dict[str, Def] = {}
     for path in sorted(SRC.rglob("*.py")):
         module = path.relative_to(SRC).as_posix()
@@ -66,18 +74,34 @@ def _defs() -> dict[str, Def]:
             node: ast.AST, prefix: str, module: str = module, source: list[str] = source
         ) -> None:
             for child in ast.iter_child_nodes(node):
-                if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                    name = f"{prefix}{child.name}"
-                    lines = (child.end_lineno or child.lineno) - child.lineno + 1
-                    lines -= _docstring_lines(child)
-                    most = MOST_CLASS if isinstance(child, ast.ClassDef) else MOST_FUNCTION
-                    header = source[child.lineno - 1 : child.body[0].lineno - 1]
-                    silenced = any(re.search(r"noqa:.*(C901|PLR09)", h) for h in header)
-                    defs[f"{module}:{name}"] = Def(lines, most, _reason(source, child), silenced)
-                    visit(child, f"{name}.")
+                if not isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    visit(child, prefix)
+                    continue
+                name = f"{module}:{prefix}{child.name}"
+                lines = (child.end_lineno or child.lineno) - child.lineno + 1
+                lines -= _docstring_lines(child)
+                most = MOST_CLASS if isinstance(child, ast.ClassDef) else MOST_FUNCTION
+                header = source[child.lineno - 1 : child.body[0].lineno - 1]
+                silenced = any(SILENCED.search(h) for h in header)
+                reason, reason_at = _reason(source, child)
+                found = Def(lines, most, reason, silenced, reason_at)
+                if name not in defs or lines > defs[name].lines:
+                    defs[name] = found
+                visit(child, f"{prefix}{child.name}.")
 
         visit(ast.parse("\n".join(source)), "")
     return defs
+
+
+def test_every_reason_belongs_to_one_def() -> None:
+    used = {(name.split(":")[0], d.reason_at) for name, d in _defs().items() if d.reason_at}
+    stray = [
+        f"{path.relative_to(SRC).as_posix()}:{number}: {line.strip()}"
+        for path in sorted(SRC.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if REASON.match(line) and (path.relative_to(SRC).as_posix(), number) not in used
+    ]
+    assert not stray, "a reason must sit just above its def, one a def:\n" + "\n".join(stray)
 
 
 def test_the_core_names_no_backend() -> None:
@@ -130,9 +154,7 @@ def test_every_reason_is_still_needed() -> None:
 def test_the_checks_see_what_they_check() -> None:
     defs = _defs()
     # Guards against a parse that finds nothing, and so passes everything.
-    assert defs["_driver.py:drive"] == Def(
-        defs["_driver.py:drive"].lines, 60, "Long and complex", True
-    )
+    assert defs["_driver.py:drive"][1:4] == (60, "Long and complex", True)
     assert defs["_driver.py:drive"].lines > 60
     assert defs["_driver.py:Plan"].reason == ""
     assert sum(d.lines > d.most for d in defs.values()) >= 10

@@ -44,7 +44,6 @@ from hypothesis import strategies as st
 from pickpool._backends import (
     EXTRA_MODELS,
     MODELS,
-    TRAITS,
     Backend,
     ModelName,
     Setup,
@@ -411,11 +410,12 @@ def test_an_async_stop_iteration_is_reported_as_python_raises_it(kind: Kind) -> 
         backend.close(cancel=False)
     assert got[1][1] == ERROR
     assert type(got[1][2]) is RuntimeError  # what asyncio.run(f(x)) raises
-    if kind.name in TRAITS and TRAITS[kind.name].pickles:
+    cause = got[1][2].__cause__
+    if cause is None:
         # An exception's cause does not survive a pickle: the worker's traceback shows it.
         assert "StopIteration" in (got[1][3] or "")
     else:
-        assert isinstance(got[1][2].__cause__, StopIteration)
+        assert isinstance(cause, StopIteration)
 
 
 @pytest.mark.timeout(60)
@@ -957,14 +957,16 @@ def test_the_fake_refuses_unpicklable_items_as_processes_does() -> None:
 
 class FailsThenLoses:
     """Item 1 fails, every time. The chunk from 3 is lost with its worker, and item 7 fails:
-    both are told only once item 1 has failed ``failures`` times. Everything else works."""
+    both are told only once item 1 has failed ``failures`` times, in the same collect, before
+    it (``first``) or after it. Everything else works."""
 
-    def __init__(self, setup: Setup, failures: int) -> None:
+    def __init__(self, setup: Setup, failures: int, *, first: bool) -> None:
         self.submitted: list[Task] = []
         self.closes: list[bool] = []
         self._ready: list[Outcome] = []
         self._held: list[Outcome] = []
         self._failures = failures
+        self._first = first
 
     def submit(self, task: Task) -> None:
         self.submitted.append(task)
@@ -976,7 +978,10 @@ class FailsThenLoses:
                 self._ready.append(failed(index, ValueError("item 1 fails")))
                 self._failures -= 1
                 if not self._failures:
-                    self._ready += self._held
+                    if self._first:
+                        self._ready[-1:-1] = self._held
+                    else:
+                        self._ready += self._held
             elif item == 7:
                 self._held.append(failed(index, ValueError("item 7 fails")))
             elif item > 5:
@@ -993,12 +998,15 @@ class FailsThenLoses:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("first", [False, True], ids=["failure-first", "failure-last"])
 @pytest.mark.parametrize("retries", [0, 2])
-def test_after_the_failure_that_ends_the_run_nothing_starts_again(retries: int) -> None:
+def test_after_the_failure_that_ends_the_run_nothing_starts_again(
+    retries: int, first: bool
+) -> None:
     made: list[FailsThenLoses] = []
 
     def open_backend(setup: Setup) -> FailsThenLoses:
-        made.append(FailsThenLoses(setup, failures=retries + 1))
+        made.append(FailsThenLoses(setup, failures=retries + 1, first=first))
         return made[-1]
 
     # Three chunks in flight from the start.
@@ -1014,3 +1022,16 @@ def test_after_the_failure_that_ends_the_run_nothing_starts_again(retries: int) 
     assert [task[1] for task in backend.submitted if len(task[2]) > 1] == [0, 3, 6]
     # What still ran was abandoned, not waited for.
     assert backend.closes == [True]
+
+
+@pytest.mark.timeout(60)
+def test_a_run_that_ended_at_a_failure_does_not_raise_the_input_s_later_error() -> None:
+    def source() -> Iterator[Action]:
+        yield from (Return(i) for i in range(5))
+        raise OSError("the input broke after the failure")
+
+    # The whole input is read before item 1 fails: its error waits for the items before it.
+    the_plan = plan(workers=4, chunksize=2, fail_fast=True)
+    dones, _ = run_fake(source(), the_plan, Script(fail={1: 1}))
+    assert [(d.index, d.status) for d in dones] == [(0, OK), (1, ERROR)]
+    assert isinstance(dones[1].value, ScriptedFailure)

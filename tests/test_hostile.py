@@ -114,6 +114,25 @@ def test_stop_iteration_fails_only_its_item(
         pickpool.map(fn, items, model=model, **options)
 
 
+def _stops_early() -> Iterator[int]:
+    yield 1
+    raise StopIteration  # Python raises RuntimeError for it, in whatever consumes this
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("model", ["serial", "threads", "asyncio"])
+def test_a_runtime_error_from_the_function_stays_a_runtime_error(model: Model) -> None:
+    # list() over a generator that raises StopIteration raises RuntimeError, as a plain loop
+    # shows; pickpool must not take it for the StopIteration of its own generators.
+    items = [[0], _stops_early(), [2], _stops_early()]
+    results = pickpool.map(list, items, model=model, on_error="collect")
+    assert results[0] == [0]
+    assert results[2] == [2]
+    for failure in (results[1], results[3]):
+        assert isinstance(failure, pickpool.Failure)
+        assert type(failure.exception) is RuntimeError
+
+
 # 2. Descriptors closed twice -------------------------------------------------------------------
 
 PAYLOAD = b"pickpool must not touch this descriptor\n" * 4

@@ -48,6 +48,11 @@ async def adrive(  # noqa: C901, PLR0912
         held.append(task)
         outbox.put_nowait([])  # (the loop below may be waiting for outcomes)
 
+    def due(task: Task) -> None:
+        """A retry that waited out its backoff: sent, unless the run failed before it since."""
+        if schedule.may_start(task):
+            (runner.start if pacer is None else hold)(task)
+
     finished = False
     try:
         while True:
@@ -74,7 +79,7 @@ async def adrive(  # noqa: C901, PLR0912
             for task, delay in retries:
                 if delay > 0:
                     # Back off on the loop, the item still outstanding: the run waits for it.
-                    waiting.append(asyncio.get_running_loop().call_later(delay, begin, task))
+                    waiting.append(asyncio.get_running_loop().call_later(delay, due, task))
                 else:
                     begin(task)
             for done in dones:
@@ -84,4 +89,5 @@ async def adrive(  # noqa: C901, PLR0912
             handle.cancel()
         await runner.cancel()
         await runner.ashutdown_executor(cancel=not finished)
-    schedule.check_source()
+    if not schedule.over:  # (a run that ended at a failure raises that failure)
+        schedule.check_source()

@@ -345,6 +345,9 @@ class Schedule:
             else:
                 buffer[index] = done
         self.chunking.finished(count)
+        if self._failed_at is not None:
+            # Nothing past the failure that ends the run starts again, whatever came first.
+            retries = [retry for retry in retries if self.may_start(retry[0])]
         return retries, self._flush(out)
 
     def _judge(self, outcome: Outcome, retries: list[tuple[Task, float]]) -> Done | None:
@@ -355,27 +358,26 @@ class Schedule:
             # Its chunk died with its worker, and which item killed it is unknown: each runs
             # again alone, sent at once, before any new chunk. Not a try: only an item's own
             # crash, alone, counts as one.
-            if self._may_start(index):
-                retries.append((self.single(index), 0.0))
+            retries.append((self.single(index), 0.0))
             return None
         plan, attempts = self._plan, self._attempts
         tries = attempts.get(index, 1)
         step = judge(plan, index, self._outstanding[index], status, value, text, tries)
         if not isinstance(step, Done):
             attempts[index] = tries + 1
-            if self._may_start(index):
-                retries.append((self.single(index), step))
+            retries.append((self.single(index), step))
             return None
         attempts.pop(index, None)
         # As in the serial loop, the lowest failing index is the one raised: items before it
         # still run, nothing after it is started any more.
-        if plan.ordered and ends_run(plan, step) and self._may_start(index):
-            self._failed_at = index
+        if plan.ordered and ends_run(plan, step):
+            self._failed_at = index if self._failed_at is None else min(index, self._failed_at)
         return step
 
-    def _may_start(self, index: int) -> bool:
-        """Whether item ``index`` may start (again): not past the failure that ends the run."""
-        return self._failed_at is None or index < self._failed_at
+    def may_start(self, task: Task) -> bool:
+        """Whether ``task`` (a retry, or an item run again alone) may start: not if it is past
+        the failure that ends the run."""
+        return self._failed_at is None or task[1] < self._failed_at
 
     def _flush(self, out: list[Done | Block]) -> list[Done | Block]:
         """``out`` and what the buffer now hands out after it, up to the run's failure."""
@@ -511,7 +513,6 @@ def drive(
     start: int = ...,
     blocks: bool,
 ) -> Generator[Done | Block, None, None]: ...
-# (Complex on purpose: the one run loop: send, pace, wait, retry, cancel.)
 # (Long and complex on purpose: the one run loop: send, pace, wait, retry, cancel.)
 def drive(  # noqa: C901, PLR0912, PLR0915
     items: Iterable[Any],
@@ -551,7 +552,9 @@ def drive(  # noqa: C901, PLR0912, PLR0915
                 for task in schedule.tasks():
                     unsent += send(backend, schedule, task)
                 while later and later[0][0] <= time.monotonic():
-                    unsent += send(backend, schedule, heapq.heappop(later)[2])
+                    task = heapq.heappop(later)[2]
+                    if schedule.may_start(task):  # (not if the run failed before it since)
+                        unsent += send(backend, schedule, task)
             else:
                 # One call a start: retries that are due first, then new items.
                 while True:
@@ -563,6 +566,8 @@ def drive(  # noqa: C901, PLR0912, PLR0915
                         break
                     if due:
                         task = heapq.heappop(later)[2]
+                        if not schedule.may_start(task):
+                            continue
                     else:
                         tasks = schedule.tasks(most=1)
                         if not tasks:
@@ -603,7 +608,8 @@ def drive(  # noqa: C901, PLR0912, PLR0915
             yield from dones
     finally:
         backend.close(cancel=not finished)
-    schedule.check_source()
+    if not schedule.over:  # (a run that ended at a failure raises that failure)
+        schedule.check_source()
 
 
 # The plain loop's chunks: grown (doubling) while a chunk takes less than this, so that a

@@ -258,7 +258,9 @@ class Caller:
             except BaseException as exc:
                 _add_block(outcomes, index, values)
                 index += len(values)
-                outcomes.append(failed(index, _unwrapped(exc)))
+                # (Only a generator here turns the function's StopIteration into a RuntimeError;
+                # map() hands the function's own RuntimeError over as it is.)
+                outcomes.append(failed(index, _unwrapped(exc) if awaits or self._guarded else exc))
                 index += 1
                 if stop:
                     return outcomes

@@ -154,7 +154,7 @@ class Setup:
     """What a backend is started with.
 
     A field marked with a trait is only for the models that have it (and only they read it:
-    ``tests/test_contract.py`` checks); the others are for every model.
+    ``tests/test_architecture.py`` checks); the others are for every model.
     """
 
     fn: Callable[[Any], Any]

@@ -304,22 +304,29 @@ class AsyncioBackend:
         self._inner = _inner.Held(inner_limit(setup))
         self._outbox: queue.SimpleQueue[list[Outcome]] = queue.SimpleQueue()
         self._in_flight = 0
-        self._loop = asyncio.new_event_loop()
         self._runner: ItemRunner | None = None
         self._lock = threading.Lock()
         self._submitted: list[Task] = []
         self._cancelling = False
+        self._start_error: list[BaseException] = []  # what the loop's thread raised
         started = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run_loop, args=(setup, started), name="pickpool-asyncio", daemon=True
-        )
         try:
-            self._thread.start()
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(
+                target=self._run_loop, args=(setup, started), name="pickpool-asyncio", daemon=True
+            )
+            try:
+                self._thread.start()
+            except BaseException:
+                self._loop.close()
+                raise
+            started.wait()
+            if self._start_error:
+                self._thread.join()  # (it has closed its loop)
+                raise self._start_error[0]
         except BaseException:
-            self._loop.close()
             self._inner.close()
             raise
-        started.wait()
         self._closed = False
 
     def submit(self, task: Task) -> None:
@@ -375,7 +382,11 @@ class AsyncioBackend:
     def _run_loop(self, setup: Setup, started: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
         try:
-            self._runner = runner = ItemRunner(setup, self._outbox.put, cap_inner=False)
+            try:
+                self._runner = runner = ItemRunner(setup, self._outbox.put, cap_inner=False)
+            except BaseException as exc:
+                self._start_error.append(exc)  # raised by __init__, in the caller's thread
+                return
             self._loop.call_soon(started.set)
             self._loop.run_forever()
             # Stopped by close(): cancel what still runs, let its finally blocks run.
