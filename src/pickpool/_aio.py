@@ -48,10 +48,12 @@ async def adrive(  # noqa: C901, PLR0912
         held.append(task)
         outbox.put_nowait([])  # (the loop below may be waiting for outcomes)
 
+    begin = runner.start if pacer is None else hold
+
     def due(task: Task) -> None:
         """A retry that waited out its backoff: sent, unless the run failed before it since."""
         if schedule.may_start(task):
-            (runner.start if pacer is None else hold)(task)
+            begin(task)
 
     finished = False
     try:
@@ -75,7 +77,6 @@ async def adrive(  # noqa: C901, PLR0912
             while not outbox.empty():
                 outcomes += outbox.get_nowait()
             retries, dones = schedule.accept(outcomes)
-            begin = runner.start if pacer is None else hold
             for task, delay in retries:
                 if delay > 0:
                     # Back off on the loop, the item still outstanding: the run waits for it.

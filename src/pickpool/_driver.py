@@ -223,13 +223,17 @@ class Schedule:
         self._next_task = 0
         self._exhausted = False
         self._failed_at: int | None = None
-        # The failure at ``_failed_at`` is handed out: the run ends there, what runs abandoned.
-        self.over = False
         # What the input raised, if it did: raised once every item read before it is out.
         self._source_error: Exception | None = None
         self._result_bytes = 0.0  # the size of one result, estimated from samples
         self.chunking = Chunking(plan)
         self._hops = plan.hops
+
+    @property
+    def over(self) -> bool:
+        """The failure that ends the run is handed out: the run ends there, what runs is
+        abandoned."""
+        return self._failed_at is not None and self._next_out > self._failed_at
 
     @property
     def finished(self) -> bool:
@@ -388,9 +392,8 @@ class Schedule:
             _forget(outstanding, self._next_out, size)
             out.append(done)
             self._next_out += size
-        if self._failed_at is not None and self._next_out > self._failed_at:
+        if self.over:
             # The failure is out: the run ends there, as a plain loop's would.
-            self.over = True
             at = next((i for i, d in enumerate(out) if d.index == self._failed_at), -1)
             out = out[: at + 1]
         return out
