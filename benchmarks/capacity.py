@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/capacity.py [--quick] [--markdown FILE]
 
-Each server runs in a process of its own (``pickpool.lab.farside``) and answers ``GET /<n>``
+Each server runs in a process of its own (``tests/farside.py``) and answers ``GET /<n>``
 after 20 ms: ``roomy`` (room for any client), ``backlog`` (the listen backlog of Python's own
 ``http.server``: connections past it are dropped and retried by the client's kernel after a
 second), ``capacity`` (serves 8 at once, the rest wait their turn), ``ratelimit`` (answers
@@ -33,7 +33,10 @@ from typing import Any
 
 import pickpool
 from pickpool import _machine
-from pickpool.lab import farside
+
+# The test servers are the tests' (they do not ship with pickpool): from the repository's root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests import farside
 
 SERVERS = ("roomy", "backlog", "capacity", "ratelimit", "rate")
 COUNTS = (1, 2, 4, 8, 16, 32, 64, 128)

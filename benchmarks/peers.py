@@ -36,8 +36,9 @@ from typing import Any
 
 import native_work
 from pickpool import _machine, lab
-from pickpool._api import _Run
-from pickpool._driver import Block
+from pickpool._options import check as checked_options
+from pickpool._run import Run
+from pickpool._schedule import Block
 
 CORES = _machine.cores()
 IO_THREADS = 32
@@ -298,10 +299,7 @@ class AutoTiming:
 def auto(fn: Callable[[Any], Any], items: Sequence[Any]) -> tuple[list[Any], AutoTiming]:
     """``pickpool.map(fn, items)``, noting when the probe ended (read off the run's state)."""
     start = time.perf_counter()
-    run = _Run(
-        fn, items, model="auto", workers=None, chunksize=None, ordered=True, timeout=None,
-        retries=0, on_error="raise", progress=False,
-    )  # fmt: skip
+    run = Run(fn, items, (), checked_options(model="auto"))
     assert run.auto is not None
     results: list[Any] = []
     probed = 0
@@ -461,7 +459,7 @@ def plot(rows: Sequence[Row], peers: Sequence[str], path: Path, machine: str) ->
 
 
 def check(rows: Sequence[Row]) -> list[str]:
-    """Issue 6's targets, on the medians; returns the lines to print (FAIL lines fail the run)."""
+    """The targets, on the medians; returns the lines to print (FAIL lines fail the run)."""
     by = {r.workload.name: r for r in rows}
     out = []
 

@@ -37,6 +37,7 @@ from typing import Any, Final, Literal
 
 from pickpool._backends import Setup
 from pickpool._errors import TaskTimeout, WorkerCrashed
+from pickpool._pickling import NotPicklable
 from pickpool._task import (
     BLOCK,
     ERROR,
@@ -374,7 +375,7 @@ class FakeBackend:
             raise RuntimeError("submit() after close()")
         bad = [index for index in task_indices(task) if index in self.script.unsendable]
         if bad:
-            raise TypeError(f"cannot send item {bad[0]} to a worker process (scripted)")
+            raise NotPicklable(f"cannot send item {bad[0]} to a worker process (scripted)")
         self.log.submitted.append((self._tick, task))
         if task[1] in self._lost:
             # As processes: first in line, behind the items of its chunk sent before it.

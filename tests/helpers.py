@@ -7,6 +7,9 @@ import os
 import threading
 import time
 
+from pickpool._backends._processes import Starts
+from pickpool._machine import Machine
+
 
 class Boom(Exception):
     """The exception the test functions raise on purpose."""
@@ -57,3 +60,22 @@ def flaky(folder: str, x: int) -> int:
     if x % 2 and tries < 3:
         raise Boom(f"item {x} try {tries}")
     return x
+
+
+def machine(
+    *,
+    cores: int = 2,
+    gil: bool = True,
+    start_method: str = "forkserver",
+    server_running: bool = True,
+    interpreters: bool = False,
+    cluster: object = None,
+) -> Machine:
+    """A made-up machine for the cost model: its cores and GIL, and what each model would
+    observe of it (the process start method, sub-interpreters, a dask cluster)."""
+    facts: dict[str, object] = {"processes": Starts(start_method, server_running)}
+    if interpreters:
+        facts["interpreters"] = True
+    if cluster is not None:
+        facts["dask"] = cluster
+    return Machine(cores=cores, gil=gil, facts=facts)

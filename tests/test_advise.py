@@ -19,10 +19,12 @@ import pytest
 
 import pickpool
 from pickpool import _machine, lab
-from pickpool._advise import Machine, decide
+from pickpool._advise import decide
+from pickpool._options import Options
 from pickpool._readings import Evidence
+from tests.helpers import machine
 
-TWO_CORES = Machine(cores=2, gil=True, start_method="forkserver", server_running=True)
+TWO_CORES = machine(cores=2, gil=True, start_method="forkserver", server_running=True)
 
 
 def evidence(**kw: Any) -> Evidence:
@@ -158,15 +160,16 @@ def test_one_core_never_pays_for_processes() -> None:
 
 
 def test_a_short_batch_does_not_pay_for_starting_processes() -> None:
-    spawn = dataclasses.replace(TWO_CORES, start_method="spawn")
+    spawn = machine(start_method="spawn")
     advice = decide(evidence(wall=0.02, gil_held=0.97), items=3, machine=spawn)
     assert advice.model == "serial"
     assert "starting workers" in str(advice)
 
 
 def test_given_workers_and_timeout_are_respected() -> None:
+    options = Options(workers=5, timeout=1.0)
     advice = decide(evidence(wall=0.02, cpu=0.0001, threads=16, scaling=15.0), items=500,
-                    workers=5, timeout=1.0, machine=TWO_CORES)  # fmt: skip
+                    options=options, machine=TWO_CORES)  # fmt: skip
     assert advice.workers == 5
     assert advice.chunksize == 1
 

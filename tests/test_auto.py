@@ -24,7 +24,7 @@ import pickpool
 from pickpool import _advise, _auto, _machine, lab
 from pickpool._advise import Advice
 from pickpool._api import OnError
-from pickpool._options import Wishes
+from pickpool._options import Options
 from tests.helpers import Boom, asquare_or_fail, hang_on, square_or_fail
 from tests.test_semantics import Items, items_strategy, normalise, serial_loop
 
@@ -37,7 +37,8 @@ def rest_model(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
 
     def forced_decide(*args: Any, **kwargs: Any) -> Advice:
         advice = decide(*args, **kwargs)
-        chunk = 1 if kwargs.get("timeout") is not None else 3
+        options = kwargs.get("options")
+        chunk = 1 if options is not None and options.timeout is not None else 3
         return dataclasses.replace(advice, model=forced, workers=2, chunksize=chunk)
 
     monkeypatch.setattr(_auto, "decide", forced_decide)
@@ -46,8 +47,8 @@ def rest_model(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
 
 def auto_run(fn: Any, items: Iterator[Any], *, length: int, workers: int | None = None) -> Any:
     """An auto run of a plain function, to look inside: its pilot, its decisions."""
-    wishes = Wishes(workers=workers)
-    return _auto.AutoRun(fn, items, is_async=False, length=length, wishes=wishes)
+    options = Options(workers=workers)
+    return _auto.AutoRun(fn, items, is_async=False, length=length, options=options)
 
 
 def record(folder: str, x: int) -> int:
@@ -322,7 +323,7 @@ def test_amap_watches_and_re_decides_as_map_does(
     # loop for a coroutine function) watches its pace and re-decides, as map's does.
     import asyncio
 
-    from pickpool._driver import Block
+    from pickpool._schedule import Block
 
     monkeypatch.setattr(_auto, "DRIFT_WATCH", 0.0)
     decide = _advise.decide
@@ -332,8 +333,8 @@ def test_amap_watches_and_re_decides_as_map_does(
 
     monkeypatch.setattr(_auto, "decide", absurd)
     fn = _await_1ms if is_async else lab.blocking_wait
-    wishes = Wishes(workers=4)
-    run = _auto.AutoRun(fn, iter(range(400)), is_async=is_async, length=400, wishes=wishes)
+    options = Options(workers=4)
+    run = _auto.AutoRun(fn, iter(range(400)), is_async=is_async, length=400, options=options)
 
     async def main() -> list[Any]:
         out: list[Any] = []
@@ -400,7 +401,7 @@ def test_coroutines_start_the_limit_at_what_the_probe_ran_clean(
     # The probe ran k coroutines at once, overlapping at the no-load latency: the run's limit
     # starts there, not at RAMP_START (a ramp's windows would cost a latency each).
     from pickpool import _limits
-    from pickpool._backends import _asyncio
+    from pickpool._backends import _loop
 
     starts: list[int] = []
 
@@ -409,9 +410,9 @@ def test_coroutines_start_the_limit_at_what_the_probe_ran_clean(
             super().__init__(start, cap, baseline)
             starts.append(start)
 
-    monkeypatch.setattr(_asyncio, "Limiter", Recorded)
-    run = _auto.AutoRun(_await_20ms, iter(range(200)), is_async=True, length=200, wishes=Wishes())
-    from pickpool._driver import Done
+    monkeypatch.setattr(_loop, "Limiter", Recorded)
+    run = _auto.AutoRun(_await_20ms, iter(range(200)), is_async=True, length=200, options=Options())
+    from pickpool._schedule import Done
 
     assert [d.value for d in run.dones() if isinstance(d, Done)] == list(range(200))
     ev = run.pilot.evidence

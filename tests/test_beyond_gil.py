@@ -10,11 +10,14 @@ import pytest
 
 import pickpool
 import pickpool.lab
-from pickpool._advise import Cluster, Machine, decide
+from pickpool._advise import decide
 from pickpool._backends import _interpreters
+from pickpool._backends._dask import Cluster
+from pickpool._machine import Machine
+from tests.helpers import machine
 from tests.test_advise import TWO_CORES, evidence
 
-FREE_THREADED = Machine(cores=2, gil=False, start_method="forkserver", server_running=True)
+FREE_THREADED = machine(cores=2, gil=False, start_method="forkserver", server_running=True)
 
 
 def square(x: int) -> int:
@@ -64,8 +67,8 @@ def test_interpreters_return_what_the_loop_returns() -> None:
 
 
 def test_interpreters_are_weighed_where_they_exist() -> None:
-    def machine(server_running: bool) -> Machine:
-        return Machine(
+    def cold_or_warm(server_running: bool) -> Machine:
+        return machine(
             cores=2,
             gil=True,
             start_method="forkserver",
@@ -76,10 +79,10 @@ def test_interpreters_are_weighed_where_they_exist() -> None:
     assert "interpreters" not in decide(evidence(), items=200, machine=TWO_CORES).predicted
     # A short batch of pure Python: with no fork server up yet, sub-interpreters (started in a
     # thread) are predicted faster than processes; with it up, processes start faster.
-    cold = decide(evidence(gil_held=0.97), items=8, machine=machine(server_running=False))
+    cold = decide(evidence(gil_held=0.97), items=8, machine=cold_or_warm(server_running=False))
     assert cold.predicted["interpreters"] < cold.predicted["processes"], str(cold)
     assert cold.model == "interpreters", str(cold)
-    warm = decide(evidence(gil_held=0.97), items=8, machine=machine(server_running=True))
+    warm = decide(evidence(gil_held=0.97), items=8, machine=cold_or_warm(server_running=True))
     assert warm.predicted["processes"] < warm.predicted["interpreters"], str(warm)
 
 
@@ -87,27 +90,29 @@ def test_interpreters_are_weighed_where_they_exist() -> None:
 
 
 def test_a_big_cluster_wins_slow_items() -> None:
-    machine = Machine(
+    cluster_machine = machine(
         cores=2,
         gil=True,
         start_method="forkserver",
         server_running=True,
         cluster=Cluster(threads=64, round_trip=0.005),
     )
-    advice = decide(evidence(gil_held=0.97, wall=0.5, cpu=0.5), items=1000, machine=machine)
+    advice = decide(evidence(gil_held=0.97, wall=0.5, cpu=0.5), items=1000, machine=cluster_machine)
     assert (advice.model, advice.workers) == ("dask", 64), str(advice)
     assert advice.options["model"] == "dask"
 
 
 def test_a_cluster_does_not_win_quick_items() -> None:
-    machine = Machine(
+    cluster_machine = machine(
         cores=2,
         gil=True,
         start_method="forkserver",
         server_running=True,
         cluster=Cluster(threads=2, round_trip=0.005),
     )
-    advice = decide(evidence(gil_held=0.97, wall=1e-5, cpu=1e-5), items=1000, machine=machine)
+    advice = decide(
+        evidence(gil_held=0.97, wall=1e-5, cpu=1e-5), items=1000, machine=cluster_machine
+    )
     assert "dask" in advice.predicted
     assert advice.model != "dask", str(advice)
 

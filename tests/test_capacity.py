@@ -1,7 +1,7 @@
 """A far side with a finite capacity: the latency-driven limit, retries that back off, caps.
 
 The limiter is tested on made-up samples (exact); the servers run in processes of their own
-(pickpool.lab.farside), so that their threads do not share the client's GIL. Assertions are on
+(tests/farside.py), so that their threads do not share the client's GIL. Assertions are on
 counts and failures, never on timings.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 import random
 import threading
 import time
@@ -20,10 +21,10 @@ from typing import Any
 import pytest
 
 import pickpool
-from pickpool import _driver
+from pickpool import _schedule
 from pickpool._api import Model
 from pickpool._limits import Limiter
-from pickpool.lab import farside
+from tests import farside
 
 FLOOR = 0.02  # the calls' latency alone, in these made-up samples
 
@@ -234,14 +235,14 @@ def test_stuck_calls_are_seen_without_any_completion() -> None:
 
 def test_backoff_doubles_with_full_jitter_and_a_ceiling() -> None:
     random.seed(7)
-    firsts = [_driver.backoff_delay(0.1, 2) for _ in range(2000)]
-    thirds = [_driver.backoff_delay(0.1, 4) for _ in range(2000)]
+    firsts = [_schedule.backoff_delay(0.1, 2) for _ in range(2000)]
+    thirds = [_schedule.backoff_delay(0.1, 4) for _ in range(2000)]
     assert min(firsts) >= 0
     assert max(firsts) <= 0.1
     assert 0.3 < max(thirds) <= 0.4
     assert sum(firsts) / len(firsts) == pytest.approx(0.05, rel=0.1)
-    assert _driver.backoff_delay(0.1, 60) <= _driver.MAX_BACKOFF
-    assert _driver.backoff_delay(0.0, 3) == 0.0
+    assert _schedule.backoff_delay(0.1, 60) <= _schedule.MAX_BACKOFF
+    assert _schedule.backoff_delay(0.0, 3) == 0.0
 
 
 class Clock:
@@ -277,7 +278,7 @@ def test_waiting_out_a_backoff_does_not_burn_the_cpu(
     model: Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Nothing in flight but a retry due in 0.6 s: the driver sleeps, it does not poll.
-    monkeypatch.setattr(_driver, "backoff_delay", lambda backoff, attempt: 0.6)
+    monkeypatch.setattr(_schedule, "backoff_delay", lambda backoff, attempt: 0.6)
     fn = functools.partial(_fails_once, str(tmp_path))
     cpu = time.process_time()
     got = pickpool.map(fn, [7], model=model, retries=1)
@@ -427,6 +428,36 @@ def test_max_rate_spaces_out_the_starts(model: Model) -> None:
     assert min(gaps) > 0.5 / rate, gaps
 
 
+def _tried(folder: str, x: int) -> int:
+    """Notes when item ``x`` was tried (a line per try, from any process); the first two
+    tries fail."""
+    with open(os.path.join(folder, str(x)), "a") as f:
+        f.write(f"{time.monotonic()}\n")
+    with open(os.path.join(folder, str(x))) as f:
+        if len(f.readlines()) <= 2:
+            raise ConnectionError(f"item {x}: try failed")
+    return x
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("model", ["serial", "threads", "processes", "asyncio", "auto"])
+def test_retries_with_no_backoff_are_paced_too(model: Model, tmp_path: Path) -> None:
+    # Every start counts against max_rate, a retry's as a first try's: 24 tries of 8 items at
+    # 20 a second take 1.15 s at least, never a burst.
+    rate = 20.0
+    if model == "processes":
+        # Workers up, this module imported in them: a worker still starting, or importing what
+        # its function needs, begins its first calls late, and then together.
+        pickpool.map(Starts.call, range(4), model=model)
+    fn = functools.partial(_tried, str(tmp_path))
+    got = pickpool.map(fn, range(8), model=model, retries=2, backoff=0, max_rate=rate)
+    assert got == list(range(8))
+    tries = sorted(float(line) for path in tmp_path.iterdir() for line in path.read_text().split())
+    assert len(tries) == 24
+    assert min(b - a for a, b in itertools.pairwise(tries)) > 0.5 / rate
+    assert tries[-1] - tries[0] >= 23 / rate * 0.95
+
+
 @pytest.mark.timeout(60)
 def test_amap_paces_coroutines_and_their_retries() -> None:
     import asyncio
@@ -523,7 +554,7 @@ def test_stuck_coroutines_are_seen_without_any_completion() -> None:
     import asyncio
 
     from pickpool._backends import Climb, Setup
-    from pickpool._backends._asyncio import ItemRunner
+    from pickpool._backends._loop import ItemRunner
 
     async def hang(_: object) -> None:
         await asyncio.Event().wait()
@@ -599,7 +630,7 @@ def test_paced_coroutines_fill_a_limit_past_a_start_a_millisecond() -> None:
     import asyncio
 
     from pickpool._backends import Climb, Setup
-    from pickpool._backends._asyncio import ItemRunner
+    from pickpool._backends._loop import ItemRunner
 
     async def call(_: object) -> None:
         await asyncio.sleep(0.02)

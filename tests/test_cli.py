@@ -127,7 +127,8 @@ def test_doctor_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert isinstance(facts["free_threaded_build"], bool)
     assert facts["interpreters_model"] is (sys.version_info >= (3, 14))
     assert isinstance(facts["dask_installed"], bool)
-    assert facts["dask_client_active"] is False
+    assert facts["dask_model"] is False  # no client is active
+    assert facts["threads_model"] is True
 
 
 def test_run_on_an_unavailable_model_says_why_in_one_line(

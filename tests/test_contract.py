@@ -50,8 +50,11 @@ from pickpool._backends import (
     Wakeable,
     load,
 )
-from pickpool._driver import Done, Plan, drive
+from pickpool._driver import drive
 from pickpool._errors import BackendUnavailable, PickpoolError, TaskTimeout, WorkerCrashed
+from pickpool._pickling import NotPicklable
+from pickpool._plan import Plan
+from pickpool._schedule import Done
 from pickpool._task import (
     ERROR,
     FATAL,
@@ -952,7 +955,7 @@ def test_the_fake_refuses_unpicklable_items_as_processes_does() -> None:
     )
     fake, _ = run_fake(items, the_plan, Script(unsendable=frozenset({2})), fn=identity)
     assert summary(fake) == summary(real)
-    assert summary(real)[2] == (2, ERROR, TypeError, 1)
+    assert summary(real)[2] == (2, ERROR, NotPicklable, 1)
 
 
 class FailsThenLoses:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 import pickpool
+from pickpool import lab
 from pickpool._api import Model
-from pickpool._executor import PROCESS_WORTH
 
 from .helpers import crash, hang_on
 
@@ -121,7 +121,7 @@ def test_run_in_executor_and_as_completed() -> None:
 def test_auto_routes_each_function_by_its_first_call(caplog: pytest.LogCaptureFixture) -> None:
     # A fetch-like wait goes to threads, a pure-Python computation to processes: one
     # executor, two models, and the decision in the log and in .routes.
-    seconds = max(0.05, 10 * PROCESS_WORTH)
+    seconds = 0.05
     with caplog.at_level(logging.INFO, logger="pickpool"), pickpool.Executor() as ex:
         waits = [ex.submit(nap, 0.05) for _ in range(4)]
         computes = [ex.submit(spin, seconds) for _ in range(4)]
@@ -132,6 +132,25 @@ def test_auto_routes_each_function_by_its_first_call(caplog: pytest.LogCaptureFi
     expected = "processes" if os.cpu_count() and pickpool._machine.cores() > 1 else "threads"
     assert routes[f"{__name__}.spin"] == expected
     assert any("auto routes" in r.getMessage() and "spin" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_tells_c_that_releases_the_gil_from_python_that_holds_it() -> None:
+    # The same evidence and cost model as pickpool.map's auto: the first call's clocks and
+    # the GIL it held. hashlib computes in C, the GIL released; crunch computes in Python.
+    with pickpool.Executor() as ex:
+        # (Enough calls that the probe, which times a function's calls until they tell
+        # enough, decides before they run out.)
+        assert all(f.result() for f in [ex.submit(lab.digest, x) for x in range(12)])
+        assert all(f.result() >= 0 for f in [ex.submit(lab.crunch, x) for x in range(6)])
+        advice = ex.advice
+    digest, crunch = advice["pickpool.lab.digest"], advice["pickpool.lab.crunch"]
+    assert digest.kind == "cpu-nogil", str(digest)
+    assert crunch.kind == "cpu", str(crunch)
+    assert ex.routes["pickpool.lab.crunch"] == crunch.model
+    if pickpool._machine.cores() > 1:
+        assert crunch.model == "processes", str(crunch)
+    # Never one call at a time: an executor's calls may wait on each other.
+    assert {digest.model, crunch.model} <= {"threads", "processes", "asyncio"}
 
 
 def test_shutdown_cancels_what_has_not_started() -> None:

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import pickpool
-from pickpool import _inner, _machine
-from pickpool._advise import Machine, decide
+from pickpool import _machine, _native
+from pickpool._advise import decide
 from pickpool._api import Model
-from pickpool._inner import Pool
+from pickpool._native import Pool
+from pickpool._options import Options
 from pickpool._readings import Evidence
 from pickpool._timing import Knocker
+from tests.helpers import machine
 
 from . import inner_helpers as ih
 from .test_advise import evidence
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 np = pytest.importorskip("numpy")
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
-TWO_CORES = Machine(cores=2, gil=True, start_method="forkserver", server_running=True)
+TWO_CORES = machine(cores=2, gil=True, start_method="forkserver", server_running=True)
 OPENBLAS = (Pool("OpenBLAS", 2),)
 
 
@@ -67,17 +69,17 @@ def test_a_bad_inner_threads_is_refused_before_anything_runs(bad: object) -> Non
 
 def test_the_rule_fits_calls_times_threads_into_the_cores() -> None:
     cores = _machine.cores()
-    assert _inner.limit_for(None, 1) is None  # alone, a call may use every core
-    assert _inner.limit_for(None, 2) == max(1, cores // 2)
-    assert _inner.limit_for(None, 64) == 1
-    assert _inner.limit_for(3, 64) == 3
-    assert _inner.limit_for("leave", 64) is None
+    assert _native.limit_for(None, 1) is None  # alone, a call may use every core
+    assert _native.limit_for(None, 2) == max(1, cores // 2)
+    assert _native.limit_for(None, 64) == 1
+    assert _native.limit_for(3, 64) == 3
+    assert _native.limit_for("leave", 64) is None
 
 
 def test_overlapping_runs_hold_the_smallest_cap_and_the_last_one_puts_it_back(blas: int) -> None:
-    first = _inner.Held(1)
+    first = _native.Held(1)
     assert blas_size() == 1
-    second = _inner.Held(2)
+    second = _native.Held(2)
     assert blas_size() == 1  # the tighter hold wins
     first.close()
     assert blas_size() == min(2, blas)
@@ -269,7 +271,7 @@ def test_between_the_two_the_model_weighs_what_the_threads_bring() -> None:
 
 def test_left_alone_the_pools_count_against_the_cores() -> None:
     ev = parallel_call(capped_wall=0.005, capped_cpu=0.006, capped_gil=0.97)
-    advice = decide(ev, items=300, machine=TWO_CORES, inner_threads="leave")
+    advice = decide(ev, items=300, machine=TWO_CORES, options=Options(inner_threads="leave"))
     assert advice.inner_threads is None
     # Each call keeps both cores busy: two at once are no faster than one after the other.
     assert advice.predicted["processes"] > 0.9 * advice.predicted["serial"]

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 
 import pickpool
 from pickpool._backends._processes import warm
-from pickpool._driver import MAX_CHUNK, Block, Chunking, Done, Plan, Schedule
+from pickpool._chunks import MAX_CHUNK, Chunking
+from pickpool._plan import Plan
+from pickpool._schedule import Block, Done, Schedule
 from pickpool._task import BLOCK, OK, Caller
 
 

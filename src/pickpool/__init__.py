@@ -6,13 +6,12 @@ on processes or on an event loop, with the same ordering and error semantics on 
 why; ``model="auto"`` (the default) does that on the first items and runs the rest on it.
 """
 
-from ._advise import Advice
+from ._advise import Advice, advise
 from ._api import aimap, amap, imap, map, starmap
-from ._auto import advise
 from ._bench import BenchResult, BenchRow, bench
 from ._errors import BackendUnavailable, PickpoolError, TaskTimeout, WorkerCrashed
 from ._executor import Executor
-from ._outcome import Failure
+from ._failure import Failure
 from ._results import Report, Results
 from ._star import star
 

@@ -1,7 +1,9 @@
-"""``await amap(...)`` with ``model="asyncio"``: the driver on the caller's own event loop.
+"""``await amap(...)`` on a model that runs on an event loop: the loop on the caller's own.
 
 Coroutines must run on the loop that owns what they use (an aiohttp session, a database
-pool), so here the items run as tasks of the caller's loop rather than on a loop of ours.
+pool), so here the items run as tasks of the caller's loop, through the model's runner
+(``Model.loop_runner``), rather than on a loop of ours. The run follows the same
+:class:`~pickpool._step.Step` as ``_driver.drive``, awaited.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import asyncio
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any, Literal, overload
 
-from ._backends import Setup
-from ._backends._asyncio import ItemRunner
-from ._driver import Block, Done, Plan, Schedule
-from ._task import Outcome, Task, run_initializer
+from ._backends import Setup, model
+from ._plan import Plan
+from ._schedule import Block, Done
+from ._step import Step
+from ._task import Outcome, run_initializer
 
 
 @overload
@@ -29,66 +32,46 @@ def adrive(
 def adrive(
     items: Iterable[Any], plan: Plan, setup: Setup, *, start: int = ..., blocks: bool
 ) -> AsyncGenerator[Done | Block, None]: ...
-# (Complex on purpose: drive()'s loop on the caller's event loop, kept in step with it.)
-async def adrive(  # noqa: C901, PLR0912
+async def adrive(
     items: Iterable[Any], plan: Plan, setup: Setup, *, start: int = 0, blocks: bool = False
 ) -> AsyncGenerator[Done | Block, None]:
     """Like :func:`pickpool._driver.drive`, on the running loop."""
+    make_runner = model(plan.model).loop_runner
+    if make_runner is None:
+        raise TypeError(f"model={plan.model!r} does not run on an event loop")
+    # The caller's loop is the one worker: its initializer runs here, and what it raises is
+    # raised, as serial's does.
     error = run_initializer(setup.initializer, setup.initargs)
     if error is not None:
         raise error
-    schedule = Schedule(items, plan, start=start, blocks=blocks)
+    step = Step(items, plan, start=start, blocks=blocks)
     outbox: asyncio.Queue[list[Outcome]] = asyncio.Queue()
-    runner = ItemRunner(setup, outbox.put_nowait)
-    waiting: list[asyncio.TimerHandle] = []  # retries waiting out their backoff
-    pacer = plan.pacer
-    held: list[Task] = []  # under a rate: retries due, waiting for their start
-
-    def hold(task: Task) -> None:
-        held.append(task)
-        outbox.put_nowait([])  # (the loop below may be waiting for outcomes)
-
-    begin = runner.start if pacer is None else hold
-
-    def due(task: Task) -> None:
-        """A retry that waited out its backoff: sent, unless the run failed before it since."""
-        if schedule.may_start(task):
-            begin(task)
-
-    finished = False
+    runner = make_runner(setup, outbox.put_nowait)
     try:
         while True:
-            if pacer is None:
-                for task in schedule.tasks():
-                    runner.start(task)
-            else:
-                while held or schedule.has_room():
-                    if (delay := pacer.delay()) > 0:
-                        await asyncio.sleep(delay)
-                    tasks = [held.pop(0)] if held else schedule.tasks(most=1)
-                    if not tasks:
-                        break
-                    pacer.reserve()  # (now: its delay has passed)
-                    runner.start(tasks[0])
-            if schedule.finished:
-                finished = not schedule.over
+            for task in step.starts():
+                runner.start(task)
+            if step.finished:
                 break
-            outcomes = await outbox.get()
-            while not outbox.empty():
-                outcomes += outbox.get_nowait()
-            retries, dones = schedule.accept(outcomes)
-            for task, delay in retries:
-                if delay > 0:
-                    # Back off on the loop, the item still outstanding: the run waits for it.
-                    waiting.append(asyncio.get_running_loop().call_later(delay, due, task))
-                else:
-                    begin(task)
-            for done in dones:
+            outcomes = await _outcomes(outbox, step.wait())
+            for done in step.accept(outcomes):
                 yield done
     finally:
-        for handle in waiting:
-            handle.cancel()
         await runner.cancel()
-        await runner.ashutdown_executor(cancel=not finished)
-    if not schedule.over:  # (a run that ended at a failure raises that failure)
-        schedule.check_source()
+        await runner.ashutdown_executor(cancel=not step.finished or step.over)
+    step.end()
+
+
+async def _outcomes(outbox: asyncio.Queue[list[Outcome]], wait: float | None) -> list[Outcome]:
+    """What the runner reported, at least one batch unless ``wait`` seconds pass first."""
+    if wait is None:
+        outcomes = await outbox.get()
+    else:
+        try:
+            async with asyncio.timeout(wait):
+                outcomes = await outbox.get()
+        except TimeoutError:
+            return []
+    while not outbox.empty():
+        outcomes += outbox.get_nowait()
+    return outcomes

@@ -1,326 +1,37 @@
-"""``map``, ``imap`` and ``amap``: argument checks, model resolution, error policy."""
+"""The public functions ``map``, ``imap``, ``amap``, ``starmap`` and ``aimap``.
+
+Each checks its options where the call enters (``_options.check``, once) and starts a
+:class:`~pickpool._run.Run`; what differs between them is only how the results are handed
+over: a list, a lazy iterator, awaited, or iterated asynchronously. Their signatures are typed
+(overloads) so that a type checker gives the results' type.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import time
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Generator,
-    Iterable,
-    Iterator,
-)
-from typing import Any, Literal, TypedDict, TypeVar, Unpack, overload
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, Literal, TypeVar, Unpack, overload
 
-from . import _backends
-from ._advise import Advice
-from ._auto import AutoRun, in_thread
-from ._driver import Block, Done, Plan, drive
-from ._inner import InnerThreads, check_inner_threads
+from ._bridge import blocks_in_thread, in_thread
+from ._failure import Failure
+from ._native import InnerThreads
 from ._options import (
-    ALL_MODELS,
     DEFAULT_BACKOFF,
-    Wishes,
+    Keywords,
+    Model,
+    OnError,
+    Progress,
+    check,
     check_fn,
-    length_hint,
-    make_plan,
-    positive_int,
-    worker_options,
+    from_keywords,
 )
-from ._outcome import Failure
-from ._progress import bar, wants_progress
 from ._results import Report, Results
+from ._run import Run
 from ._star import star
-from ._task import OK, chain_remote, is_async_callable, release
+
+__all__ = ["Model", "OnError", "aimap", "amap", "imap", "map", "starmap"]
 
 T = TypeVar("T")
 R = TypeVar("R")
-Model = Literal["auto", _backends.ModelName]
-OnError = Literal["raise", "collect", "skip"]
-Progress = bool | Literal["always"] | Callable[[int], Any] | Any  # Any: a tqdm bar
-
-
-class _Options(TypedDict, total=False):
-    """The options every overload of ``map``, ``imap`` and ``amap`` takes alike.
-
-    ``on_error`` and ``report`` are not here: their values pick the overload (the result type),
-    so the overloads spell them out. The implementations list every option, with its default.
-    """
-
-    model: Model
-    workers: int | None
-    max_concurrency: int | None
-    max_rate: float | None
-    chunksize: int | None
-    ordered: bool
-    timeout: float | None
-    retries: int
-    backoff: float
-    progress: Progress
-    client: Any
-    fresh_workers: bool
-    inner_threads: InnerThreads
-    initializer: Callable[..., object] | None
-    initargs: tuple[Any, ...]
-    max_tasks_per_child: int | None
-
-
-def _no_progress(count: int) -> None:
-    pass
-
-
-def _check_model(model: object) -> str:
-    if not isinstance(model, str):
-        raise TypeError(f"model must be a string such as 'threads', not {type(model).__name__}")
-    if model not in ALL_MODELS:
-        raise ValueError(f"unknown model {model!r}; use one of {', '.join(map(repr, ALL_MODELS))}")
-    return model
-
-
-def _inputs(
-    fn: Any, items: Any, more_items: tuple[Any, ...]
-) -> tuple[Iterator[Any], int | None, Any]:
-    """The items as one iterator, their count if known, and ``fn`` to call on each."""
-    iterators = []
-    for which, iterable in enumerate((items, *more_items)):
-        try:
-            iterators.append(iter(iterable))
-        except TypeError:
-            what = "items" if not which else f"iterable {which + 1}"
-            raise TypeError(
-                f"{what} must be an iterable (a list, a generator...), not "
-                f"{type(iterable).__name__}"
-            ) from None
-    length = length_hint(items)
-    if not more_items:
-        return iterators[0], length, fn
-    # Several iterables, as builtins.map takes them: zipped (to the shortest), and each tuple
-    # unpacked into fn's arguments.
-    lengths = [length, *(length_hint(m) for m in more_items)]
-    length = None if None in lengths else min(n for n in lengths if n is not None)
-    return zip(iterators[0], *more_items, strict=False), length, star(fn)
-
-
-def _prepared(name: str, client: object, workers: object) -> tuple[Any, Any]:
-    """``(client, workers)`` as ``name``'s model takes them, its pre-flight checks passed."""
-    kind = None if name == "auto" else _backends.traits(name)
-    if client is not None and (kind is None or not kind.takes_client):
-        clustered = " or ".join(
-            f"model={t.name!r}" for t in _backends.TRAITS.values() if t.takes_client
-        )
-        raise ValueError(f"client= is for {clustered}, not model={name!r}")
-    if kind is not None and kind.prepare is not None:
-        # Here, so that a missing extra or cluster is reported at the call, even by imap.
-        return kind.prepare(client, workers)
-    return client, workers
-
-
-def _shipped(model: str, fn: Any) -> bytes | None:
-    """``fn`` pickled, if ``model`` sends it pickled: here rather than when the pool starts, so
-    that an unpicklable function is reported at the call, even by imap."""
-    if not _backends.traits(model).pickles:
-        return None
-    from ._pickling import dumps_function
-
-    return dumps_function(fn)
-
-
-# (Long on purpose: one call's checked inputs and error policy, for map, imap and amap alike.)
-class _Run:
-    """One call's checked inputs: what runs, on what, with which error policy."""
-
-    # (Long on purpose: every option checked at the call, before anything runs.)
-    def __init__(
-        self,
-        fn: Any,
-        items: Any,
-        *,
-        model: object,
-        workers: object,
-        chunksize: object,
-        ordered: object,
-        timeout: object,
-        retries: object,
-        on_error: object,
-        progress: object,
-        backoff: object = 0.0,
-        max_concurrency: object = None,
-        max_rate: object = None,
-        client: object = None,
-        fresh_workers: object = False,
-        inner_threads: object = None,
-        more_items: tuple[Any, ...] = (),
-        initializer: object = None,
-        initargs: object = (),
-        max_tasks_per_child: object = None,
-    ) -> None:
-        check_fn(fn)
-        self._fn_name = getattr(fn, "__name__", "fn")
-        self.source, self.length, fn = _inputs(fn, items, more_items)
-        worker_setup = worker_options(model, initializer, initargs, max_tasks_per_child)
-        if initializer is not None or worker_setup["max_tasks_per_child"] is not None:
-            # State an initializer leaves, or a worker's count of items, belongs to this run:
-            # its workers are new, and are not kept for the next.
-            fresh_workers = True
-        self.is_async = is_async_callable(fn)
-        name = _check_model(model)
-        if not isinstance(fresh_workers, bool):
-            raise TypeError(f"fresh_workers must be True or False, not {fresh_workers!r}")
-        inner = check_inner_threads(inner_threads)
-        client, workers = _prepared(name, client, workers)
-        # Under "auto" the options are checked here all the same, before anything runs.
-        self.plan: Plan = make_plan(
-            model=_backends.CHECKED_AS_AUTO if name == "auto" else name,
-            is_async=self.is_async,
-            length=self.length,
-            workers=workers,
-            chunksize=chunksize,
-            ordered=ordered,
-            timeout=timeout,
-            retries=retries,
-            on_error=on_error,
-            backoff=backoff,
-            max_concurrency=max_concurrency,
-            max_rate=max_rate,
-        )
-        self.setup = _backends.Setup(
-            fn,
-            self.plan.workers,
-            self.is_async,
-            self.plan.timeout,
-            _shipped(self.plan.model, fn),
-            client=client,
-            fresh=fresh_workers,
-            inner_threads=inner,
-            **worker_setup,
-        )
-        self.auto: AutoRun | None = None
-        if name == "auto":
-            wishes = Wishes(
-                workers=positive_int("workers", workers),
-                chunksize=positive_int("chunksize", chunksize),
-                timeout=self.plan.timeout,
-                retries=self.plan.retries,
-                backoff=self.plan.backoff,
-                max_concurrency=positive_int("max_concurrency", max_concurrency),
-                pacer=self.plan.pacer,
-                on_error=str(on_error),
-                ordered=self.plan.ordered,
-                fresh_workers=fresh_workers,
-                inner_threads=inner,
-                **worker_setup,
-            )
-            self.auto = AutoRun(
-                fn, self.source, is_async=self.is_async, length=self.length, wishes=wishes
-            )
-            self.auto.on_decide = self._decided
-        self.on_error = on_error
-        self.progress = wants_progress(progress)
-        self.description = f"{self._fn_name} [{name}]"
-        self.report = Report(
-            name,
-            self.plan.workers,
-            None if self.plan.adaptive else self.plan.chunksize,
-        )
-        if self.auto is not None:
-            self.report.decisions = self.auto.decisions
-
-    def _decided(self, advice: Advice, plan: Plan) -> None:
-        report = self.report
-        if report.advice is None:
-            report.advice = advice
-        report.model, report.workers = plan.model, plan.workers
-        report.chunksize = None if plan.adaptive else plan.chunksize
-        self.description = f"{self._fn_name} [auto: {plan.model}]"
-
-    def output(self, done: Done) -> tuple[bool, Any]:
-        """(keep, value) for one finished item, raising under on_error="raise"."""
-        report = self.report
-        report.done += 1
-        report.retries += done.attempts - 1
-        if done.status == OK:
-            return True, done.value
-        report.failed.append(done.index)
-        exc: BaseException = done.value
-        if self.on_error == "raise":
-            chain_remote(exc, done.traceback)
-            raise exc
-        if self.on_error == "skip":
-            report.skipped.append(done.index)
-            release(exc)  # what the failed call built goes now, not at a garbage collection
-            return False, None
-        return True, Failure(done.index, done.item, exc, done.traceback or "", done.attempts)
-
-    @property
-    def runs_on_caller_loop(self) -> bool:
-        """Whether ``amap`` runs it natively on the caller's loop (else in a helper thread)."""
-        return _backends.traits(self.plan.model).on_loop if self.auto is None else self.is_async
-
-    def dones(self, cancel: threading.Event | None = None) -> Generator[Done | Block, None, None]:
-        """What the driver hands out for this call."""
-        if self.auto is not None:
-            return self.auto.dones(cancel, blocks=True)
-        model = _backends.load(self.plan.model)
-        return drive(self.source, self.plan, self.setup, model, cancel=cancel, blocks=True)
-
-    def iterate(self, cancel: threading.Event | None = None) -> Generator[Any, None, None]:
-        dones = self.dones(cancel)
-        try:
-            with self._bar() as advance:
-                for done in dones:
-                    yield from self._results(done, advance)
-        finally:
-            dones.close()
-
-    def collect(self, cancel: threading.Event | None = None) -> list[Any]:
-        """:meth:`iterate` into a list, a block of results at a time."""
-        results: list[Any] = []
-        began = time.perf_counter()
-        dones = self.dones(cancel)
-        try:
-            with self._bar() as advance:
-                for done in dones:
-                    results += self._results(done, advance)
-        finally:
-            dones.close()
-            self.report.seconds = time.perf_counter() - began
-        return results
-
-    async def aiterate(self) -> AsyncGenerator[Any, None]:
-        from ._aio import adrive
-
-        dones: AsyncGenerator[Done | Block, None]
-        if self.auto is not None:
-            dones = self.auto.adones()
-        else:
-            dones = adrive(self.source, self.plan, self.setup, blocks=True)
-        try:
-            with self._bar() as advance:
-                async for done in dones:
-                    for value in self._results(done, advance):
-                        yield value
-        finally:
-            await dones.aclose()
-
-    def _results(self, done: Done | Block, advance: Callable[[int], None]) -> list[Any]:
-        """What ``done`` adds to the output (nothing for a skipped failure); advances the bar."""
-        if type(done) is Block:
-            advance(len(done.values))
-            self.report.done += len(done.values)
-            return done.values
-        assert type(done) is Done
-        advance(1)
-        keep, value = self.output(done)
-        return [value] if keep else []
-
-    def _bar(self) -> contextlib.AbstractContextManager[Callable[[int], None]]:
-        if self.progress is None:
-            return contextlib.nullcontext(_no_progress)
-        return bar(self.progress, self.length, lambda: self.description)
 
 
 # Signatures: an async function's results are what its coroutines return; "collect" puts a
@@ -334,7 +45,7 @@ def map(
     *more_items: Iterable[Any],
     on_error: OnError = ...,
     report: Literal[False] = ...,
-    **options: Unpack[_Options],
+    **options: Unpack[Keywords],
 ) -> list[Any]: ...
 @overload
 def map(
@@ -343,7 +54,7 @@ def map(
     *more_items: Iterable[Any],
     on_error: OnError = ...,
     report: Literal[True],
-    **options: Unpack[_Options],
+    **options: Unpack[Keywords],
 ) -> tuple[list[Any], Report]: ...
 @overload
 def map(
@@ -352,7 +63,7 @@ def map(
     *,
     on_error: Literal["raise", "skip"] = ...,
     report: Literal[False] = ...,
-    **options: Unpack[_Options],
+    **options: Unpack[Keywords],
 ) -> list[R]: ...
 @overload
 def map(
@@ -361,7 +72,7 @@ def map(
     *,
     on_error: Literal["collect"],
     report: Literal[False] = ...,
-    **options: Unpack[_Options],
+    **options: Unpack[Keywords],
 ) -> list[R | Failure]: ...
 @overload
 def map(
@@ -370,7 +81,7 @@ def map(
     *,
     on_error: Literal["raise", "skip"] = ...,
     report: Literal[False] = ...,
-    **options: Unpack[_Options],
+    **options: Unpack[Keywords],
 ) -> list[R]: ...
 @overload
 def map(
@@ -379,7 +90,7 @@ def map(
     *,
     on_error: Literal["collect"],
     report: Literal[False] = ...,
-    **options: Unpack[_Options],
+    **options: Unpack[Keywords],
 ) -> list[R | Failure]: ...
 def map(
     fn: Callable[[Any], Any],
@@ -485,27 +196,29 @@ def map(
         >>> pickpool.map(abs, [-1, 2, -3], model="threads")
         [1, 2, 3]
     """
-    run = _Run(
+    run = Run(
         fn,
         items,
-        model=model,
-        workers=workers,
-        chunksize=chunksize,
-        ordered=ordered,
-        timeout=timeout,
-        retries=retries,
-        backoff=backoff,
-        max_concurrency=max_concurrency,
-        max_rate=max_rate,
-        on_error=on_error,
-        progress=progress,
-        client=client,
-        fresh_workers=fresh_workers,
-        inner_threads=inner_threads,
-        more_items=more_items,
-        initializer=initializer,
-        initargs=initargs,
-        max_tasks_per_child=max_tasks_per_child,
+        more_items,
+        check(
+            model=model,
+            workers=workers,
+            chunksize=chunksize,
+            ordered=ordered,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_concurrency=max_concurrency,
+            max_rate=max_rate,
+            on_error=on_error,
+            progress=progress,
+            client=client,
+            fresh_workers=fresh_workers,
+            inner_threads=inner_threads,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=max_tasks_per_child,
+        ),
     )
     results = run.collect()
     return (results, run.report) if report is True else results
@@ -517,7 +230,7 @@ def imap(
     items: Iterable[T],
     *,
     on_error: Literal["raise", "skip"] = ...,
-    **options: Unpack[_Options],
+    **options: Unpack[Keywords],
 ) -> Results[R]: ...
 @overload
 def imap(
@@ -525,7 +238,7 @@ def imap(
     items: Iterable[T],
     *,
     on_error: Literal["collect"],
-    **options: Unpack[_Options],
+    **options: Unpack[Keywords],
 ) -> Results[R | Failure]: ...
 @overload
 def imap(
@@ -533,7 +246,7 @@ def imap(
     items: Iterable[T],
     *,
     on_error: Literal["raise", "skip"] = ...,
-    **options: Unpack[_Options],
+    **options: Unpack[Keywords],
 ) -> Results[R]: ...
 @overload
 def imap(
@@ -541,7 +254,7 @@ def imap(
     items: Iterable[T],
     *,
     on_error: Literal["collect"],
-    **options: Unpack[_Options],
+    **options: Unpack[Keywords],
 ) -> Results[R | Failure]: ...
 @overload
 def imap(
@@ -551,7 +264,7 @@ def imap(
     /,
     *more_items: Iterable[Any],
     on_error: OnError = ...,
-    **options: Unpack[_Options],
+    **options: Unpack[Keywords],
 ) -> Results[Any]: ...
 def imap(
     fn: Callable[[Any], Any],
@@ -596,27 +309,29 @@ def imap(
         >>> pages.report.model
         'threads'
     """
-    run = _Run(
+    run = Run(
         fn,
         items,
-        model=model,
-        workers=workers,
-        chunksize=chunksize,
-        ordered=ordered,
-        timeout=timeout,
-        retries=retries,
-        backoff=backoff,
-        max_concurrency=max_concurrency,
-        max_rate=max_rate,
-        on_error=on_error,
-        progress=progress,
-        client=client,
-        fresh_workers=fresh_workers,
-        inner_threads=inner_threads,
-        more_items=more_items,
-        initializer=initializer,
-        initargs=initargs,
-        max_tasks_per_child=max_tasks_per_child,
+        more_items,
+        check(
+            model=model,
+            workers=workers,
+            chunksize=chunksize,
+            ordered=ordered,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_concurrency=max_concurrency,
+            max_rate=max_rate,
+            on_error=on_error,
+            progress=progress,
+            client=client,
+            fresh_workers=fresh_workers,
+            inner_threads=inner_threads,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=max_tasks_per_child,
+        ),
     )
     return Results(run.iterate(), run.report)
 
@@ -627,7 +342,7 @@ async def amap(
     items: Iterable[T],
     *,
     on_error: Literal["raise", "skip"] = ...,
-    **options: Unpack[_Options],
+    **options: Unpack[Keywords],
 ) -> list[R]: ...
 @overload
 async def amap(
@@ -635,7 +350,7 @@ async def amap(
     items: Iterable[T],
     *,
     on_error: Literal["collect"],
-    **options: Unpack[_Options],
+    **options: Unpack[Keywords],
 ) -> list[R | Failure]: ...
 @overload
 async def amap(
@@ -643,7 +358,7 @@ async def amap(
     items: Iterable[T],
     *,
     on_error: Literal["raise", "skip"] = ...,
-    **options: Unpack[_Options],
+    **options: Unpack[Keywords],
 ) -> list[R]: ...
 @overload
 async def amap(
@@ -651,7 +366,7 @@ async def amap(
     items: Iterable[T],
     *,
     on_error: Literal["collect"],
-    **options: Unpack[_Options],
+    **options: Unpack[Keywords],
 ) -> list[R | Failure]: ...
 @overload
 async def amap(
@@ -661,7 +376,7 @@ async def amap(
     /,
     *more_items: Iterable[Any],
     on_error: OnError = ...,
-    **options: Unpack[_Options],
+    **options: Unpack[Keywords],
 ) -> list[Any]: ...
 async def amap(
     fn: Callable[[Any], Any],
@@ -697,27 +412,29 @@ async def amap(
         async def main():
             pages = await pickpool.amap(fetch, urls, model='asyncio', workers=100)
     """
-    run = _Run(
+    run = Run(
         fn,
         items,
-        model=model,
-        workers=workers,
-        chunksize=chunksize,
-        ordered=ordered,
-        timeout=timeout,
-        retries=retries,
-        backoff=backoff,
-        max_concurrency=max_concurrency,
-        max_rate=max_rate,
-        on_error=on_error,
-        progress=progress,
-        client=client,
-        fresh_workers=fresh_workers,
-        inner_threads=inner_threads,
-        more_items=more_items,
-        initializer=initializer,
-        initargs=initargs,
-        max_tasks_per_child=max_tasks_per_child,
+        more_items,
+        check(
+            model=model,
+            workers=workers,
+            chunksize=chunksize,
+            ordered=ordered,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_concurrency=max_concurrency,
+            max_rate=max_rate,
+            on_error=on_error,
+            progress=progress,
+            client=client,
+            fresh_workers=fresh_workers,
+            inner_threads=inner_threads,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=max_tasks_per_child,
+        ),
     )
     if run.runs_on_caller_loop:
         results = run.aiterate()
@@ -729,10 +446,48 @@ async def amap(
     return result
 
 
-def starmap(fn: Callable[..., R], items: Iterable[Iterable[Any]], **options: Any) -> list[R]:
+@overload
+def starmap(
+    fn: Callable[..., Awaitable[R]],
+    items: Iterable[Iterable[Any]],
+    *,
+    on_error: Literal["raise", "skip"] = ...,
+    **options: Unpack[Keywords],
+) -> list[R]: ...
+@overload
+def starmap(
+    fn: Callable[..., Awaitable[R]],
+    items: Iterable[Iterable[Any]],
+    *,
+    on_error: Literal["collect"],
+    **options: Unpack[Keywords],
+) -> list[R | Failure]: ...
+@overload
+def starmap(
+    fn: Callable[..., R],
+    items: Iterable[Iterable[Any]],
+    *,
+    on_error: Literal["raise", "skip"] = ...,
+    **options: Unpack[Keywords],
+) -> list[R]: ...
+@overload
+def starmap(
+    fn: Callable[..., R],
+    items: Iterable[Iterable[Any]],
+    *,
+    on_error: Literal["collect"],
+    **options: Unpack[Keywords],
+) -> list[R | Failure]: ...
+def starmap(
+    fn: Callable[..., Any],
+    items: Iterable[Iterable[Any]],
+    *,
+    on_error: OnError = "raise",
+    **options: Unpack[Keywords],
+) -> list[Any]:
     """:func:`map` with each item unpacked into ``fn``'s arguments, as ``itertools.starmap``.
 
-    Takes the same options as :func:`map`.
+    Takes the same options as :func:`map` (``report`` aside).
 
     Example::
 
@@ -741,18 +496,16 @@ def starmap(fn: Callable[..., R], items: Iterable[Iterable[Any]], **options: Any
         [8, 100]
     """
     check_fn(fn)
-    results: list[R] = map(star(fn), items, **options)
-    return results
+    run = Run(star(fn), items, (), from_keywords("starmap", {**options, "on_error": on_error}))
+    return run.collect()
 
 
-# aimap under a model that does not run on the caller's loop: blocks of results a helper
-# thread may hand over before the consumer takes them.
-AIMAP_AHEAD = 4
-
-
-# (Complex on purpose: two bridges (the caller's loop, a helper thread) and their cancellation.)
-async def aimap(  # noqa: C901
-    fn: Callable[..., Any], items: Iterable[Any], *more_items: Iterable[Any], **options: Any
+async def aimap(
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    *more_items: Iterable[Any],
+    on_error: OnError = "raise",
+    **options: Unpack[Keywords],
 ) -> AsyncIterator[Any]:
     """:func:`imap` for callers inside an event loop: ``async for r in pickpool.aimap(f, xs)``.
 
@@ -770,84 +523,10 @@ async def aimap(  # noqa: C901
     """
     if "report" in options:
         raise TypeError("aimap() takes no report=: its runs are read as they go")
-    run = _Run(fn, items, more_items=more_items, **_run_options(options))
-    if run.runs_on_caller_loop:
-        results = run.aiterate()
-        try:
-            async for value in results:
-                yield value
-        finally:
-            await results.aclose()
-        return
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[list[Any]] = asyncio.Queue()
-    room = threading.Semaphore(AIMAP_AHEAD)
-
-    def produce(cancel: threading.Event) -> None:
-        dones = run.dones(cancel)
-        try:
-            with run._bar() as advance:
-                for done in dones:
-                    values = run._results(done, advance)
-                    # Wait for the consumer to take earlier blocks (the run stops if asked).
-                    while not room.acquire(timeout=0.05):
-                        if cancel.is_set():
-                            return
-                    loop.call_soon_threadsafe(queue.put_nowait, values)
-        finally:
-            dones.close()
-
-    producer = asyncio.ensure_future(in_thread(produce))
+    run = Run(fn, items, more_items, from_keywords("aimap", {**options, "on_error": on_error}))
+    results = run.aiterate() if run.runs_on_caller_loop else blocks_in_thread(run.feed)
     try:
-        while True:
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, producer}, return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                # The run ended: what it handed over went into the queue before it did.
-                getter.cancel()
-                while not queue.empty():
-                    for value in queue.get_nowait():
-                        yield value
-                producer.result()  # raises what the run raised
-                return
-            room.release()
-            for value in getter.result():
-                yield value
+        async for value in results:
+            yield value
     finally:
-        if not producer.done():
-            producer.cancel()
-            with contextlib.suppress(BaseException):
-                await producer
-
-
-def _run_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with the defaults :func:`map` has, for :class:`_Run`."""
-    defaults: dict[str, Any] = {
-        "model": "auto",
-        "workers": None,
-        "chunksize": None,
-        "ordered": True,
-        "timeout": None,
-        "retries": 0,
-        "backoff": DEFAULT_BACKOFF,
-        "on_error": "raise",
-        "progress": False,
-    }
-    unknown = set(options) - set(defaults) - _RUN_EXTRAS
-    if unknown:
-        raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
-    return defaults | options
-
-
-_RUN_EXTRAS = {
-    "max_concurrency",
-    "max_rate",
-    "client",
-    "fresh_workers",
-    "inner_threads",
-    "initializer",
-    "initargs",
-    "max_tasks_per_child",
-}
+        await results.aclose()

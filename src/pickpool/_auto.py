@@ -1,9 +1,9 @@
-"""``model="auto"`` and :func:`advise`: probe the first items, decide, run the rest.
+"""``model="auto"``: probe the first items, decide, run the rest, watch, decide again.
 
-Auto runs the probe's phases (``_probe.Pilot``) through the ordinary driver, handing their
-results on as they come, then asks the cost model (``_advise``) for the fastest model for the
-items left, and runs those on it, numbered on from where the probe stopped. Every item is
-run exactly once, in one of the phases; order and error handling are those of any run.
+Auto runs the probe's phases (``_probe.Pilot``) through the ordinary loop, handing their
+results on as they come, then asks the cost model (``_advise.decide``) for the fastest model
+for the items left, and runs those on it, numbered on from where the probe stopped. Every item
+is run exactly once, in one of the phases; order and error handling are those of any run.
 """
 
 from __future__ import annotations
@@ -11,18 +11,21 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from typing import Any, Final
 
 from . import _backends, _log
-from ._advise import LOOP_BLOCKED, Advice, decide
+from ._advise import Advice, decide
+from ._bridge import in_thread
+from ._costs import LOOP_BLOCKED
 from ._cursor import Cursor
-from ._driver import Block, Done, Plan, drive
-from ._options import Wishes, check_fn, length_hint, positive_seconds
-from ._probe import ADVISE_SHARE, WAITING_SHARE, Phase, Pilot
+from ._driver import drive
+from ._options import Options
+from ._plan import Plan
+from ._probe import WAITING_SHARE, Phase, Pilot
 from ._readings import Evidence
-from ._reasons import format_seconds
-from ._task import OK, is_async_callable
+from ._schedule import Block, Done
+from ._text import format_seconds
 
 # Auto probes at most about this long, and for at most this share of the batch's serial time
 # (beyond a few calls); ``advise``'s default budget is the same second.
@@ -103,9 +106,9 @@ class AutoRun:
         *,
         is_async: bool,
         length: int | None,
-        wishes: Wishes,
+        options: Options,
     ) -> None:
-        self.fn, self.is_async, self.wishes = fn, is_async, wishes
+        self.fn, self.is_async, self.options = fn, is_async, options
         self.cursor = Cursor(source, length)
         self.fn_bytes: bytes | None = None  # pickled for processes once, by the first probe
         self.probe_seconds = 0.0  # in the probe's phases, consumer included (for benchmarks)
@@ -126,7 +129,7 @@ class AutoRun:
             is_async=self.is_async,
             budget=AUTO_BUDGET,
             share=AUTO_SHARE,
-            wishes=self.wishes,
+            options=self.options,
             ramp=False,
         )
         pilot.readings.fn_bytes = self.fn_bytes
@@ -137,25 +140,14 @@ class AutoRun:
         pilot = self.pilot
         if self.cursor.exhausted or pilot.evidence is None:
             return None
-        ev, wishes = pilot.evidence, self.wishes
-        advice = decide(
-            ev,
-            items=self.cursor.remaining(),
-            workers=wishes.workers,
-            chunksize=wishes.chunksize,
-            timeout=wishes.timeout,
-            inner_threads=wishes.inner_threads,
-            observed=self.observed,
-            max_concurrency=wishes.max_concurrency,
-            max_rate=None if wishes.pacer is None else wishes.pacer.rate,
-        )
-        climb, workers = _limit(ev, advice, wishes, is_async=self.is_async)
-        plan = wishes.plan(
+        ev, options = pilot.evidence, self.options
+        advice = decide(ev, items=self.cursor.remaining(), options=options, observed=self.observed)
+        climb, workers = _limit(ev, advice, options, is_async=self.is_async)
+        plan = options.plan(
             advice.model,
             is_async=self.is_async,
             workers=max(workers, advice.workers),
             chunksize=advice.chunksize,
-            adaptive=True,
             length=self.cursor.remaining(),
         )
         self.advice = advice
@@ -165,17 +157,8 @@ class AutoRun:
             self.on_decide(advice, plan)
         # A re-decision's probe needs not pickle the function again.
         self.fn_bytes = self.fn_bytes or pilot.readings.fn_bytes
-        setup = _backends.Setup(
-            self.fn,
-            plan.workers,
-            self.is_async,
-            plan.timeout,
-            self.fn_bytes,
-            climb=climb,
-            fresh=wishes.fresh_workers,
-            inner_threads=wishes.inner_threads,
-            **wishes.workers_setup(),
-        )
+        fn_bytes = self.fn_bytes if _backends.traits(plan.model).pickles else None
+        setup = options.setup(self.fn, plan, is_async=self.is_async, fn_bytes=fn_bytes, climb=climb)
         return plan, setup
 
     def legs(self) -> Generator[Phase, None, None]:
@@ -266,7 +249,7 @@ class AutoRun:
 
 
 def _limit(
-    ev: Evidence, advice: Advice, wishes: Wishes, *, is_async: bool
+    ev: Evidence, advice: Advice, options: Options, *, is_async: bool
 ) -> tuple[_backends.Climb | None, int]:
     """(how the count of calls in flight climbs, None if it is fixed; the most workers) for the
     rest.
@@ -280,13 +263,13 @@ def _limit(
     waits = ev.cpu_share < WAITING_SHARE
     climbs = _backends.traits(advice.model).climbs
     climbing = (
-        wishes.workers is None
-        and wishes.pacer is None
+        options.workers is None
+        and options.pacer is None
         and (climbs == "calls" or (climbs == "coroutines" and is_async and waits))
     )
     if not climbing:
         return None, advice.workers
-    cap = min(CLIMB_CAP, wishes.max_concurrency or CLIMB_CAP)
+    cap = min(CLIMB_CAP, options.max_concurrency or CLIMB_CAP)
     if not waits:
         return _backends.Climb(advice.workers), min(cap, 2 * advice.workers)
     # Coroutines the probe ran together without blocking their loop overlapped at the
@@ -327,8 +310,8 @@ async def _arun(auto: AutoRun, phase: Phase) -> AsyncGenerator[Done | Block, Non
     from ._aio import adrive
 
     blocks = phase.name == "run"
-    if blocks and not _backends.traits(phase.plan.model).on_loop:
-        ran = await in_thread(lambda cancel: list(_run(auto, phase, cancel, blocks=True)))
+    if _backends.model(phase.plan.model).loop_runner is None:
+        ran = await in_thread(lambda cancel: list(_run(auto, phase, cancel, blocks=blocks)))
         for done in ran:
             yield done
         return
@@ -339,135 +322,3 @@ async def _arun(auto: AutoRun, phase: Phase) -> AsyncGenerator[Done | Block, Non
             auto.saw(phase, done, time.perf_counter() - resumed)
             yield done
             resumed = time.perf_counter()
-
-
-# How long a cancelled ``amap`` waits for its run to wind down (threads get a second to return,
-# processes are terminated) before it lets the cancellation through and leaves the rest to
-# finish in the background.
-CANCEL_WAIT: Final = 1.0
-
-
-async def in_thread(work: Callable[[threading.Event], Any]) -> Any:
-    """``await work(cancel)`` run in a thread; cancelling the await stops the run.
-
-    The thread is a daemon of its own, not ``asyncio.to_thread``'s: a call that runs on in it
-    (serial's item, which runs in that very thread) must hold up neither the cancellation,
-    beyond :data:`CANCEL_WAIT` seconds, nor the exit of ``asyncio.run`` or of the program.
-    """
-    import asyncio
-    import contextvars
-
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-    cancel = threading.Event()
-    context = contextvars.copy_context()
-
-    def settle(outcome: tuple[bool, Any]) -> None:
-        if future.done():
-            return
-        ok, value = outcome
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-    def target() -> None:
-        outcome: tuple[bool, Any]
-        try:
-            outcome = (True, context.run(work, cancel))
-        except BaseException as exc:
-            outcome = (False, exc)
-        # The caller's loop may be gone by now (the run was abandoned, the program ends).
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(settle, outcome)
-
-    thread = threading.Thread(target=target, name="pickpool-amap", daemon=True)
-    thread.start()
-    try:
-        result = await asyncio.shield(future)
-    except asyncio.CancelledError:
-        cancel.set()
-        await asyncio.wait([future], timeout=CANCEL_WAIT)
-        if not future.done():
-            future.cancel()  # abandoned: what the run ends with later is not wanted
-        elif not future.cancelled():
-            future.exception()  # retrieved: the run's own Cancelled (or error) yields to ours
-        raise
-    except BaseException:
-        if future.done():
-            thread.join()  # (as below: it settled the future with the run's error, its last act)
-        raise
-    # The thread settled the future as its last act: it is ending now. Joined, it is gone when
-    # amap returns, as a run's threads should be.
-    thread.join()
-    return result
-
-
-def advise(fn: Callable[[Any], Any], items: Iterable[Any], *, budget: float = 1.0) -> Advice:
-    """Measure ``fn`` on the first few items and advise which model to run the batch on.
-
-    ``fn`` is called on real items, as :func:`pickpool.map` would call it (mind side effects):
-    first one at a time, timing wall and CPU time while a watcher thread measures how much of
-    the time the GIL is held; then several at once, in threads (or, for an ``async def``
-    function, as coroutines on one loop) to see how throughput scales. It also times pickling
-    the function, the items and the results. A cost model then predicts each model's seconds
-    for the whole batch (``len(items)`` items, or 1,000 if the length is unknown); the advice
-    is the fastest, sized, with its reasons. From an iterator, the probed items are consumed.
-
-    Args:
-        fn: the function to measure, plain or ``async def``.
-        items: the batch, or a sample of it.
-        budget: about how many seconds the measuring may take (a few calls at least).
-
-    Raises:
-        ValueError: ``items`` is empty, ``budget`` is not a positive number, or every
-            probed call failed (the first failure is chained).
-
-    Example::
-
-        >>> advice = pickpool.advise(lab.crunch, range(100))
-        >>> print(advice)
-        Use model='processes' with workers=2, chunksize=1 (CPU-bound, holding the GIL).
-          - Each call took 23.4 ms alone, 100% of it on the CPU.
-          ...
-    """
-    check_fn(fn)
-    seconds = positive_seconds("budget", budget)
-    assert seconds is not None
-    try:
-        source = iter(items)
-    except TypeError:
-        raise TypeError(
-            f"items must be an iterable (a list, a generator...), not {type(items).__name__}"
-        ) from None
-    length = length_hint(items)
-    pilot = Pilot(
-        fn,
-        Cursor(source, length),
-        is_async=is_async_callable(fn),
-        budget=seconds,
-        share=ADVISE_SHARE,
-        wishes=Wishes(on_error="collect"),
-    )
-    first_failure: BaseException | None = None
-    for phase in pilot.phases():
-        for done in drive(
-            phase.items,
-            phase.plan,
-            phase.setup,
-            _backends.load(phase.plan.model),
-            start=phase.start,
-        ):
-            pilot.saw(done)
-            if done.status != OK and first_failure is None:
-                first_failure = done.value
-    evidence = pilot.evidence
-    assert evidence is not None
-    if evidence.calls == 0 and first_failure is None:
-        raise ValueError("advise needs at least one item to measure, and items was empty")
-    if evidence.failed >= max(1, evidence.calls):
-        raise ValueError(
-            f"every probed call failed ({evidence.failed} of {evidence.failed}), so there is "
-            f"nothing to measure; the first failure: {first_failure!r}"
-        ) from first_failure
-    return decide(evidence, items=length)

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._backends import MODELS
-from ._options import default_chunksize, default_workers, positive_int
+from . import _chunks
+from ._backends import LOOP, MODELS, traits
+from ._options import all_models, default_workers, positive_int
 from ._task import is_async_callable
 
 
@@ -78,7 +79,7 @@ class BenchResult:
 
         Needs matplotlib (``pip install 'pickpool[plot]'``).
         """
-        from ._report import plot_bench
+        from ._show import plot_bench
 
         return plot_bench(self, Path(path), title=title)
 
@@ -108,8 +109,8 @@ def bench(
         raise ValueError("bench needs at least one item")
     chosen = builtins.list(models) if models is not None else builtins.list(MODELS)
     for model in chosen:
-        if model not in (*MODELS, "auto"):
-            raise ValueError(f"unknown model {model!r}; use some of {', '.join(MODELS)}, auto")
+        if model not in all_models():
+            raise ValueError(f"unknown model {model!r}; use some of {', '.join(all_models())}")
     counts = [positive_int("workers", w) for w in workers] if workers else [None]
     is_async = is_async_callable(fn)
 
@@ -120,15 +121,19 @@ def bench(
         chose = ", then ".join(f"{a.model} x{a.workers}" for a in report.decisions)
         return seconds, chose
 
-    serial, _ = timed("serial", None)
+    serial, _ = timed(LOOP, None)
     runs: list[tuple[str, int, int, float, str]] = []
     for model in chosen:
-        if model == "serial":
-            runs.append(("serial", 1, 1, serial, ""))
+        if model == LOOP:
+            runs.append((LOOP, 1, 1, serial, ""))
             continue
         for count in counts:
             n = count or (0 if model == "auto" else default_workers(model, is_async=is_async))
-            chunk = 0 if model == "auto" else default_chunksize(model, n, len(data))
+            chunk = (
+                0
+                if model == "auto"
+                else _chunks.first(batched=traits(model).batched, workers=n, length=len(data))
+            )
             runs.append((model, n, chunk, *timed(model, count)))
     rows = tuple(
         BenchRow(

@@ -1,26 +1,29 @@
-"""``pickpool.Executor``: the ``concurrent.futures`` interface over pickpool's backends.
+"""``pickpool.Executor``: the ``concurrent.futures`` interface over pickpool's models.
 
 Data flow::
 
-    submit(fn, *args) ──► Future, (fn, args, kwargs) ──► _Lane queue ──(feeder thread)──►
-        backend.submit(task) ... backend.collect() ──► outcome ──► Future.set_result/exception
+    submit(fn, *args) ──► Future, call ──► _Lane (a Source) ──(its thread: _driver.drive)──►
+        backend.submit(task) ... backend.collect() ──► Done ──► Future.set_result/exception
 
-Each model the executor uses gets one :class:`_Lane`: a backend and one feeder thread, the only
-thread that touches the backend. The feeder hands the backend no more calls than it has
-workers, so that a call still in the lane's queue is pending (``cancel()`` works, and
-``shutdown(cancel_futures=True)`` cancels it) and one handed over is running. Submitting from
-another thread while the feeder waits in ``collect`` wakes it (``Wakeable.wake``).
+Each model the executor uses gets one :class:`_Lane`: a source of submitted calls, read by one
+thread that runs the ordinary loop (``drive``, the same as ``pickpool.map``'s) over that
+model's backend, with a window of as many calls as workers. A call still in the lane is
+pending (``cancel()`` works, and ``shutdown(cancel_futures=True)`` cancels it); one handed
+over is running. Submitting from another thread while the loop waits for outcomes wakes it
+(``Wakeable.wake``).
 
 Under ``model="auto"`` the first call of each distinct function runs alone on threads, timed
-(wall and CPU time of the calling thread); then the :class:`_Router` sends that function's
-other calls to processes if they compute in Python long enough for a process to pay, and to
-threads otherwise. ``Executor.routes`` and the ``pickpool`` logger show each decision.
+as the probe of ``pickpool.map`` times a call (wall and CPU clocks, and how much of the time
+the GIL was held); the same cost model (``_advise.decide``) then picks the model for that
+function's other calls, among those an executor can run them on side by side.
+``Executor.routes`` and the ``pickpool`` logger show each decision.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import inspect
 import itertools
 import logging
@@ -32,25 +35,25 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, Final, NamedTuple, TypeVar
 
-from . import _backends, _machine
-from ._backends import Setup, Wakeable
+from . import _backends
+from ._advise import Advice, decide
+from ._backends import Backend, Setup, Wakeable
+from ._driver import drive
 from ._errors import PickpoolError
-from ._inner import InnerThreads, check_inner_threads
 from ._log import logger
-from ._options import default_workers, positive_int, positive_seconds, worker_options
-from ._task import OK, Outcome, chain_remote, expand
+from ._native import InnerThreads
+from ._options import Options, check, default_workers, positive_int
+from ._plan import Plan
+from ._probe import WAITING_SHARE
+from ._readings import Readings
+from ._schedule import Done, Source
+from ._task import OK, Outcome, Task, chain_remote
+from ._timing import Knocker, Record, Timed, typical
 
 T = TypeVar("T")
 
-# The models an Executor runs calls on. Dask and sub-interpreters have executors of their own
-# (distributed.Client, concurrent.futures.InterpreterPoolExecutor).
-EXECUTOR_MODELS: Final = ("auto", "serial", "threads", "processes", "asyncio")
-
-# Auto: what sends a function's calls to processes, from its first call timed alone: most
-# of its time on the calling thread's CPU (pure-Python work, which holds the GIL), and enough
-# of it to outweigh pickling and the hand-off (~0.1-0.5 ms).
-CPU_BOUND_SHARE: Final = 0.7
-PROCESS_WORTH: Final = 0.002
+# Below this much watched time the knocker's reading of a probed call is noise.
+_KNOCKER_MIN: Final = 0.01
 
 
 class _Call(NamedTuple):
@@ -59,24 +62,18 @@ class _Call(NamedTuple):
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    timed: bool
 
-
-class _Timing(NamedTuple):
-    """A timed call's result, with its wall and thread CPU seconds."""
-
-    result: Any
-    wall: float
-    cpu: float
+    def __repr__(self) -> str:
+        if isinstance(self.fn, _Probe):
+            return repr(self.args[0])  # (the call it times)
+        shown = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        text = f"{_name(self.fn)}({', '.join(shown)})"
+        return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _run_call(call: _Call) -> Any:
     """What a worker runs for a submitted call (a module-level function: it pickles by name)."""
-    if not call.timed:
-        return _resolved(call.fn(*call.args, **call.kwargs))
-    wall, cpu = time.perf_counter(), time.thread_time()
-    result = _resolved(call.fn(*call.args, **call.kwargs))
-    return _Timing(result, time.perf_counter() - wall, time.thread_time() - cpu)
+    return _resolved(call.fn(*call.args, **call.kwargs))
 
 
 def _resolved(result: Any) -> Any:
@@ -115,67 +112,174 @@ def _key(fn: object) -> tuple[str, int]:
     return (_name(fn), id(code) if code is not None else 0)
 
 
+class _Probe:
+    """A function's first calls, each run alone on a thread and timed as ``pickpool.map``'s
+    probe times calls alone: wall and CPU clocks (:class:`~pickpool._timing.Timed`), and the
+    share of the time the GIL was held (a :class:`~pickpool._timing.Knocker` that lives as long
+    as each call). Calls are timed until they tell enough (:meth:`enough`)."""
+
+    __slots__ = ("_began", "_held", "_watched", "fn", "records", "sample")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn  # the first call's (partials of one function share a probe)
+        self.records: list[Record] = []  # of the calls that returned
+        self._held = 0.0  # seconds the GIL was seen held, over all the calls
+        self._watched = 0.0  # seconds watched
+        self._began: float | None = None
+        self.sample: tuple[tuple[Any, ...], Any] | None = None  # a call's arguments and result
+
+    def __call__(self, call: _Call) -> Any:
+        """Run ``call``, timed."""
+        if self._began is None:
+            self._began = time.perf_counter()
+        knocker = Knocker(calls=True)
+        records: list[Record] = []
+        knocker.start()
+        try:
+            result = Timed(_run_call, records, knocker)(call)
+        finally:
+            held, watched = knocker.stop()
+        # (A call that raised tells nothing of the work: only those that returned count.)
+        self.records += records
+        self._held += held * watched
+        self._watched += watched
+        if self.sample is None:
+            self.sample = (call.args, result)
+        return result
+
+    def enough(self) -> bool:
+        """Whether the calls so far tell enough to decide on, by the rules of the alone phase
+        of ``map``'s probe: a call that clearly waits tells it at once; calls that mostly wait
+        after two; calls that compute once the GIL has been watched long enough to read, and a
+        second call has shown what the first one's warm-up (imports, caches) hid, unless the
+        first took long. Never more than :data:`PROBE_CALLS` calls or :data:`PROBE_SECONDS`."""
+        records = self.records
+        if not records or self._began is None:
+            return False
+        if len(records) >= PROBE_CALLS or time.perf_counter() - self._began >= PROBE_SECONDS:
+            return True
+        first_wall, first_cpu = records[0][1:3]
+        if first_wall > 1e-3 and first_cpu < 0.1 * first_wall:
+            return True
+        wall, cpu = typical(records)
+        if len(records) >= 2 and wall > 0 and cpu / wall < WAITING_SHARE:
+            return True
+        return self._watched >= _KNOCKER_MIN and (
+            len(records) >= 2 or first_wall >= PROBE_SECONDS / 2
+        )
+
+    def readings(self, timeout: float | None) -> Readings:
+        """What the calls showed, as the readings ``decide`` takes its evidence from."""
+        readings = Readings(self.fn, False, None, timeout)
+        # The calls' own thread's CPU time only: an executor's other calls run beside them,
+        # and the process's CPU time would count theirs as these calls' native threads.
+        readings.alone = [(start, wall, cpu, cpu) for start, wall, cpu, _ in self.records]
+        if self._watched >= _KNOCKER_MIN:
+            # Calls running beside them hold the GIL too, and the knocker cannot tell whose it
+            # is: these calls held it at most while they ran on a CPU.
+            wall, cpu = typical(readings.alone)
+            held = self._held / self._watched
+            readings.gil = min(held, cpu / wall) if wall > 0 else held
+        if self.sample is not None:
+            args, result = self.sample
+            readings.saw(Done(0, args, OK, result, None, 1))  # the pickling of its data
+        return readings
+
+
+# The longest a function's calls are timed alone before auto decides where the rest run (as the
+# alone phase of map's probe: a third of its second), and the most calls it times.
+PROBE_SECONDS: Final = 0.35
+PROBE_CALLS: Final = 16
+
+
 _Held = tuple[Future[Any], _Call]
 
 
 class _Route:
-    __slots__ = ("held", "model", "name", "probing", "reason")
+    __slots__ = ("advice", "held", "model", "name", "probe", "probing")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, probe: _Probe) -> None:
         self.name = name
-        self.model: str | None = None  # None until its first call has been timed
-        self.reason = ""
-        self.probing = False  # its timed call is running
+        self.model: str | None = None  # None until its first calls have been timed
+        self.advice: Advice | None = None
+        self.probe: _Probe | None = probe  # its first calls' timings, until it is decided
+        self.probing = False  # one of them runs now
         self.held: list[_Held] = []  # its calls submitted meanwhile, waiting for the decision
 
 
 class _Router:
     """Auto's per-function decisions.
 
-    A function's first call runs alone on threads, timed; calls of it submitted meanwhile
-    wait (as ``pickpool.map``'s probe makes one call alone first); then ``dispatch`` sends
-    them, and every later call, to the model chosen. Holds no reference to the executor
-    (``dispatch`` is a weak method) nor to any function.
+    A function's first calls run alone on threads, one at a time, timed (:class:`_Probe`);
+    calls of it submitted meanwhile wait (as ``pickpool.map``'s probe runs calls alone first);
+    then the cost model picks the model for them and every later call, and ``dispatch`` sends
+    them. Holds no reference to the executor (``dispatch`` is a weak method), nor, once a
+    function is decided, to it or to anything its calls took or returned.
     """
 
-    def __init__(self, dispatch: Callable[[str, list[_Held], tuple[str, int]], None]) -> None:
+    def __init__(
+        self,
+        dispatch: Callable[[str, list[_Held]], None],
+        options: Options,
+    ) -> None:
         self._lock = threading.Lock()
         self._routes: dict[tuple[str, int], _Route] = {}
         self._dispatch = dispatch
+        # The cost model predicts one call per task (an executor's futures are per call).
+        self._options = dataclasses.replace(options, chunksize=1)
 
-    def route(self, fn: object, held: _Held) -> tuple[str, tuple[str, int]] | None:
-        """The model for a new call and whether it is timed (model "probe"), or None if the
-        call is held until its function's probe ends."""
+    def route(self, fn: Callable[..., Any], held: _Held) -> tuple[str, _Call] | None:
+        """The model for a new call, and the call to send (its probe, if it is the function's
+        first); None if the call is held until its function's probe ends."""
         key = _key(fn)
         with self._lock:
             route = self._routes.get(key)
             if route is None:
-                route = self._routes[key] = _Route(_name(fn))
+                route = self._routes[key] = _Route(_name(fn), _Probe(fn))
             if route.model is not None:
-                return route.model, key
+                return route.model, held[1]
             if not route.probing:
                 route.probing = True
-                return "probe", key
+                return _backends.THREADS, _probed(route, held[1])
             route.held.append(held)
             return None
 
-    def measured(self, key: tuple[str, int], timing: _Timing | None, fn: Any) -> None:
-        """A timed call ended (``timing`` None: it raised, and tells nothing)."""
+    def measured(self, call: _Call) -> None:
+        """A probed call ended (or never ran): decide, if the calls so far tell enough; else
+        the next held call is timed."""
+        probe = call.fn
+        assert isinstance(probe, _Probe)
+        # (Decided outside the lock: other functions' calls are routed meanwhile. This one's
+        # are still held: its route is probing until it is decided.)
+        advice = self._decide(probe) if probe.enough() else None
         with self._lock:
-            route = self._routes[key]
-            if timing is None:
-                # The next held call is timed in its place.
-                route.probing = bool(route.held)
-                held, model = route.held[:1], "probe"
-                del route.held[:1]
+            route = self._routes[_key(probe.fn)]
+            if advice is not None:
+                route.model, route.advice = advice.model, advice
+                calls, route.held = route.held, []
+                route.probing, route.probe = False, None
             else:
-                route.model, route.reason = _decide(timing, fn)
-                route.probing = False
-                held, route.held, model = route.held, [], route.model
-        if timing is not None:
-            logger.info("auto routes %s to %s: %s", route.name, route.model, route.reason)
-        if held:
-            self._dispatch(model, held, key)
+                # (None held: the next call submitted is timed.)
+                calls = [(future, _probed(route, held)) for future, held in route.held[:1]]
+                del route.held[:1]
+                route.probing = bool(calls)
+        if advice is not None:
+            logger.info("auto routes %s to %s: %s", route.name, advice.model, _why(advice))
+        if calls:
+            self._dispatch(_backends.THREADS if advice is None else advice.model, calls)
+
+    def _decide(self, probe: _Probe) -> Advice:
+        evidence = probe.readings(self._options.timeout).evidence()
+        # Among the models that run an executor's calls side by side: its calls may wait on
+        # each other (a barrier, a queue), which one at a time would never finish.
+        names = _backends.names()
+        choices = [m for m in names if _backends.traits(m).executor]
+        choices = [m for m in choices if not _backends.traits(m).inline]
+        return decide(evidence, items=None, options=self._options, choices=choices)
+
+    def abandoned(self, call: _Call) -> None:
+        """A probed call never ran (cancelled, or its lane broke): the next held one probes."""
+        self.measured(call)
 
     def cancel_held(self) -> None:
         with self._lock:
@@ -189,60 +293,63 @@ class _Router:
         with self._lock:
             return {r.name: r.model for r in self._routes.values() if r.model is not None}
 
-
-def _decide(timing: _Timing, fn: Any) -> tuple[str, str]:
-    from ._reasons import format_seconds
-
-    wall, cpu = timing.wall, timing.cpu
-    share = cpu / wall if wall > 0 else 0.0
-    measured = f"its first call took {format_seconds(wall)}, {share:.0%} of it on a CPU"
-    if share < CPU_BOUND_SHARE:
-        return "threads", f"{measured}: it mostly waits, and threads wait together"
-    if cpu < PROCESS_WORTH:
-        return "threads", f"{measured}: too short for a process's pickling and hand-off to pay"
-    if _machine.cores() < 2:
-        return "threads", f"{measured}, but this process has one core: nothing to gain"
-    from ._pickling import dumps_function
-
-    try:
-        dumps_function(fn)
-    except TypeError as exc:
-        return "threads", f"{measured}, but it cannot go to a process ({exc})"
-    return "processes", f"{measured}: Python computing, which needs a GIL of its own"
+    def advice(self) -> dict[str, Advice]:
+        with self._lock:
+            return {r.name: r.advice for r in self._routes.values() if r.advice is not None}
 
 
-_Entry = tuple[Future[Any], _Call, tuple[str, int] | None]
+def _probed(route: _Route, call: _Call) -> _Call:
+    """``call``, timed as one of its function's first calls."""
+    assert route.probe is not None  # (until it is decided)
+    return _Call(route.probe, (call,), {})
 
 
-# (Long on purpose: one model's backend fed from submit(), with its feeder thread.)
-class _Lane:
-    """One backend, fed from a queue of submitted calls by a thread of its own."""
+def _why(advice: Advice | None) -> str:
+    """A decision's reasons, in one line for the log."""
+    if advice is None:
+        return ""
+    return f"{advice.kind}; " + " ".join(advice.reasons)
+
+
+# A lane's entries: a call's future, and the call.
+_Entry = tuple[Future[Any], _Call]
+
+
+# (Long on purpose: one model's calls, from submit() to the futures, as a Source of the loop.)
+class _Lane(Source):
+    """One model's backend, fed from submitted calls by a thread running the ordinary loop."""
 
     def __init__(
-        self, model: str, setup: Setup, router: _Router | None, on_broken: Callable[[], None]
+        self,
+        model: str,
+        setup: Setup,
+        plan: Plan,
+        router: _Router | None,
+        on_broken: Callable[[], None],
     ) -> None:
         self.model = model
-        self._setup = setup
+        self._setup, self._plan = setup, plan
         self._router = router
+        self._on_broken = on_broken
         self._cond = threading.Condition()
-        # Calls started (their futures running) and not yet handed to the backend, and calls
+        # Calls started (their futures running) and not yet taken by the loop, and calls
         # waiting for a free worker (pending: they can still be cancelled).
         self._started: list[_Entry] = []
         self._queue: collections.deque[_Entry] = collections.deque()
-        self._running = 0  # calls the backend has, as the feeder last counted them
+        self._running: dict[int, _Entry] = {}  # taken by the loop, by the loop's index
+        self._ids = itertools.count()
         self._stopping = False
-        self.done = False  # stopped, and its feeder gone or going
-        self._waiting = False  # the feeder waits in the backend's collect()
+        self.done = False  # stopped, and its thread gone or going
+        self._waiting = False  # the loop waits in the backend's collect()
         self._backend: Wakeable | None = None
         self._broken: BaseException | None = None
-        self._on_broken = on_broken
-        self._ids = itertools.count()
+        self.ended = False
         self.thread = threading.Thread(
             target=self._feed, name=f"pickpool-executor-{model}", daemon=True
         )
         self.thread.start()
 
-    def put(self, future: Future[Any], call: _Call, key: tuple[str, int] | None) -> bool:
+    def put(self, future: Future[Any], call: _Call) -> bool:
         """Queue a call; False if this lane has stopped for good (it takes no more)."""
         with self._cond:
             if self.done:
@@ -251,132 +358,158 @@ class _Lane:
                 raise RuntimeError(f"this executor's {self.model} workers could not start") from (
                     self._broken
                 )
-            if self._running + len(self._started) < self._setup.workers:
+            if len(self._running) + len(self._started) < self._setup.workers:
                 # A worker is free: the call starts now, as in a standard pool, and a
                 # shutdown(cancel_futures=True) right after no longer cancels it.
                 future.set_running_or_notify_cancel()
-                self._started.append((future, call, key))
+                self._started.append((future, call))
             else:
-                self._queue.append((future, call, key))
-            if self._waiting and self._backend is not None:
-                self._backend.wake()
-            else:
-                self._cond.notify()
+                self._queue.append((future, call))
+            self._wake()
         return True
 
     def stop(self, *, cancel_futures: bool) -> None:
         """Take no more calls; run (or, with ``cancel_futures``, cancel) what is queued."""
+        dropped: list[_Entry] = []
         with self._cond:
             self._stopping = True
             if cancel_futures:
-                while self._queue:
-                    self._queue.popleft()[0].cancel()
-            if self._waiting and self._backend is not None:
-                self._backend.wake()
-            self._cond.notify()
+                dropped, self._queue = list(self._queue), collections.deque()
+            self._wake()
+        for future, call in dropped:
+            future.cancel()
+            self._abandoned(call)
 
-    # The feeder thread ---------------------------------------------------------------------
+    def _wake(self) -> None:
+        """(Holding the lock.) The loop looks at the lane again: at once if it waits for
+        outcomes, else when it next waits for calls."""
+        if self._waiting and self._backend is not None:
+            self._backend.wake()
+        self._cond.notify()
+
+    def _abandoned(self, call: _Call) -> None:
+        """(Not holding the lock: the router may dispatch to this lane.) A call that will
+        never run: if it was its function's probe, the next held call probes instead."""
+        if self._router is not None and isinstance(call.fn, _Probe):
+            self._router.abandoned(call)
+
+    # The loop's side: the lane as its Source ---------------------------------------------------
+
+    def take(self, count: int) -> list[Any]:
+        dropped: list[_Call] = []
+        with self._cond:
+            taken = self._started[:count]
+            del self._started[:count]
+            while self._queue and len(taken) < count:
+                entry = self._queue.popleft()
+                if entry[0].set_running_or_notify_cancel():
+                    taken.append(entry)
+                else:
+                    dropped.append(entry[1])  # cancelled while it waited
+            for entry in taken:
+                self._running[next(self._ids)] = entry
+            self.ended = self._stopping and not self._queue and not self._started
+        for call in dropped:
+            self._abandoned(call)
+        return [call for _, call in taken]
+
+    def wait(self, timeout: float | None) -> None:
+        with self._cond:
+            if not (self._queue or self._started or self._stopping):
+                self._cond.wait(timeout)
+
+    def _open(self, setup: Setup) -> Backend:
+        # (The plan's model: serial's calls with a timeout run on a thread that can be left.)
+        backend = _backends.load(self._plan.model)(setup)
+        if not isinstance(backend, Wakeable):  # every model an executor serves is
+            backend.close(cancel=True)
+            raise TypeError(f"model={self._plan.model!r} cannot serve an Executor")
+        self._backend = backend
+        return _Watched(backend, self)
 
     def _feed(self) -> None:
         try:
-            backend = _backends.load(self.model)(self._setup)
-            if not isinstance(backend, Wakeable):  # every model EXECUTOR_MODELS names is
-                raise TypeError(f"model={self.model!r} cannot serve an Executor")
+            for done in drive(self, self._plan, self._setup, self._open):
+                self._settle(done)
+                del done  # (nothing of a call stays referenced while the loop waits)
         except BaseException as exc:
             self._break(exc)
-            return
-        self._backend = backend
-        running: dict[int, tuple[Future[Any], tuple[str, int] | None, Any]] = {}
-        workers = self._setup.workers
-        finished = False
-        try:
-            while True:
-                with self._cond:
-                    self._running = len(running)
-                    while self._queue and self._running + len(self._started) < workers:
-                        if self._queue[0][0].set_running_or_notify_cancel():
-                            self._started.append(self._queue.popleft())
-                        else:
-                            self._queue.popleft()
-                    while not self._started and not running and not self._stopping:
-                        self._cond.wait()
-                    if not self._started and not running and not self._queue:
-                        finished = self.done = True
-                        break
-                    batch, self._started = self._started, []
-                    self._running += len(batch)
-                    self._waiting = True
-                self._send(backend, batch, running)
-                del batch  # nothing of a call stays referenced here once it is done
-                self._settle(backend.collect(None), running)
-                with self._cond:
-                    self._waiting = False
-        except BaseException as exc:
-            for future, _, _ in running.values():
-                future.set_exception(exc)
-            self._break(exc)
-            raise
+            if not isinstance(exc, Exception):
+                raise
         finally:
             with self._cond:
                 self._waiting = False
                 self.done = True
-            backend.close(cancel=not finished)
 
-    def _send(
-        self,
-        backend: Wakeable,
-        batch: list[_Entry],
-        running: dict[int, tuple[Future[Any], tuple[str, int] | None, Any]],
-    ) -> None:
-        for future, call, key in batch:
-            index = next(self._ids)
-            try:
-                # One call a task (map's chunks too: one call of _run_chunk): a worker that
-                # dies fails it with WorkerCrashed, never with LOST, which only the items of a
-                # task of several get, for the driver to run again alone.
-                backend.submit((index, index, [call]))
-            except TypeError as exc:  # it cannot be pickled for a worker process
-                future.set_exception(
-                    TypeError(
-                        f"cannot send this call of {_name(call.fn)} to a worker process: "
-                        f"{exc.__cause__ or exc}. Pass plain data, or use model='threads'"
-                    )
-                )
-                continue
-            # The function is kept only for a timed call: auto checks that it pickles.
-            running[index] = (future, key, call.fn if call.timed else None)
+    def _settle(self, done: Done) -> None:
+        with self._cond:
+            future, call = self._running.pop(done.index)
+        value = done.value
+        if self._router is not None and isinstance(call.fn, _Probe):
+            self._router.measured(call)
+        if done.status == OK:
+            future.set_result(value)
+            return
+        from ._pickling import NotPicklable  # (imported by then: it made the error)
 
-    def _settle(
-        self,
-        outcomes: list[Outcome],
-        running: dict[int, tuple[Future[Any], tuple[str, int] | None, Any]],
-    ) -> None:
-        for index, status, value, text in itertools.chain.from_iterable(map(expand, outcomes)):
-            future, key, fn = running.pop(index)
-            timing = value if status == OK and isinstance(value, _Timing) else None
-            if key is not None and fn is not None and self._router is not None:
-                self._router.measured(key, timing, fn)
-            if status == OK:
-                future.set_result(timing.result if timing is not None else value)
-            else:
-                if isinstance(value, PickpoolError) and _ITEM.search(str(value)):
-                    # The backend's words are for pickpool.map's items: here it is a call.
-                    value = type(value)(_ITEM.sub("the call", str(value), count=1))
-                chain_remote(value, text)
-                future.set_exception(value)
+        if isinstance(value, PickpoolError | NotPicklable) and _ITEM.search(str(value)):
+            # The loop's words are for pickpool.map's items: here it is a call.
+            value = type(value)(_ITEM.sub(f"the call {call!r}", str(value), count=1))
+        chain_remote(value, done.traceback)
+        future.set_exception(value)
 
     def _break(self, exc: BaseException) -> None:
-        """The backend could not start (an initializer raised under serial, say)."""
+        """The backend could not start (an initializer raised under serial, say), or the loop
+        failed: every call the lane holds fails with what it raised."""
         with self._cond:
             self._broken = exc
+            running = list(self._running.values())
             started, self._started = self._started, []
             queued, self._queue = self._queue, collections.deque()
-        for future, _, _ in started:
-            future.set_exception(exc)
-        for future, _, _ in queued:
+            self._running.clear()
+        for future, call in running + started:
+            self._fail(future, call, exc)
+        for future, call in queued:
             if future.set_running_or_notify_cancel():
-                future.set_exception(exc)
+                self._fail(future, call, exc)
         self._on_broken()
+
+    def _fail(self, future: Future[Any], call: _Call, exc: BaseException) -> None:
+        self._abandoned(call)
+        if not future.done():
+            future.set_exception(exc)
+
+
+class _Watched:
+    """A lane's backend as its loop uses it: the lane knows when the loop waits for outcomes,
+    so that a call submitted meanwhile wakes it."""
+
+    __slots__ = ("_backend", "_lane")
+
+    def __init__(self, backend: Wakeable, lane: _Lane) -> None:
+        self._backend, self._lane = backend, lane
+
+    def submit(self, task: Task) -> None:
+        self._backend.submit(task)
+
+    def collect(self, timeout: float | None) -> list[Outcome]:
+        lane = self._lane
+        with lane._cond:
+            if lane._started or (lane._queue and len(lane._running) < lane._setup.workers):
+                timeout = 0.0  # a call came since the loop looked: take it at once
+            lane._waiting = True
+        try:
+            return self._backend.collect(timeout)
+        finally:
+            with lane._cond:
+                lane._waiting = False
+
+    def close(self, *, cancel: bool) -> None:
+        self._backend.close(cancel=cancel)
+
+    @property
+    def inline(self) -> Any:
+        return getattr(self._backend, "inline", None)
 
 
 _ITEM: Final = re.compile(r"\bitem \d+")
@@ -393,11 +526,18 @@ def _at_exit() -> None:
     global _exiting
     with _exit_lock:
         _exiting = True
-        lanes = list(_lanes)
-    for lane in lanes:
-        lane.stop(cancel_futures=False)
-    for lane in lanes:
-        lane.thread.join()
+    joined: set[int] = set()
+    while True:
+        # A probe that ends may send its function's held calls to a lane started meanwhile.
+        with _exit_lock:
+            lanes = [lane for lane in _lanes if id(lane) not in joined]
+        if not lanes:
+            return
+        for lane in lanes:
+            lane.stop(cancel_futures=False)
+        for lane in lanes:
+            lane.thread.join()
+            joined.add(id(lane))
 
 
 # Before non-daemon threads are joined, while new threads may still start; the same hook the
@@ -416,6 +556,23 @@ def _stop_lanes(lanes: dict[str, _Lane]) -> None:
         lane.stop(cancel_futures=False)
 
 
+def executor_models() -> tuple[str, ...]:
+    """The models an Executor can run calls on: ``"auto"``, and each registered model that
+    can (not sub-interpreters or dask, which have executors of their own)."""
+    return ("auto", *(m for m in _backends.names() if _backends.traits(m).executor))
+
+
+def check_executor_model(model: object) -> str:
+    """``model=`` of an Executor (and of the joblib backend), checked."""
+    models = executor_models()
+    if isinstance(model, str) and model in models:
+        return model
+    instead = ""
+    if isinstance(model, str) and model in _backends.names():
+        instead = "; " + _backends.traits(model).instead
+    raise ValueError(f"model must be one of {', '.join(map(repr, models))}, not {model!r}{instead}")
+
+
 # (Long on purpose: concurrent.futures.Executor's whole contract, and auto's routes.)
 class Executor(concurrent.futures.Executor):
     """A ``concurrent.futures.Executor`` on pickpool's models, with its fault handling.
@@ -425,9 +582,10 @@ class Executor(concurrent.futures.Executor):
     ``loop.run_in_executor``. What it adds:
 
     * ``model="auto"`` (the default) times the first call of each function alone on threads
-      (its other calls wait for it), then sends them to processes if it computes in Python,
-      to threads otherwise (see :attr:`routes`). ``"threads"``, ``"processes"``, ``"serial"``
-      and ``"asyncio"`` fix the model.
+      (its other calls wait for it), then runs them on the model the cost model predicts
+      fastest for such calls: processes for Python that computes, threads for calls that
+      wait or whose C code releases the GIL (see :attr:`routes`). ``"threads"``,
+      ``"processes"``, ``"serial"`` and ``"asyncio"`` fix the model.
     * Under processes a worker that dies fails only its own future, with
       :class:`~pickpool.WorkerCrashed`, and the executor goes on (no ``BrokenProcessPool``);
       with ``timeout=``, a call that runs longer fails with :class:`~pickpool.TaskTimeout`
@@ -462,30 +620,34 @@ class Executor(concurrent.futures.Executor):
         timeout: float | None = None,
         inner_threads: InnerThreads = None,
     ) -> None:
-        if not isinstance(model, str) or model not in EXECUTOR_MODELS:
-            hint = ""
-            if model == "dask":
-                hint = "; distributed.Client is a concurrent.futures executor already"
-            elif model == "interpreters":
-                hint = "; use concurrent.futures.InterpreterPoolExecutor (Python 3.14)"
-            raise ValueError(
-                f"model must be one of {', '.join(map(repr, EXECUTOR_MODELS))}, not {model!r}"
-                + hint
-            )
+        model = check_executor_model(model)
         if max_workers is not None:
             if isinstance(max_workers, bool) or not isinstance(max_workers, int):
                 raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
             if max_workers <= 0:
                 raise ValueError("max_workers must be greater than 0")
-        self._workers_setup = worker_options(model, initializer, initargs, max_tasks_per_child)
+        # An executor's calls are its own: none retried, each failure its future's, results
+        # as they come, and its workers fresh (as the standard executors' are).
+        self._options = dataclasses.replace(
+            check(
+                model=model,
+                workers=max_workers,
+                timeout=timeout,
+                on_error="collect",
+                ordered=False,
+                inner_threads=inner_threads,
+                initializer=initializer,
+                initargs=initargs,
+                max_tasks_per_child=max_tasks_per_child,
+            ),
+            fresh_workers=True,
+        )
         self._model = model
         self._max_workers = max_workers
-        self._timeout = positive_seconds("timeout", timeout, optional=True)
-        self._inner = check_inner_threads(inner_threads)
         self._router: _Router | None = None
         if model == "auto":
             dispatch = weakref.WeakMethod(self._dispatch)
-            self._router = _Router(lambda *a: _call_if_alive(dispatch, *a))
+            self._router = _Router(lambda *a: _call_if_alive(dispatch, *a), self._options)
         self._lock = threading.Lock()
         self._lanes: dict[str, _Lane] = {}
         self._shutdown = False
@@ -501,6 +663,16 @@ class Executor(concurrent.futures.Executor):
         """
         return self._router.routes() if self._router is not None else {}
 
+    @property
+    def advice(self) -> dict[str, Advice]:
+        """Under ``model="auto"``: each function routed so far, and the
+        :class:`~pickpool.Advice` it was routed by (what its first call measured, each model's
+        predicted seconds, and why).
+
+        ``print(executor.advice["mymodule.parse"])``
+        """
+        return self._router.advice() if self._router is not None else {}
+
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)``; a :class:`concurrent.futures.Future` of its result.
 
@@ -514,7 +686,7 @@ class Executor(concurrent.futures.Executor):
         return self._submit(fn, fn, args, kwargs)
 
     def _submit(
-        self, fn: Callable[..., Any], by: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, fn: Callable[..., Any], by: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[Any]:
         """Submit ``fn``; under auto, route it as the function ``by`` (what map runs per chunk)."""
         with self._lock:
@@ -523,54 +695,40 @@ class Executor(concurrent.futures.Executor):
             if _exiting:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             future: Future[Any] = Future()
-            call = _Call(fn, args, kwargs, False)
+            call = _Call(fn, args, kwargs)
             if self._router is None:
-                self._put(self._model, future, call, None)
+                self._put(self._model, future, call)
                 return future
             routed = self._router.route(by, (future, call))
             if routed is not None:
-                model, key = routed
-                if model == "probe":
-                    self._put("threads", future, call._replace(timed=True), key)
-                else:
-                    self._put(model, future, call, None)
+                model, call = routed
+                self._put(model, future, call)
             return future
 
-    def _put(
-        self, model: str, future: Future[Any], call: _Call, key: tuple[str, int] | None
-    ) -> None:
+    def _put(self, model: str, future: Future[Any], call: _Call) -> None:
         """Queue a call on ``model``'s lane (holding ``_lock``)."""
-        while not self._lane(model).put(future, call, key):
+        while not self._lane(model).put(future, call):
             # Its lane stopped after a shutdown, before auto routed these calls to it.
             del self._lanes[model]
 
-    def _dispatch(self, model: str, held: list[_Held], key: tuple[str, int]) -> None:
-        """Send calls that waited for their function's probe (from a lane's feeder thread)."""
+    def _dispatch(self, model: str, held: list[_Held]) -> None:
+        """Send calls that waited for their function's probe (from a lane's thread)."""
         with self._lock:
-            timed = model == "probe"
-            model = "threads" if timed else model
             for future, call in held:
-                self._put(model, future, call._replace(timed=timed), key if timed else None)
+                self._put(model, future, call)
             if self._shutdown:
                 self._lanes[model].stop(cancel_futures=False)
 
     def _lane(self, model: str) -> _Lane:
         lane = self._lanes.get(model)
         if lane is None:
+            options = self._options
             workers = self._max_workers or default_workers(model, is_async=False)
-            workers_setup = dict(self._workers_setup)
-            if not _backends.traits(model).recycles:  # auto's threads: for worker processes
-                workers_setup["max_tasks_per_child"] = None
-            setup = Setup(
-                _run_call,
-                workers,
-                is_async=False,
-                timeout=self._timeout,
-                fresh=True,  # an executor's workers are its own, as the standard ones are
-                inner_threads=self._inner,
-                **workers_setup,
-            )
-            lane = self._lanes[model] = _Lane(model, setup, self._router, self._broken)
+            # Exactly as many calls in flight as workers: the rest stay pending.
+            plan = options.plan(model, is_async=False, workers=workers, chunksize=1, adaptive=False)
+            plan = dataclasses.replace(plan, window=plan.workers, fatal_ends_run=False)
+            setup = options.setup(_run_call, plan, is_async=False)
+            lane = self._lanes[model] = _Lane(model, setup, plan, self._router, self._broken)
             with _exit_lock:
                 _lanes.add(lane)
         return lane
@@ -600,7 +758,7 @@ class Executor(concurrent.futures.Executor):
         size = positive_int("chunksize", chunksize) or 1
         ahead = positive_int("buffersize", buffersize)
         if ahead is None:
-            ahead = 4 * (self._max_workers or default_workers("threads", is_async=False))
+            ahead = 4 * (self._max_workers or default_workers(_backends.THREADS, is_async=False))
         end = None if timeout is None else timeout + time.monotonic()
         calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
         if size > 1:

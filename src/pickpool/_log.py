@@ -16,17 +16,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ._text import format_seconds
+
 if TYPE_CHECKING:
     from ._advise import Advice
 
 logger = logging.getLogger("pickpool")
 logger.addHandler(logging.NullHandler())
-
-
-def _seconds(s: float) -> str:
-    from ._reasons import format_seconds
-
-    return format_seconds(s)
 
 
 def _brief(exc: BaseException) -> str:
@@ -46,8 +42,8 @@ def decided(advice: Advice, *, start: int, most: int, again: str | None = None) 
     ev = advice.evidence
     calls = f"{ev.calls} call{'' if ev.calls == 1 else 's'}"
     measured = (
-        f"probe: {calls} in {_seconds(ev.seconds)}; a call alone {_seconds(ev.wall)} wall, "
-        f"{ev.cpu_share:.0%} on a CPU"
+        f"probe: {calls} in {format_seconds(ev.seconds)}; a call alone "
+        f"{format_seconds(ev.wall)} wall, {ev.cpu_share:.0%} on a CPU"
     )
     if ev.scaling is not None and ev.threads:
         measured += f"; {ev.threads} threads ran {ev.scaling:.1f}x as fast as one"
@@ -62,7 +58,7 @@ def decided(advice: Advice, *, start: int, most: int, again: str | None = None) 
     if most > advice.workers:
         line += f" (its count then follows the run, up to {most})"
     if predicted is not None:
-        line += f", predicted {_seconds(predicted)} for {advice.items:,} items"
+        line += f", predicted {format_seconds(predicted)} for {advice.items:,} items"
     if again:
         line += f" ({again})"
     if advice.reasons:
@@ -73,7 +69,7 @@ def decided(advice: Advice, *, start: int, most: int, again: str | None = None) 
 def retrying(index: int, tries: int, retries: int, exc: Any, delay: float) -> None:
     """Item ``index`` failed its try number ``tries``; it is tried again in ``delay`` s."""
     if logger.isEnabledFor(logging.WARNING):
-        when = f"in {_seconds(delay)}" if delay > 0 else "at once"
+        when = f"in {format_seconds(delay)}" if delay > 0 else "at once"
         logger.warning(
             "item %d failed (%s); retry %d of %d %s", index, _brief(exc), tries, retries, when
         )

@@ -1,4 +1,5 @@
-"""Facts about the machine the run is on: usable cores and the process start method."""
+"""Facts about the machine the run is on: usable cores, the GIL, the process start method, and
+:class:`Machine`, the record of them the cost model reads."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import functools
 import math
 import os
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -110,3 +113,22 @@ def fork_server_running() -> bool:
     forkserver = sys.modules.get("multiprocessing.forkserver")
     server = getattr(forkserver, "_forkserver", None)
     return getattr(server, "_forkserver_pid", None) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    """The facts about this machine that the cost model reads.
+
+    ``facts``: what each model observed for its own prediction, by the model's name (the
+    process start method and whether the fork server runs; whether sub-interpreters exist;
+    an active dask cluster), as its backend module reads them.
+
+    Example::
+
+        >>> Machine(cores=2, gil=True).cores
+        2
+    """
+
+    cores: int
+    gil: bool  # False on a free-threaded build running without it
+    facts: Mapping[str, object] = field(default_factory=dict)

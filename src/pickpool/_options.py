@@ -1,33 +1,76 @@
-"""Checking the options of ``map``/``imap``/``amap`` and filling in defaults.
+"""One call's options, checked once where the call enters, and what is derived from them.
 
-Every check runs before any work starts, so bad input costs nothing and loses nothing.
+:func:`check` checks every option of ``map``, ``imap``, ``amap``, ``starmap``, ``aimap`` (and
+of the Executor), the chosen model's pre-flight checks included (an extra or a cluster it
+needs), and returns one frozen :class:`Options`; nothing after it checks them again. Every bad
+value is reported before anything runs, so bad input costs nothing and loses nothing. From
+the record, :meth:`Options.plan` derives the :class:`~pickpool._plan.Plan` of a run, or of one
+phase of an auto run, on any model, and :meth:`Options.setup` what its backend starts with.
+
+Adding an option touches :class:`Keywords` (the signatures), :func:`check`, :class:`Options`,
+and what reads it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal, TypedDict
 
-from . import _machine
-from ._backends import EXTRA_MODELS, MODELS, TRAITS, traits
-from ._driver import Plan
-from ._inner import InnerThreads
+from . import _chunks, _machine
+from ._backends import Climb, ModelName, Setup, names, traits
+from ._backends import model as registered
+from ._native import InnerThreads, check_inner_threads
 from ._pace import Pacer
+from ._plan import Plan
+from ._progress import wants_progress
+
+Model = Literal["auto", ModelName]
+OnError = Literal["raise", "collect", "skip"]
+Progress = bool | Literal["always"] | Callable[[int], Any] | Any  # Any: a tqdm bar
 
 ON_ERROR: Final = ("raise", "collect", "skip")
-ALL_MODELS: Final = ("auto", *MODELS, *EXTRA_MODELS)
-
-# Process chunks: about 4 per worker over the input (as multiprocessing.Pool.map does), never
-# so large that one chunk holds the tail, never smaller than 1.
-CHUNKS_PER_WORKER: Final = 4
-MAX_CHUNK: Final = 256
-CHUNK_UNKNOWN_LENGTH: Final = 32
+# Seconds before a failed item's first retry, unless the caller says otherwise.
+DEFAULT_BACKOFF: Final = 0.05
 # Each worker may have this many chunks' worth of items in flight or waiting to be handed out.
 WINDOW_CHUNKS_PER_WORKER: Final = 4
+
+
+class Keywords(TypedDict, total=False):
+    """The options every overload of ``map``, ``imap``, ``amap``, ``starmap`` and ``aimap``
+    takes alike (``**options: Unpack[Keywords]``).
+
+    ``on_error`` and ``report`` are not here: their values pick the overload (the result type),
+    so the overloads spell them out. The implementations list every option, with its default.
+    """
+
+    model: Model
+    workers: int | None
+    max_concurrency: int | None
+    max_rate: float | None
+    chunksize: int | None
+    ordered: bool
+    timeout: float | None
+    retries: int
+    backoff: float
+    progress: Progress
+    client: Any
+    fresh_workers: bool
+    inner_threads: InnerThreads
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
+    max_tasks_per_child: int | None
+
+
+# Every keyword :func:`check` takes.
+KEYWORDS: Final = frozenset(Keywords.__optional_keys__ | {"on_error"})
+
+
+def all_models() -> tuple[str, ...]:
+    """What ``model=`` may be: ``"auto"`` and every registered model."""
+    return ("auto", *names())
 
 
 def default_workers(model: str, *, is_async: bool) -> int:
@@ -40,84 +83,162 @@ def default_workers(model: str, *, is_async: bool) -> int:
     return traits(model).default_workers(_machine.cores(), is_async)
 
 
-def default_chunksize(model: str, workers: int, length: int | None) -> int:
-    """Items per chunk when none is given: 1, except where each hand-off is costly to hide."""
-    if not traits(model).batched:
-        return 1
-    if length is None:
-        return CHUNK_UNKNOWN_LENGTH
-    return max(1, min(MAX_CHUNK, math.ceil(length / (CHUNKS_PER_WORKER * workers))))
+@dataclass(frozen=True, slots=True)
+class Options:
+    """One call's options, checked (see :func:`check`): what every run and phase honours.
 
+    Example::
 
-def positive_int(name: str, value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a whole number or None, not {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
-    return int(value)
+        >>> options = check(model="threads", workers=4)
+        >>> options.plan("threads", is_async=False).workers
+        4
+    """
 
+    model: str = "auto"
+    workers: int | None = None
+    max_concurrency: int | None = None
+    # ``max_rate``, as the one pacer every phase of the run shares.
+    pacer: Pacer | None = None
+    chunksize: int | None = None
+    ordered: bool = True
+    timeout: float | None = None
+    retries: int = 0
+    backoff: float = DEFAULT_BACKOFF
+    on_error: str = "raise"
+    progress: object = None  # None (no progress), "bar", "lines", or the caller's hook
+    client: Any = None
+    fresh_workers: bool = False
+    inner_threads: InnerThreads = None
+    initializer: Callable[..., object] | None = None
+    initargs: tuple[Any, ...] = ()
+    max_tasks_per_child: int | None = None
 
-def worker_options(
-    model: object, initializer: object, initargs: object, max_tasks_per_child: object
-) -> dict[str, Any]:
-    """``initializer``, ``initargs`` and ``max_tasks_per_child`` checked, as Setup's fields."""
-    if initializer is not None and not callable(initializer):
-        raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
-    if not isinstance(initargs, tuple | list):
-        raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
-    known = isinstance(model, str) and model in TRAITS
-    if initializer is not None and known and not traits(str(model)).initializer:
-        raise ValueError(
-            f"initializer is not supported under model={model!r}: set up each worker "
-            "another way (a dask WorkerPlugin), or use model='processes' or 'threads'"
+    @property
+    def max_rate(self) -> float | None:
+        """Calls a second at most, if the caller set ``max_rate``."""
+        return None if self.pacer is None else self.pacer.rate
+
+    @property
+    def one_by_one(self) -> bool:
+        """Each item goes alone: its timeout runs from its start, its start is paced."""
+        return _chunks.one_by_one(timeout=self.timeout, rate=self.max_rate)
+
+    def plan(
+        self,
+        model: str,
+        *,
+        is_async: bool,
+        length: int | None = None,
+        workers: int | None = None,
+        chunksize: int | None = None,
+        adaptive: bool = True,
+    ) -> Plan:
+        """The plan for running (some of) the items on ``model``, with these options.
+
+        ``workers`` and ``chunksize``: where auto sizes the run (None: the caller's, else the
+        model's defaults). ``adaptive``: chunks follow the measured pace, unless the caller
+        fixed the chunk size or each item goes alone. ``length``: how many items it runs, if
+        known.
+        """
+        kind = traits(model)
+        backend = model
+        if self.timeout is not None and kind.with_timeout is not None:
+            # The caller's own thread cannot be interrupted: a one-thread pool can abandon it.
+            backend = kind.with_timeout
+        # serial is one at a time whatever `workers` says, so that switching a call to serial
+        # to debug it needs no other change.
+        n = (
+            1
+            if kind.inline
+            else workers or self.workers or default_workers(model, is_async=is_async)
         )
-    tasks_cap = positive_int("max_tasks_per_child", max_tasks_per_child)
-    if tasks_cap is not None and model != "auto" and not (known and traits(str(model)).recycles):
-        raise ValueError(
-            f"max_tasks_per_child is for worker processes, not model={model!r}: use "
-            "model='processes' (or 'auto', where it applies if auto chooses processes)"
+        if self.max_concurrency is not None:
+            n = min(n, self.max_concurrency)
+        runs = traits(backend)
+        most = self.max_tasks_per_child if runs.recycles else None
+        if self.one_by_one:
+            size = 1
+        else:
+            first = _chunks.first(batched=kind.batched, workers=n, length=length, most=most)
+            size = chunksize or self.chunksize or first
+            if most is not None:
+                size = min(size, most)
+        window = size if kind.inline else WINDOW_CHUNKS_PER_WORKER * n * size
+        if (runs.silent_starts and self.timeout is not None) or self.pacer is not None:
+            # Their futures do not say when a task starts: with no more in flight than there
+            # are workers, none waits in a queue while its timeout runs. Under a rate, what is
+            # sent starts at once, so that spacing the sends spaces the starts.
+            window = n
+        return Plan(
+            model=backend,
+            workers=n,
+            chunksize=size,
+            window=window,
+            ordered=self.ordered,
+            timeout=self.timeout,
+            retries=self.retries,
+            fail_fast=self.on_error == "raise",
+            adaptive=adaptive and not self.one_by_one and self.chunksize is None,
+            length=length,
+            backoff=self.backoff,
+            pacer=self.pacer,
+            hops=runs.hops,
+            inline=runs.inline,
+            most_per_chunk=most,
         )
-    return {
-        "initializer": initializer,
-        "initargs": tuple(initargs),
-        "max_tasks_per_child": tasks_cap,
-    }
 
-
-def check_fn(fn: object) -> None:
-    if not callable(fn):
-        raise TypeError(
-            f"fn must be a callable that takes one item, not {type(fn).__name__}; "
-            "for several arguments per item use pickpool.star(fn)"
+    def setup(
+        self,
+        fn: Callable[[Any], Any],
+        plan: Plan,
+        *,
+        is_async: bool,
+        fn_bytes: bytes | None = None,
+        climb: Climb | None = None,
+    ) -> Setup:
+        """What ``plan``'s backend is started with, to run ``fn``."""
+        return Setup(
+            fn,
+            plan.workers,
+            is_async,
+            plan.timeout,
+            fn_bytes,
+            climb=climb,
+            client=self.client,
+            fresh=self.fresh_workers,
+            inner_threads=self.inner_threads,
+            initializer=self.initializer,
+            initargs=self.initargs,
+            max_tasks_per_child=self.max_tasks_per_child,
         )
 
 
-# Seconds before a failed item's first retry, unless the caller says otherwise.
-DEFAULT_BACKOFF = 0.05
-
-
-# (Long on purpose: every option of a concrete model checked and defaulted.)
-def make_plan(
+# (Long on purpose: every option checked, in the order a reader of the signature meets them.)
+def check(
     *,
-    model: str,
-    is_async: bool,
-    length: int | None,
-    workers: object,
-    chunksize: object,
-    ordered: object,
-    timeout: object,
-    retries: object,
-    on_error: object,
-    backoff: object = 0.0,
+    model: object = "auto",
+    workers: object = None,
     max_concurrency: object = None,
     max_rate: object = None,
-) -> Plan:
-    """Check the user's options; return the :class:`Plan` for a concrete (non-auto) model."""
-    if model not in MODELS and model not in EXTRA_MODELS:
-        raise ValueError(f"unknown model {model!r}; use one of {', '.join(map(repr, ALL_MODELS))}")
-    n_workers = positive_int("workers", workers)
+    chunksize: object = None,
+    ordered: object = True,
+    timeout: object = None,
+    retries: object = 0,
+    backoff: object = DEFAULT_BACKOFF,
+    on_error: object = "raise",
+    progress: object = False,
+    client: object = None,
+    fresh_workers: object = False,
+    inner_threads: object = None,
+    initializer: object = None,
+    initargs: object = (),
+    max_tasks_per_child: object = None,
+) -> Options:
+    """Every option of one call checked, with the chosen model's pre-flight checks: the
+    :class:`Options` record, or the first ``TypeError``/``ValueError`` (or
+    :class:`~pickpool.BackendUnavailable`) that says what is wrong and what to do."""
+    name = check_model(model)
+    n = positive_int("workers", workers)
     size = positive_int("chunksize", chunksize)
     if not isinstance(ordered, bool):
         raise TypeError(f"ordered must be True or False, not {ordered!r}")
@@ -127,16 +248,13 @@ def make_plan(
         )
     if isinstance(retries, bool) or not isinstance(retries, numbers.Integral):
         raise TypeError(f"retries must be a whole number, not {type(retries).__name__}")
-    retries = int(retries)
     if retries < 0:
         raise ValueError(f"retries must be 0 or more, got {retries}")
     limit = positive_seconds("timeout", timeout, optional=True)
     wait = 0.0 if backoff == 0 else positive_seconds("backoff", backoff)
     cap = positive_int("max_concurrency", max_concurrency)
-    if cap is not None and n_workers is not None and n_workers > cap:
-        raise ValueError(
-            f"workers={n_workers} is more than max_concurrency={cap}: pass one or the other"
-        )
+    if cap is not None and n is not None and n > cap:
+        raise ValueError(f"workers={n} is more than max_concurrency={cap}: pass one or the other")
     if limit is not None and size is not None and size > 1:
         raise ValueError(
             f"timeout applies to each item, so it needs chunksize=1 (got chunksize={size}); "
@@ -148,41 +266,118 @@ def make_plan(
             f"max_rate spaces out each call's start, so it needs chunksize=1 (got "
             f"chunksize={size}); leave chunksize unset"
         )
-    kind = traits(model)
-    backend = model
-    if limit is not None and kind.with_timeout is not None:
-        # The caller's own thread cannot be interrupted: a one-thread pool can be abandoned.
-        backend = kind.with_timeout
-    # serial is one at a time whatever `workers` says, so that switching a call to serial to
-    # debug it needs no other change.
-    n_workers = 1 if kind.inline else n_workers or default_workers(model, is_async=is_async)
-    if cap is not None:
-        n_workers = min(n_workers, cap)
-    # Chunks not given are fitted to the measured pace as the run goes (a timeout is per item).
-    one_by_one = limit is not None or rate is not None
-    adaptive = size is None and not one_by_one
-    size = 1 if one_by_one else size or default_chunksize(model, n_workers, length)
-    window = size if kind.inline else WINDOW_CHUNKS_PER_WORKER * n_workers * size
-    if (kind.silent_starts and limit is not None) or rate is not None:
-        # Their futures do not say when a task starts: with no more in flight than there are
-        # workers, none waits in a queue while its timeout runs. Under a rate, what is sent
-        # starts at once, so that spacing the sends spaces the starts.
-        window = n_workers
-    return Plan(
-        model=backend,
-        workers=n_workers,
+    if not isinstance(fresh_workers, bool):
+        raise TypeError(f"fresh_workers must be True or False, not {fresh_workers!r}")
+    inner = check_inner_threads(inner_threads)
+    mode = wants_progress(progress)
+    init, args, tasks_cap = worker_options(name, initializer, initargs, max_tasks_per_child)
+    if tasks_cap is not None and size is not None and size > tasks_cap:
+        raise ValueError(
+            f"chunksize={size} is more than max_tasks_per_child={tasks_cap}: a worker is "
+            "replaced after that many items, so its chunks cannot be larger"
+        )
+    client, n = _prepared(name, client, n)
+    return Options(
+        model=name,
+        workers=n,
+        max_concurrency=cap,
+        pacer=None if rate is None else Pacer.per_second(rate),
         chunksize=size,
-        window=window,
         ordered=ordered,
         timeout=limit,
         retries=int(retries),
-        fail_fast=on_error == "raise",
-        adaptive=adaptive,
-        length=length,
         backoff=wait or 0.0,
-        pacer=None if rate is None else Pacer.per_second(rate),
-        hops=traits(backend).hops,
+        on_error=str(on_error),
+        progress=mode,
+        client=client,
+        # State an initializer leaves, or a worker's count of items, belongs to this run: its
+        # workers are new, and are not kept for the next.
+        fresh_workers=fresh_workers or init is not None or tasks_cap is not None,
+        inner_threads=inner,
+        initializer=init,
+        initargs=args,
+        max_tasks_per_child=tasks_cap,
     )
+
+
+def from_keywords(where: str, options: Mapping[str, Any]) -> Options:
+    """:func:`check` on the keyword arguments a function took as ``**options`` (``where``
+    names it, for the error an unknown keyword gets)."""
+    unknown = set(options) - KEYWORDS
+    if unknown:
+        raise TypeError(f"{where}() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+    return check(**options)
+
+
+def check_model(model: object) -> str:
+    """``model=`` checked: ``"auto"`` or a registered model's name."""
+    if not isinstance(model, str):
+        raise TypeError(f"model must be a string such as 'threads', not {type(model).__name__}")
+    if model not in all_models():
+        raise ValueError(
+            f"unknown model {model!r}; use one of {', '.join(map(repr, all_models()))}"
+        )
+    return model
+
+
+def _prepared(name: str, client: object, workers: int | None) -> tuple[Any, int | None]:
+    """``(client, workers)`` as ``name``'s model takes them, its pre-flight checks passed."""
+    spec = None if name == "auto" else traits(name)
+    if client is not None and (spec is None or not spec.takes_client):
+        clustered = " or ".join(f"model={m!r}" for m in names() if traits(m).takes_client)
+        raise ValueError(f"client= is for {clustered}, not model={name!r}")
+    if name == "auto":
+        return client, workers
+    prepare = registered(name).prepare
+    if prepare is None:
+        return client, workers
+    # Here, so that a missing extra or cluster is reported at the call, even by imap.
+    client, workers = prepare(client, workers)
+    return client, positive_int("workers", workers)
+
+
+def worker_options(
+    model: str, initializer: object, initargs: object, max_tasks_per_child: object
+) -> tuple[Callable[..., object] | None, tuple[Any, ...], int | None]:
+    """``initializer``, ``initargs`` and ``max_tasks_per_child`` checked for ``model``."""
+    if initializer is not None and not callable(initializer):
+        raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
+    if not isinstance(initargs, tuple | list):
+        raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+    concrete = model != "auto"
+    if initializer is not None and concrete and not traits(model).initializer:
+        raise ValueError(
+            f"initializer is not supported under model={model!r}: set up each worker "
+            "another way (a dask WorkerPlugin), or use model='processes' or 'threads'"
+        )
+    tasks_cap = positive_int("max_tasks_per_child", max_tasks_per_child)
+    if tasks_cap is not None and concrete and not traits(model).recycles:
+        recycled = " or ".join(f"model={m!r}" for m in names() if traits(m).recycles)
+        raise ValueError(
+            f"max_tasks_per_child is for worker processes, not model={model!r}: use "
+            f"{recycled} (or 'auto', where it applies if auto chooses one)"
+        )
+    return initializer, tuple(initargs), tasks_cap
+
+
+def check_fn(fn: object) -> None:
+    """``fn`` is callable, or a TypeError says what to pass."""
+    if not callable(fn):
+        raise TypeError(
+            f"fn must be a callable that takes one item, not {type(fn).__name__}; "
+            "for several arguments per item use pickpool.star(fn)"
+        )
+
+
+def positive_int(name: str, value: object) -> int | None:
+    """``value`` as a whole number of at least 1, or None; a TypeError/ValueError naming it."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number or None, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return int(value)
 
 
 def positive_rate(value: object) -> float | None:
@@ -216,69 +411,3 @@ def length_hint(items: Any) -> int | None:
         return len(items)
     except TypeError:
         return None
-
-
-@dataclass(frozen=True, slots=True)
-class Wishes:
-    """The caller's own ``map`` options, checked: what every phase and the rest must honour."""
-
-    workers: int | None = None
-    chunksize: int | None = None
-    timeout: float | None = None
-    retries: int = 0
-    on_error: str = "raise"
-    ordered: bool = True
-    fresh_workers: bool = False
-    inner_threads: InnerThreads = None
-    backoff: float = 0.0
-    max_concurrency: int | None = None
-    initializer: Callable[..., object] | None = None
-    initargs: tuple[Any, ...] = ()
-    max_tasks_per_child: int | None = None
-    # ``max_rate``, as the one pacer every phase of the run shares.
-    pacer: Pacer | None = None
-
-    def workers_setup(self) -> dict[str, Any]:
-        """What each new worker is set up with, for every :class:`Setup` of the run."""
-        return {
-            "initializer": self.initializer,
-            "initargs": self.initargs,
-            "max_tasks_per_child": self.max_tasks_per_child,
-        }
-
-    def plan(
-        self,
-        model: str,
-        *,
-        is_async: bool,
-        workers: int,
-        chunksize: int | None,
-        adaptive: bool = False,
-        length: int | None = None,
-    ) -> Plan:
-        """The plan for running some of the items on ``model``, with these options.
-
-        ``adaptive``: chunks start at ``chunksize`` and follow the measured pace, unless the
-        caller fixed the chunk size; ``length``: how many items the plan runs, if known.
-        """
-        # Each item on its own: its timeout runs from its start, its start is paced.
-        one_by_one = self.timeout is not None or self.pacer is not None
-        plan = make_plan(
-            model=model,
-            is_async=is_async,
-            length=length,
-            workers=workers,
-            chunksize=None if one_by_one else chunksize,
-            ordered=self.ordered,
-            timeout=self.timeout,
-            retries=self.retries,
-            on_error=self.on_error,
-            backoff=self.backoff,
-            max_concurrency=self.max_concurrency,
-            max_rate=None if self.pacer is None else self.pacer.rate,
-        )
-        return dataclasses.replace(
-            plan,
-            adaptive=adaptive and not one_by_one and self.chunksize is None,
-            pacer=self.pacer,
-        )

@@ -25,6 +25,12 @@ _HINT = (
 )
 
 
+class NotPicklable(TypeError, pickle.PicklingError):
+    """Something cannot travel to or from a worker process: a ``TypeError`` (what pickpool
+    raises for work that cannot be sent) that ``except pickle.PicklingError`` catches too. The
+    message names what could not travel and what to do."""
+
+
 def dumps(obj: Any) -> bytes:
     return cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
 
@@ -54,7 +60,7 @@ def dumps_function(fn: object) -> bytes:
         return dumps(fn)
     except Exception as exc:
         name = getattr(fn, "__qualname__", None) or _describe(fn)
-        raise TypeError(
+        raise NotPicklable(
             f"cannot send function {name} to a worker process: {type(exc).__name__}: {exc}. "
             f"It holds something that cannot be pickled; {_HINT}"
         ) from exc
@@ -66,7 +72,7 @@ def dumps_task(task: Task) -> bytes:
         return dumps(task)
     except Exception as exc:
         index, item = _first_unpicklable(task[1], task[2]) or (task[1], None)
-        raise TypeError(
+        raise NotPicklable(
             f"cannot send item {index} ({_describe(item)}) to a worker process: "
             f"{type(exc).__name__}: {exc}; {_HINT}"
         ) from exc
@@ -102,7 +108,7 @@ def _travelling(outcome: Outcome) -> Outcome:
         loads(dumps(payload))
     except Exception as exc:
         if status == OK:
-            error = TypeError(
+            error = NotPicklable(
                 f"the result of item {index} ({_describe(payload)}) cannot be sent back from "
                 f"the worker process: {type(exc).__name__}: {exc}; return plain data, or use "
                 "model='threads'"
@@ -181,7 +187,7 @@ def _loaded(outcome: Outcome) -> list[Outcome]:
             continue
         cause = broken.exc
         what = "result" if status == OK else "exception"
-        error = TypeError(
+        error = NotPicklable(
             f"the {what} of item {index} was sent back from the worker process but cannot be "
             f"rebuilt here: {type(cause).__name__}: {_safe_str(cause)}; return plain data "
             "(numbers, strings, lists, dicts), or use model='threads'"

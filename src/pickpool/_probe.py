@@ -28,29 +28,35 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import _inner, _machine
-from ._backends import Setup
+from . import _machine, _native
+from ._backends import COROUTINES, LOOP, THREADS, Setup
 from ._cursor import Cursor
-from ._driver import Done, Plan
-from ._inner import InnerThreads
-from ._options import Wishes
-from ._readings import Evidence, Readings
-from ._timing import AsyncTimed, Knocker, Record, Timed, children_cpu, typical, typical_process_cpu
+from ._native import InnerThreads
+from ._options import Options
+from ._plan import Plan
+from ._readings import PARALLEL_CALL, RAMP_FAILING, RAMP_TOLERANCE, Evidence, Readings
+from ._schedule import Done
+from ._timing import (
+    AsyncTimed,
+    Knocker,
+    Record,
+    Timed,
+    children_cpu,
+    overhead,
+    typical,
+    typical_process_cpu,
+)
 
 _HANDOFF = 5e-6  # seconds to hand a call to a thread and take its result back, at least
 # The alone phase stops once it has seen this much of a run that is mostly waiting: waiting
 # is measured faster and better together.
 WAITING_SHARE = 0.3
-# A call alone that keeps this many cores busy runs threads of its own (BLAS, OpenMP...).
-_PARALLEL_CALL = 1.2
 # Below this much watched time the knocker's reading is noise.
 _KNOCKER_MIN = 0.01
 _MAX_PROBE_THREADS = 16
-# Calls that wait are run up to this many at once, doubling, while their latency stays within
-# this many times its value alone.
+# Calls that wait are run up to this many at once, fourfold, while their latency stays within
+# RAMP_TOLERANCE times its value alone and no more than RAMP_FAILING of them fail.
 _MAX_RAMP_THREADS = 32
-RAMP_TOLERANCE = 1.5
-RAMP_FAILING = 0.1  # a share of a round's calls that failed: the far side refuses
 # advise's share: its only job is to measure, so it may take a larger part of the batch.
 ADVISE_SHARE = 0.1
 _MAX_PROBE_COROUTINES = 16
@@ -170,16 +176,17 @@ class Pilot:
         is_async: bool,
         budget: float,
         share: float,
-        wishes: Wishes,
+        options: Options,
         ramp: bool = True,
     ) -> None:
         self.fn = fn
         self.cursor = cursor
         self.is_async = is_async
-        self.wishes = wishes
+        self.options = options
         self.ramp = ramp
+        overhead()  # (measured once per process, before the probe's clock starts)
         self.allowance = _Allowance(cursor, budget=budget, share=share, is_async=is_async)
-        self.readings = Readings(fn, is_async, cursor.length, wishes.timeout)
+        self.readings = Readings(fn, is_async, cursor.length, options.timeout)
         self.evidence: Evidence | None = None
 
     def saw(self, done: Done) -> None:
@@ -225,8 +232,8 @@ class Pilot:
         left = self.cursor.remaining()
         if (
             self.is_async
-            or self.wishes.inner_threads is not None  # the caller's cap holds in every model
-            or self.wishes.workers == 1
+            or self.options.inner_threads is not None  # the caller's cap holds in every model
+            or self.options.workers == 1
             or self.cursor.exhausted
             or len(alone) < 2
             or _machine.cores() < 2
@@ -236,16 +243,16 @@ class Pilot:
         if left is not None and left * wall < 0.01:
             return False  # too little left for any other model to pay
         used = typical_process_cpu(alone) / wall if wall > 0 else 0.0
-        if used < _PARALLEL_CALL:
+        if used < PARALLEL_CALL:
             return False
-        self.readings.pools = pools = tuple(_inner.pools())
+        self.readings.pools = pools = tuple(_native.pools())
         return any(p.cappable and p.threads > 1 for p in pools)
 
     def _exhausted_or_enough(self) -> bool:
         readings = self.readings
         if self.cursor.exhausted or not readings.alone:
             return True
-        if self.wishes.workers == 1:
+        if self.options.workers == 1:
             return True  # the caller allows one at a time: nothing to scale
         wall, cpu = readings.typical()
         share = cpu / wall if wall > 0 else 1.0
@@ -264,27 +271,22 @@ class Pilot:
     # The phases ---------------------------------------------------------------------------
 
     def _plan(self, model: str, workers: int, chunksize: int | None) -> Plan:
-        return self.wishes.plan(model, is_async=self.is_async, workers=workers, chunksize=chunksize)
+        return self.options.plan(
+            model, is_async=self.is_async, workers=workers, chunksize=chunksize, adaptive=False
+        )
 
     def _setup(
         self,
         records: list[Record],
-        workers: int,
+        plan: Plan,
         *,
         knocker: Knocker | None = None,
         inner_threads: InnerThreads = None,
     ) -> Setup:
-        """A setup that runs the function timed, its records going to ``records``."""
+        """A setup for ``plan`` that runs the function timed, its records going to ``records``."""
         timed = (AsyncTimed if self.is_async else Timed)(self.fn, records, knocker)
-        return Setup(
-            timed,
-            workers,
-            self.is_async,
-            self.wishes.timeout,
-            fresh=self.wishes.fresh_workers,
-            inner_threads=inner_threads,
-            **self.wishes.workers_setup(),
-        )
+        setup = self.options.setup(timed, plan, is_async=self.is_async)
+        return dataclasses.replace(setup, inner_threads=inner_threads)
 
     def _phase(self, name: str, plan: Plan, setup: Setup, most: int) -> Phase:
         """A phase of at most ``most`` items, from the next one."""
@@ -297,13 +299,13 @@ class Pilot:
         readings = self.readings
         records = readings.capped if capped else readings.alone
         # A coroutine function runs on an event loop even alone, as it would under asyncio.
-        model = "asyncio" if self.is_async else "serial"
+        model = COROUTINES if self.is_async else LOOP
         # A window of one: the next item is taken only once the last one is timed, so that the
         # phase stops as soon as it has seen enough.
         plan = dataclasses.replace(self._plan(model, 1, 1), window=1)
         knocker = Knocker(calls=True)
-        inner = 1 if capped else self.wishes.inner_threads
-        setup = self._setup(records, 1, knocker=knocker, inner_threads=inner)
+        inner = 1 if capped else self.options.inner_threads
+        setup = self._setup(records, plan, knocker=knocker, inner_threads=inner)
         enough = _never if capped else self._clearly_waiting
         knocker.start()
         children = children_cpu()
@@ -333,8 +335,8 @@ class Pilot:
         wall, _ = typical(readings.alone)
         most = min(
             _MAX_RAMP_THREADS,
-            self.wishes.workers or _MAX_RAMP_THREADS,
-            self.wishes.max_concurrency or _MAX_RAMP_THREADS,
+            self.options.workers or _MAX_RAMP_THREADS,
+            self.options.max_concurrency or _MAX_RAMP_THREADS,
         )
         n = 2
         while n <= most and not self.cursor.exhausted:
@@ -344,8 +346,9 @@ class Pilot:
                 break
             records: list[Record] = []
             failed = readings.failed
-            setup = self._setup(records, n, inner_threads=self.wishes.inner_threads)
-            yield self._phase("together", self._plan("threads", n, 1), setup, n)
+            plan = self._plan(THREADS, n, 1)
+            setup = self._setup(records, plan, inner_threads=self.options.inner_threads)
+            yield self._phase("together", plan, setup, n)
             if not records:
                 break
             readings.together += records
@@ -365,19 +368,19 @@ class Pilot:
         # Calls together run with their native pools capped to fit the cores, as a run would.
         readings = self.readings
         room = self.allowance.room()
-        wishes = self.wishes
+        options = self.options
         if self.is_async:
             k = min(
                 _MAX_PROBE_COROUTINES,
                 room,
-                wishes.workers or _MAX_PROBE_COROUTINES,
-                wishes.max_concurrency or _MAX_PROBE_COROUTINES,
+                options.workers or _MAX_PROBE_COROUTINES,
+                options.max_concurrency or _MAX_PROBE_COROUTINES,
             )
             if k < 2:
                 return None
             readings.coroutines = k
-            setup = self._setup(readings.together, k)
-            return self._phase("together", self._plan("asyncio", k, 1), setup, k)
+            plan = self._plan(COROUTINES, k, 1)
+            return self._phase("together", plan, self._setup(readings.together, plan), k)
         wall, cpu = readings.typical()
         cores = _machine.cores()
         # Enough threads that, if the GIL were free, the cores would be busy.
@@ -385,8 +388,8 @@ class Pilot:
         n = min(
             _MAX_PROBE_THREADS,
             wanted,
-            wishes.workers or _MAX_PROBE_THREADS,
-            wishes.max_concurrency or _MAX_PROBE_THREADS,
+            options.workers or _MAX_PROBE_THREADS,
+            options.max_concurrency or _MAX_PROBE_THREADS,
             room,
         )
         if n < 2:
@@ -395,8 +398,9 @@ class Pilot:
         per_thread = max(1, min(1000, round(target / wall) if wall > 0 else 1000))
         per_thread = min(per_thread, room // n)
         readings.threads = n
-        setup = self._setup(readings.together, n, inner_threads=wishes.inner_threads)
-        return self._phase("together", self._plan("threads", n, per_thread), setup, n * per_thread)
+        plan = self._plan(THREADS, n, per_thread)
+        setup = self._setup(readings.together, plan, inner_threads=options.inner_threads)
+        return self._phase("together", plan, setup, n * per_thread)
 
 
 def _never(record: Record) -> bool:

@@ -17,10 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._driver import Done
-from ._inner import Pool
+from ._native import Pool
+from ._schedule import Done
 from ._task import OK
 from ._timing import Record, typical, typical_process_cpu
+
+# A call alone that keeps this many cores busy runs threads of its own (BLAS, OpenMP...).
+PARALLEL_CALL = 1.2
+# The probe's ramp of calls that wait: latency past this many times a call's alone means
+# something they wait on is full; more than this share of a round failing, that it refuses.
+RAMP_TOLERANCE = 1.5
+RAMP_FAILING = 0.1
 
 # Pickling is measured on this many results (and their items), the first ones that succeed.
 _PICKLE_SAMPLES = 5

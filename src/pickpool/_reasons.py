@@ -6,43 +6,21 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from . import _advise
-from ._probe import RAMP_FAILING, RAMP_TOLERANCE
-from ._readings import Evidence
+from ._backends import traits
+from ._costs import LOADS_PER_DUMPS, Option, gil_free, gil_share
+from ._machine import Machine
+from ._readings import PARALLEL_CALL, RAMP_FAILING, RAMP_TOLERANCE, Evidence
+from ._text import format_bytes, format_seconds, plural
 
 if TYPE_CHECKING:
-    from ._advise import Kind, Machine, Option
-
-
-def format_seconds(s: float) -> str:
-    """Seconds for people: 1.23 s, 45.6 ms, 789 µs."""
-    if math.isinf(s):
-        return "impossible"
-    if s >= 1:
-        return f"{s:.2f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s * 1e6:.0f} µs"
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    from ._advise import Kind
 
 
 def _workers(option: Option) -> str:
-    return plural(option.workers, "coroutine" if option.model == "asyncio" else "worker")
-
-
-def _bytes(n: int) -> str:
-    if n >= 1024 * 1024:
-        return f"{n / 1024 / 1024:.1f} MiB"
-    if n >= 1024:
-        return f"{n / 1024:.1f} KiB"
-    return f"{n} bytes"
+    return plural(option.workers, traits(option.model).unit)
 
 
 def _ramp_reason(ev: Evidence) -> str:
@@ -67,7 +45,7 @@ def _ramp_reason(ev: Evidence) -> str:
 
 def _inner_reasons(ev: Evidence, machine: Machine) -> list[str]:
     """What the call's own threads (native pools) do, in sentences."""
-    if ev.is_async or ev.cores_used < _advise.PARALLEL_CALL:
+    if ev.is_async or ev.cores_used < PARALLEL_CALL:
         return []
     pools = "; ".join(str(p) for p in ev.pools)
     where = f" ({pools})" if pools else " (threads of its own)"
@@ -142,7 +120,7 @@ def _together_reason(ev: Evidence, machine: Machine) -> str | None:
     if ev.scaling is None:
         return None
     share = ev.cpu_share
-    held = _advise.gil_share(ev, machine)
+    held = gil_share(ev, machine)
     if share < 0.5:
         verdict = (
             "its waits overlap"
@@ -151,7 +129,7 @@ def _together_reason(ev: Evidence, machine: Machine) -> str | None:
         )
     elif not machine.gil:
         verdict = "this interpreter runs without the GIL"
-    elif held >= 0.5 and not _advise.gil_free(ev, machine):
+    elif held >= 0.5 and not gil_free(ev, machine):
         verdict = "the GIL serialises its computing"
     elif ev.scaling >= 0.6 * min(ev.threads, machine.cores):
         verdict = "it runs in code that releases the GIL"
@@ -177,7 +155,7 @@ def _cost_reasons(ev: Evidence, machine: Machine) -> list[str]:
     elif t > 0:
         out.append(
             f"Pickling an item and its result takes {format_seconds(pickle_time)} "
-            f"({pickle_time / t:.1%} of a call; {_bytes(ev.item_bytes + ev.result_bytes)})."
+            f"({pickle_time / t:.1%} of a call; {format_bytes(ev.item_bytes + ev.result_bytes)})."
         )
     return out
 
@@ -193,9 +171,10 @@ def _verdict(
     """The chosen model's predicted time against a plain loop's, and why."""
     t, share = ev.wall, ev.cpu_share
     pickle_time = ev.item_pickle + ev.result_pickle
-    serial = options["serial"].seconds
+    loop = next((o for o in options.values() if traits(o.model).inline), chosen)
+    serial = loop.seconds
     for_n = f"for {n:,} items" + (" (the input's length is unknown)" if unknown_length else "")
-    if chosen.model != "serial":
+    if chosen is not loop:
         sizing = f"{chosen.model} with {_workers(chosen)}"
         if chosen.inner is not None and ev.pools:
             sizing += f" ({plural(chosen.inner, 'thread')} per native pool)"
@@ -206,18 +185,18 @@ def _verdict(
             f"{sizing[0].upper()}{sizing[1:]} is predicted {speedup:.1f}x faster than a plain "
             f"loop: {format_seconds(chosen.seconds)} against {format_seconds(serial)} {for_n}."
         )
-    runner = min((o for o in options.values() if o.model != "serial"), key=lambda o: o.seconds)
+    runner = min((o for o in options.values() if o is not loop), key=lambda o: o.seconds)
     if kind == "tiny":
         why = (
             f"a call is so short ({format_seconds(t)}) that handing it to a worker costs about "
             "as much as running it"
         )
-    elif ev.cores_used >= _advise.PARALLEL_CALL and not ev.is_async:
+    elif ev.cores_used >= PARALLEL_CALL and not ev.is_async:
         why = (
             f"each call already keeps {ev.cores_used:.1f} cores busy by itself, so calls "
             "side by side would only share the same cores"
         )
-    elif not ev.unpicklable and (1 + _advise.LOADS_PER_DUMPS) * pickle_time > 0.5 * t:
+    elif not ev.unpicklable and (1 + LOADS_PER_DUMPS) * pickle_time > 0.5 * t:
         why = (
             f"pickling to and from processes costs more than the work itself, and "
             f"threads cannot run it {'' if share < 0.5 else 'in parallel '}any faster"

@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from . import _inner
+from . import _native
 
 if TYPE_CHECKING:
     import asyncio
@@ -67,7 +67,7 @@ def failed(index: int, exc: BaseException) -> Outcome:
 # The folders whose frames lead into your function: pickpool's own, and asyncio's.
 _PLUMBING: Final = (
     os.path.dirname(__file__) + os.sep,
-    os.path.dirname(inspect.getfile(inspect)) + os.sep + "asyncio" + os.sep,
+    os.path.join(os.path.dirname(inspect.getfile(inspect)), "asyncio", ""),  # (a package)
 )
 
 
@@ -236,7 +236,7 @@ class Caller:
                     outcomes.append((outcome[0], BLOCK, [outcome[2]], None))
                     # A first call that imported numpy (say) loaded a native thread pool:
                     # capped now, the rest of the chunk does not fight for the cores.
-                    _inner.caps.refresh()
+                    _native.caps.refresh()
                     break
                 outcomes.append(outcome)
                 if stop:

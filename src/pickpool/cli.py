@@ -18,8 +18,10 @@ from typing import Any, NoReturn, TextIO, cast
 
 import click
 
+from ._backends import MODELS
 from ._errors import BackendUnavailable
-from ._options import ALL_MODELS
+from ._options import all_models
+from ._text import plural
 
 TARGET_HELP = "MODULE:FUNCTION, or path/to/file.py:FUNCTION"
 EXAMPLES = {
@@ -209,7 +211,7 @@ def advise(
     """Measure TARGET on the first items; say which model to run them on, and why."""
     import pickpool
 
-    from ._report import advice_json, advice_table
+    from ._show import advice_json, advice_table
 
     fn = load_target(target)
     data = read_inputs(stdin, count, items, lines)
@@ -227,7 +229,7 @@ def advise(
 
 @cli.command(epilog=EXAMPLES["run"])
 @_inputs
-@click.option("--model", default="auto", show_default=True, type=click.Choice(ALL_MODELS))
+@click.option("--model", default="auto", show_default=True, type=click.Choice(all_models()))
 @click.option("--workers", type=click.IntRange(min=1), help="how many at once")
 @click.option("--chunksize", type=click.IntRange(min=1), help="items per hand-off")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="seconds per item")
@@ -292,13 +294,9 @@ def run(
             sink.write(line + "\n")
     if verbose:
         click.echo(f"pickpool: {results.report}", err=True)
-    click.echo(f"{_plural(len(data), 'item')}, {failed} failed", err=True)
+    click.echo(f"{plural(len(data), 'item')}, {failed} failed", err=True)
     if failed:
         sys.exit(1)
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count:,} {word}{'' if count == 1 else 's'}"
 
 
 def _failure_line(index: int, item: Any, exc: BaseException, attempts: int) -> str:
@@ -400,7 +398,7 @@ class _output:
 
 @cli.command(epilog=EXAMPLES["bench"])
 @_inputs
-@click.option("--models", default="serial,threads,processes,asyncio", show_default=True,
+@click.option("--models", default=",".join(MODELS), show_default=True,
               help="comma-separated; may include auto")  # fmt: skip
 @click.option("--workers", "counts", help="comma-separated worker counts, e.g. 1,2,4,8")
 @click.option("--plot", type=click.Path(dir_okay=False), help="draw a PNG here")
@@ -423,10 +421,10 @@ def bench(
     """
     import pickpool
 
-    from ._report import MissingExtra, bench_table
+    from ._show import MissingExtra, bench_table
 
     if plot:
-        from ._report import _pyplot
+        from ._show import _pyplot
 
         try:
             _pyplot()  # before anything runs: a missing extra is not worth a benchmark
@@ -464,7 +462,7 @@ def demo(quick: bool, plot: str | None) -> None:
     Examples:
       pickpool demo --quick --plot demo.png
     """
-    from ._report import MissingExtra
+    from ._show import MissingExtra
     from .lab.__main__ import main as run_demo
 
     try:
@@ -487,7 +485,8 @@ def doctor(as_json: bool) -> None:
     table.add_column("fact")
     table.add_column("value")
     for key, value in facts.items():
-        label = DOCTOR_LABELS.get(key, key.replace("_", " "))
+        default = f"model={key[: -len('_model')]!r} available" if key.endswith("_model") else ""
+        label = DOCTOR_LABELS.get(key) or default or key.replace("_", " ")
         table.add_row(label, _in_words(value, seconds=key.endswith("_s")))
     _console().print(table)
 
@@ -505,9 +504,7 @@ DOCTOR_LABELS = {
     "process_pool_first_start_s": "first process pool start",
     "process_pool_start_s": "process pool start, warm",
     "subinterpreters": "sub-interpreters in this Python",
-    "interpreters_model": "model='interpreters' available",
     "dask_installed": "dask.distributed installed",
-    "dask_client_active": "dask client active",
     "matplotlib": "matplotlib installed (plots)",
     "aiohttp": "aiohttp installed",
 }
@@ -525,11 +522,6 @@ def _in_words(value: Any, *, seconds: bool = False) -> str:
     return str(value)
 
 
-def _dask_client_active() -> bool:
-    distributed = sys.modules.get("distributed")  # nobody started a client without it
-    return distributed is not None and distributed.client._get_global_client() is not None
-
-
 def machine_facts() -> dict[str, Any]:
     """The facts ``doctor`` reports, measured now."""
     import platform
@@ -538,16 +530,15 @@ def machine_facts() -> dict[str, Any]:
 
     import pickpool
 
-    from . import _machine
-    from ._backends import _interpreters
+    from . import _backends, _machine
 
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     quota = _machine._cgroup_cpu_limit()
     start = time.perf_counter()
-    pickpool.map(abs, [1], model="processes", workers=1)
+    pickpool.map(abs, [1], model=_backends.PROCESSES, workers=1)
     first = time.perf_counter() - start
     start = time.perf_counter()
-    pickpool.map(abs, [1], model="processes", workers=1)
+    pickpool.map(abs, [1], model=_backends.PROCESSES, workers=1)
     warm = time.perf_counter() - start
     return {
         "usable_cores": _machine.cores(),
@@ -563,14 +554,21 @@ def machine_facts() -> dict[str, Any]:
         "process_pool_start_s": round(warm, 4),
         "subinterpreters": any(
             importlib.util.find_spec(name) is not None
-            for name in ("concurrent.interpreters", "interpreters")
+            for name in ("concurrent.interpreters", "interpreters")  # (modules)
         ),
-        "interpreters_model": _interpreters.available(),
         "dask_installed": importlib.util.find_spec("distributed") is not None,
-        "dask_client_active": _dask_client_active(),
         "matplotlib": importlib.util.find_spec("matplotlib") is not None,
         "aiohttp": importlib.util.find_spec("aiohttp") is not None,
+        # Each model, and whether it can run here now.
+        **{f"{name}_model": _available(name) for name in _backends.names()},
     }
+
+
+def _available(name: str) -> bool:
+    from . import _backends
+
+    unavailable = _backends.model(name).unavailable
+    return unavailable is None or unavailable() is None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,18 +48,12 @@ except ModuleNotFoundError as exc:
         name="joblib",
     ) from exc
 
-from . import _machine
-from ._executor import Executor
-from ._inner import InnerThreads, check_inner_threads
-from ._options import positive_int, positive_seconds
+from . import _backends, _machine
+from ._executor import Executor, check_executor_model
+from ._native import InnerThreads, check_inner_threads
+from ._options import check
 
 __all__ = ["PickpoolBackend"]
-
-# The models a joblib task can run on. "asyncio" is left out: joblib's tasks are plain
-# functions, which the asyncio model would only run on threads anyway.
-_MODELS: Final = ("processes", "threads", "auto", "serial")
-# The models whose tasks share the caller's memory (joblib's require="sharedmem").
-_IN_PROCESS: Final = ("threads", "serial")
 
 _NAME: Final = "pickpool"
 
@@ -113,7 +107,7 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
 
     def __init__(
         self,
-        model: str = "processes",
+        model: str = _backends.PROCESSES,
         *,
         timeout: float | None = None,
         max_tasks_per_child: int | None = None,
@@ -124,30 +118,22 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         inner_max_num_threads: int | None = None,
     ) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
-        if not isinstance(model, str) or model not in _MODELS:
-            hint = (
-                "; joblib's tasks are plain functions: use 'threads' for those that wait"
-                if model == "asyncio"
-                else ""
-            )
-            raise ValueError(
-                f"model must be one of {', '.join(map(repr, _MODELS))}, not {model!r}{hint}"
-            )
-        tasks_cap = positive_int("max_tasks_per_child", max_tasks_per_child)
-        if tasks_cap is not None and model not in ("processes", "auto"):
-            raise ValueError(
-                f"max_tasks_per_child is for worker processes, not model={model!r}: use "
-                "model='processes'"
-            )
-        if initializer is not None and not callable(initializer):
-            raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
-        self.model = model
-        self.timeout = positive_seconds("timeout", timeout, optional=True)
-        self.max_tasks_per_child = tasks_cap
-        self.inner_threads = check_inner_threads(inner_threads)
-        self.initializer = initializer
-        self.initargs = tuple(initargs)
-        self.uses_threads = self.supports_sharedmem = model in _IN_PROCESS
+        # The executor's own checks, here so that a bad option is reported at once.
+        options = check(
+            model=check_executor_model(model),
+            timeout=timeout,
+            max_tasks_per_child=max_tasks_per_child,
+            inner_threads=inner_threads,
+            initializer=initializer,
+            initargs=initargs,
+        )
+        self.model = options.model
+        self.timeout = options.timeout
+        self.max_tasks_per_child = options.max_tasks_per_child
+        self.inner_threads = options.inner_threads
+        self.initializer = options.initializer
+        self.initargs = options.initargs
+        self.uses_threads = self.supports_sharedmem = self._in_process
         self.parallel: Any = None
         self._n_jobs = 0
         # The executor of the Parallel call running, and those an abort stopped (shut down
@@ -158,6 +144,11 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         # joblib's callbacks submit the next batches from the executor's own threads while the
         # caller's thread may be aborting: both swap the executor under this lock.
         self._lock = threading.Lock()
+
+    @property
+    def _in_process(self) -> bool:
+        """Whether tasks run in this process, sharing its memory (``require="sharedmem"``)."""
+        return self.model != "auto" and _backends.traits(self.model).shares_memory
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         """The workers ``n_jobs`` stands for, by joblib's rules, counting the usable cores.
@@ -170,7 +161,7 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         """
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
-        if n_jobs is None or self.model == "serial":
+        if n_jobs is None or (self.model != "auto" and _backends.traits(self.model).inline):
             return 1
         if n_jobs < 0:
             return max(_machine.cores() + 1 + n_jobs, 1)
@@ -264,7 +255,7 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
 
             backend.compute_batch_size()  # 1 at first
         """
-        if self.model in _IN_PROCESS:
+        if self._in_process:
             return 1
         size: int = super().compute_batch_size()
         return size

@@ -1,10 +1,15 @@
-"""One module per concurrency model, each a small class behind :class:`Backend`, and the
-registry of what the core needs to know of each model (:class:`Traits`, :func:`traits`).
+"""The models, one module each behind :class:`Backend`, and the registry the rest asks about them.
 
-The core (``_api``, ``_options``, ``_driver``, ``_auto``) knows no backend by name: it asks a
-model's :class:`Traits` (how it is fed, its defaults, its checks) and the driver submits chunks
-and collects outcomes. A backend knows nothing of chunking, ordering, retries or error policy,
-nor of finding which item of a chunk kills its worker.
+Each model is one module, ``_backends/_<name>.py``, that ends in ``MODEL = Model(...)``: its
+:class:`Traits` (how it is fed, its defaults, what it supports), its backend class, and its
+hooks: its prediction for the cost model, the facts of this machine that prediction reads,
+the checks made at the call, its runner on the caller's event loop. The registry is one line
+per model (:data:`_REGISTRY`); :func:`register` adds one at run time. Nothing outside this
+package names a model: the core asks the registry (:func:`names`, :func:`model`,
+:func:`traits`), and a model's module is imported only when the model is first asked about.
+
+A backend knows nothing of chunking, ordering, retries or error policy, nor of finding which
+item of a chunk kills its worker.
 """
 
 from __future__ import annotations
@@ -12,15 +17,40 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
 
-from .._inner import InnerThreads
+from .._native import InnerThreads
 from .._task import Caller, Outcome, Task
 
+if TYPE_CHECKING:
+    from .._costs import Costs, Option
+
 ModelName = Literal["serial", "threads", "processes", "asyncio", "interpreters", "dask"]
-# The models every interpreter has, on one machine; then those that need more.
+
+# The registry: one line per model, its name and the module that defines it (``MODEL``).
+_REGISTRY: dict[str, str] = {
+    "serial": f"{__name__}._serial",
+    "threads": f"{__name__}._threads",
+    "processes": f"{__name__}._processes",
+    "asyncio": f"{__name__}._asyncio",
+    "interpreters": f"{__name__}._interpreters",
+    "dask": f"{__name__}._dask",
+}
+# The models every interpreter has, on one machine; the others need more (Python 3.14, a
+# dask cluster).
 MODELS: tuple[ModelName, ...] = ("serial", "threads", "processes", "asyncio")
 EXTRA_MODELS: tuple[ModelName, ...] = ("interpreters", "dask")
+
+# The models pickpool runs calls on for its own purposes, by what they are: the plain loop (the
+# probe's calls alone; the baseline every prediction is compared with), calls side by side in
+# this process's threads (the probe's scaling test and ramp), and coroutines on one event loop
+# (the probe of a coroutine function).
+LOOP: Final = "serial"
+THREADS: Final = "threads"
+COROUTINES: Final = "asyncio"
+# Worker processes: where joblib's own backend (loky) runs its tasks, and so pickpool's joblib
+# backend by default.
+PROCESSES: Final = "processes"
 
 # Threads mostly wait (blocking I/O), so more of them than cores pays; bounded because each
 # blocked thread costs memory and a GIL hand-off.
@@ -30,55 +60,40 @@ MAX_THREADS: Final = 64
 ASYNC_CONCURRENCY: Final = 1024
 
 
-def _one(cores: int, is_async: bool) -> int:
+def one(cores: int, is_async: bool) -> int:
+    """Default workers: 1."""
     return 1
 
 
-def _cores(cores: int, is_async: bool) -> int:
+def every_core(cores: int, is_async: bool) -> int:
+    """Default workers: one per usable core."""
     return cores
 
 
-def _waiting(cores: int, is_async: bool) -> int:
+def waiting(cores: int, is_async: bool) -> int:
+    """Default workers for calls that mostly wait: 8 per core, at most 64."""
     return min(MAX_THREADS, THREADS_PER_CORE * cores)
 
 
-def _coroutines(cores: int, is_async: bool) -> int:
-    return ASYNC_CONCURRENCY if is_async else _waiting(cores, is_async)
-
-
-def _dask_prepare(client: Any, workers: Any) -> tuple[Any, Any]:
-    from ._dask import active_client, cluster_threads
-
-    client = active_client(client)
-    return client, cluster_threads(client) if workers is None else workers
-
-
-def _interpreters_prepare(client: Any, workers: Any) -> tuple[Any, Any]:
-    from ._interpreters import check_available
-
-    check_available()
-    return client, workers
+def coroutines(cores: int, is_async: bool) -> int:
+    """Default workers on an event loop: 1024 coroutines, or for a plain function the
+    threads of :func:`waiting`."""
+    return ASYNC_CONCURRENCY if is_async else waiting(cores, is_async)
 
 
 @dataclass(frozen=True, slots=True)
 class Traits:
-    """What the core needs to know of one model, without importing its backend.
+    """What the core needs to know of one model, beside its hooks (see :class:`Model`)."""
 
-    The core asks these, never the model's name: adding a model is a backend module, its name
-    in :data:`ModelName` and :data:`MODELS` (or :data:`EXTRA_MODELS`), and one entry in
-    :data:`TRAITS` (and, for auto to choose it, a prediction in the cost model).
-    """
-
-    name: ModelName
     # Workers when none are given, from the usable cores and whether ``fn`` is a coroutine
-    # function (see ``_options.default_workers``).
+    # function (one of :func:`one`, :func:`every_core`, :func:`waiting`, :func:`coroutines`).
     default_workers: Callable[[int, bool], int]
     # Runs each item in the caller's thread, one at a time (and so, one worker whatever
     # ``workers`` says; the driver runs the plain loop with the backend's ``inline`` caller).
     inline: bool = False
     # The model that runs it when items have a ``timeout`` (the caller's own thread cannot
     # be interrupted; a one-thread pool can abandon an item), if not itself.
-    with_timeout: ModelName | None = None
+    with_timeout: str | None = None
     # Each hand-off is costly (pickling, a remote future): chunks of several items by default.
     batched: bool = False
     # A chunk's items run concurrently, a chunk is only a hop to where they run: one window
@@ -93,50 +108,106 @@ class Traits:
     # Worker processes that ``max_tasks_per_child`` can replace; ``initializer`` supported.
     recycles: bool = False
     initializer: bool = True
-    # Runs coroutines on the caller's own event loop under ``amap``.
-    on_loop: bool = False
     # Runs on a cluster: takes ``client=``.
     takes_client: bool = False
     # Under auto, what the latency-driven limit (or throughput climbing) may hold: "calls"
     # (every call: threads), "coroutines" (coroutines that wait: asyncio's loop), or None.
     climbs: Literal["calls", "coroutines"] | None = None
+    # A plain function's calls run on this process's threads: what one such model was seen
+    # to do in a run (the GIL, native pools fighting for the cores), the others would do too.
+    plain_on_threads: bool = False
+    # Calls share the caller's memory (what they write to a global, the caller sees).
+    shares_memory: bool = False
+    # On a near tie in the cost model, the lower rank wins: fewer moving parts, no pickling,
+    # one machine. (For a plain function, for a coroutine function.)
+    rank: tuple[int, int] = (9, 9)
+    # What one of its workers is called in the advice's sentences.
+    unit: str = "worker"
+    # ``pickpool.Executor`` (and so the joblib backend) can run calls on it; if not, what to
+    # use instead, for the error message.
+    executor: bool = True
+    instead: str = ""
+
+
+class LoopRunner(Protocol):
+    """A model's runner of items as tasks of the current event loop (``amap`` on the caller's
+    loop): it reports outcomes as the backend protocol does, to the ``emit`` it was made with."""
+
+    def start(self, task: Task) -> None: ...
+
+    async def cancel(self) -> None: ...
+
+    async def ashutdown_executor(self, *, cancel: bool = False) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """One model, as its module defines it (``MODEL``) for the registry."""
+
+    name: str
+    traits: Traits
+    # The backend class (or any callable that starts one from a Setup).
+    backend: Callable[[Setup], Backend]
+    # Its predicted seconds for a batch (see ``_costs``); None where it cannot run here (its
+    # facts say so). A model without a prediction is never chosen by auto.
+    predict: Callable[[Costs], Option | None] | None = None
+    # The facts of this machine its prediction reads (``Machine.facts[name]``), observed now.
+    observe: Callable[[], object] | None = None
     # Checks made at the call, before anything runs: ``(client, workers)`` resolved (a missing
     # extra or cluster is reported at the call, even by imap).
     prepare: Callable[[Any, Any], tuple[Any, Any]] | None = None
+    # Runs coroutines on the caller's own event loop under ``amap``: the runner, made there.
+    loop_runner: Callable[[Setup, Callable[[list[Outcome]], None]], LoopRunner] | None = None
+    # Why it cannot run here now (what to install or start), or None if it can; asked by
+    # ``pickpool doctor``, cheaply (importing nothing heavy).
+    unavailable: Callable[[], str | None] | None = None
 
 
-TRAITS: Final[dict[str, Traits]] = {
-    "serial": Traits("serial", _one, inline=True, with_timeout="threads"),
-    "threads": Traits("threads", _waiting, climbs="calls"),
-    "processes": Traits("processes", _cores, batched=True, pickles=True, recycles=True),
-    "asyncio": Traits("asyncio", _coroutines, hops=True, on_loop=True, climbs="coroutines"),
-    "interpreters": Traits(
-        "interpreters",
-        _cores,
-        batched=True,
-        silent_starts=True,
-        initializer=False,
-        prepare=_interpreters_prepare,
-    ),
-    "dask": Traits(
-        "dask",
-        _waiting,
-        batched=True,
-        silent_starts=True,
-        initializer=False,
-        takes_client=True,
-        prepare=_dask_prepare,
-    ),
-}
+_loaded: dict[str, Model] = {}
 
 
-# The model that takes every option: ``model="auto"``'s options are checked as its, at the call.
-CHECKED_AS_AUTO: Final = "threads"
+def register(name: str, module: str) -> None:
+    """Add the model defined by ``module`` (its ``MODEL``) under ``name``: from then on every
+    part of pickpool considers it (auto, ``advise``, the Executor, the joblib backend).
+
+    Example::
+
+        register("ray", "mypackage.pickpool_ray")   # MODEL = Model("ray", ...)
+    """
+    _REGISTRY[name] = module
+    _loaded.pop(name, None)
 
 
-def traits(model: str) -> Traits:
-    """The :class:`Traits` of ``model`` (a backend's name, not ``"auto"``)."""
-    return TRAITS[model]
+def unregister(name: str) -> None:
+    """Remove a model :func:`register` added."""
+    _REGISTRY.pop(name, None)
+    _loaded.pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+    """Every registered model's name."""
+    return tuple(_REGISTRY)
+
+
+def model(name: str) -> Model:
+    """The :class:`Model` registered as ``name``, importing its module the first time."""
+    found = _loaded.get(name)
+    if found is None:
+        found = importlib.import_module(_REGISTRY[name]).MODEL
+        if not isinstance(found, Model) or found.name != name:
+            raise TypeError(f"{_REGISTRY[name]}.MODEL must be a Model named {name!r}")
+        _loaded[name] = found
+    return found
+
+
+def traits(name: str) -> Traits:
+    """The :class:`Traits` of model ``name`` (a backend's name, not ``"auto"``)."""
+    return model(name).traits
+
+
+def load(name: str) -> Callable[[Setup], Backend]:
+    """The backend class of model ``name``."""
+    return model(name).backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +243,7 @@ class Setup:
     # warm pools: no state left by an earlier call (resource limits, globals, thread-locals).
     fresh: bool = False
     # Native thread pools (BLAS, OpenMP...) inside calls: None fits them to the cores the run's
-    # calls share, an int caps them, "leave" leaves them (see pickpool._inner).
+    # calls share, an int caps them, "leave" leaves them (see pickpool._native).
     inner_threads: InnerThreads = None
     # ``initializer``: called with ``initargs`` once in each new worker thread or process before
     # its first item (callers make the run's workers fresh: state it sets must not leak into
@@ -202,19 +273,20 @@ class Backend(Protocol):
       caller's thread except in the serial backend, and raises ``TypeError`` at once for work
       that cannot be sent (an unpicklable item for processes).
     * :meth:`collect` blocks up to ``timeout`` seconds (``None``: until something happens) and
-      returns the outcomes that finished, possibly for part of a task and possibly none. Every
-      item submitted gets exactly one outcome unless the backend is closed first; an item that
-      overran ``setup.timeout`` gets a :class:`~pickpool.TaskTimeout` outcome, an item running
-      alone whose worker died a :class:`~pickpool.WorkerCrashed` outcome, and each item of a
-      chunk of several whose worker died a ``LOST`` outcome carrying a ``WorkerCrashed``
-      (which item killed it is unknown). The driver sends each ``LOST`` item again alone, not
-      counted as a try; a backend never re-runs or splits a task itself.
+      returns the outcomes that finished, possibly for part of a task and possibly none; with
+      nothing in flight it returns at once. Every item submitted gets exactly one outcome
+      unless the backend is closed first; an item that overran ``setup.timeout`` gets a
+      :class:`~pickpool.TaskTimeout` outcome, an item running alone whose worker died a
+      :class:`~pickpool.WorkerCrashed` outcome, and each item of a chunk of several whose
+      worker died a ``LOST`` outcome carrying a ``WorkerCrashed`` (which item killed it is
+      unknown). The driver sends each ``LOST`` item again alone, not counted as a try; a
+      backend never re-runs or splits a task itself.
     * :meth:`close` stops every worker. ``cancel=True`` abandons work not yet started and stops
       what runs as far as the model allows (processes are killed; threads are waited for).
       It must be safe to call twice, and after a failed ``__init__``.
 
     A backend that runs each item in the caller's thread, one at a time (serial), is also
-    :class:`Inline`.
+    :class:`Inline`; one that the Executor can feed from other threads is :class:`Wakeable`.
     """
 
     def submit(self, task: Task) -> None: ...
@@ -243,10 +315,3 @@ class Wakeable(Backend, Protocol):
     """
 
     def wake(self) -> None: ...
-
-
-def load(model: str) -> Callable[[Setup], Backend]:
-    """The backend class of ``model``, importing its module only now (processes stay unimported)."""
-    module = importlib.import_module(f"{__name__}._{model}")
-    backend_class: Callable[[Setup], Backend] = module.backend_class
-    return backend_class

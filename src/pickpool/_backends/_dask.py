@@ -20,13 +20,18 @@ Installed with the ``dask`` extra (``pip install 'pickpool[dask]'``), imported o
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
+from .. import _chunks
+from .._costs import LOADS_PER_DUMPS, Costs, Option
 from .._errors import BackendUnavailable, WorkerCrashed
 from .._task import Outcome, Task, lost_chunk
-from . import Setup
+from . import Model, Setup, Traits, waiting
 from ._futures import failed_task, overdue, run_chunk, wait_for
 
 INSTALL = "pip install 'pickpool[dask]'"
@@ -153,4 +158,97 @@ def _killed(future: Any) -> bool:
     return bool(future.status == "error" and type(future.exception()).__name__ == "KilledWorker")
 
 
-backend_class = DaskBackend
+def prepare(client: Any, workers: Any) -> tuple[Any, Any]:
+    """At the call: the client to run on (a missing extra or cluster is said there), and its
+    workers' threads as the default ``workers``."""
+    client = active_client(client)
+    return client, cluster_threads(client) if workers is None else workers
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """An active dask cluster, as the cost model sees it."""
+
+    threads: int  # worker threads across the cluster
+    round_trip: float  # seconds for a trivial task, submit to result
+
+
+def observe() -> Cluster | None:
+    """The active dask client's cluster, measured; None without one (dask is not imported)."""
+    if "distributed" not in sys.modules:
+        return None  # nobody started a client without importing distributed
+    try:
+        client = active_client()
+    except Exception:
+        return None
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        client.submit(_noop, pure=False).result()
+        best = min(best, time.perf_counter() - start)
+    return Cluster(threads=cluster_threads(client), round_trip=best)
+
+
+def _noop() -> None:
+    return None
+
+
+def unavailable() -> str | None:
+    """Why dask cannot run here now (no extra, no active client), or None; without
+    importing dask where nobody did (a client is started by importing it)."""
+    if "distributed" not in sys.modules:
+        return f"no dask client is active (start one, or pass client=); the extra: {INSTALL}"
+    try:
+        active_client()
+    except BackendUnavailable as exc:
+        return str(exc)
+    return None
+
+
+# What the scheduler and the client spend on each task.
+DASK_TASK: Final = 1e-3
+
+
+def predict(costs: Costs) -> Option | None:
+    """Chunks as tasks of the active cluster: its threads, its round trip per chunk, and this
+    process's pickling; None without an active cluster."""
+    cluster = costs.m.facts.get(MODEL.name)
+    if not isinstance(cluster, Cluster):
+        return None
+    ev = costs.ev
+    if ev.unpicklable:
+        return Option(MODEL.name, cluster.threads, 1, math.inf)
+    k = costs.workers or cluster.threads
+    wall = ev.wall + costs.coroutine_call()
+    ch = costs.chunksize or (1 if costs.timeout is not None else 0)
+    if not ch:
+        ch = _chunks.for_round_trip(
+            round_trip=cluster.round_trip, wall=wall, items=costs.n, workers=k
+        )
+    pickling = ev.item_pickle + LOADS_PER_DUMPS * ev.result_pickle
+    per = max(
+        (wall + cluster.round_trip / ch) / k,
+        DASK_TASK / ch + pickling,  # the scheduler and this process, per task and item
+    )
+    seconds = 2 * cluster.round_trip + costs.n * per + 0.5 * ch * wall
+    return Option(MODEL.name, k, ch, seconds, per)
+
+
+MODEL = Model(
+    "dask",
+    Traits(
+        waiting,
+        batched=True,
+        silent_starts=True,
+        initializer=False,
+        takes_client=True,
+        rank=(5, 5),
+        executor=False,
+        instead="distributed.Client is a concurrent.futures executor already",
+    ),
+    DaskBackend,
+    predict=predict,
+    observe=observe,
+    prepare=prepare,
+    unavailable=unavailable,
+)

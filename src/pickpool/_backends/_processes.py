@@ -13,7 +13,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
-import multiprocessing
+import math
 import os
 import signal
 import sys
@@ -21,14 +21,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from .. import _inner, _machine
+from .. import _chunks, _machine, _native
+from .._costs import LOADS_PER_DUMPS, Costs, Option, better
 from .._errors import TaskTimeout, WorkerCrashed
 from .._pickling import dumps_function, dumps_task, loads, loads_outcomes
 from .._task import ERROR, Outcome, Task, WithInit, format_traceback, lost_chunk, task_indices
-from . import Setup
+from . import Model, Setup, Traits, every_core
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 # A second chunk is queued on a busy worker so it never waits for the parent between chunks,
 # but only a small one: the parent must never block writing to a worker that is busy, or the
@@ -81,8 +84,8 @@ class _WarmPool:
     (unless it already has those very bytes), and gives back the workers that end the run idle
     and healthy. A run that stops early (an error, Ctrl-C, ``break``) kills its workers
     instead: what they were doing is unknown. Kept workers exit after
-    :data:`~pickpool._procworker.IDLE_LIFETIME` seconds unused, when this process exits, and
-    when it dies (they watch it).
+    :data:`~pickpool._backends._procworker.IDLE_LIFETIME` seconds unused, when this process
+    exits, and when it dies (they watch it).
     """
 
     def __init__(self) -> None:
@@ -150,9 +153,14 @@ class ProcessesBackend:
             )
         else:
             self._fn_bytes = setup.fn_bytes or dumps_function(setup.fn)
+        # (Imported here: `import pickpool`, and runs on other models, need none of it.)
+        import multiprocessing
+        from multiprocessing.connection import wait
+
+        self._wait = wait
         self._context = multiprocessing.get_context(_machine.start_method())
         # Each worker's native thread pools (BLAS, OpenMP) get its share of the cores.
-        self._inner = _inner.limit_for(setup.inner_threads, setup.workers)
+        self._inner = _native.limit_for(setup.inner_threads, setup.workers)
         # Read once for the run: it walks every logger, and each worker started needs it.
         self._log_level = _lowest_log_level()
         if self._context.get_start_method() == "forkserver":
@@ -201,7 +209,7 @@ class ProcessesBackend:
         for w in busy:
             by_handle[w.conn] = w
             by_handle[w.process.sentinel] = w
-        ready = wait([*by_handle, self._wake_r], timeout)
+        ready = self._wait([*by_handle, self._wake_r], timeout)
         now = time.monotonic()
         lost: list[_Worker] = []
         # Results first: a worker may have sent its last result and then died.
@@ -303,7 +311,7 @@ class ProcessesBackend:
         return min(queued, key=lambda w: len(w.tasks)) if queued else None
 
     def _spawn(self) -> _Worker:
-        from .. import _procworker
+        from . import _procworker
 
         method = self._context.get_start_method()
         w = None if self._setup.fresh else warm.take(method)
@@ -320,7 +328,7 @@ class ProcessesBackend:
         share = max(1, _machine.cores() // self._setup.workers)
         process = self._context.Process(  # type: ignore[attr-defined]
             target=_procworker.main,
-            args=(child, os.getpid(), share, _inner.fixed_at_import_env(self._inner)),
+            args=(child, os.getpid(), share, _native.fixed_at_import_env(self._inner)),
             name="pickpool-worker",
             daemon=True,
         )
@@ -337,7 +345,7 @@ class ProcessesBackend:
         """Send ``w`` this run's function, unless it has those very bytes loaded already, and
         whether to announce each task's start (a timeout counts from there, not from a
         worker's start-up, which may import for seconds)."""
-        from .._procworker import ANNOUNCE, FUNCTION, INNER, LOGGING, QUIET
+        from ._procworker import ANNOUNCE, FUNCTION, INNER, LOGGING, QUIET
 
         if w.fn_bytes != self._fn_bytes:
             w.conn.send_bytes(FUNCTION)
@@ -361,7 +369,7 @@ class ProcessesBackend:
     # Reading results, and what to do when a worker is gone -------------------------------------
 
     def _receive(self, w: _Worker, now: float, lost: list[_Worker]) -> None:
-        from .._procworker import RECORD, STARTED
+        from ._procworker import RECORD, STARTED
 
         try:
             message = w.conn.recv_bytes()
@@ -516,7 +524,7 @@ def _preload_worker_module() -> None:
 
 
 # threadpoolctl too: a worker whose function uses numpy caps its pools with it (~10 ms).
-_WORKER_MODULES = ("pickpool._procworker", "threadpoolctl")
+_WORKER_MODULES = ("pickpool._backends._procworker", "threadpoolctl")
 
 
 @contextlib.contextmanager
@@ -557,9 +565,6 @@ def _describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-backend_class = ProcessesBackend
-
-
 def _lowest_log_level() -> int:
     """The lowest level any logger of this process is set to: a worker sends its records
     from there on, and each is handled here only if its own logger here is enabled for it."""
@@ -577,3 +582,96 @@ def _handle_record(payload: bytes) -> None:
     logger = logging.getLogger(record.name)
     if logger.isEnabledFor(record.levelno):
         logger.handle(record)
+
+
+# The cost model's view of worker processes: the parent's bookkeeping per item, a chunk's trip
+# to a worker and back, a byte through a pipe (paid at both ends); chunks larger than a pipe's
+# buffer wait for an idle worker; starting a worker (by start method), the fork server, and
+# stopping one.
+PROCESS_ITEM: Final = 2.6e-6
+PROCESS_CHUNK: Final = 25e-6
+PIPE_BYTE: Final = 1.5e-9
+PIPELINED_BYTES: Final = 16 * 1024
+WORKER_START: Final = {"fork": 3e-3, "forkserver": 4e-3, "spawn": 80e-3}
+FORK_SERVER_START: Final = 70e-3
+WORKER_STOP: Final = 1e-3
+
+
+class Starts(NamedTuple):
+    """How new worker processes start here: the start method, and whether the fork server is
+    up already (new workers then start in ~3 ms)."""
+
+    method: str
+    server_running: bool
+
+
+def observe() -> Starts:
+    """How worker processes start here, now."""
+    return Starts(_machine.start_method(), _machine.fork_server_running())
+
+
+def predict(costs: Costs) -> Option:
+    """Worker processes: one GIL each, at the price of pickling, pipes and start-up."""
+    starts = costs.m.facts.get(MODEL.name)
+    if not isinstance(starts, Starts):
+        starts = observe()
+    each = WORKER_START.get(starts.method, WORKER_START["spawn"])
+    server = 0.0 if starts.server_running or starts.method != "forkserver" else FORK_SERVER_START
+    return predict_pickled(costs, MODEL.name, start_each=each, server=server)
+
+
+def predict_pickled(costs: Costs, name: str, *, start_each: float, server: float) -> Option:
+    """Workers that each run Python with a GIL of their own, everything crossing to them and
+    back pickled (processes; sub-interpreters too), ``start_each`` seconds to start one after
+    ``server`` seconds once."""
+    ev, m = costs.ev, costs.m
+    if ev.unpicklable:
+        return Option(name, m.cores, 1, math.inf)
+    pipe = (ev.item_bytes + ev.result_bytes) * PIPE_BYTE
+    candidates = set(range(1, m.cores + 1))
+    if ev.cpu < ev.wall / 1.5:
+        # Waiting too: more processes than cores keep the cores busy (Little's law).
+        candidates |= {2 * m.cores, 4 * m.cores}
+    best: Option | None = None
+    for k in costs.counts(candidates):
+        view = costs.view(k)
+        wall = view.ev.wall + costs.coroutine_call()
+        ch = costs.chunk(k, _chunks.COSTLY_HANDOFF_SECONDS)
+        parent = (
+            PROCESS_ITEM
+            + PROCESS_CHUNK / ch
+            + ev.item_pickle
+            + LOADS_PER_DUMPS * ev.result_pickle
+            + pipe
+        )
+        unpickle = LOADS_PER_DUMPS * ev.item_pickle + ev.result_pickle
+        worker = wall + unpickle + pipe
+        cpu = view.cpu + ev.child_cpu + unpickle + parent
+        # Threads that compute free of the GIL and still do not scale may queue on what
+        # processes share too (memory bandwidth), or on what they do not: GIL hand-offs
+        # between many short sections (scikit-learn's fits), one address space's page
+        # faults and allocator. Measured, processes won such cases: the floor binds them
+        # only for calls that wait (a server, a disk, a lock between processes).
+        floor = view.floor if ev.cpu_share < 0.5 else 0.0
+        per = max(parent, worker / k, cpu / m.cores, floor, costs.past_the_knee(k))
+        if (ev.item_bytes + ev.result_bytes) * ch > PIPELINED_BYTES:
+            # Large chunks are not queued behind a busy worker: parent and workers
+            # partly take turns.
+            per += 0.5 * min(parent, worker / k)
+        # The function is pickled once and sent down each worker's pipe, where it is
+        # loaded: what it closes over (a 60 MB table) is paid per worker, not per item.
+        ship = ev.fn_pickle + k * ev.fn_bytes * PIPE_BYTE + LOADS_PER_DUMPS * ev.fn_pickle
+        fixed = server + k * (start_each + WORKER_STOP) + ship
+        seconds = fixed + costs.n * per + 0.5 * ch * wall
+        best = better(best, Option(name, k, ch, seconds, per, view.inner))
+    assert best is not None
+    return best
+
+
+MODEL = Model(
+    "processes",
+    Traits(every_core, batched=True, pickles=True, recycles=True, rank=(3, 3)),
+    ProcessesBackend,
+    predict=predict,
+    observe=observe,
+)

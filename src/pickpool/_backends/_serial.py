@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Final
 
-from .. import _inner
+from .. import _native
+from .._costs import Costs, Option
 from .._task import Caller, Outcome, Task, run_initializer
-from . import Setup
+from . import THREADS, Model, Setup, Traits, one
+
+# The loop's own bookkeeping per item (chunks handed out as blocks of results).
+SERIAL_ITEM: Final = 1.5e-6
 
 
 class SerialBackend:
@@ -27,8 +32,8 @@ class SerialBackend:
         self._queue: deque[Task] = deque()
         # One call at a time may use every core: native pools are capped only when asked to,
         # and then each task first caps the pools the last one's imports loaded.
-        limit = _inner.limit_for(setup.inner_threads, 1)
-        self._inner = _inner.Held(limit)
+        limit = _native.limit_for(setup.inner_threads, 1)
+        self._inner = _native.Held(limit)
         self.inline = self._caller if limit is None else None
         self._closed = False
 
@@ -38,7 +43,7 @@ class SerialBackend:
     def collect(self, timeout: float | None) -> list[Outcome]:
         if not self._queue:
             return []
-        _inner.caps.refresh()
+        _native.caps.refresh()
         return self._caller.run(self._queue.popleft())
 
     def wake(self) -> None:
@@ -56,4 +61,16 @@ class SerialBackend:
         return f"<SerialBackend {len(self._queue)} queued>"
 
 
-backend_class = SerialBackend
+def predict(costs: Costs) -> Option:
+    """A plain loop: each call's own time, one after the other."""
+    view = costs.view(1)
+    per = view.ev.wall + SERIAL_ITEM + costs.coroutine_call()
+    return Option(MODEL.name, 1, 1, costs.n * per, per, view.inner)
+
+
+MODEL = Model(
+    "serial",
+    Traits(one, inline=True, with_timeout=THREADS, shares_memory=True, rank=(0, 0)),
+    SerialBackend,
+    predict=predict,
+)

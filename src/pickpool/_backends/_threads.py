@@ -13,8 +13,10 @@ import os
 import queue
 import threading
 import time
+from typing import Final
 
-from .. import _inner
+from .. import _chunks, _native
+from .._costs import THREAD_START, Costs, Option, better, thread_counts
 from .._errors import TaskTimeout
 from .._limits import Climber, Limiter
 from .._pace import Pacer
@@ -30,7 +32,7 @@ from .._task import (
     run_initializer,
     task_indices,
 )
-from . import Setup
+from . import Model, Setup, Traits, waiting
 
 # Seconds a run that stops early waits for its running items before it abandons them.
 CANCEL_GRACE = 1.0
@@ -169,7 +171,7 @@ class ThreadsBackend:
         self._closed = False
         # The calls running at once share the cores with their native pools (BLAS, OpenMP):
         # capped for the run, in this whole process, then put back.
-        self._inner = _inner.Held(_inner.limit_for(setup.inner_threads, setup.workers))
+        self._inner = _native.Held(_native.limit_for(setup.inner_threads, setup.workers))
 
     # The driver's thread --------------------------------------------------------------------
 
@@ -332,7 +334,7 @@ class ThreadsBackend:
                     break
                 with slot.lock:
                     slot.task, slot.started = task, time.monotonic()
-                _inner.caps.refresh()  # pools that the last task's imports loaded
+                _native.caps.refresh()  # pools that the last task's imports loaded
                 began = time.monotonic()
                 try:
                     if init_error is not None:
@@ -357,7 +359,7 @@ class ThreadsBackend:
                 del task, outcomes
         finally:
             caller.close()
-            _inner.caps.leave_thread()
+            _native.caps.leave_thread()
             slot.released.set()
         with slot.lock:
             return not slot.abandoned and not self._setup.fresh
@@ -377,6 +379,36 @@ class ThreadsBackend:
             self._gate.notify()
 
 
+# What the pool's own bookkeeping costs per item, and per chunk (a queue's hand-off and
+# wake-up), with the GIL held.
+THREADS_ITEM: Final = 2.5e-6
+THREADS_CHUNK: Final = 15e-6
+
+
+def predict(costs: Costs) -> Option:
+    """Threads: calls overlap their waits, but share the GIL, the cores and what the probe saw
+    them queue on; a chunk of calls is cheap to hand over."""
+    cores = costs.m.cores
+    extra = costs.coroutine_call()
+    best: Option | None = None
+    for k in costs.counts(thread_counts(cores)):
+        view = costs.view(k)
+        ev = view.ev
+        ch = costs.chunk(k, _chunks.CHEAP_HANDOFF_SECONDS)
+        per = max(
+            (ev.wall + extra) / k,
+            (view.cpu + ev.child_cpu) / cores,
+            view.g + extra + THREADS_ITEM + THREADS_CHUNK / ch,
+            view.floor,
+            costs.fewer_than_measured(k),
+            costs.past_the_knee(k),
+        )
+        seconds = k * THREAD_START + costs.n * per + (ch - 1) * ev.wall
+        best = better(best, Option(MODEL.name, k, ch, seconds, per, view.inner))
+    assert best is not None
+    return best
+
+
 def _min(a: float | None, b: float | None) -> float | None:
     if a is None:
         return b
@@ -385,4 +417,9 @@ def _min(a: float | None, b: float | None) -> float | None:
     return min(a, b)
 
 
-backend_class = ThreadsBackend
+MODEL = Model(
+    "threads",
+    Traits(waiting, climbs="calls", plain_on_threads=True, shares_memory=True, rank=(1, 2)),
+    ThreadsBackend,
+    predict=predict,
+)

@@ -79,12 +79,16 @@ def sample_sum(numbers: list[int]) -> int:
 
 
 def mixed(n: int) -> int:
-    """Half waiting (10 ms asleep), half pure-Python computing (~10 ms)."""
+    """Half waiting (10 ms asleep), half pure-Python computing (10 ms of this thread's CPU
+    time, however fast the machine); returns ``n``."""
     time.sleep(WAIT_SECONDS / 2)
-    total = n
-    for i in range(CRUNCH_N // 2):
-        total = (total * 31 + i) % 1_000_003
-    return total
+    total, i = n, 0
+    end = time.thread_time() + WAIT_SECONDS / 2
+    while time.thread_time() < end:
+        for _ in range(1000):
+            total = (total * 31 + i) % 1_000_003
+            i += 1
+    return n
 
 
 def child(n: int) -> int:

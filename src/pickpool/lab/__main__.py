@@ -127,7 +127,7 @@ def main(
     for line in verdicts:
         console.print(" - " + line)
     if plot is not None:
-        from pickpool._report import plot_demo
+        from pickpool._show import plot_demo
 
         where = plot_demo(measured, Path(plot), subtitle=f" ({cores} cores)")
         console.print(f"plot: {where}")

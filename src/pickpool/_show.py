@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._reasons import format_seconds
+from ._backends import LOOP
+from ._text import format_seconds
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -69,7 +70,7 @@ def advice_table(advice: Advice) -> RenderableType:
         )
     )
     if ev.unpicklable:
-        rows.append(("processes", "impossible: cannot be pickled"))
+        rows.append(("worker processes", "impossible: cannot be pickled"))
     for name, value in rows:
         measured.add_row(name, value)
 
@@ -79,7 +80,7 @@ def advice_table(advice: Advice) -> RenderableType:
     predicted.add_column("chunksize", justify="right")
     predicted.add_column("seconds", justify="right")
     predicted.add_column("vs serial", justify="right")
-    serial = advice.predicted.get("serial", math.nan)
+    serial = advice.predicted.get(LOOP, math.nan)
     for model, seconds in sorted(advice.predicted.items(), key=lambda kv: kv[1]):
         workers, chunk = advice.sizes.get(model, (0, 0))
         style = "bold green" if model == advice.model else ""
@@ -188,7 +189,7 @@ def plot_demo(
     width = 0.8 / max(1, len(models))
     for i, model in enumerate(models):
         xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(rows))]
-        speedups = [times["serial"] / times[model] for _, times in rows]
+        speedups = [times[LOOP] / times[model] for _, times in rows]
         bars = ax.bar(xs, speedups, width, label=model)
         ax.bar_label(bars, labels=[f"{s:.1f}x" for s in speedups], fontsize=7, padding=1)
     ax.set_xticks(range(len(rows)), [name for name, _ in rows], fontsize=8)

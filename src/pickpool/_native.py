@@ -43,8 +43,9 @@ def check_inner_threads(value: object) -> InnerThreads:
     return value
 
 
-def limit_for(wish: InnerThreads, calls: int) -> int | None:
-    """Threads per native pool when ``calls`` calls run at once on this machine's cores.
+def limit_for(wish: InnerThreads, calls: int, *, cores: int | None = None) -> int | None:
+    """Threads per native pool when ``calls`` calls run at once on ``cores`` cores (by default
+    this machine's usable cores).
 
     None means leave the pools alone: asked for (``"leave"``), or a call that runs alone, which
     may use every core inside.
@@ -55,7 +56,7 @@ def limit_for(wish: InnerThreads, calls: int) -> int | None:
         return wish
     if calls <= 1:
         return None
-    return max(1, _machine.cores() // calls)
+    return max(1, (_machine.cores() if cores is None else cores) // calls)
 
 
 @dataclass(frozen=True, slots=True)

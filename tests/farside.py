@@ -17,7 +17,7 @@ Each answers ``GET /<n>`` with ``n`` after ``delay`` seconds.
 
 Example::
 
-    >>> from pickpool.lab import farside
+    >>> from tests import farside
     >>> with farside.serve("capacity", delay=0.02, limit=8) as url:
     ...     pickpool.map(functools.partial(farside.get, url), range(100))
 """
@@ -65,8 +65,7 @@ def serve(kind: str, *, delay: float = 0.02, limit: int = 8, rate: float = 100.0
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
     command = [
         sys.executable,
-        "-m",
-        "pickpool.lab.farside",
+        __file__,  # (a script: the server needs nothing of pickpool, nor of the tests)
         kind,
         "--delay",
         str(delay),
@@ -154,7 +153,7 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pickpool.lab.farside")
+    parser = argparse.ArgumentParser(prog="python tests/farside.py")
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--delay", type=float, default=0.02)
     parser.add_argument("--limit", type=int, default=8)

@@ -11,10 +11,10 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
-from . import _inner, _machine
-from ._errors import PickpoolError
-from ._pickling import dumps, dumps_outcomes, loads
-from ._task import (
+from .. import _machine, _native
+from .._errors import PickpoolError
+from .._pickling import dumps, dumps_outcomes, loads
+from .._task import (
     ERROR,
     FATAL,
     Caller,
@@ -73,7 +73,7 @@ def main(conn: Connection, owner: int, cores: int, env: dict[str, str]) -> None:
     caller: Caller | None = None
     load_error: BaseException | None = None
     announce = False
-    inner = _inner.Held(None)
+    inner = _native.Held(None)
     try:
         while True:
             try:
@@ -96,12 +96,12 @@ def main(conn: Connection, owner: int, cores: int, env: dict[str, str]) -> None:
                 if message == INNER:
                     limit = conn.recv_bytes()
                     inner.close()
-                    inner = _inner.Held(int(limit) if limit else None)
+                    inner = _native.Held(int(limit) if limit else None)
                     continue
                 if not message:
                     return
                 # Pools your function's imports loaded since the last task are capped too.
-                _inner.caps.refresh()
+                _native.caps.refresh()
                 if announce:
                     _send(conn, STARTED)
                 _send(conn, _run(caller, load_error, message))

@@ -1,0 +1,124 @@
+"""Between the caller's event loop and a run in a thread: for ``amap`` and ``aimap`` under a
+model that does not run on the caller's loop, and for auto's phases that do not.
+
+:func:`in_thread` awaits a blocking call made in a thread of its own; :func:`blocks_in_thread`
+iterates asynchronously over what a blocking generator yields there, a few blocks ahead of the
+consumer. Cancelling the awaiting task (or leaving the loop) stops the run in the thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, Final, TypeVar
+
+T = TypeVar("T")
+
+# How long a cancelled ``amap`` waits for its run to wind down (threads get a second to return,
+# processes are terminated) before it lets the cancellation through and leaves the rest to
+# finish in the background.
+CANCEL_WAIT: Final = 1.0
+# Blocks of results a helper thread may hand over before the consumer takes them.
+AHEAD: Final = 4
+
+
+async def in_thread(work: Callable[[threading.Event], Any]) -> Any:
+    """``await work(cancel)`` run in a thread; cancelling the await stops the run.
+
+    The thread is a daemon of its own, not ``asyncio.to_thread``'s: a call that runs on in it
+    (serial's item, which runs in that very thread) must hold up neither the cancellation,
+    beyond :data:`CANCEL_WAIT` seconds, nor the exit of ``asyncio.run`` or of the program.
+    """
+    import asyncio
+    import contextvars
+
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    cancel = threading.Event()
+    context = contextvars.copy_context()
+
+    def settle(outcome: tuple[bool, Any]) -> None:
+        if future.done():
+            return
+        ok, value = outcome
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def target() -> None:
+        outcome: tuple[bool, Any]
+        try:
+            outcome = (True, context.run(work, cancel))
+        except BaseException as exc:
+            outcome = (False, exc)
+        # The caller's loop may be gone by now (the run was abandoned, the program ends).
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, outcome)
+
+    thread = threading.Thread(target=target, name="pickpool-amap", daemon=True)
+    thread.start()
+    try:
+        result = await asyncio.shield(future)
+    except asyncio.CancelledError:
+        cancel.set()
+        await asyncio.wait([future], timeout=CANCEL_WAIT)
+        if not future.done():
+            future.cancel()  # abandoned: what the run ends with later is not wanted
+        elif not future.cancelled():
+            future.exception()  # retrieved: the run's own Cancelled (or error) yields to ours
+        raise
+    except BaseException:
+        if future.done():
+            thread.join()  # (as below: it settled the future with the run's error, its last act)
+        raise
+    # The thread settled the future as its last act: it is ending now. Joined, it is gone when
+    # amap returns, as a run's threads should be.
+    thread.join()
+    return result
+
+
+async def blocks_in_thread(
+    feed: Callable[[Callable[[list[T]], bool], threading.Event], None],
+) -> AsyncGenerator[T, None]:
+    """The values of the blocks ``feed(hand, cancel)`` hands over from a thread, at most
+    :data:`AHEAD` blocks ahead of the consumer. Leaving the loop early stops the thread's run."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[list[T]] = asyncio.Queue()
+    room = threading.Semaphore(AHEAD)
+
+    def produce(cancel: threading.Event) -> None:
+        def hand(values: list[T]) -> bool:
+            # Wait for the consumer to take earlier blocks (the run stops if asked).
+            while not room.acquire(timeout=0.05):
+                if cancel.is_set():
+                    return False
+            loop.call_soon_threadsafe(queue.put_nowait, values)
+            return True
+
+        feed(hand, cancel)
+
+    producer = asyncio.ensure_future(in_thread(produce))
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, producer}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                # The run ended: what it handed over went into the queue before it did.
+                getter.cancel()
+                while not queue.empty():
+                    for value in queue.get_nowait():
+                        yield value
+                producer.result()  # raises what the run raised
+                return
+            room.release()
+            for value in getter.result():
+                yield value
+    finally:
+        if not producer.done():
+            producer.cancel()
+            with contextlib.suppress(BaseException):
+                await producer
