@@ -320,18 +320,24 @@ def test_a_bad_backoff_is_refused() -> None:
 
 
 class InFlight:
+    """How many calls run at once, at most, from any thread."""
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.now = 0
         self.most = 0
 
     def call(self, x: int) -> int:
+        self.hold(0.005)  # the workload: a call that waits
+        return x
+
+    def hold(self, seconds: float) -> float:
         with self.lock:
             self.now += 1
             self.most = max(self.most, self.now)
         try:
-            time.sleep(0.005)  # the workload: a call that waits
-            return x
+            time.sleep(seconds)
+            return seconds
         finally:
             with self.lock:
                 self.now -= 1
@@ -343,6 +349,23 @@ def test_max_concurrency_caps_calls_in_flight(model: Model) -> None:
     got = pickpool.map(seen.call, range(200), model=model, max_concurrency=3)
     assert got == list(range(200))
     assert 1 <= seen.most <= 3
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.leaves_threads
+def test_calls_left_past_their_timeout_still_count_against_max_concurrency() -> None:
+    # The far side still serves a call pickpool abandoned: it keeps its place until it returns,
+    # and what waits behind three stuck places fails once it has waited a timeout's length.
+    gauge = InFlight()
+    seconds = [2.0] * 3 + [0.0] * 9
+    got = pickpool.map(gauge.hold, seconds, model="threads", max_concurrency=3, timeout=0.3,
+                       on_error="collect")  # fmt: skip
+    assert gauge.most <= 3
+    for index, failure in enumerate(got):
+        assert isinstance(failure, pickpool.Failure), (index, failure)
+        assert isinstance(failure.exception, pickpool.TaskTimeout)
+        said = "ran longer than" if index < 3 else "could not start within"
+        assert said in str(failure.exception), (index, str(failure.exception))
 
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["plain", "async"])

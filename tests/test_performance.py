@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import pickpool
 from pickpool._backends._processes import warm
-from pickpool._chunks import MAX_CHUNK, Chunking
+from pickpool._chunks import MAX_CHUNK, MAX_CHUNK_BYTES, Chunking
 from pickpool._plan import Plan
 from pickpool._schedule import Block, Done, Schedule
 from pickpool._task import BLOCK, OK, Caller
@@ -162,6 +162,7 @@ def test_chunks_shrink_at_once_when_the_pace_drops(monkeypatch: pytest.MonkeyPat
 
 def test_the_tail_is_split_over_every_worker() -> None:
     chunking = Chunking(plan(chunksize=MAX_CHUNK, length=1000))
+    chunking.weighed(100)  # small results: the byte cap is not what limits here
     assert chunking.next(taken=0) == 250  # 1000 left, 2 workers, 2 rounds
     assert chunking.next(taken=990) == 3
     assert chunking.next(taken=999) == 1
@@ -171,8 +172,19 @@ def test_hops_are_not_split_at_the_tail() -> None:
     # A hop's items wait in one place for the next free coroutine: splitting the tail over
     # the workers (1,024 coroutines) would only make hops of one item.
     chunking = Chunking(plan(model="asyncio", hops=True, workers=1024, chunksize=64, length=1000))
+    chunking.weighed(100)
     assert chunking.next(taken=0) == 64
     assert chunking.next(taken=990) == 64  # (the input ends first: take() reads what is left)
+
+
+def test_chunks_are_of_one_item_until_a_result_is_weighed() -> None:
+    # A first chunk of 8 results of 40 MB each would hold 320 MB at once.
+    chunking = Chunking(plan(chunksize=64, length=1000))
+    assert chunking.next(taken=0) == 1
+    chunking.weighed(40 * 1024 * 1024)
+    assert chunking.next(taken=1) == 1  # one such result is over the cap already
+    chunking.weighed(MAX_CHUNK_BYTES / 8)
+    assert chunking.next(taken=2) == 8
 
 
 def test_a_fixed_chunksize_is_kept() -> None:

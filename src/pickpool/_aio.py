@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, Iterable
 from typing import Any, Literal, overload
 
 from ._backends import Setup, model
+from ._cursor import Source
 from ._plan import Plan
 from ._schedule import Block, Done
 from ._step import Step
@@ -21,7 +22,7 @@ from ._task import Outcome, run_initializer
 
 @overload
 def adrive(
-    items: Iterable[Any],
+    items: Iterable[Any] | Source,
     plan: Plan,
     setup: Setup,
     *,
@@ -30,10 +31,10 @@ def adrive(
 ) -> AsyncGenerator[Done, None]: ...
 @overload
 def adrive(
-    items: Iterable[Any], plan: Plan, setup: Setup, *, start: int = ..., blocks: bool
+    items: Iterable[Any] | Source, plan: Plan, setup: Setup, *, start: int = ..., blocks: bool
 ) -> AsyncGenerator[Done | Block, None]: ...
 async def adrive(
-    items: Iterable[Any], plan: Plan, setup: Setup, *, start: int = 0, blocks: bool = False
+    items: Iterable[Any] | Source, plan: Plan, setup: Setup, *, start: int = 0, blocks: bool = False
 ) -> AsyncGenerator[Done | Block, None]:
     """Like :func:`pickpool._driver.drive`, on the running loop."""
     make_runner = model(plan.model).loop_runner
@@ -47,6 +48,15 @@ async def adrive(
     step = Step(items, plan, start=start, blocks=blocks)
     outbox: asyncio.Queue[list[Outcome]] = asyncio.Queue()
     runner = make_runner(setup, outbox.put_nowait)
+    source = step.schedule.source
+    if source.live:
+        # An item read in the input's thread wakes the loop that waits for outcomes.
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(outbox.put_nowait, [])
+
+        source.attach(wake)
     try:
         while True:
             for task in step.starts():
@@ -57,6 +67,7 @@ async def adrive(
             for done in step.accept(outcomes):
                 yield done
     finally:
+        source.attach(None)
         await runner.cancel()
         await runner.ashutdown_executor(cancel=not step.finished or step.over)
     step.end()

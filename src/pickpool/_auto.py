@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from typing import Any, Final
 
 from . import _backends, _log
 from ._advise import Advice, decide
 from ._bridge import in_thread
 from ._costs import LOOP_BLOCKED
-from ._cursor import Cursor
+from ._cursor import Cursor, Source
 from ._driver import drive
 from ._options import Options
 from ._plan import Plan
@@ -102,7 +102,7 @@ class AutoRun:
     def __init__(
         self,
         fn: Callable[[Any], Any],
-        source: Iterator[Any],
+        source: Iterable[Any] | Source,
         *,
         is_async: bool,
         length: int | None,

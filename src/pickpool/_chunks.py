@@ -101,9 +101,14 @@ class Chunking:
 
     The inline model (serial) times each chunk itself: it doubles while a chunk takes under
     :data:`INLINE_SECONDS` and halves when one takes longer.
+
+    Until a result has come back, chunks fitted to the pace are of one item: a result may be
+    large (40 MB each, 8 of them in a first chunk would be 320 MB at once, and the bar would
+    not move until they all came back). Once results are weighed, no chunk holds more than
+    :data:`MAX_CHUNK_BYTES` of them.
     """
 
-    __slots__ = ("_began", "_done", "_most", "_plan", "_rate", "size")
+    __slots__ = ("_began", "_bytes", "_done", "_most", "_plan", "_rate", "size")
 
     def __init__(self, plan: Plan) -> None:
         self._plan = plan
@@ -111,6 +116,7 @@ class Chunking:
         self._began = 0.0
         self._done = 0
         self._rate = 0.0  # items per second, smoothed
+        self._bytes = 0.0  # a result's size, as weighed (0: none has come back yet)
         most = INLINE_MAX if plan.inline else MAX_HOP if plan.hops else MAX_CHUNK
         self._most = min(most, plan.most_per_chunk or most)
 
@@ -142,10 +148,18 @@ class Chunking:
         ideal = self._rate * (HOP_SECONDS if plan.hops else CHUNK_SECONDS / plan.workers)
         self.size = max(1, min(self._most, 2 * self.size, round(ideal)))
 
+    def weighed(self, result_bytes: float) -> None:
+        """A result (a typical one) holds about ``result_bytes``."""
+        self._bytes = result_bytes
+
     def next(self, taken: int) -> int:
         """The size of the next chunk, ``taken`` items having been read so far."""
         size = self.size
         plan = self._plan
+        if plan.adaptive and size > 1 and not plan.inline:
+            if not self._bytes:
+                return 1
+            size = min(size, max(1, int(MAX_CHUNK_BYTES // self._bytes)))
         # (Hops need no split at the tail: their items all wait in one place, for the next
         # free coroutine, whichever hop brought them; nor does the plain loop.)
         if plan.length is not None and plan.adaptive and not plan.hops and not plan.inline:

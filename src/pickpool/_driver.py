@@ -17,9 +17,10 @@ import threading
 from collections.abc import Callable, Generator, Iterable
 from typing import Any, Final, Literal, overload
 
-from ._backends import Backend, Inline, Setup
+from ._backends import Backend, Inline, Setup, Wakeable
+from ._cursor import Source
 from ._plan import Plan
-from ._schedule import Block, Done, Schedule, Source
+from ._schedule import Block, Done, Schedule
 from ._step import Step
 from ._task import Caller, Outcome, Task, failed, outcome_count
 
@@ -28,8 +29,10 @@ class Cancelled(Exception):
     """The caller asked the run to stop (``amap``'s task was cancelled)."""
 
 
-# How often a run that can be cancelled from another thread looks at its cancel flag.
+# How often a run that can be cancelled from another thread looks at its cancel flag, and
+# one fed by a live input (see _cursor.Prefetched) at the input, if its backend cannot be woken.
 _CANCEL_POLL: Final = 0.05
+_LIVE_POLL: Final = 0.05
 
 
 @overload
@@ -72,26 +75,36 @@ def drive(
     """
     backend = open_backend(setup)
     step = Step(items, plan, start=start, blocks=blocks)
+    source = step.schedule.source
     try:
         inline = backend.inline if isinstance(backend, Inline) else None
         if inline is not None:
             yield from _inline(step, inline, cancel)
         else:
-            yield from _pooled(step, backend, cancel)
+            poll = _CANCEL_POLL if cancel is not None else None
+            if source.live:
+                # An item that comes while the loop waits for outcomes wakes it.
+                if isinstance(backend, Wakeable):
+                    source.attach(backend.wake)
+                else:
+                    poll = _least(poll, _LIVE_POLL)
+            yield from _pooled(step, backend, cancel, poll)
     finally:
+        if source.live:
+            source.attach(None)  # (before the backend closes: no wake may reach it after)
         backend.close(cancel=not step.finished or step.over)
     step.end()
 
 
 def _pooled(
-    step: Step, backend: Backend, cancel: threading.Event | None
+    step: Step, backend: Backend, cancel: threading.Event | None, poll: float | None
 ) -> Generator[Done | Block, None, None]:
     """Submit what the step starts, collect outcomes, hand out what the step says.
 
     Nothing of a finished call (its item, its result) stays referenced here while the loop
-    waits for the next outcome: the caller may be waiting for it to be let go.
+    waits for the next outcome: the caller may be waiting for it to be let go. ``poll``: the
+    longest it waits for outcomes before it looks again (at ``cancel``, at a live input).
     """
-    poll = _CANCEL_POLL if cancel is not None else None
     unsent: list[Outcome] = []  # items that could not be sent: failed, not yet accepted
     while True:
         unsent += _send_all(backend, step.schedule, step.starts())

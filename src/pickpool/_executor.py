@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import inspect
 import itertools
 import logging
+import os
 import re
 import threading
 import time
@@ -38,6 +40,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 from . import _backends
 from ._advise import Advice, decide
 from ._backends import Backend, Setup, Wakeable
+from ._cursor import Source
 from ._driver import drive
 from ._errors import PickpoolError
 from ._log import logger
@@ -46,9 +49,9 @@ from ._options import Options, check, default_workers, positive_int
 from ._plan import Plan
 from ._probe import WAITING_SHARE
 from ._readings import Readings
-from ._schedule import Done, Source
+from ._schedule import Done
 from ._task import OK, Outcome, Task, chain_remote
-from ._timing import Knocker, Record, Timed, typical
+from ._timing import Knocker, Record, SchedStat, Timed, typical
 
 T = TypeVar("T")
 
@@ -118,7 +121,7 @@ class _Probe:
     share of the time the GIL was held (a :class:`~pickpool._timing.Knocker` that lives as long
     as each call). Calls are timed until they tell enough (:meth:`enough`)."""
 
-    __slots__ = ("_began", "_held", "_watched", "fn", "records", "sample")
+    __slots__ = ("_began", "_held", "_lock", "_running", "_watched", "fn", "records", "sample")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn  # the first call's (partials of one function share a probe)
@@ -127,6 +130,9 @@ class _Probe:
         self._watched = 0.0  # seconds watched
         self._began: float | None = None
         self.sample: tuple[tuple[Any, ...], Any] | None = None  # a call's arguments and result
+        # The call running now: its thread's clocks, and (wall, busy) when last looked at.
+        self._running: tuple[_Busy, list[float]] | None = None
+        self._lock = threading.Lock()  # (its clocks are closed as another thread reads them)
 
     def __call__(self, call: _Call) -> Any:
         """Run ``call``, timed."""
@@ -134,10 +140,16 @@ class _Probe:
             self._began = time.perf_counter()
         knocker = Knocker(calls=True)
         records: list[Record] = []
+        busy = _Busy()
+        with self._lock:
+            self._running = (busy, [time.monotonic(), busy.seconds() or 0.0])
         knocker.start()
         try:
             result = Timed(_run_call, records, knocker)(call)
         finally:
+            with self._lock:
+                self._running = None
+                busy.close()
             held, watched = knocker.stop()
         # (A call that raised tells nothing of the work: only those that returned count.)
         self.records += records
@@ -146,6 +158,26 @@ class _Probe:
         if self.sample is None:
             self.sample = (call.args, result)
         return result
+
+    def waits(self) -> bool:
+        """Whether the call running now has mostly waited (not computed) since it was last
+        looked at, :data:`STALL` seconds ago at least: it may be waiting for a call held
+        behind it (a barrier, a queue, a result). On a busy machine a call that computes
+        waits for a core too: that counts as computing."""
+        with self._lock:
+            running = self._running
+            if running is None:
+                return False
+            busy, last = running
+            wall = time.monotonic()
+            if wall - last[0] < STALL:
+                return False
+            seconds = busy.seconds()
+            if seconds is None:  # (no way to read another thread's clocks: assume it waits)
+                return wall - last[0] >= 20 * STALL
+            waited = seconds - last[1] < 0.5 * (wall - last[0])
+            last[:] = [wall, seconds]
+            return waited
 
     def enough(self) -> bool:
         """Whether the calls so far tell enough to decide on, by the rules of the alone phase
@@ -190,6 +222,32 @@ class _Probe:
 # alone phase of map's probe: a third of its second), and the most calls it times.
 PROBE_SECONDS: Final = 0.35
 PROBE_CALLS: Final = 16
+# A probed call that mostly waited this long lets the calls held behind it run (on threads).
+STALL: Final = 0.05
+
+
+class _Busy:
+    """The calling thread's seconds computing, or runnable and waiting for a core to compute
+    on (a busy machine's), readable from other threads: its scheduler counts where the system
+    has them, else its CPU clock (that is, computing only)."""
+
+    __slots__ = ("_clock", "_stat")
+
+    def __init__(self) -> None:
+        self._stat = SchedStat()
+        self._clock: int | None = None
+        if not self._stat.known:
+            with contextlib.suppress(AttributeError, OSError):
+                self._clock = time.pthread_getcpuclockid(threading.get_ident())
+
+    def seconds(self) -> float | None:
+        """None where neither is there."""
+        if self._stat.known:
+            return sum(self._stat.read())
+        return None if self._clock is None else time.clock_gettime(self._clock)
+
+    def close(self) -> None:
+        self._stat.close()
 
 
 _Held = tuple[Future[Any], _Call]
@@ -244,11 +302,45 @@ class _Router:
             route.held.append(held)
             return None
 
+    def holding(self) -> bool:
+        """Whether calls wait for their function's probe (the threads lane then looks in
+        time at whether the probe waits on them: :meth:`release_stalled`)."""
+        with self._lock:
+            return any(route.held for route in self._routes.values())
+
+    def release_stalled(self) -> None:
+        """A decision must never make submitted calls wait on each other: a function whose
+        probed call waits, rather than computes, while calls of it are held (two calls that
+        meet at a barrier, say) goes to threads now, its held calls with it."""
+        with self._lock:
+            stalled = [
+                route
+                for route in self._routes.values()
+                if route.held and route.probe is not None and route.probe.waits()
+            ]
+            released = []
+            for route in stalled:
+                route.model, route.probe = _backends.THREADS, None
+                released.append((route, route.held))
+                route.held = []
+        for route, held in released:
+            logger.info(
+                "auto routes %s to %s: its first call waits, maybe for another call of it, "
+                "which runs beside it there",
+                route.name,
+                route.model,
+            )
+            self._dispatch(_backends.THREADS, held)
+
     def measured(self, call: _Call) -> None:
         """A probed call ended (or never ran): decide, if the calls so far tell enough; else
         the next held call is timed."""
         probe = call.fn
         assert isinstance(probe, _Probe)
+        with self._lock:
+            if self._routes[_key(probe.fn)].model is not None:
+                self._routes[_key(probe.fn)].probing = False
+                return  # decided while it ran (it waited on calls held behind it)
         # (Decided outside the lock: other functions' calls are routed meanwhile. This one's
         # are still held: its route is probing until it is decided.)
         advice = self._decide(probe) if probe.enough() else None
@@ -280,6 +372,14 @@ class _Router:
     def abandoned(self, call: _Call) -> None:
         """A probed call never ran (cancelled, or its lane broke): the next held one probes."""
         self.measured(call)
+
+    def forked(self) -> None:
+        """In a forked child: its lock may have been held by a parent's thread; calls held or
+        probing there never end here (their decision is kept)."""
+        self._lock = threading.Lock()
+        for route in self._routes.values():
+            if route.model is None:
+                route.held, route.probing = [], False
 
     def cancel_held(self) -> None:
         with self._lock:
@@ -350,9 +450,10 @@ class _Lane(Source):
         self.thread.start()
 
     def put(self, future: Future[Any], call: _Call) -> bool:
-        """Queue a call; False if this lane has stopped for good (it takes no more)."""
+        """Queue a call; False if this lane takes no more (it was stopped and its loop has
+        taken its last call: a new lane serves the model)."""
         with self._cond:
-            if self.done:
+            if self.done or self.ended:
                 return False
             if self._broken is not None:
                 raise RuntimeError(f"this executor's {self.model} workers could not start") from (
@@ -379,6 +480,11 @@ class _Lane(Source):
         for future, call in dropped:
             future.cancel()
             self._abandoned(call)
+
+    def look(self) -> None:
+        """The loop looks at the lane again soon (a call was held behind a probe it runs)."""
+        with self._cond:
+            self._wake()
 
     def _wake(self) -> None:
         """(Holding the lock.) The loop looks at the lane again: at once if it waits for
@@ -453,8 +559,10 @@ class _Lane(Source):
         from ._pickling import NotPicklable  # (imported by then: it made the error)
 
         if isinstance(value, PickpoolError | NotPicklable) and _ITEM.search(str(value)):
-            # The loop's words are for pickpool.map's items: here it is a call.
-            value = type(value)(_ITEM.sub(f"the call {call!r}", str(value), count=1))
+            # The loop's words are for pickpool.map's items: here it is a call, named once.
+            text, shown = str(value), repr(call)
+            said = "the call" if shown in text else f"the call {shown}"
+            value = type(value)(_ITEM.sub(said, text, count=1))
         chain_remote(value, done.traceback)
         future.set_exception(value)
 
@@ -493,16 +601,22 @@ class _Watched:
         self._backend.submit(task)
 
     def collect(self, timeout: float | None) -> list[Outcome]:
-        lane = self._lane
+        lane, router = self._lane, self._lane._router
         with lane._cond:
             if lane._started or (lane._queue and len(lane._running) < lane._setup.workers):
                 timeout = 0.0  # a call came since the loop looked: take it at once
             lane._waiting = True
+        holding = router is not None and router.holding()
+        if holding:
+            timeout = STALL if timeout is None else min(timeout, STALL)
         try:
             return self._backend.collect(timeout)
         finally:
             with lane._cond:
                 lane._waiting = False
+            if holding:
+                assert router is not None
+                router.release_stalled()
 
     def close(self, *, cancel: bool) -> None:
         self._backend.close(cancel=cancel)
@@ -520,6 +634,22 @@ _ITEM: Final = re.compile(r"\bitem \d+")
 _lanes: weakref.WeakSet[_Lane] = weakref.WeakSet()
 _exiting = False
 _exit_lock = threading.Lock()
+# Every executor, for a fork's child to start afresh (see _forked).
+_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    """In a forked child: no thread of the parent's lanes exists here, and what they ran is
+    the parent's. Each executor starts new lanes, in this process, when next used (the
+    standard executors fail there instead)."""
+    global _exit_lock, _lanes
+    _exit_lock = threading.Lock()
+    _lanes = weakref.WeakSet()
+    for executor in list(_executors):
+        executor._forked()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _at_exit() -> None:
@@ -650,9 +780,19 @@ class Executor(concurrent.futures.Executor):
             self._router = _Router(lambda *a: _call_if_alive(dispatch, *a), self._options)
         self._lock = threading.Lock()
         self._lanes: dict[str, _Lane] = {}
+        self._retired: list[_Lane] = []  # lanes that took their last call, still finishing
         self._shutdown = False
         # Collected unshut, it still runs what was submitted, then its workers stop.
         weakref.finalize(self, _stop_lanes, self._lanes)
+        _executors.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child (see ``_forked``): the parent's lanes and locks are not ours."""
+        self._lock = threading.Lock()
+        self._lanes.clear()
+        self._retired.clear()
+        if self._router is not None:
+            self._router.forked()
 
     @property
     def routes(self) -> dict[str, str]:
@@ -703,13 +843,17 @@ class Executor(concurrent.futures.Executor):
             if routed is not None:
                 model, call = routed
                 self._put(model, future, call)
+            elif (probing := self._lanes.get(_backends.THREADS)) is not None:
+                probing.look()  # (its probe may wait on the call just held: see release_stalled)
             return future
 
     def _put(self, model: str, future: Future[Any], call: _Call) -> None:
         """Queue a call on ``model``'s lane (holding ``_lock``)."""
         while not self._lane(model).put(future, call):
-            # Its lane stopped after a shutdown, before auto routed these calls to it.
-            del self._lanes[model]
+            # Its lane was stopped (a shutdown, the interpreter's exit) and took its last call
+            # before auto routed these calls to it: a new one runs them (the old one is still
+            # waited for).
+            self._retired.append(self._lanes.pop(model))
 
     def _dispatch(self, model: str, held: list[_Held]) -> None:
         """Send calls that waited for their function's probe (from a lane's thread)."""
@@ -798,7 +942,8 @@ class Executor(concurrent.futures.Executor):
         while wait:
             # A probe that ends may send its function's held calls to a lane started since.
             with self._lock:
-                lanes = [lane for lane in self._lanes.values() if id(lane) not in joined]
+                every = [*self._retired, *self._lanes.values()]
+                lanes = [lane for lane in every if id(lane) not in joined]
             if not lanes:
                 break
             for lane in lanes:

@@ -164,10 +164,13 @@ class Options:
             if most is not None:
                 size = min(size, most)
         window = size if kind.inline else WINDOW_CHUNKS_PER_WORKER * n * size
-        if (runs.silent_starts and self.timeout is not None) or self.pacer is not None:
+        if (runs.silent_starts and self.timeout is not None) or (
+            self.pacer is not None and not runs.paces_starts
+        ):
             # Their futures do not say when a task starts: with no more in flight than there
             # are workers, none waits in a queue while its timeout runs. Under a rate, what is
-            # sent starts at once, so that spacing the sends spaces the starts.
+            # sent starts at once, so that spacing the sends spaces the starts (a model that
+            # paces its own starts is handed them unpaced).
             window = n
         return Plan(
             model=backend,
@@ -181,7 +184,7 @@ class Options:
             adaptive=adaptive and not self.one_by_one and self.chunksize is None,
             length=length,
             backoff=self.backoff,
-            pacer=self.pacer,
+            pacer=None if runs.paces_starts else self.pacer,
             hops=runs.hops,
             inline=runs.inline,
             most_per_chunk=most,
@@ -197,6 +200,7 @@ class Options:
         climb: Climb | None = None,
     ) -> Setup:
         """What ``plan``'s backend is started with, to run ``fn``."""
+        paces = traits(plan.model).paces_starts
         return Setup(
             fn,
             plan.workers,
@@ -207,9 +211,11 @@ class Options:
             client=self.client,
             fresh=self.fresh_workers,
             inner_threads=self.inner_threads,
+            max_concurrency=self.max_concurrency,
             initializer=self.initializer,
             initargs=self.initargs,
             max_tasks_per_child=self.max_tasks_per_child,
+            pacer=self.pacer if paces else None,
         )
 
 

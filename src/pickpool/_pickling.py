@@ -175,6 +175,19 @@ def loads_outcomes(message: bytes) -> list[Outcome]:
     return outcomes
 
 
+def load_result(data: bytes, index: int) -> list[Outcome]:
+    """Item ``index``'s result pickled alone (a worker's journal), as its outcome, parent side:
+    leniently, as :func:`loads_outcomes` loads a chunk's."""
+    try:
+        return [(index, OK, loads(data), None)]
+    except Exception as exc:
+        try:
+            value = _Lenient(io.BytesIO(data)).load()
+        except Exception:
+            return [(index, ERROR, exc, format_traceback(exc))]
+        return _loaded((index, OK, value, None))
+
+
 def _loaded(outcome: Outcome) -> list[Outcome]:
     """``outcome``, with the items whose value holds a :class:`_Broken` marker failed."""
     if _holds_broken(outcome[2]) is None:

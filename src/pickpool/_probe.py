@@ -24,13 +24,13 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 from . import _machine, _native
 from ._backends import COROUTINES, LOOP, THREADS, Setup
-from ._cursor import Cursor
+from ._cursor import Cursor, Source
 from ._native import InnerThreads
 from ._options import Options
 from ._plan import Plan
@@ -69,7 +69,7 @@ class Phase:
     name: str  # "alone", "together" or "run"
     plan: Plan
     setup: Setup
-    items: Iterator[Any]
+    items: Source
     start: int
 
 

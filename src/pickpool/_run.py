@@ -18,6 +18,7 @@ from typing import Any
 from . import _backends
 from ._advise import Advice
 from ._auto import AutoRun
+from ._cursor import Items, Prefetched, Source
 from ._driver import drive
 from ._failure import Failure
 from ._options import Options, check_fn, length_hint
@@ -76,13 +77,26 @@ class Run:
     def __init__(self, fn: Any, items: Any, more_items: tuple[Any, ...], options: Options) -> None:
         check_fn(fn)
         self._fn_name = getattr(fn, "__name__", "fn")
-        self.source, self.length, fn = inputs(fn, items, more_items)
+        iterator, self.length, fn = inputs(fn, items, more_items)
         self.options = options
         self.is_async = is_async_callable(fn)
         self.description = f"{self._fn_name} [{options.model}]"
         self.auto: AutoRun | None = None
         self.plan: Plan | None = None
-        if options.model == "auto":
+        if options.model != "auto":
+            self.plan = options.plan(options.model, is_async=self.is_async, length=self.length)
+        # Items one at a time from an input of unknown length (a generator, a queue): read in a
+        # helper thread, so that a result is handed out while the input waits for its next
+        # item, which may come from that result (a crawler). Known lengths never wait; the
+        # plain loop reads an item, runs it and hands its result out before it reads the next.
+        self.source: Source = (
+            Prefetched(iterator)
+            if options.chunksize == 1
+            and self.length is None
+            and not (self.plan is not None and self.plan.inline)
+            else Items(iterator)
+        )
+        if self.plan is None:
             self.auto = AutoRun(
                 fn, self.source, is_async=self.is_async, length=self.length, options=options
             )
@@ -90,7 +104,7 @@ class Run:
             self.report = Report("auto", 0, None)
             self.report.decisions = self.auto.decisions
             return
-        self.plan = plan = options.plan(options.model, is_async=self.is_async, length=self.length)
+        plan = self.plan
         self.setup = options.setup(
             fn, plan, is_async=self.is_async, fn_bytes=_shipped(plan.model, fn)
         )
@@ -152,6 +166,7 @@ class Run:
                         return
         finally:
             dones.close()
+            self.source.close()
 
     def iterate(self, cancel: threading.Event | None = None) -> Generator[Any, None, None]:
         """The results one by one (``imap``)."""
@@ -162,6 +177,7 @@ class Run:
                     yield from self._results(done, advance)
         finally:
             dones.close()
+            self.source.close()
 
     def collect(self, cancel: threading.Event | None = None) -> list[Any]:
         """The results as a list (``map``)."""
@@ -195,6 +211,7 @@ class Run:
                         yield value
         finally:
             await dones.aclose()
+            self.source.close()
 
     def _results(self, done: Done | Block, advance: Callable[[int], None]) -> list[Any]:
         """What ``done`` adds to the output (nothing for a skipped failure); advances the bar."""

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import itertools
 import random
 import sys
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from . import _log
 from ._chunks import Chunking
-from ._errors import TaskTimeout, WorkerCrashed
+from ._cursor import Items, Source
+from ._errors import PickpoolError, TaskTimeout, WorkerCrashed
 from ._plan import Plan
 from ._task import BLOCK, ERROR, FATAL, LOST, OK, Outcome, Task, expand
 
@@ -74,8 +73,11 @@ def judge(
     :class:`Done`, or the seconds to wait before it is tried again (a retry, logged).
 
     A ``FATAL`` outcome is raised (unless the plan hands it out as the item's), a crash or a
-    timeout is logged, a failure is retried while ``plan.retries`` allow.
+    timeout is logged, a failure is retried while ``plan.retries`` allow. What failed is always
+    an exception: one that came back from a worker as something else is said to be so.
     """
+    if status in (ERROR, FATAL) and not isinstance(value, BaseException):
+        value, status = _not_an_exception(index, value), ERROR
     if status == FATAL and plan.fatal_ends_run:
         raise value
     if status == ERROR:
@@ -88,62 +90,26 @@ def judge(
     return Done(index, item, status, value, text, tries)
 
 
+def _not_an_exception(index: int, value: object) -> PickpoolError:
+    """What item ``index`` failed with, when what came back in place of its exception is not
+    one (its ``__reduce__`` rebuilds something else)."""
+    try:
+        shown = repr(value)
+    except Exception:
+        shown = f"<{type(value).__qualname__}>"
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return PickpoolError(
+        f"item {index} raised an exception that came back from its worker as a "
+        f"{type(value).__qualname__} ({shown}), not an exception: its __reduce__ rebuilds "
+        "something else; make __reduce__ return the exception's own class and arguments, or "
+        "use model='threads', which does not pickle it"
+    )
+
+
 def ends_run(plan: Plan, done: Done) -> bool:
     """Whether nothing after ``done``'s item may start any more: under ``on_error="raise"``,
     a final failure ends the run, as it ends a plain loop (the items before it still run)."""
     return plan.fail_fast and done.status == ERROR
-
-
-class Source:
-    """Where a run's items come from: an iterator (:class:`Items`), or calls as they are
-    submitted (the Executor's lanes). A base class rather than a protocol: an iterable of
-    the caller's own may well have a ``take`` method."""
-
-    __slots__ = ()
-
-    ended: bool = False  # no item will come any more
-
-    def take(self, count: int) -> list[Any]:
-        """Up to ``count`` items there are now (fewer, or none, if no more are there yet)."""
-        raise NotImplementedError
-
-    def wait(self, timeout: float | None) -> None:
-        """Nothing runs: wait until an item may have come, or ``timeout`` seconds."""
-        if timeout:
-            time.sleep(timeout)
-
-    def failure(self) -> Exception | None:
-        """What reading the input raised, if it did (its items read before it are taken)."""
-        return None
-
-
-class Items(Source):
-    """An iterator as a :class:`Source`: whatever it yields is there at once, and a short read
-    means it has run out. What it raises ends it, and is kept: like a plain loop, the run hands
-    out every item read before the input failed, and only then raises what it raised."""
-
-    __slots__ = ("_error", "_iterator", "ended")
-
-    def __init__(self, items: Iterable[Any]) -> None:
-        self._iterator: Iterator[Any] = iter(items)
-        self.ended = False
-        self._error: Exception | None = None
-
-    def take(self, count: int) -> list[Any]:
-        chunk: list[Any] = []
-        try:
-            # extend() keeps what it appended before an exception; list(islice()) would lose it.
-            chunk.extend(itertools.islice(self._iterator, count))
-        except Exception as exc:
-            self._error = exc
-            self.ended = True
-            return chunk
-        if len(chunk) < count:
-            self.ended = True
-        return chunk
-
-    def failure(self) -> Exception | None:
-        return self._error
 
 
 class _Outstanding:
@@ -464,6 +430,7 @@ class Schedule:
         else:
             return
         self._result_bytes = size if not self._result_bytes else 0.5 * (self._result_bytes + size)
+        self.chunking.weighed(self._result_bytes)
 
     def _task(self, first: int, items: list[Any]) -> Task:
         self._next_task += 1

@@ -23,9 +23,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from ._cursor import Source
 from ._pace import Pacer
 from ._plan import Plan
-from ._schedule import Block, Done, Schedule, Source
+from ._schedule import Block, Done, Schedule
 from ._task import Outcome, Task
 
 

@@ -133,13 +133,17 @@ def run_initializer(
     try:
         initializer(*initargs)
     except BaseException as exc:
-        name = getattr(initializer, "__qualname__", None) or repr(initializer)
         exc.add_note(
-            f"pickpool: raised by initializer={name} in a new worker; the items given to "
-            "that worker fail with it"
+            f"pickpool: raised by initializer={initializer_name(initializer)} in a new worker; "
+            "the items given to that worker fail with it"
         )
         return exc
     return None
+
+
+def initializer_name(initializer: Callable[..., Any] | None) -> str:
+    """How messages name an initializer."""
+    return getattr(initializer, "__qualname__", None) or repr(initializer)
 
 
 class RemoteTraceback(Exception):
@@ -202,6 +206,12 @@ class Caller:
         # result otherwise (None until then).
         self._awaits: bool | None = True if is_async_callable(fn) else None
         self._guarded = False  # set once fn has raised StopIteration (see run_items)
+
+    @property
+    def plain(self) -> bool:
+        """Whether ``fn`` is known to return plain results (nothing to await): its items may
+        then be called directly, ``fn(item)``."""
+        return self._awaits is False
 
     def call(self, index: int, item: Any) -> Outcome:
         """Run one item."""

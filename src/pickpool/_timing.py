@@ -130,16 +130,16 @@ class Knocker:
 
     def _run(self) -> None:
         nap, baseline = self.NAP, self._baseline
-        queued = _RunDelay()
+        queued = SchedStat()
         try:
             while not self._stop.is_set():
                 watching = not self._calls or self._inside > 0
                 between = self._between
                 t0 = time.perf_counter()
-                q0 = queued.seconds()
+                q0 = queued.read()[1]
                 time.sleep(nap)
                 woke = time.perf_counter()
-                waited_for_core = queued.seconds() - q0
+                waited_for_core = queued.read()[1] - q0
                 if not watching:
                     continue
                 elapsed = woke - t0
@@ -166,22 +166,37 @@ class Knocker:
         return min(1.0, self._late / self._watched / full), self._watched
 
 
-class _RunDelay:
-    """Seconds the calling thread has waited, runnable, for a core (0 where unknown)."""
+class SchedStat:
+    """The calling thread's scheduler counts, readable from any thread while it lives: seconds
+    on a core, and seconds waiting, runnable, for one (``/proc/thread-self/schedstat``; zeros
+    where there is none: :attr:`known` is then False).
+
+    Their sum is the time the thread wanted a core: what it computed, and what it would have
+    computed on a machine with a core free. A thread that sleeps, or waits for a lock or the
+    GIL, adds to neither.
+    """
+
+    __slots__ = ("_fd",)
 
     def __init__(self) -> None:
         self._fd: int | None = None
         try:
             self._fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
-            self.seconds()
+            self.read()
         except (OSError, ValueError, IndexError):
             self.close()
 
-    def seconds(self) -> float:
+    @property
+    def known(self) -> bool:
+        return self._fd is not None
+
+    def read(self) -> tuple[float, float]:
+        """(seconds on a core, seconds waiting for one)."""
         if self._fd is None:
-            return 0.0
+            return 0.0, 0.0
         # "<ns on a core> <ns waiting for one> <timeslices>"
-        return int(os.pread(self._fd, 128, 0).split()[1]) / 1e9
+        fields = os.pread(self._fd, 128, 0).split()
+        return int(fields[0]) / 1e9, int(fields[1]) / 1e9
 
     def close(self) -> None:
         fd, self._fd = self._fd, None

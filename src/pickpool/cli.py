@@ -1,7 +1,8 @@
 """The command line: ``pickpool advise | run | bench | demo | doctor``.
 
 Exit codes: 0 ok, 1 some items failed (``run``), 2 a usage error, said in one line on stderr
-(no such module or function, a malformed target, unreadable input, a bad JSON line).
+(no such module or function, a malformed target, unreadable or closed input, a bad JSON
+line), 3 the results could not be written (a full disk, a closed pipe), said likewise.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ class Usage(click.ClickException):
     """A usage error: printed as one line, exit code 2."""
 
     exit_code = 2
+
+
+class CannotWrite(click.ClickException):
+    """The results could not be written: printed as one line, exit code 3."""
+
+    exit_code = 3
 
 
 def fail(message: str) -> NoReturn:
@@ -135,6 +142,8 @@ def read_inputs(
     if stdin is not None:
         if stdin != "-":
             fail(f"unexpected argument {stdin!r}: use - for standard input")
+        if sys.stdin is None:
+            fail("standard input is closed: give the items with --range, --items or --lines")
         return _json_lines(sys.stdin, "standard input")
     if count is not None:
         return list(range(count))
@@ -292,6 +301,7 @@ def run(
                     failed += 1
                     line = _failure_line(index, data[index], exc, 1)
             sink.write(line + "\n")
+        sink.flush()
     if verbose:
         click.echo(f"pickpool: {results.report}", err=True)
     click.echo(f"{plural(len(data), 'item')}, {failed} failed", err=True)
@@ -376,7 +386,8 @@ def _verbose(on: bool) -> Iterator[None]:
 
 
 class _output:
-    """Standard output, or a file written whole or not at all... as far as a crash allows."""
+    """Standard output or a file, for the results; what fails to write them (a full disk, a
+    pipe closed by its reader) is said in one line, exit code 3."""
 
     def __init__(self, path: str | None) -> None:
         self._path = path
@@ -391,9 +402,26 @@ class _output:
             fail(f"cannot write {self._path}: {exc.strerror}")
         return self._file
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        failure = exc if isinstance(exc, OSError) else None
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as closing:
+                failure = failure or closing
+        if failure is None:
+            return
+        where = self._path or "standard output"
+        if self._path is None:
+            # What stdout still holds would fail again as the interpreter exits: it goes
+            # nowhere instead.
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+        raise CannotWrite(f"cannot write the results to {where}: {failure.strerror}") from None
 
 
 @cli.command(epilog=EXAMPLES["bench"])

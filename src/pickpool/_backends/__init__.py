@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
 
 from .._native import InnerThreads
+from .._pace import Pacer
 from .._task import Caller, Outcome, Task
 
 if TYPE_CHECKING:
@@ -110,6 +111,10 @@ class Traits:
     initializer: bool = True
     # Runs on a cluster: takes ``client=``.
     takes_client: bool = False
+    # Its calls start where it runs them, not when they are handed over (a loop that a blocking
+    # coroutine holds up starts what waited all at once): it paces their starts itself, with
+    # the run's pacer (``max_rate``), and the loop hands them over unpaced.
+    paces_starts: bool = False
     # Under auto, what the latency-driven limit (or throughput climbing) may hold: "calls"
     # (every call: threads), "coroutines" (coroutines that wait: asyncio's loop), or None.
     climbs: Literal["calls", "coroutines"] | None = None
@@ -245,6 +250,9 @@ class Setup:
     # Native thread pools (BLAS, OpenMP...) inside calls: None fits them to the cores the run's
     # calls share, an int caps them, "leave" leaves them (see pickpool._native).
     inner_threads: InnerThreads = None
+    # The caller's ``max_concurrency``: calls at once, at most, those left to finish in the
+    # background past their timeout (a thread cannot be killed) included.
+    max_concurrency: int | None = None
     # ``initializer``: called with ``initargs`` once in each new worker thread or process before
     # its first item (callers make the run's workers fresh: state it sets must not leak into
     # other runs).
@@ -252,6 +260,8 @@ class Setup:
     initargs: tuple[Any, ...] = ()
     # ``recycles``: a worker runs at most this many items, then a new one takes its place.
     max_tasks_per_child: int | None = None
+    # ``paces_starts``: the run's pacer (``max_rate``), for the model to pace its calls' starts.
+    pacer: Pacer | None = None
 
 
 # Setup's fields that only some models read, and the trait that says which (see Setup).
@@ -262,6 +272,7 @@ FIELD_TRAITS: Final[dict[str, str]] = {
     "initializer": "initializer",
     "initargs": "initializer",
     "max_tasks_per_child": "recycles",
+    "pacer": "paces_starts",
 }
 
 

@@ -202,6 +202,7 @@ MODEL = Model(
     Traits(
         coroutines,
         hops=True,
+        paces_starts=True,
         climbs="coroutines",
         plain_on_threads=True,
         shares_memory=True,

@@ -73,7 +73,9 @@ class ItemRunner:
         # latency): as under threads, at most ``limit`` at once, moved by their latency and
         # failures, and started paced. Otherwise every one of the ``workers`` places is used.
         self.limiter: Limiter | None = None
-        self._pacer: Pacer | None = None
+        # The run's max_rate paces every start here, where calls start (a coroutine that
+        # blocks the loop holds up what waits, which would then start all at once).
+        self._pacer: Pacer | None = setup.pacer
         self._limit = setup.workers
         climb = setup.climb
         if climb is not None and climb.latency is not None:

@@ -27,8 +27,19 @@ from .. import _chunks, _machine, _native
 from .._costs import LOADS_PER_DUMPS, Costs, Option, better
 from .._errors import TaskTimeout, WorkerCrashed
 from .._pickling import dumps_function, dumps_task, loads, loads_outcomes
-from .._task import ERROR, Outcome, Task, WithInit, format_traceback, lost_chunk, task_indices
-from . import Model, Setup, Traits, every_core
+from .._task import (
+    ERROR,
+    Outcome,
+    Task,
+    WithInit,
+    format_traceback,
+    initializer_name,
+    lost_chunk,
+    outcome_count,
+    task_indices,
+)
+from . import Model, Setup, Traits, _journal, every_core
+from ._journal import Journal, SharedFd
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -45,8 +56,11 @@ class _Worker:
     __slots__ = (
         "announces",
         "conn",
+        "delivered",
         "fn_bytes",
+        "initializing",
         "inner",
+        "journal",
         "log_level",
         "method",
         "process",
@@ -55,9 +69,15 @@ class _Worker:
         "tasks",
     )
 
-    def __init__(self, process: Any, conn: Connection, method: str) -> None:
+    def __init__(
+        self, process: Any, conn: Connection, method: str, journal: Journal | None
+    ) -> None:
         self.process = process
         self.conn = conn
+        # Where it records its chunk's finished items (see _journal), and how many of its head
+        # chunk's outcomes it has sent early (the journal was full).
+        self.journal = journal
+        self.delivered = 0
         self.method = method  # its start method: a warm worker is reused only under the same
         self.fn_bytes = b""  # the function it has loaded
         self.announces = False  # whether it says when it starts a task
@@ -65,6 +85,7 @@ class _Worker:
         self.log_level: int | None = None  # the lowest level its records are sent back at
         self.tasks: deque[Task] = deque()
         self.ran = 0  # items sent to it, for max_tasks_per_child
+        self.initializing: float | None = None  # since when it runs the run's initializer
         # When the head task began running, as far as the parent can tell; None while a
         # worker that announces its starts has not announced it.
         self.started: float | None = 0.0
@@ -121,13 +142,16 @@ class _WarmPool:
         _stop(idle)
 
     def forget(self) -> None:
-        """In a forked child: the parent's workers are not ours to use or stop."""
+        """In a forked child: the parent's workers are not ours to use or stop, nor its fork
+        server ours to ask for new ones (it is not this process's child: waiting for it
+        fails)."""
         self._lock = threading.Lock()
         for w in _live:
             with contextlib.suppress(OSError):
                 w.conn.close()
         _live.clear()
         self._idle = []
+        _forget_fork_server()
 
     def __len__(self) -> int:
         return len(self._idle)
@@ -135,7 +159,68 @@ class _WarmPool:
 
 WARM_WORKERS_PER_CORE = 4
 warm = _WarmPool()
-os.register_at_fork(after_in_child=warm.forget)
+
+# The interpreter exits: multiprocessing's own exit hook is about to terminate every daemon
+# child (our workers among them) and join it.
+_exiting = False
+_exit_hooked = False
+
+
+def _hook_exit() -> None:
+    """Register :func:`_at_exit`, once, after multiprocessing is imported: exit hooks run last
+    registered first, so it runs before multiprocessing's."""
+    global _exit_hooked
+    if not _exit_hooked:
+        atexit.register(_at_exit)
+        _exit_hooked = True
+
+
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+    with _reaping_lock:
+        pass  # (a thread that was reaping workers is done: none will be closed from now on)
+
+
+# Held while workers are reaped and their process objects closed: multiprocessing's own exit
+# hook joins every child it knows of, and one closed under it makes it raise.
+_reaping_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _reaping() -> Iterator[None]:
+    """Reaping and closing workers; a daemon thread at exit waits instead (see
+    :func:`_still_if_exiting`)."""
+    _still_if_exiting()
+    _reaping_lock.acquire()
+    if _exiting:  # (since the line above: not while holding the lock, which the exit takes)
+        _reaping_lock.release()
+        _still_if_exiting()
+        _reaping_lock.acquire()  # (the main thread: it goes on)
+    try:
+        yield
+    finally:
+        _reaping_lock.release()
+
+
+def _still_if_exiting() -> None:
+    """A daemon thread still running a run here as the interpreter exits: multiprocessing
+    terminates the workers under it. What the run would make of that (a worker crashed) and do
+    (close processes multiprocessing is joining) is noise: the thread waits instead, quietly,
+    for the interpreter to end it, as it ends every daemon thread."""
+    if _exiting and threading.current_thread() is not threading.main_thread():
+        threading.Event().wait()
+
+
+def _forked() -> None:
+    """In a forked child: the parent's workers and fork server are the parent's, and a lock
+    its threads held is held for ever here."""
+    global _reaping_lock
+    _reaping_lock = threading.Lock()
+    warm.forget()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 # (Long on purpose: worker processes: start, feed, crash, kill.)
@@ -155,8 +240,10 @@ class ProcessesBackend:
             self._fn_bytes = setup.fn_bytes or dumps_function(setup.fn)
         # (Imported here: `import pickpool`, and runs on other models, need none of it.)
         import multiprocessing
+        import multiprocessing.util
         from multiprocessing.connection import wait
 
+        _hook_exit()
         self._wait = wait
         self._context = multiprocessing.get_context(_machine.start_method())
         # Each worker's native thread pools (BLAS, OpenMP) get its share of the cores.
@@ -195,13 +282,14 @@ class ProcessesBackend:
 
     # (Complex on purpose: outcomes, deadlines and dead workers, read in one pass.)
     def collect(self, timeout: float | None) -> list[Outcome]:  # noqa: C901
+        _still_if_exiting()
         outcomes, self._ready = self._ready, []
         busy = [w for w in self._workers if w.tasks]
         if outcomes or not busy:
             self._drain_wake()
             return outcomes
         limit = self._setup.timeout
-        starts = [w.started for w in busy if w.started is not None]
+        starts = [begun for w in busy if (begun := _begun(w)) is not None]
         if limit is not None and starts:
             soonest = min(starts) + limit - time.monotonic()
             timeout = max(0.0, soonest if timeout is None else min(timeout, soonest))
@@ -210,6 +298,7 @@ class ProcessesBackend:
             by_handle[w.conn] = w
             by_handle[w.process.sentinel] = w
         ready = self._wait([*by_handle, self._wake_r], timeout)
+        _still_if_exiting()
         now = time.monotonic()
         lost: list[_Worker] = []
         # Results first: a worker may have sent its last result and then died.
@@ -227,7 +316,8 @@ class ProcessesBackend:
             self._lost(w)
         if limit is not None:
             for w in self._workers[:]:
-                if w.tasks and w.started is not None and now - w.started >= limit:
+                begun = _begun(w)
+                if w.tasks and begun is not None and now - begun >= limit:
                     self._overrun(w, limit)
         self._dispatch()
         outcomes, self._ready = self._ready, []
@@ -245,6 +335,7 @@ class ProcessesBackend:
     def close(self, *, cancel: bool) -> None:
         if self._closed:
             return
+        _still_if_exiting()
         self._closed = True
         self._pending.clear()
         workers, self._workers = self._workers, []
@@ -316,6 +407,9 @@ class ProcessesBackend:
         method = self._context.get_start_method()
         w = None if self._setup.fresh else warm.take(method)
         if w is not None:
+            if w.journal is not None:
+                # (Idle: what it recorded is an earlier run's, whose task ids this run reuses.)
+                w.journal.begin(-1)
             self._workers.append(w)
             try:
                 self._load(w)
@@ -326,16 +420,26 @@ class ProcessesBackend:
                 return w
         parent, child = self._context.Pipe(duplex=True)
         share = max(1, _machine.cores() // self._setup.workers)
+        journal, fd = Journal.create() if _journal.available() else (None, -1)
+        env = _native.fixed_at_import_env(self._inner)
         process = self._context.Process(  # type: ignore[attr-defined]
             target=_procworker.main,
-            args=(child, os.getpid(), share, _native.fixed_at_import_env(self._inner)),
+            args=(child, os.getpid(), share, env, SharedFd(fd) if journal else None),
             name="pickpool-worker",
             daemon=True,
         )
-        with _main_module_hidden():
-            process.start()
+        try:
+            with _main_module_hidden(), _without_ctrl_c():
+                process.start()
+        except BaseException:
+            if journal is not None:
+                journal.close()
+            raise
+        finally:
+            if journal is not None:
+                os.close(fd)  # (the worker has its own: mapped, the memory stays)
         child.close()
-        w = _Worker(process, parent, method)
+        w = _Worker(process, parent, method, journal)
         _live.add(w)
         self._workers.append(w)
         self._load(w)
@@ -369,7 +473,7 @@ class ProcessesBackend:
     # Reading results, and what to do when a worker is gone -------------------------------------
 
     def _receive(self, w: _Worker, now: float, lost: list[_Worker]) -> None:
-        from ._procworker import RECORD, STARTED
+        from ._procworker import INITIALIZED, INITIALIZING, PART, RECORD, STARTED
 
         try:
             message = w.conn.recv_bytes()
@@ -379,10 +483,19 @@ class ProcessesBackend:
         if message == STARTED:
             w.started = now
             return
+        if message in (INITIALIZING, INITIALIZED):
+            w.initializing = now if message == INITIALIZING else None
+            return
         if message[:1] == RECORD:
             _handle_record(message[1:])
             return
+        if message[:1] == PART:
+            part = loads_outcomes(message[1:])
+            w.delivered += outcome_count(part)
+            self._ready.extend(part)
+            return
         task = w.tasks.popleft()
+        w.delivered = 0
         w.started = None if w.announces else now
         outcomes = loads_outcomes(message)
         if len(outcomes) == 1 and outcomes[0][0] == -1:
@@ -397,9 +510,10 @@ class ProcessesBackend:
         """
         self._workers.remove(w)
         w.conn.close()
-        interrupted = _reap([w], grace=_STOP_GRACE)
-        cause = _describe_exit(w.process.exitcode)
-        w.process.close()
+        with _reaping():
+            interrupted = _reap([w], grace=_STOP_GRACE)
+            cause = _describe_exit(w.process.exitcode)
+            w.process.close()
         if interrupted is not None:
             raise interrupted
         running = w.tasks.popleft() if w.tasks else None
@@ -409,12 +523,29 @@ class ProcessesBackend:
 
     def _lost(self, w: _Worker) -> None:
         """``w`` died: fail its running item (or report its chunk's items LOST); put the rest
-        of its work back in line."""
+        of its work back in line. Dead in the run's initializer, before any item: that chunk's
+        items fail (a try each), the initializer named."""
+        initializing = w.initializing is not None
+        delivered, w.delivered = w.delivered, 0
         running, cause = self._remove(w)
+        recorded = None
+        if w.journal is not None:
+            if running is not None:
+                recorded = w.journal.read(running[0])
+            w.journal.close()
         if running is None:
             return
-        _, first, items = running
-        if len(items) > 1:
+        task_id, first, items = running
+        if initializing:
+            named = initializer_name(self._setup.initializer)
+            for index in task_indices(running):
+                crash = WorkerCrashed(
+                    f"the worker process that was to run item {index} died ({cause}) in "
+                    f"initializer={named}, before any item started"
+                )
+                self._ready.append((index, ERROR, crash, format_traceback(crash)))
+            return
+        if len(items) > 1 and recorded is None and not delivered:
             crash = WorkerCrashed(
                 f"the worker process running items {first} to {first + len(items) - 1} died "
                 f"({cause}); which of them crashed it is unknown: each runs again alone"
@@ -422,7 +553,25 @@ class ProcessesBackend:
             self._ready += lost_chunk(running, crash)
             self._lost_items.update(task_indices(running))
             return
-        index = first
+        # The items it finished are done (their outcomes sent early, or recorded); the next one
+        # was running when it died, and the rest never started: they run again, not counted as
+        # tries.
+        if recorded is None:
+            index = first + delivered
+        else:
+            start, outcomes = recorded
+            self._ready += outcomes
+            index = start + outcome_count(outcomes)
+        if index >= first + len(items):
+            return  # (it died after its last item)
+        unstarted = (task_id, index + 1, items[index + 1 - first :])
+        if unstarted[2]:
+            crash = WorkerCrashed(
+                f"the worker process died ({cause}) while item {index} ran; items "
+                f"{index + 1} to {first + len(items) - 1} had not started: they run again"
+            )
+            self._ready += lost_chunk(unstarted, crash)
+            self._lost_items.update(task_indices(unstarted))
         crash = WorkerCrashed(
             f"the worker process running item {index} died ({cause}); likely causes: a "
             "crash in C code, os._exit or sys.exit in a library, or the machine running "
@@ -431,16 +580,33 @@ class ProcessesBackend:
         self._ready.append((index, ERROR, crash, format_traceback(crash)))
 
     def _overrun(self, w: _Worker, limit: float) -> None:
-        """``w``'s item ran past ``timeout``: kill it, fail that item, requeue the rest."""
+        """``w``'s item ran past ``timeout`` (or its initializer did, before the item could
+        start): kill it, fail that item, requeue the rest."""
+        initializing = w.initializing is not None
         _signal(w, signal.SIGKILL)
         running, _ = self._remove(w)
         assert running is not None
+        if w.journal is not None:
+            w.journal.close()
         for index in task_indices(running):
-            exc = TaskTimeout(
-                f"item {index} ran longer than timeout={limit:g}s; its worker process was "
-                "killed and replaced"
-            )
+            if initializing:
+                exc = TaskTimeout(
+                    f"item {index} did not start within timeout={limit:g}s: initializer="
+                    f"{initializer_name(self._setup.initializer)} was still running in its new "
+                    "worker process, which was killed and replaced"
+                )
+            else:
+                exc = TaskTimeout(
+                    f"item {index} ran longer than timeout={limit:g}s; its worker process was "
+                    "killed and replaced"
+                )
             self._ready.append((index, ERROR, exc, format_traceback(exc)))
+
+
+def _begun(w: _Worker) -> float | None:
+    """When ``w``'s head task began, as far as a timeout counts: its start, or the start of
+    the initializer that runs before it."""
+    return w.started if w.started is not None else w.initializing
 
 
 def _stop(workers: list[_Worker]) -> None:
@@ -461,10 +627,13 @@ def _stop(workers: list[_Worker]) -> None:
                 _signal(w, signal.SIGTERM)
     except KeyboardInterrupt as exc:
         interrupted = exc
-    interrupted = _reap(workers, grace=0.0 if interrupted else _STOP_GRACE) or interrupted
-    for w in workers:
-        w.conn.close()
-        w.process.close()
+    with _reaping():
+        interrupted = _reap(workers, grace=0.0 if interrupted else _STOP_GRACE) or interrupted
+        for w in workers:
+            w.conn.close()
+            w.process.close()
+            if w.journal is not None:
+                w.journal.close()
     if interrupted is not None:
         raise interrupted
 
@@ -507,6 +676,26 @@ def _signal(w: _Worker, signum: int) -> None:
             os.kill(pid, signum)
 
 
+def _forget_fork_server() -> None:
+    """In a forked child, a fork server of its own, started when it is first needed.
+
+    multiprocessing keeps one fork server per process, in module globals that a fork copies:
+    the child would ask its parent's server for workers, and fail to wait for it.
+    """
+    forkserver: Any = sys.modules.get("multiprocessing.forkserver")
+    if forkserver is None:
+        return
+    server = forkserver.ForkServer()
+    forkserver._forkserver = server
+    for name in (
+        "ensure_running",
+        "get_inherited_fds",
+        "connect_to_new_process",
+        "set_forkserver_preload",
+    ):
+        setattr(forkserver, name, getattr(server, name))
+
+
 def _preload_worker_module() -> None:
     """Have the fork server import the worker's code once, so each worker starts in ~3 ms.
 
@@ -525,6 +714,24 @@ def _preload_worker_module() -> None:
 
 # threadpoolctl too: a worker whose function uses numpy caps its pools with it (~10 ms).
 _WORKER_MODULES = ("pickpool._backends._procworker", "threadpoolctl")
+
+
+@contextlib.contextmanager
+def _without_ctrl_c() -> Iterator[None]:
+    """Start a child (and the fork server, which the first start under forkserver starts) that
+    Ctrl-C does not reach: the parent decides what stops and when, and a child interrupted
+    while it imports, before it ignores Ctrl-C itself, would print a KeyboardInterrupt
+    traceback. SIGINT is blocked in this thread while it starts them (a mask, unlike a handler,
+    can be set from any thread, and children keep it); Ctrl-C still reaches this process
+    through its other threads, or once unblocked."""
+    blocked = hasattr(signal, "pthread_sigmask")
+    if blocked:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager

@@ -15,18 +15,22 @@ from .. import _machine, _native
 from .._errors import PickpoolError
 from .._pickling import dumps, dumps_outcomes, loads
 from .._task import (
+    BLOCK,
     ERROR,
     FATAL,
+    OK,
     Caller,
     Outcome,
     Task,
     WithInit,
+    expand,
     failed,
     format_traceback,
     release,
     run_initializer,
     task_indices,
 )
+from ._journal import Journal, SharedFd
 
 # The message that announces a function: the next message is the function, pickled.
 FUNCTION = b"F"
@@ -34,6 +38,12 @@ FUNCTION = b"F"
 ANNOUNCE, QUIET = b"A", b"Q"
 # The message a worker sends when it starts a task, while announcing.
 STARTED = b"S"
+# The first byte of a part of a chunk's outcomes, sent before the chunk ends (its journal was
+# full); the chunk's own message, without it, comes last.
+PART = b"P"
+# The messages a worker sends as it begins, and as it ends, running the run's initializer
+# (always: a timeout counts it, and a crash in it is the initializer's, not an item's).
+INITIALIZING, INITIALIZED = b"B", b"E"
 # The message that caps native thread pools: the next message is the limit, b"" for none.
 INNER = b"I"
 # The message that sets the lowest level log records are sent back at: the next message is it.
@@ -48,7 +58,9 @@ IDLE_COLLECT = 1.0
 
 
 # (Complex on purpose: a worker process's whole life, in one loop.)
-def main(conn: Connection, owner: int, cores: int, env: dict[str, str]) -> None:  # noqa: C901
+def main(  # noqa: C901
+    conn: Connection, owner: int, cores: int, env: dict[str, str], journal: SharedFd | None
+) -> None:
     """Receive pickled tasks on ``conn``, run them, send pickled outcomes back.
 
     :data:`FUNCTION` followed by a pickled function sets the function later tasks run. An
@@ -57,19 +69,10 @@ def main(conn: Connection, owner: int, cores: int, env: dict[str, str]) -> None:
     ``cores``: this worker's share of the machine, which a pool started inside it sizes to;
     ``env``: variables to set before your function's modules load (pool sizes read at import).
     :data:`INNER` and a limit cap the native thread pools (BLAS, OpenMP...) for later tasks.
+    ``journal``: where the outcomes of a chunk's finished items are recorded as they finish
+    (see ``_journal``), or None.
     """
-    os.environ.update(env)
-    # Ctrl-C reaches the whole process group; the parent decides what stops and when.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A group of its own, so that killing the worker kills what its item started too.
-    os.setpgrp()
-    # Not a daemon in its own eyes, so that your function may start processes of its own
-    # (a nested pool): the worker watches its owner, and stops its children when it exits.
-    multiprocessing.current_process().daemon = False
-    _machine.set_share(cores)
-    threading.Thread(
-        target=_exit_with_parent, args=(owner,), name="pickpool-orphan-watch", daemon=True
-    ).start()
+    record = _settle_in(owner, cores, env, journal)
     caller: Caller | None = None
     load_error: BaseException | None = None
     announce = False
@@ -85,7 +88,7 @@ def main(conn: Connection, owner: int, cores: int, env: dict[str, str]) -> None:
                 if message == FUNCTION:
                     if caller is not None:
                         caller.close()
-                    caller, load_error = _load(conn.recv_bytes())
+                    caller, load_error = _load(conn, conn.recv_bytes())
                     continue
                 if message in (ANNOUNCE, QUIET):
                     announce = message == ANNOUNCE
@@ -104,7 +107,7 @@ def main(conn: Connection, owner: int, cores: int, env: dict[str, str]) -> None:
                 _native.caps.refresh()
                 if announce:
                     _send(conn, STARTED)
-                _send(conn, _run(caller, load_error, message))
+                _send(conn, _run(caller, load_error, message, record, conn))
             except (EOFError, OSError):
                 return
             # Nothing of the task stays referenced while the worker waits for the next one.
@@ -113,6 +116,30 @@ def main(conn: Connection, owner: int, cores: int, env: dict[str, str]) -> None:
         inner.close()
         if caller is not None:
             caller.close()
+
+
+def _settle_in(
+    owner: int, cores: int, env: dict[str, str], journal: SharedFd | None
+) -> Journal | None:
+    """What a new worker process does before its first message (see :func:`main`); its
+    journal, mapped."""
+    os.environ.update(env)
+    # Ctrl-C reaches the whole process group; the parent decides what stops and when.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A group of its own, so that killing the worker kills what its item started too.
+    os.setpgrp()
+    # Not a daemon in its own eyes, so that your function may start processes of its own
+    # (a nested pool): the worker watches its owner, and stops its children when it exits.
+    multiprocessing.current_process().daemon = False
+    _machine.set_share(cores)
+    threading.Thread(
+        target=_exit_with_parent, args=(owner,), name="pickpool-orphan-watch", daemon=True
+    ).start()
+    if journal is None:
+        return None
+    record = Journal(journal.fd)
+    os.close(journal.fd)
+    return record
 
 
 # Log records from your function's threads share the pipe with outcomes.
@@ -156,7 +183,13 @@ def _forward_logs(conn: Connection, level: int) -> None:
     root.setLevel(level)
 
 
-def _run(caller: Caller | None, load_error: BaseException | None, message: bytes) -> bytes:
+def _run(
+    caller: Caller | None,
+    load_error: BaseException | None,
+    message: bytes,
+    journal: Journal | None,
+    conn: Connection,
+) -> bytes:
     """The outcomes of the task in ``message``, pickled; never raises for what ``fn`` did."""
     outcomes: list[Outcome]
     try:
@@ -165,21 +198,30 @@ def _run(caller: Caller | None, load_error: BaseException | None, message: bytes
         # Index -1 stands for "every item of this task": their indices did not load.
         outcomes = [failed(-1, exc)]
     else:
-        if caller is not None:
-            outcomes = caller.run(task)
-        else:
+        if caller is None:
             assert load_error is not None
             outcomes = [failed(index, load_error) for index in task_indices(task)]
+        elif journal is not None and len(task[2]) > 1:
+            outcomes = _run_recorded(caller, task, journal, conn)
+        else:
+            outcomes = caller.run(task)
+    return _pickled(outcomes)
+
+
+def _pickled(outcomes: list[Outcome]) -> bytes:
+    """``outcomes`` as bytes to send, whatever they hold; never raises."""
     try:
         return dumps_outcomes(outcomes)
     except BaseException as exc:
         # dumps_outcomes fails an item whose result or exception cannot travel; this is for
         # what is stranger still (an exception whose every method raises): the worker lives.
+        indices = [o[0] for outcome in outcomes for o in expand(outcome)]
         error = PickpoolError(
-            f"the outcomes of items from {outcomes[0][0]} on could not be sent back from the "
+            f"the outcomes of items {indices[0]}-{indices[-1]} could not be sent back from the "
             f"worker process ({type(exc).__name__})"
         )
-        return dumps([(-1, ERROR, error, format_traceback(error))])
+        text = format_traceback(error)
+        return dumps([(index, ERROR, error, text) for index in indices])
     finally:
         # Sent (or not): the exceptions' frames, and what the failed calls built, go now.
         for _, status, payload, _ in outcomes:
@@ -187,7 +229,40 @@ def _run(caller: Caller | None, load_error: BaseException | None, message: bytes
                 release(payload)
 
 
-def _load(fn_bytes: bytes) -> tuple[Caller | None, BaseException | None]:
+def _run_recorded(caller: Caller, task: Task, journal: Journal, conn: Connection) -> list[Outcome]:
+    """A chunk's items, each result recorded in the journal as its item finishes: a worker
+    that dies mid-chunk leaves its parent the finished ones (see ``_journal``). A failure, and
+    a result the journal cannot take, go to the parent at once, with what was recorded before
+    them, as a part of the chunk's outcomes; the journal starts again after them."""
+    task_id, first, items = task
+    journal.begin(task_id, first)
+    start, values = first, []  # results recorded since ``start``
+    record, fn = journal.record, caller.fn
+    for index, item in enumerate(items, first):
+        if caller.plain:  # (the common case, at a call's cost: ``caller.call`` costs 3x)
+            try:
+                value = fn(item)
+            except BaseException as exc:
+                outcome = failed(index, exc)
+            else:
+                if record(value):
+                    values.append(value)
+                    continue
+                outcome = (index, OK, value, None)
+        else:
+            outcome = caller.call(index, item)
+            if outcome[1] == OK and record(outcome[2]):
+                values.append(outcome[2])
+                continue
+        before = [(start, BLOCK, values, None)] if values else []
+        _send(conn, PART + _pickled([*before, outcome]))
+        del outcome
+        start, values = index + 1, []
+        journal.begin(task_id, start)
+    return [(start, BLOCK, values, None)] if values else []
+
+
+def _load(conn: Connection, fn_bytes: bytes) -> tuple[Caller | None, BaseException | None]:
     try:
         fn = loads(fn_bytes)
     except BaseException as exc:
@@ -197,7 +272,11 @@ def _load(fn_bytes: bytes) -> tuple[Caller | None, BaseException | None]:
         )
         return None, exc
     if isinstance(fn, WithInit):
-        error = run_initializer(fn.initializer, fn.initargs)
+        _send(conn, INITIALIZING)
+        try:
+            error = run_initializer(fn.initializer, fn.initargs)
+        finally:
+            _send(conn, INITIALIZED)
         if error is not None:
             return None, error
         fn = fn.fn

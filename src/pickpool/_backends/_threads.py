@@ -22,12 +22,14 @@ from .._limits import Climber, Limiter
 from .._pace import Pacer
 from .._task import (
     BLOCK,
+    ERROR,
     FATAL,
     Caller,
     Outcome,
     Task,
     failed,
     format_traceback,
+    initializer_name,
     outcome_count,
     run_initializer,
     task_indices,
@@ -41,13 +43,14 @@ CANCEL_GRACE = 1.0
 class _Slot:
     """What one worker thread is running, so that an overrun can be detected and abandoned."""
 
-    __slots__ = ("abandoned", "lock", "released", "started", "task")
+    __slots__ = ("abandoned", "initializing", "lock", "released", "started", "task")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.task: Task | None = None
         self.started = 0.0
         self.abandoned = False
+        self.initializing = False  # the thread runs the run's initializer, before its task
         self.released = threading.Event()  # the thread is done with this run
 
 
@@ -167,6 +170,12 @@ class ThreadsBackend:
         self._outbox: queue.SimpleQueue[list[Outcome]] = queue.SimpleQueue()
         self._threads: dict[threading.Thread, _Slot] = {}
         self._abandoned: list[threading.Thread] = []
+        # Under max_concurrency a call abandoned past its timeout keeps its place until it
+        # returns (the far side still serves it): how many do, and since when they fill every
+        # place (the items queued behind them then fail after a timeout's wait: no hang).
+        self._keeps_places = setup.max_concurrency is not None
+        self._stuck = 0
+        self._starved_since: float | None = None
         self._in_flight = 0
         self._closed = False
         # The calls running at once share the cores with their native pools (BLAS, OpenMP):
@@ -209,6 +218,7 @@ class ThreadsBackend:
                 batch = None
         if limit is not None:
             outcomes += self._abandon_overdue(limit)
+            outcomes += self._starved(limit)
         moved, limit = False, self._limit
         if self.climber is not None and outcomes:
             moved, limit = self.climber.completed(outcome_count(outcomes)), self.climber.limit
@@ -280,9 +290,48 @@ class ThreadsBackend:
 
     def _next_deadline(self, limit: float) -> float:
         starts = [slot.started for slot in self._threads.values() if slot.task is not None]
+        if self._starved_since is not None:
+            starts.append(self._starved_since)
         if not starts:
             return limit  # nothing started yet: look again within a timeout's length
         return max(0.0, min(starts) + limit - time.monotonic())
+
+    def _starved(self, limit: float) -> list[Outcome]:
+        """Under max_concurrency, every place held by calls abandoned past their timeout: what
+        is queued behind them fails once it has waited a timeout's length (not forever)."""
+        if not self._keeps_places:
+            return []
+        with self._gate:
+            full = self._stuck >= self._limit
+        now = time.monotonic()
+        if not full:
+            self._starved_since = None
+            return []
+        if self._starved_since is None:
+            self._starved_since = now
+            return []
+        if now - self._starved_since < limit:
+            return []
+        outcomes: list[Outcome] = []
+        cap = self._setup.max_concurrency
+        while True:
+            try:
+                task = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if task is None:  # (a stop message: put back for its thread)
+                self._inbox.put(None)
+                break
+            self._in_flight -= 1
+            for index in task_indices(task):
+                exc = TaskTimeout(
+                    f"item {index} could not start within timeout={limit:g}s: all "
+                    f"max_concurrency={cap} places are held by calls that ran past their own "
+                    "timeout and still run (a thread cannot be killed)"
+                )
+                outcomes.append((index, ERROR, exc, format_traceback(exc)))
+        self._starved_since = None
+        return outcomes
 
     def _abandon_overdue(self, limit: float) -> list[Outcome]:
         now = time.monotonic()
@@ -293,17 +342,18 @@ class ThreadsBackend:
                 if task is None or now - slot.started < limit:
                     continue
                 slot.abandoned = True
-            self._leave()  # its place goes to the thread that replaces it
+                initializing = slot.initializing
+            if self._keeps_places:
+                with self._gate:
+                    self._stuck += 1  # its place stays taken until its call returns
+            else:
+                self._leave()  # its place goes to the thread that replaces it
             del self._threads[thread]
             self._abandoned.append(thread)
             self._in_flight -= 1
-            for index in task_indices(task):
-                exc = TaskTimeout(
-                    f"item {index} ran longer than timeout={limit:g}s; its thread cannot be "
-                    "killed and was left to finish in the background. Use model='processes' "
-                    "to have stuck items killed"
-                )
-                outcomes.append((index, 1, exc, format_traceback(exc)))
+            outcomes += (
+                _timed_out(i, limit, self._setup, initializing) for i in task_indices(task)
+            )
             if len(self._threads) < self._limit:
                 self._start_thread()
         return outcomes
@@ -324,7 +374,8 @@ class ThreadsBackend:
     def _work(self, slot: _Slot) -> bool:
         """Run tasks until told to stop; True if this thread may serve another run."""
         caller = Caller(self._setup.fn)
-        init_error = run_initializer(self._setup.initializer, self._setup.initargs)
+        init_error: BaseException | None = None
+        initialized = self._setup.initializer is None
         try:
             while True:
                 self._enter()
@@ -334,6 +385,12 @@ class ThreadsBackend:
                     break
                 with slot.lock:
                     slot.task, slot.started = task, time.monotonic()
+                if not initialized:
+                    # With its first task, so that a timeout counts the initializer too: a
+                    # worker that never gets ready fails its task, it does not hang the run.
+                    slot.initializing = True
+                    init_error = run_initializer(self._setup.initializer, self._setup.initargs)
+                    slot.initializing, initialized = False, True
                 _native.caps.refresh()  # pools that the last task's imports loaded
                 began = time.monotonic()
                 try:
@@ -349,9 +406,12 @@ class ThreadsBackend:
                     latency = (time.monotonic() - began) / items
                     self._samples.append((began, latency, bad, items))
                 with slot.lock:
-                    if slot.abandoned:
-                        return False
+                    abandoned = slot.abandoned
                     slot.task = None
+                if abandoned:
+                    if self._keeps_places:
+                        self._unstuck()
+                    return False
                 self._leave()
                 self._outbox.put(outcomes)
                 # Nothing of the task or its results stays referenced while this thread waits
@@ -377,6 +437,32 @@ class ThreadsBackend:
         with self._gate:
             self._running -= 1
             self._gate.notify()
+
+    def _unstuck(self) -> None:
+        """A call abandoned past its timeout returned at last: its place is free."""
+        with self._gate:
+            self._stuck -= 1
+            self._running -= 1
+            self._gate.notify()
+
+
+def _timed_out(index: int, limit: float, setup: Setup, initializing: bool) -> Outcome:
+    """The outcome of item ``index``, abandoned past ``limit`` seconds (in its thread's run of
+    the initializer, if ``initializing``)."""
+    if initializing:
+        name = initializer_name(setup.initializer)
+        exc = TaskTimeout(
+            f"item {index} did not start within timeout={limit:g}s: initializer={name} was "
+            "still running in its new worker thread, which cannot be killed and was left to "
+            "finish in the background"
+        )
+    else:
+        exc = TaskTimeout(
+            f"item {index} ran longer than timeout={limit:g}s; its thread cannot be killed and "
+            "was left to finish in the background. Use model='processes' to have stuck items "
+            "killed"
+        )
+    return (index, ERROR, exc, format_traceback(exc))
 
 
 # What the pool's own bookkeeping costs per item, and per chunk (a queue's hand-off and
