@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench bench-native lint types pytest clean
+.PHONY: demo test test-all bench bench-native bench-busy lint types pytest clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pickpool needs Python 3.11+; set PYTHON=python3.11")'
@@ -30,6 +30,10 @@ bench: $(STAMP) $(BENCH_STAMP)
 # numpy, Pillow and pandas: calls with native thread pools of their own (~2 min).
 bench-native: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/native.py --markdown bench-native.md
+
+# auto and advise on a quiet machine and beside two spinning processes (~5 min).
+bench-busy: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python benchmarks/busy.py --markdown bench-busy.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -282,9 +282,11 @@ class Pilot:
         *,
         knocker: Knocker | None = None,
         inner_threads: InnerThreads = None,
+        net: bool = True,
     ) -> Setup:
-        """A setup for ``plan`` that runs the function timed, its records going to ``records``."""
-        timed = (AsyncTimed if self.is_async else Timed)(self.fn, records, knocker)
+        """A setup for ``plan`` that runs the function timed, its records going to ``records``
+        (``net``: see :class:`~pickpool._timing.Timed`)."""
+        timed = (AsyncTimed if self.is_async else Timed)(self.fn, records, knocker, net=net)
         setup = self.options.setup(timed, plan, is_async=self.is_async)
         return dataclasses.replace(setup, inner_threads=inner_threads)
 
@@ -332,7 +334,7 @@ class Pilot:
         their latency holds: a far side with a finite capacity (a server's backlog, a pool of
         connections, a quota) shows its knee as latency that grows, or as failures."""
         readings = self.readings
-        wall, _ = typical(readings.alone)
+        wall, cpu = typical(readings.alone)
         most = min(
             _MAX_RAMP_THREADS,
             self.options.workers or _MAX_RAMP_THREADS,
@@ -357,7 +359,8 @@ class Pilot:
             readings.rounds.append((n, latency, share))
             if len(readings.rounds) == 1:
                 wall = min(wall, latency)  # (the one call alone may have warmed things up)
-            if latency > RAMP_TOLERANCE * wall or share > RAMP_FAILING:
+            own = own_queueing(wall, cpu, readings.gil, n, _machine.cores())
+            if latency > RAMP_TOLERANCE * own or share > RAMP_FAILING:
                 break
             readings.threads, readings.scaling = n, min(n, n * wall / latency)
             # Fourfold: each round costs about one call's time, and the run's limit goes on
@@ -380,6 +383,8 @@ class Pilot:
                 return None
             readings.coroutines = k
             plan = self._plan(COROUTINES, k, 1)
+            # (One thread: the loop's. What its coroutines' span shows is how much they block
+            # it, a core held by other programs left out, as for a call alone.)
             return self._phase("together", plan, self._setup(readings.together, plan), k)
         wall, cpu = readings.typical()
         cores = _machine.cores()
@@ -399,8 +404,26 @@ class Pilot:
         per_thread = min(per_thread, room // n)
         readings.threads = n
         plan = self._plan(THREADS, n, per_thread)
-        setup = self._setup(readings.together, plan, inner_threads=options.inner_threads)
+        setup = self._setup(readings.together, plan, inner_threads=options.inner_threads, net=False)
         return self._phase("together", plan, setup, n * per_thread)
+
+
+def own_queueing(wall: float, cpu: float, gil: float | None, n: int, cores: int) -> float:
+    """The latency of ``n`` calls started at once (each ``wall`` seconds alone, ``cpu`` of it
+    computing, the GIL held ``gil`` of the time) from sharing this process's GIL and the cores
+    alone: what they serialise on, each waiting on average for half of the others' turns.
+
+    Latency past it is a far side that queues them; up to it, the calls wait on each other
+    (5 ms of Python then a 20 ms wait, 8 at once: ~42 ms each, with no far side at all).
+
+    Example::
+
+        >>> round(own_queueing(0.025, 0.005, 0.2, 8, 2), 4)
+        0.0425
+    """
+    held = cpu if gil is None else min(cpu, gil * wall)  # one call at a time holds it
+    turn = max(held, cpu / cores)
+    return wall + (n - 1) / 2 * turn
 
 
 def _never(record: Record) -> bool:

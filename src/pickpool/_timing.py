@@ -19,45 +19,94 @@ from typing import Any
 # (start, wall seconds, CPU seconds of the calling thread, CPU seconds of the whole process)
 # of one call. Alone, the process's CPU time is the call's own with its native threads (BLAS):
 # 2 s of it in 1 s of wall time is a call that used two cores.
+#
+# The wall time leaves out what the calling thread spent runnable, waiting for a core that
+# other programs held (its run delay, see SchedStat): on a busy machine a call that computes
+# would otherwise read as one that waits, and waiting looks like work more threads would hide.
 Record = tuple[float, float, float, float]
 
-
-def clocks() -> tuple[float, float, float]:
-    """Wall, this thread's CPU and the process's CPU clocks, now."""
-    return time.perf_counter(), time.thread_time(), time.process_time()
+_Clocks = tuple[float, float, float, float]
 
 
-def since(began: tuple[float, float, float]) -> Record:
-    """The :data:`Record` of a call that began at ``began`` (see :func:`clocks`)."""
-    start, cpu, all_cpu = began
-    wall, cpu_now, all_now = clocks()
-    return start, wall - start, cpu_now - cpu, all_now - all_cpu
+# Calls shorter than this are not read their run delay: reading it costs ~1.5 µs (a system
+# call) twice a call, which would be most of a tiny call's time, and a call this short is
+# rarely preempted (the median of several leaves out the one that was).
+DELAY_WORTH_READING = 1e-4
+
+
+def clocks(delay: bool = True) -> _Clocks:
+    """Wall, this thread's CPU and the process's CPU clocks, and this thread's run delay (-1
+    unless ``delay``), now."""
+    return (
+        time.perf_counter(),
+        time.thread_time(),
+        time.process_time(),
+        _run_delay() if delay else -1.0,
+    )
+
+
+def since(began: _Clocks, *, net: bool = True) -> Record:
+    """The :data:`Record` of a call that began at ``began`` (see :func:`clocks`); with
+    ``net=False``, or no run delay read, its wall time is all that passed."""
+    start, cpu, all_cpu, delay = began
+    wall, cpu_now, all_now, delay_now = clocks(delay >= 0)
+    elapsed = wall - start
+    if net and delay >= 0:
+        # (Never below the thread's CPU time: the two counts are read apart, a little.)
+        elapsed = max(elapsed - (delay_now - delay), min(elapsed, cpu_now - cpu))
+    return start, elapsed, cpu_now - cpu, all_now - all_cpu
+
+
+_threads_stat = threading.local()
+
+
+def _run_delay() -> float:
+    """Seconds the calling thread has waited, runnable, for a core (0 where unknown)."""
+    stat = getattr(_threads_stat, "stat", None)
+    if stat is None:
+        # One per thread, closed with it (the thread's locals go when it ends).
+        stat = _threads_stat.stat = SchedStat()
+    return stat.read()[1]
 
 
 class Timed:
     """``fn`` with each call's wall, thread CPU and process CPU time appended to ``records``;
-    a :class:`Knocker`, if given, is told when each call runs."""
+    a :class:`Knocker`, if given, is told when each call runs. ``net``: wall times leave out
+    the run delay (calls alone, as a quiet machine would run them); False for calls timed
+    together, whose slowdown from sharing the cores is what is measured."""
 
-    __slots__ = ("fn", "knocker", "records")
+    __slots__ = ("delay", "fn", "knocker", "net", "records")
 
     def __init__(
-        self, fn: Callable[[Any], Any], records: list[Record], knocker: Knocker | None = None
+        self,
+        fn: Callable[[Any], Any],
+        records: list[Record],
+        knocker: Knocker | None = None,
+        *,
+        net: bool = True,
     ) -> None:
         self.fn = fn
         self.records = records
         self.knocker = knocker
+        self.net = net
+        self.delay = net  # whether calls are read their run delay (not once one is tiny)
 
     def __call__(self, item: Any) -> Any:
         knocker = self.knocker
         if knocker is not None:
             knocker.enter()
-        began = clocks()
+        began = clocks(self.delay)
         try:
             return self.fn(item)
         finally:
-            self.records.append(since(began))
+            self._record(since(began, net=self.net))
             if knocker is not None:
                 knocker.leave()
+
+    def _record(self, record: Record) -> None:
+        self.records.append(record)
+        if record[1] < DELAY_WORTH_READING:
+            self.delay = False
 
 
 class AsyncTimed(Timed):
@@ -69,11 +118,11 @@ class AsyncTimed(Timed):
         knocker = self.knocker
         if knocker is not None:
             knocker.enter()
-        began = clocks()
+        began = clocks(self.delay)
         try:
             return await self.fn(item)
         finally:
-            self.records.append(since(began))
+            self._record(since(began, net=self.net))
             if knocker is not None:
                 knocker.leave()
 
@@ -90,7 +139,10 @@ class Knocker:
     A thread also wakes late when every core is busy (native threads of the measured call, other
     programs): it is then runnable but waits for a core, which is not the GIL. The kernel counts
     that wait (``/proc/thread-self/schedstat``, "run delay"), and it is taken off the lateness.
-    Waiting for the GIL is a sleep on a condition variable, which that count leaves out.
+    Waiting for the GIL is a sleep on a condition variable, which that count leaves out. The
+    thread that starts the knocker (the one whose calls are measured) is watched the same way:
+    preempted while it holds the GIL, it holds it longer than its code needs, and what it
+    waited for a core then is not the call's hold either.
 
     With ``calls=True`` only the time inside calls counts (:meth:`enter` and :meth:`leave`
     mark them): what runs between calls (the consumer of the results, the probe's own
@@ -106,6 +158,7 @@ class Knocker:
         self._watched = 0.0
         self._baseline = 0.0
         self._thread: threading.Thread | None = None
+        self._holder: SchedStat | None = None  # the measured thread's counts
         self._calls = calls
         self._inside = 0  # calls running now
         self._left_at = 0.0  # when the last one ended
@@ -125,21 +178,24 @@ class Knocker:
 
     def start(self) -> None:
         self._baseline = _oversleep(self.NAP)
+        self._holder = SchedStat()
         self._thread = threading.Thread(target=self._run, name="pickpool-knocker", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         nap, baseline = self.NAP, self._baseline
-        queued = SchedStat()
+        queued, holder = SchedStat(), self._holder
+        assert holder is not None
         try:
             while not self._stop.is_set():
                 watching = not self._calls or self._inside > 0
                 between = self._between
                 t0 = time.perf_counter()
-                q0 = queued.read()[1]
+                q0, h0 = queued.read()[1], holder.read()[1]
                 time.sleep(nap)
                 woke = time.perf_counter()
                 waited_for_core = queued.read()[1] - q0
+                held_up = holder.read()[1] - h0  # (the measured thread's wait for a core)
                 if not watching:
                     continue
                 elapsed = woke - t0
@@ -149,8 +205,10 @@ class Knocker:
                     if self._inside == 0:
                         between += woke - self._left_at
                     elapsed -= min(elapsed, max(0.0, between))
-                self._late += max(0.0, elapsed - nap - baseline - waited_for_core)
-                self._watched += elapsed
+                self._late += max(0.0, elapsed - nap - baseline - waited_for_core - held_up)
+                # Watched as a quiet machine would have run the measured thread: the share is
+                # of a call's wall time, which leaves out its run delay too (see Record).
+                self._watched += max(0.0, elapsed - held_up)
         finally:
             queued.close()
 
@@ -159,6 +217,8 @@ class Knocker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self._holder is not None:
+            self._holder.close()
         if self._watched <= 0:
             return 0.0, 0.0
         switch = sys.getswitchinterval()
@@ -202,6 +262,9 @@ class SchedStat:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 @functools.cache

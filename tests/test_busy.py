@@ -1,0 +1,73 @@
+"""A busy machine: other programs on the cores must not fool the probe.
+
+A call that computes while other programs hold the cores is runnable but not running part of
+the time (its run delay); read as waiting, it would be advised more workers than the cores.
+These tests start their own spinning processes, as many as the usable cores, pinned where
+pickpool runs, and stop them after.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+import pickpool
+from pickpool import _machine, _timing
+from pickpool._probe import own_queueing
+
+
+def crunch(n: int) -> int:
+    """~10 ms of pure Python: it holds the GIL throughout."""
+    total = 0
+    for i in range(150_000):
+        total += i * i % 7
+    return total + n
+
+
+@pytest.fixture
+def busy() -> Iterator[None]:
+    """Spinning processes, one per usable core, on the cores this process may use."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(_machine.usable_cores())
+    ]
+    try:
+        yield
+    finally:
+        for p in spinners:
+            p.kill()
+        for p in spinners:
+            p.wait()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.usefixtures("busy")
+def test_a_call_that_computes_reads_as_computing_on_a_busy_machine() -> None:
+    advice = pickpool.advise(crunch, range(300))
+    assert advice.kind == "cpu", str(advice)
+    assert advice.evidence.cpu_share > 0.8, str(advice)
+    assert advice.workers <= _machine.usable_cores(), str(advice)
+
+
+@pytest.mark.skipif(not _timing.SchedStat().known, reason="needs /proc/thread-self/schedstat")
+def test_a_calls_wall_time_leaves_out_its_run_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 30 ms passed, 20 of them waiting for a core, 10 on the CPU: 10 ms as a quiet machine
+    # would have run it; timed together, all 30.
+    readings = iter([(1.0, 5.0, 7.0, 2.0), (1.03, 5.01, 7.01, 2.02)] * 2)
+    monkeypatch.setattr(_timing, "clocks", lambda delay=True: next(readings))
+    assert _timing.since(_timing.clocks()) == pytest.approx((1.0, 0.01, 0.01, 0.01))
+    assert _timing.since(_timing.clocks(), net=False)[1] == pytest.approx(0.03)
+
+
+def test_calls_that_wait_on_each_other_are_not_a_far_side() -> None:
+    # Calls that only wait: their latency alone is all that is explained.
+    assert own_queueing(0.02, 0.0, 0.0, 32, 2) == 0.02
+    # 5 ms holding the GIL then a 20 ms wait: 8 at once take ~42 ms each, from the GIL alone.
+    assert own_queueing(0.025, 0.005, 0.2, 8, 2) == pytest.approx(0.0425)
+    # Computing free of the GIL, 8 at once on 2 cores: they queue for the cores instead.
+    assert own_queueing(0.025, 0.005, 0.0, 8, 2) == pytest.approx(0.025 + 3.5 * 0.0025)
+    # More waiting explained with more calls, never less.
+    assert own_queueing(0.025, 0.005, 0.2, 32, 2) > own_queueing(0.025, 0.005, 0.2, 8, 2)
