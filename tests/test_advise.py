@@ -135,6 +135,19 @@ def test_async_waits_go_to_asyncio() -> None:
     assert advice.workers >= 64
 
 
+def test_async_calls_cost_threads_what_one_alone_costs() -> None:
+    # An async client: 5 ms of CPU a call alone (its own loop, a session per call), 0.5 ms
+    # each when 16 share one loop. On threads each call runs alone on a loop of its own: the
+    # 5 ms, on 2 cores, bound threads to 2.5 ms an item; one shared loop does better.
+    ev = evidence(
+        is_async=True, wall=0.025, cpu=0.005, gil_held=0.2, coroutines=16, loop_blocked=0.02,
+        loop_cpu=0.0005,
+    )  # fmt: skip
+    advice = decide(ev, items=200, machine=TWO_CORES)
+    assert advice.model == "asyncio", str(advice)
+    assert advice.predicted["threads"] >= 200 * 0.005 / 2
+
+
 def test_async_that_blocks_its_loop_goes_elsewhere() -> None:
     sleeps = evidence(is_async=True, wall=0.02, cpu=0.0001, gil_held=0.01, coroutines=16,
                       loop_blocked=1.0)  # fmt: skip

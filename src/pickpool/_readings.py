@@ -85,6 +85,11 @@ class Evidence:
     # its size, and the seconds its pickling took (what it closes over counts: a big table).
     fn_bytes: int = 0
     fn_pickle: float = 0.0
+    # An async def's CPU time per coroutine when several overlap on one loop (the together
+    # phase: the loop's CPU over the phase, shared), None if not measured. Less than ``cpu``,
+    # which a call alone on a loop of its own pays, the loop's idle turns included: that is
+    # what each call costs on threads or processes, this what it costs on one shared loop.
+    loop_cpu: float | None = None
 
     @property
     def cpu_share(self) -> float:
@@ -206,8 +211,6 @@ class Readings:
             # Two at once, with nothing else in flight, time a waiting call as well as one
             # alone, and without the first call's warm-up (imports, a connection, DNS).
             wall, cpu = self.rounds[0][1], cpu * self.rounds[0][1] / wall
-        if self._shared_cpu is not None:
-            cpu = min(cpu, self._shared_cpu)
         if not self.alone and self.timeout is not None and self.failed:
             wall = self.timeout  # every call overran: at least this long
         return wall, cpu
@@ -250,6 +253,7 @@ class Readings:
             capped_cpu=typical(self.capped)[1] if self.capped else None,
             capped_gil=self.capped_gil if self.capped else None,
             ramp=tuple(self.rounds),
+            loop_cpu=None if self._shared_cpu is None else min(cpu, self._shared_cpu),
         )
 
 

@@ -169,7 +169,7 @@ def predict(costs: Costs) -> Option:
     ev, cores = costs.ev, costs.m.cores
     best: Option | None = None
     if ev.is_async:
-        blocks = ev.cpu
+        blocks = ev.cpu if ev.loop_cpu is None else ev.loop_cpu  # (on one shared loop)
         if ev.loop_blocked is not None and ev.loop_blocked >= LOOP_BLOCKED:
             # It blocks the loop (time.sleep, computing): for as long as that share says.
             # Below it, the together phase's slowdown is mostly the far side's (a server
