@@ -113,3 +113,12 @@ def links(x: int) -> tuple[int, list[int]]:
 
 async def alinks(x: int) -> tuple[int, list[int]]:
     return links(x)
+
+
+def fails_then_dies(x: int) -> int:
+    """Item 0 raises (sent to the parent at once), item 1 ends its worker, others return."""
+    if x == 0:
+        raise ValueError("item 0 fails")
+    if x == 1:
+        os._exit(7)
+    return x

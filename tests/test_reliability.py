@@ -363,6 +363,35 @@ def test_a_worker_crash_runs_no_finished_item_again(
     assert rh.runs(folder, 1000) == retries + 1
 
 
+@pytest.mark.timeout(60)
+def test_what_a_dead_worker_sent_counts_when_a_send_finds_it_dead() -> None:
+    # Item 0 fails (its failure goes to the parent at once, out of the worker's journal), then
+    # item 1 ends the worker. A chunk sent to it before any collect read that failure finds it
+    # dead: the failure is still read, not lost (the run used to wait for it for ever).
+    from pickpool._backends import Setup, load
+    from pickpool._task import ERROR, OK, expand
+
+    backend = load("processes")(Setup(rh.fails_then_dies, 1, False, None, fresh=True))
+    try:
+        backend.submit((1, 0, [0, 1, 2]))
+        (worker,) = backend._workers  # type: ignore[attr-defined]
+        worker.process.join(30)  # dead, its messages unread
+        assert worker.process.exitcode == 7
+        backend.submit((2, 3, [3]))  # pipelined to the dead worker: the send fails
+        got: dict[int, Any] = {}
+        deadline = time.monotonic() + 30
+        while len(got) < 4 and time.monotonic() < deadline:
+            for outcome in backend.collect(1.0):
+                for single in expand(outcome):
+                    got.setdefault(single[0], single)
+        assert sorted(got) == [0, 1, 2, 3]
+        assert (got[0][1], type(got[0][2])) == (ERROR, ValueError)
+        assert (got[1][1], type(got[1][2])) == (ERROR, pickpool.WorkerCrashed)
+        assert got[3][1:3] == (OK, 3)
+    finally:
+        backend.close(cancel=True)
+
+
 # imap one by one over an input fed from its results ----------------------------------------
 
 

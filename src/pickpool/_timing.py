@@ -318,10 +318,16 @@ def _net(value: float, cost: float) -> float:
 
 
 def typical_process_cpu(records: list[Record]) -> float:
-    """The whole process's CPU time in a typical call (as :func:`typical` picks), less what
+    """The whole process's CPU time in a typical call (as :func:`typical` picks: of two calls,
+    the faster one's, not their mean, which a first call's warm-up would make), less what
     timing it cost."""
-    rest = records[1:] if len(records) >= 3 else records
-    return _net(statistics.median(r[3] for r in rest), overhead()[3]) if rest else 0.0
+    if not records:
+        return 0.0
+    if len(records) < 3:
+        cpu = min(records, key=lambda r: r[1])[3]
+    else:
+        cpu = statistics.median(r[3] for r in records[1:])
+    return _net(cpu, overhead()[3])
 
 
 def typical(records: list[Record]) -> tuple[float, float]:

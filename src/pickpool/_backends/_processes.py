@@ -119,7 +119,12 @@ class _WarmPool:
             while self._idle:
                 w = self._idle.pop()
                 # Alive, started the same way, and with nothing to read (no EOF: not exited).
-                if w.method == method and w.process.exitcode is None and not w.conn.poll():
+                if (
+                    w.method == method
+                    and w.process.exitcode is None
+                    and not w.conn.poll()
+                    and not _exiting_now(w.process.pid)
+                ):
                     return w
                 _stop([w])
         return None
@@ -159,6 +164,21 @@ class _WarmPool:
 
 WARM_WORKERS_PER_CORE = 4
 warm = _WarmPool()
+
+
+def _exiting_now(pid: int | None) -> bool:
+    """Whether process ``pid`` is dying (Linux): killed, its main thread already a zombie while
+    its other threads (the orphan watch) still hold its files, so that its pipe shows no EOF
+    yet and its fork server has not reported its exit."""
+    if pid is None:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False  # (reaped, or no /proc: the checks above tell)
+    return state in (b"Z", b"X")
+
 
 # The interpreter exits: multiprocessing's own exit hook is about to terminate every daemon
 # child (our workers among them) and join it.
@@ -525,6 +545,10 @@ class ProcessesBackend:
         """``w`` died: fail its running item (or report its chunk's items LOST); put the rest
         of its work back in line. Dead in the run's initializer, before any item: that chunk's
         items fail (a try each), the initializer named."""
+        # What it sent before it died comes first: a send that found it dead calls this
+        # before any collect read its last messages (a failure sent early, a finished chunk),
+        # which its journal no longer holds.
+        self._read_left(w)
         initializing = w.initializing is not None
         delivered, w.delivered = w.delivered, 0
         running, cause = self._remove(w)
@@ -578,6 +602,18 @@ class ProcessesBackend:
             "out of memory (the OOM killer sends SIGKILL)"
         )
         self._ready.append((index, ERROR, crash, format_traceback(crash)))
+
+    def _read_left(self, w: _Worker) -> None:
+        """Every message ``w`` sent and the pipe still holds, read as a collect would."""
+        ended: list[_Worker] = []
+        now = time.monotonic()
+        while not ended:
+            try:
+                if not w.conn.poll():
+                    return
+            except (EOFError, OSError):
+                return
+            self._receive(w, now, ended)
 
     def _overrun(self, w: _Worker, limit: float) -> None:
         """``w``'s item ran past ``timeout`` (or its initializer did, before the item could
