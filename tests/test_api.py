@@ -19,11 +19,13 @@ def test_all_is_exactly_the_public_api() -> None:
     assert sorted(pickpool.__all__) == sorted(
         [
             "Advice",
+            "AsyncResults",
             "BackendUnavailable",
             "BenchResult",
             "BenchRow",
             "Executor",
             "Failure",
+            "Leg",
             "PickpoolError",
             "Report",
             "Results",

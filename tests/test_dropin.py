@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -241,7 +240,7 @@ def test_aimap_stops_the_run_when_the_loop_breaks() -> None:
             taken.append(r)
             if len(taken) == 3:
                 break
-        assert isinstance(results, AsyncGenerator)  # aimap is an async generator
+        assert isinstance(results, pickpool.AsyncResults)  # an async iterator, with aclose
         await results.aclose()
         return taken
 

@@ -12,16 +12,18 @@ from ._bench import BenchResult, BenchRow, bench
 from ._errors import BackendUnavailable, PickpoolError, TaskTimeout, WorkerCrashed
 from ._executor import Executor
 from ._failure import Failure
-from ._results import Report, Results
+from ._results import AsyncResults, Leg, Report, Results
 from ._star import star
 
 __all__ = [
     "Advice",
+    "AsyncResults",
     "BackendUnavailable",
     "BenchResult",
     "BenchRow",
     "Executor",
     "Failure",
+    "Leg",
     "PickpoolError",
     "Report",
     "Results",

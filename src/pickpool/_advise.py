@@ -21,7 +21,7 @@ from ._costs import TIE, Costs, Option, gil_share
 from ._cursor import Cursor
 from ._driver import drive
 from ._machine import Machine
-from ._options import Options, check_fn, length_hint, positive_seconds
+from ._options import Options, Require, check, check_fn, length_hint, positive_seconds
 from ._probe import ADVISE_SHARE, Pilot
 from ._readings import Evidence
 from ._task import OK, is_async_callable
@@ -134,10 +134,16 @@ def choose(options: Mapping[str, Option], *, is_async: bool) -> Option:
     return fastest
 
 
+def awaits(ev: Evidence) -> bool:
+    """Coroutines that mostly wait and leave their loop free while they do (async I/O)."""
+    blocked = ev.loop_blocked
+    return ev.is_async and ev.cpu_share < 0.5 and (blocked is None or blocked < 0.5)
+
+
 def classify(ev: Evidence, machine: Machine, chosen: Option) -> Kind:
     """The kind of work, from the evidence (and, for ``"tiny"``, from what won)."""
     share = ev.cpu_share
-    if ev.is_async and share < 0.5 and (ev.loop_blocked is None or ev.loop_blocked < 0.5):
+    if awaits(ev):
         return "async-io"
     if (
         _backends.traits(chosen.model).inline
@@ -190,6 +196,34 @@ def _seen(
             )
 
 
+def _narrowed(
+    options: Options,
+    choices: Collection[str] | None,
+    allowed: Mapping[str, Option],
+    predictions: Mapping[str, Option],
+) -> list[str]:
+    """Sentences for what kept a faster model out of the choice, if anything did."""
+    fastest = min(predictions.values(), key=lambda o: o.seconds).model
+    if fastest in allowed or (choices is not None and fastest not in choices):
+        return []
+    if options.require == "sharedmem" and not _backends.traits(fastest).shares_memory:
+        return [
+            f"{fastest} was not considered: require='sharedmem' asks for calls that share "
+            "this process's memory."
+        ]
+    if options.initializer is not None and not options.worker_state:
+        return [
+            f"{fastest} was not considered: with it, the globals initializer= sets would not "
+            "be each worker's own; return the state and pass worker_state=True to consider "
+            "every model."
+        ]
+    return [
+        f"{fastest} was not considered: these coroutines wait without holding up their "
+        "loop, so they run as tasks of one event loop (what they use, a client session, is "
+        "bound to it)."
+    ]
+
+
 def decide(
     ev: Evidence,
     *,
@@ -220,12 +254,25 @@ def decide(
     if options.max_rate is not None:
         rate = options.max_rate
         predictions = {name: _paced(o, rate, ev.wall, n) for name, o in predictions.items()}
-    allowed = {n: o for n, o in predictions.items() if choices is None or n in choices}
+    # What the call means may not depend on the choice: the options narrow it (see
+    # Options.models), and so does where it runs (amap's coroutines on the caller's loop).
+    fits = options.models()
+    allowed = {
+        n: o
+        for n, o in predictions.items()
+        if (choices is None or n in choices) and (fits is None or n in fits)
+    }
     if not allowed:
-        raise ValueError(f"none of the models {sorted(choices or ())} can run here")
+        raise ValueError(f"none of the models {sorted(choices or fits or ())} can run here")
+    if ev.is_async and awaits(ev):
+        # Coroutines that wait, without holding up their loop, run as tasks of a loop: what
+        # they hold (a client session, a connection pool) is bound to one.
+        on_loop = {n: o for n, o in allowed.items() if _backends.model(n).loop_runner}
+        allowed = on_loop or allowed
+    narrowed = _narrowed(options, choices, allowed, predictions)
     chosen = choose(allowed, is_async=ev.is_async)
     kind = classify(ev, machine, chosen)
-    why = _reasons.reasons(ev, machine, predictions, chosen, kind, n, items is None)
+    why = [*_reasons.reasons(ev, machine, predictions, chosen, kind, n, items is None), *narrowed]
     return Advice(
         model=chosen.model,
         workers=chosen.workers,
@@ -242,7 +289,13 @@ def decide(
     )
 
 
-def advise(fn: Callable[[Any], Any], items: Iterable[Any], *, budget: float = 1.0) -> Advice:
+def advise(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    *,
+    budget: float = 1.0,
+    require: Require = None,
+) -> Advice:
     """Measure ``fn`` on the first few items and advise which model to run the batch on.
 
     ``fn`` is called on real items, as :func:`pickpool.map` would call it (mind side effects):
@@ -257,6 +310,8 @@ def advise(fn: Callable[[Any], Any], items: Iterable[Any], *, budget: float = 1.
         fn: the function to measure, plain or ``async def``.
         items: the batch, or a sample of it.
         budget: about how many seconds the measuring may take (a few calls at least).
+        require: ``"sharedmem"``: advise only a model whose calls share this process's
+            memory (a plain loop, threads, asyncio), as ``map``'s ``require=``.
 
     Raises:
         ValueError: ``items`` is empty, ``budget`` is not a positive number, or every
@@ -273,6 +328,7 @@ def advise(fn: Callable[[Any], Any], items: Iterable[Any], *, budget: float = 1.
     check_fn(fn)
     seconds = positive_seconds("budget", budget)
     assert seconds is not None
+    options = check(on_error="collect", require=require)
     try:
         source = iter(items)
     except TypeError:
@@ -286,7 +342,7 @@ def advise(fn: Callable[[Any], Any], items: Iterable[Any], *, budget: float = 1.
         is_async=is_async_callable(fn),
         budget=seconds,
         share=ADVISE_SHARE,
-        options=Options(on_error="collect"),
+        options=options,
     )
     first_failure: BaseException | None = None
     for phase in pilot.phases():
@@ -304,4 +360,4 @@ def advise(fn: Callable[[Any], Any], items: Iterable[Any], *, budget: float = 1.
             f"every probed call failed ({evidence.failed} of {evidence.failed}), so there is "
             f"nothing to measure; the first failure: {first_failure!r}"
         ) from first_failure
-    return decide(evidence, items=length)
+    return decide(evidence, items=length, options=options)

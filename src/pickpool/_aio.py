@@ -9,12 +9,14 @@ pool), so here the items run as tasks of the caller's loop, through the model's 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any, Literal, overload
 
 from ._backends import Setup, model
 from ._cursor import Source
 from ._plan import Plan
+from ._results import Leg
 from ._schedule import Block, Done
 from ._step import Step
 from ._task import Outcome, run_initializer
@@ -28,15 +30,29 @@ def adrive(
     *,
     start: int = ...,
     blocks: Literal[False] = ...,
+    leg: Leg | None = ...,
 ) -> AsyncGenerator[Done, None]: ...
 @overload
 def adrive(
-    items: Iterable[Any] | Source, plan: Plan, setup: Setup, *, start: int = ..., blocks: bool
+    items: Iterable[Any] | Source,
+    plan: Plan,
+    setup: Setup,
+    *,
+    start: int = ...,
+    blocks: bool,
+    leg: Leg | None = ...,
 ) -> AsyncGenerator[Done | Block, None]: ...
 async def adrive(
-    items: Iterable[Any] | Source, plan: Plan, setup: Setup, *, start: int = 0, blocks: bool = False
+    items: Iterable[Any] | Source,
+    plan: Plan,
+    setup: Setup,
+    *,
+    start: int = 0,
+    blocks: bool = False,
+    leg: Leg | None = None,
 ) -> AsyncGenerator[Done | Block, None]:
     """Like :func:`pickpool._driver.drive`, on the running loop."""
+    began = time.perf_counter()
     make_runner = model(plan.model).loop_runner
     if make_runner is None:
         raise TypeError(f"model={plan.model!r} does not run on an event loop")
@@ -65,11 +81,19 @@ async def adrive(
                 break
             outcomes = await _outcomes(outbox, step.wait())
             for done in step.accept(outcomes):
+                if leg is not None:
+                    if not leg.items:
+                        leg.first = time.perf_counter() - began
+                    leg.items += len(done.values) if type(done) is Block else 1
                 yield done
     finally:
         source.attach(None)
         await runner.cancel()
         await runner.ashutdown_executor(cancel=not step.finished or step.over)
+        await runner.release()
+        if leg is not None:
+            leg.seconds += time.perf_counter() - began
+            leg.workers = max(leg.workers, runner.peak, 1)
     step.end()
 
 

@@ -8,10 +8,12 @@ over: a list, a lazy iterator, awaited, or iterated asynchronously. Their signat
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, Literal, TypeVar, Unpack, overload
 
-from ._bridge import blocks_in_thread, in_thread
+from . import _backends
+from ._bridge import blocks_in_thread, bound_to_loop, in_thread
 from ._failure import Failure
 from ._native import InnerThreads
 from ._options import (
@@ -19,14 +21,16 @@ from ._options import (
     Keywords,
     Model,
     OnError,
+    Options,
     Progress,
+    Require,
     check,
     check_fn,
     from_keywords,
 )
-from ._results import Report, Results
+from ._results import AsyncResults, Report, Results
 from ._run import Run
-from ._star import star
+from ._task import is_async_callable
 
 __all__ = ["Model", "OnError", "aimap", "amap", "imap", "map", "starmap"]
 
@@ -92,6 +96,26 @@ def map(
     report: Literal[False] = ...,
     **options: Unpack[Keywords],
 ) -> list[R | Failure]: ...
+@overload
+def map(
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    *more_items: Iterable[Any],
+    worker_state: Literal[True],
+    on_error: OnError = ...,
+    report: Literal[False] = ...,
+    **options: Unpack[Keywords],
+) -> list[Any]: ...
+@overload
+def map(
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    *more_items: Iterable[Any],
+    worker_state: Literal[True],
+    on_error: OnError = ...,
+    report: Literal[True],
+    **options: Unpack[Keywords],
+) -> tuple[list[Any], Report]: ...
 def map(
     fn: Callable[[Any], Any],
     items: Iterable[Any],
@@ -112,13 +136,19 @@ def map(
     inner_threads: InnerThreads = None,
     initializer: Callable[..., object] | None = None,
     initargs: tuple[Any, ...] = (),
+    worker_state: bool = False,
     max_tasks_per_child: int | None = None,
+    require: Require = None,
     report: bool = False,
 ) -> list[Any] | tuple[list[Any], Report]:
     """Call ``fn`` on every item, concurrently, and return the results as a list.
 
     ``pickpool.map(f, xs)`` returns what ``[f(x) for x in xs]`` returns, whichever model runs
     it; an ``async def`` function's coroutines are awaited (``[await f(x) for x in xs]``).
+    Under auto (the default) the calls may run in other processes, where what ``f`` writes
+    to a global or to an object it was given stays in that process: pass
+    ``require="sharedmem"`` if the caller must see it. Per-worker state is best made with
+    ``initializer=`` and ``worker_state=True``, which means the same on every model.
 
     Args:
         fn: a function of one argument, plain or ``async def``. For several arguments per
@@ -176,6 +206,26 @@ def map(
             threads fit the usable cores (2 processes on 2 cores: one BLAS thread each), and
             put back after the run; a call that runs alone keeps every core. An int: that many
             threads per pool, whatever the model. ``"leave"``: pools are left as they are.
+        initializer: called with ``initargs`` in each new worker (a process, a thread, the
+            event loop's thread) before its first item, to set up what the worker's calls
+            use. What it sets in a global is each worker's own only where each worker has a
+            process of its own: so, under auto, a plain initializer keeps the run to a plain
+            loop or processes. ``worker_state=True`` lifts that.
+        initargs: the initializer's arguments.
+        worker_state: ``True``: what the initializer returns is its worker's state, and each
+            call gets it first: ``fn(state, item)``. One state per worker process, per thread
+            under threads, per event loop for coroutines (an ``async def`` initializer is
+            awaited), made when the worker's first item starts: a connection made there is
+            used only by the worker that made it, whichever model runs, so auto considers
+            every model. A state with a ``close()`` method is closed by its worker when it
+            is done with the run (awaited, for an async client's).
+        max_tasks_per_child: under processes, a worker runs at most this many items, then a
+            new one takes its place (for C extensions that leak).
+        require: ``"sharedmem"``: the calls must share the caller's memory (what they write
+            to a global, a list or an object, the caller sees), as joblib's
+            ``require="sharedmem"``: auto then considers only the models that run calls in
+            this process (a plain loop, threads, asyncio), and a model that does not is an
+            error.
         report: ``True``: return ``(results, report)``, the :class:`pickpool.Report` of what
             ran, what auto decided and why, and what failed or was retried.
 
@@ -217,7 +267,9 @@ def map(
             inner_threads=inner_threads,
             initializer=initializer,
             initargs=initargs,
+            worker_state=worker_state,
             max_tasks_per_child=max_tasks_per_child,
+            require=require,
         ),
     )
     results = run.collect()
@@ -266,6 +318,15 @@ def imap(
     on_error: OnError = ...,
     **options: Unpack[Keywords],
 ) -> Results[Any]: ...
+@overload
+def imap(
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    *more_items: Iterable[Any],
+    worker_state: Literal[True],
+    on_error: OnError = ...,
+    **options: Unpack[Keywords],
+) -> Results[Any]: ...
 def imap(
     fn: Callable[[Any], Any],
     items: Iterable[Any],
@@ -286,7 +347,9 @@ def imap(
     inner_threads: InnerThreads = None,
     initializer: Callable[..., object] | None = None,
     initargs: tuple[Any, ...] = (),
+    worker_state: bool = False,
     max_tasks_per_child: int | None = None,
+    require: Require = None,
 ) -> Results[Any]:
     """Like :func:`map`, but a lazy iterator: results come as they are ready, memory stays flat.
 
@@ -330,7 +393,9 @@ def imap(
             inner_threads=inner_threads,
             initializer=initializer,
             initargs=initargs,
+            worker_state=worker_state,
             max_tasks_per_child=max_tasks_per_child,
+            require=require,
         ),
     )
     return Results(run.iterate(), run.report)
@@ -342,6 +407,7 @@ async def amap(
     items: Iterable[T],
     *,
     on_error: Literal["raise", "skip"] = ...,
+    report: Literal[False] = ...,
     **options: Unpack[Keywords],
 ) -> list[R]: ...
 @overload
@@ -350,6 +416,7 @@ async def amap(
     items: Iterable[T],
     *,
     on_error: Literal["collect"],
+    report: Literal[False] = ...,
     **options: Unpack[Keywords],
 ) -> list[R | Failure]: ...
 @overload
@@ -358,6 +425,7 @@ async def amap(
     items: Iterable[T],
     *,
     on_error: Literal["raise", "skip"] = ...,
+    report: Literal[False] = ...,
     **options: Unpack[Keywords],
 ) -> list[R]: ...
 @overload
@@ -366,6 +434,7 @@ async def amap(
     items: Iterable[T],
     *,
     on_error: Literal["collect"],
+    report: Literal[False] = ...,
     **options: Unpack[Keywords],
 ) -> list[R | Failure]: ...
 @overload
@@ -376,8 +445,38 @@ async def amap(
     /,
     *more_items: Iterable[Any],
     on_error: OnError = ...,
+    report: Literal[False] = ...,
     **options: Unpack[Keywords],
 ) -> list[Any]: ...
+@overload
+async def amap(
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    *more_items: Iterable[Any],
+    on_error: OnError = ...,
+    report: Literal[True],
+    **options: Unpack[Keywords],
+) -> tuple[list[Any], Report]: ...
+@overload
+async def amap(
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    *more_items: Iterable[Any],
+    worker_state: Literal[True],
+    on_error: OnError = ...,
+    report: Literal[False] = ...,
+    **options: Unpack[Keywords],
+) -> list[Any]: ...
+@overload
+async def amap(
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    *more_items: Iterable[Any],
+    worker_state: Literal[True],
+    on_error: OnError = ...,
+    report: Literal[True],
+    **options: Unpack[Keywords],
+) -> tuple[list[Any], Report]: ...
 async def amap(
     fn: Callable[[Any], Any],
     items: Iterable[Any],
@@ -398,52 +497,60 @@ async def amap(
     inner_threads: InnerThreads = None,
     initializer: Callable[..., object] | None = None,
     initargs: tuple[Any, ...] = (),
+    worker_state: bool = False,
     max_tasks_per_child: int | None = None,
-) -> list[Any]:
+    require: Require = None,
+    report: bool = False,
+) -> list[Any] | tuple[list[Any], Report]:
     """:func:`map` for callers already inside an event loop: ``await pickpool.amap(f, xs)``.
 
-    Under ``model='asyncio'`` the items run as tasks of the caller's own loop, so coroutines
-    may use what that loop owns (a client session, a connection pool). Other models run in a
-    helper thread while the loop stays free. Cancelling the awaiting task stops the run and
-    its workers before the cancellation propagates.
+    An ``async def`` function's coroutines run as tasks of the caller's own loop under
+    ``model='asyncio'`` and under auto (whatever it measures), so they may use what that loop
+    owns (a client session, a connection pool); a model named that runs them on loops of its
+    own refuses a function that visibly carries such a thing. Other models run in a helper
+    thread while the loop stays free. Cancelling the awaiting task stops the run and
+    its workers before the cancellation propagates. ``report=True`` returns ``(results,
+    report)``, as :func:`map` does.
 
     Example::
 
         async def main():
             pages = await pickpool.amap(fetch, urls, model='asyncio', workers=100)
     """
-    run = Run(
-        fn,
-        items,
-        more_items,
-        check(
-            model=model,
-            workers=workers,
-            chunksize=chunksize,
-            ordered=ordered,
-            timeout=timeout,
-            retries=retries,
-            backoff=backoff,
-            max_concurrency=max_concurrency,
-            max_rate=max_rate,
-            on_error=on_error,
-            progress=progress,
-            client=client,
-            fresh_workers=fresh_workers,
-            inner_threads=inner_threads,
-            initializer=initializer,
-            initargs=initargs,
-            max_tasks_per_child=max_tasks_per_child,
-        ),
+    options = check(
+        model=model,
+        workers=workers,
+        chunksize=chunksize,
+        ordered=ordered,
+        timeout=timeout,
+        retries=retries,
+        backoff=backoff,
+        max_concurrency=max_concurrency,
+        max_rate=max_rate,
+        on_error=on_error,
+        progress=progress,
+        client=client,
+        fresh_workers=fresh_workers,
+        inner_threads=inner_threads,
+        initializer=initializer,
+        initargs=initargs,
+        worker_state=worker_state,
+        max_tasks_per_child=max_tasks_per_child,
+        require=require,
     )
+    _not_bound_here(fn, options)
+    run = Run(fn, items, more_items, options)
     if run.runs_on_caller_loop:
+        began = time.perf_counter()
         results = run.aiterate()
         try:
-            return [value async for value in results]
+            out = [value async for value in results]
         finally:
             await results.aclose()
-    result: list[Any] = await in_thread(run.collect)
-    return result
+            run.report.seconds = time.perf_counter() - began
+    else:
+        out = await in_thread(run.collect)
+    return (out, run.report) if report is True else out
 
 
 @overload
@@ -478,11 +585,21 @@ def starmap(
     on_error: Literal["collect"],
     **options: Unpack[Keywords],
 ) -> list[R | Failure]: ...
+@overload
+def starmap(
+    fn: Callable[..., Any],
+    items: Iterable[Iterable[Any]],
+    *,
+    worker_state: Literal[True],
+    on_error: OnError = ...,
+    **options: Unpack[Keywords],
+) -> list[Any]: ...
 def starmap(
     fn: Callable[..., Any],
     items: Iterable[Iterable[Any]],
     *,
     on_error: OnError = "raise",
+    worker_state: bool = False,
     **options: Unpack[Keywords],
 ) -> list[Any]:
     """:func:`map` with each item unpacked into ``fn``'s arguments, as ``itertools.starmap``.
@@ -496,37 +613,72 @@ def starmap(
         [8, 100]
     """
     check_fn(fn)
-    run = Run(star(fn), items, (), from_keywords("starmap", {**options, "on_error": on_error}))
+    keywords = {**options, "on_error": on_error, "worker_state": worker_state}
+    run = Run(fn, items, (), from_keywords("starmap", keywords), starred=True)
     return run.collect()
 
 
-async def aimap(
+def aimap(
     fn: Callable[..., Any],
     items: Iterable[Any],
     *more_items: Iterable[Any],
     on_error: OnError = "raise",
+    worker_state: bool = False,
     **options: Unpack[Keywords],
-) -> AsyncIterator[Any]:
+) -> AsyncResults[Any]:
     """:func:`imap` for callers inside an event loop: ``async for r in pickpool.aimap(f, xs)``.
 
     Results come as they are ready, in order unless ``ordered=False``; the input is read a
-    window at a time. Takes the same options as :func:`map` (``report`` aside). Under
-    ``model='asyncio'`` the items run as tasks of the caller's loop; other models run in a
-    helper thread while the loop stays free. Leaving the loop (``break``, an exception, the
-    task cancelled) stops the run and its workers.
+    window at a time. Takes the same options as :func:`map`, checked at the call; what it
+    returns is an async iterator whose :attr:`~pickpool.AsyncResults.report` says what ran.
+    An ``async def`` function's coroutines run as tasks of the caller's loop under
+    ``model='asyncio'`` and under auto; other models run in a helper thread while the loop
+    stays free. Leaving the loop (``break``, an exception, the task cancelled), or
+    ``async with``'s end, stops the run and its workers.
 
     Example::
 
         async def main():
-            async for page in pickpool.aimap(fetch, urls, model='asyncio'):
-                print(len(page))
+            async with pickpool.aimap(fetch, urls) as pages:
+                async for page in pages:
+                    print(len(page))
+            print(pages.report)
     """
     if "report" in options:
-        raise TypeError("aimap() takes no report=: its runs are read as they go")
-    run = Run(fn, items, more_items, from_keywords("aimap", {**options, "on_error": on_error}))
+        raise TypeError("aimap() takes no report=: what it returns has .report")
+    keywords = {**options, "on_error": on_error, "worker_state": worker_state}
+    checked = from_keywords("aimap", keywords)
+    _not_bound_here(fn, checked)
+    run = Run(fn, items, more_items, checked)
+    return AsyncResults(_aimap(run), run.report)
+
+
+async def _aimap(run: Run) -> AsyncGenerator[Any, None]:
     results = run.aiterate() if run.runs_on_caller_loop else blocks_in_thread(run.feed)
     try:
         async for value in results:
             yield value
     finally:
         await results.aclose()
+
+
+def _not_bound_here(fn: Callable[..., Any], options: Options) -> None:
+    """Coroutines sent to loops of their own (a model named that does not run them on the
+    caller's) must not carry what belongs to the caller's loop: a ValueError says so, where
+    it can be seen (see ``bound_to_loop``), rather than each call failing."""
+    model = options.model
+    if not is_async_callable(fn) or model == "auto" or _backends.model(model).loop_runner:
+        return
+    import asyncio
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # (called outside a loop: nothing can belong to the caller's yet)
+    what = bound_to_loop(fn, loop)
+    if what is not None:
+        raise ValueError(
+            f"fn's {what} belongs to this event loop, and model={model!r} runs "
+            "coroutines on event loops of their own, where it cannot be used: pass "
+            "model='asyncio' (or 'auto') to run them on this loop, or make it inside fn"
+        )

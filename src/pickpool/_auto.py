@@ -9,6 +9,7 @@ is run exactly once, in one of the phases; order and error handling are those of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable
@@ -24,6 +25,7 @@ from ._options import Options
 from ._plan import Plan
 from ._probe import WAITING_SHARE, Phase, Pilot
 from ._readings import Evidence
+from ._results import Leg
 from ._schedule import Block, Done
 from ._text import format_seconds
 
@@ -38,6 +40,8 @@ DRIFT_WATCH: Final = 0.5
 MAX_REDECISIONS: Final = 3
 # Items predicted faster than this are not watched: timing them would cost a third of each.
 WATCH_MIN_PACE: Final = 20e-6
+# A switch of model after a drift must be predicted to save this share of staying on it.
+SWITCH_SAVING: Final = 0.2
 # The most threads auto's hill climbing may reach.
 CLIMB_CAP: Final = 128
 # Calls that wait start this many at once; the limiter's slow start takes them up from there.
@@ -117,10 +121,15 @@ class AutoRun:
         self.decisions: list[Advice] = []  # the first, then one per re-decision after a drift
         # Seconds per item a model was seen to take when it drifted slower than predicted.
         self.observed: dict[str, float] = {}
-        self._again: str | None = None  # why the next decision is a re-decision
+        self.again: str | None = None  # why the next decision is a re-decision
+        self.pace_seen: float | None = None  # seconds per item the model that drifted took
+        # The models it may choose (None: any). An async def under amap runs on the caller's
+        # loop, where what its coroutines hold (a client session) belongs: see adones.
+        self.choices: tuple[str, ...] | None = None
         self.watching: _Watch | None = None  # the rest's, while it runs watched
         # Told each decision and the plan it runs on (the caller's Report).
         self.on_decide: Callable[[Advice, Plan], None] | None = None
+        self.report_legs: list[Leg] = []  # each phase as it runs, for the caller's Report
 
     def _new_pilot(self) -> Pilot:
         pilot = Pilot(
@@ -141,7 +150,14 @@ class AutoRun:
         if self.cursor.exhausted or pilot.evidence is None:
             return None
         ev, options = pilot.evidence, self.options
-        advice = decide(ev, items=self.cursor.remaining(), options=options, observed=self.observed)
+        advice = decide(
+            ev,
+            items=self.cursor.remaining(),
+            options=options,
+            observed=self.observed,
+            choices=self.choices,
+        )
+        advice = _worth_switching(self, ev, advice)
         climb, workers = _limit(ev, advice, options, is_async=self.is_async)
         plan = options.plan(
             advice.model,
@@ -151,7 +167,7 @@ class AutoRun:
             length=self.cursor.remaining(),
         )
         self.advice = advice
-        _log.decided(advice, start=self.cursor.taken, most=plan.workers, again=self._again)
+        _log.decided(advice, start=self.cursor.taken, most=plan.workers, again=self.again)
         self.decisions.append(advice)
         if self.on_decide is not None:
             self.on_decide(advice, plan)
@@ -204,7 +220,8 @@ class AutoRun:
 
     def _drifted(self, model: str, watch: _Watch) -> None:
         """Note why the next decision is made again, and what ``model`` was seen to do."""
-        self._again = watch.why(model)
+        self.again = watch.why(model)
+        self.pace_seen = watch.pace
         if watch.drift == "slower" and watch.pace is not None:
             # What the model really did is evidence the probe cannot see (workers' native
             # threads fighting for the cores, a server that slows down under load).
@@ -237,7 +254,12 @@ class AutoRun:
         caller's own; the others run in a thread, each phase's results handed over whole.
 
         Each phase is closed here, not by the loop's finalizer later: a run that stops early
-        stops its tasks before the probe's watcher."""
+        stops its tasks before the probe's watcher. An ``async def`` runs as tasks of the
+        caller's loop whatever the probe finds: its coroutines may hold what that loop owns."""
+        on_loop = tuple(m for m in _backends.names() if _backends.model(m).loop_runner)
+        fits = self.options.models()
+        if self.is_async and (fits is None or set(on_loop) & set(fits)):
+            self.choices = on_loop
         legs = self.legs()
         try:
             for phase in legs:
@@ -280,6 +302,58 @@ def _limit(
     return _backends.Climb(min(cap, max(RAMP_START, clean)), ev.wall), workers
 
 
+def _worth_switching(auto: AutoRun, ev: Evidence, advice: Advice) -> Advice:
+    """``advice`` after a drift, if switching to its model pays; else the model that ran.
+
+    A switch costs new workers and what the old ones held (imports, caches, connections), and
+    the new model's prediction is the one that may be as wrong as the old one's was: it must
+    save :data:`SWITCH_SAVING` of what staying costs (its prediction for the items left, no
+    better than the pace it was seen to keep; after a faster drift, that pace). Calls that
+    wait never switch on a slower pace: that is the far side's (a server under load, a
+    quota), which no model changes, unless the new probe sees them compute.
+    """
+    if not auto.decisions or auto.pace_seen is None:
+        return advice
+    ran = auto.decisions[-1].model
+    if advice.model == ran or ran not in advice.predicted:
+        return advice
+    seen = auto.pace_seen * advice.items
+    stay = max(seen, advice.predicted[ran]) if ran in auto.observed else seen
+    go = advice.predicted[advice.model]
+    waits = ev.cpu_share < WAITING_SHARE and auto.decisions[-1].evidence.cpu_share < WAITING_SHARE
+    if not waits and go < (1 - SWITCH_SAVING) * stay:
+        return advice
+    kept = decide(
+        ev,
+        items=auto.cursor.remaining(),
+        options=auto.options,
+        observed=auto.observed,
+        choices=(ran,),
+    )
+    why = (
+        f"Kept {ran}: the calls wait, so a slower pace is their far side's, which {advice.model} "
+        "would not change."
+        if waits
+        else f"Kept {ran}: {advice.model} was predicted {format_seconds(go)} for the items left "
+        f"against {format_seconds(stay)} staying; a switch must save a fifth."
+    )
+    return dataclasses.replace(kept, reasons=(*kept.reasons, why))
+
+
+def _leg(auto: AutoRun, phase: Phase) -> Leg:
+    """A new :class:`Leg` of the report, for ``phase``."""
+    probe = phase.name != "run"
+    if probe:
+        why = f"auto's probe: calls {phase.name}"
+    elif auto.again:
+        why = f"auto decided again: {auto.again}"
+    else:
+        why = f"auto decided: {auto.advice.kind if auto.advice else 'no evidence'}"
+    leg = Leg(phase.plan.model, why=why, probe=probe)
+    auto.report_legs.append(leg)
+    return leg
+
+
 def _run(
     auto: AutoRun, phase: Phase, cancel: threading.Event | None, *, blocks: bool
 ) -> Generator[Done | Block, None, None]:
@@ -292,6 +366,7 @@ def _run(
         cancel=cancel,
         start=phase.start,
         blocks=blocks,
+        leg=_leg(auto, phase),
     )
     if phase.name == "run" and auto.watching is None:
         # Unwatched: nothing to tell, and items of a few microseconds would pay for it.
@@ -316,7 +391,14 @@ async def _arun(auto: AutoRun, phase: Phase) -> AsyncGenerator[Done | Block, Non
             yield done
         return
     resumed = time.perf_counter()
-    dones = adrive(phase.items, phase.plan, phase.setup, start=phase.start, blocks=blocks)
+    dones = adrive(
+        phase.items,
+        phase.plan,
+        phase.setup,
+        start=phase.start,
+        blocks=blocks,
+        leg=_leg(auto, phase),
+    )
     async with contextlib.aclosing(dones):
         async for done in dones:
             auto.saw(phase, done, time.perf_counter() - resumed)

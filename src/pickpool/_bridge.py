@@ -68,6 +68,7 @@ async def in_thread(work: Callable[[threading.Event], Any]) -> Any:
             future.cancel()  # abandoned: what the run ends with later is not wanted
         elif not future.cancelled():
             future.exception()  # retrieved: the run's own Cancelled (or error) yields to ours
+            thread.join()  # (it settled the future as its last act: gone when we return)
         raise
     except BaseException:
         if future.done():
@@ -122,3 +123,50 @@ async def blocks_in_thread(
             producer.cancel()
             with contextlib.suppress(BaseException):
                 await producer
+
+
+def bound_to_loop(fn: Callable[..., Any], loop: object) -> str | None:
+    """What ``fn`` carries that belongs to ``loop`` (a client session, a lock, a queue made
+    on it), named for a message; None if nothing it shows does.
+
+    Only what can be seen is looked at: the arguments a ``functools.partial`` binds, a bound
+    method's object, the values a closure holds, and one level of their attributes. Objects
+    of asyncio and of the usual clients keep their loop in ``_loop`` (or ``loop``).
+    """
+    import functools
+
+    seen: list[tuple[str, object]] = []
+    while isinstance(fn, functools.partial):
+        seen += [(f"argument {i + 1}", a) for i, a in enumerate(fn.args)]
+        seen += [(f"argument {k}=", v) for k, v in fn.keywords.items()]
+        fn = fn.func
+    owner = getattr(fn, "__self__", None)
+    if owner is not None:
+        seen.append(("the method's object", owner))
+    for cell in getattr(fn, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            seen.append(("a value its closure holds", cell.cell_contents))
+    for where, value in seen:
+        if _on(value, loop):
+            return f"{where} ({type(value).__name__})"
+        for attribute in _attributes(value):
+            if _on(attribute, loop):
+                return f"{where} ({type(value).__name__}, through a {type(attribute).__name__})"
+    return None
+
+
+def _on(value: object, loop: object) -> bool:
+    if value is loop:
+        return True
+    try:
+        return any(getattr(value, name, None) is loop for name in ("_loop", "loop"))
+    except Exception:  # (a property that raises is not a loop)
+        return False
+
+
+def _attributes(value: object) -> list[object]:
+    try:
+        found = vars(value)
+    except TypeError:
+        return []
+    return [v for v in found.values() if not isinstance(v, str | int | float | bytes)][:64]

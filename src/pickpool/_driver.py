@@ -14,12 +14,14 @@ loop sits in a call is drawn in ``docs/architecture.md``.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable
 from typing import Any, Final, Literal, overload
 
-from ._backends import Backend, Inline, Setup, Wakeable
+from ._backends import Backend, Inline, Peaked, Setup, Wakeable
 from ._cursor import Source
 from ._plan import Plan
+from ._results import Leg
 from ._schedule import Block, Done, Schedule
 from ._step import Step
 from ._task import Caller, Outcome, Task, failed, outcome_count
@@ -45,6 +47,7 @@ def drive(
     cancel: threading.Event | None = ...,
     start: int = ...,
     blocks: Literal[False] = ...,
+    leg: Leg | None = ...,
 ) -> Generator[Done, None, None]: ...
 @overload
 def drive(
@@ -56,6 +59,7 @@ def drive(
     cancel: threading.Event | None = ...,
     start: int = ...,
     blocks: bool,
+    leg: Leg | None = ...,
 ) -> Generator[Done | Block, None, None]: ...
 def drive(
     items: Iterable[Any] | Source,
@@ -66,20 +70,26 @@ def drive(
     cancel: threading.Event | None = None,
     start: int = 0,
     blocks: bool = False,
+    leg: Leg | None = None,
 ) -> Generator[Done | Block, None, None]:
     """Run ``setup.fn`` over ``items`` under ``plan``; account for each item once.
 
     Yields a :class:`Done` per item, or with ``blocks=True`` a :class:`Block` for consecutive
     items that worked at the first try (and a :class:`Done` for the others). ``cancel``: set
-    from another thread, the run stops (raising :class:`Cancelled`).
+    from another thread, the run stops (raising :class:`Cancelled`). ``leg``: told what ran
+    (the items handed out, the most calls at once, the seconds).
     """
+    began = time.perf_counter()
     backend = open_backend(setup)
     step = Step(items, plan, start=start, blocks=blocks)
     source = step.schedule.source
+    dones: Generator[Done | Block, None, None] | None = None
     try:
         inline = backend.inline if isinstance(backend, Inline) else None
         if inline is not None:
-            yield from _inline(step, inline, cancel)
+            if leg is not None:
+                leg.workers = max(leg.workers, 1)
+            dones = _inline(step, inline, cancel)
         else:
             poll = _CANCEL_POLL if cancel is not None else None
             if source.live:
@@ -88,26 +98,50 @@ def drive(
                     source.attach(backend.wake)
                 else:
                     poll = _least(poll, _LIVE_POLL)
-            yield from _pooled(step, backend, cancel, poll)
+            dones = _pooled(step, backend, cancel, poll, leg, plan.workers)
+        if leg is None:
+            yield from dones
+        else:
+            for done in dones:
+                if not leg.items:
+                    leg.first = time.perf_counter() - began
+                leg.items += len(done.values) if type(done) is Block else 1
+                yield done
+                del done  # (not held while the next outcome is awaited: see _pooled)
     finally:
+        if dones is not None:
+            dones.close()
         if source.live:
             source.attach(None)  # (before the backend closes: no wake may reach it after)
         backend.close(cancel=not step.finished or step.over)
+        if leg is not None:
+            leg.seconds += time.perf_counter() - began
+            if isinstance(backend, Peaked) and backend.peak:
+                leg.workers = backend.peak  # (counted where the calls run: no estimate)
     step.end()
 
 
 def _pooled(
-    step: Step, backend: Backend, cancel: threading.Event | None, poll: float | None
+    step: Step,
+    backend: Backend,
+    cancel: threading.Event | None,
+    poll: float | None,
+    leg: Leg | None = None,
+    workers: int = 1,
 ) -> Generator[Done | Block, None, None]:
     """Submit what the step starts, collect outcomes, hand out what the step says.
 
     Nothing of a finished call (its item, its result) stays referenced here while the loop
     waits for the next outcome: the caller may be waiting for it to be let go. ``poll``: the
     longest it waits for outcomes before it looks again (at ``cancel``, at a live input).
+    ``leg``: told the most calls in flight, at most ``workers`` (for a backend that does not
+    count them itself, see ``Peaked``).
     """
     unsent: list[Outcome] = []  # items that could not be sent: failed, not yet accepted
     while True:
         unsent += _send_all(backend, step.schedule, step.starts())
+        if leg is not None:
+            leg.workers = max(leg.workers, min(step.in_flight, workers))
         if step.finished:
             return
         wait = 0.0 if unsent else _least(step.wait(), poll)

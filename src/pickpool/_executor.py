@@ -45,7 +45,7 @@ from ._driver import drive
 from ._errors import PickpoolError
 from ._log import logger
 from ._native import InnerThreads
-from ._options import Options, check, default_workers, positive_int
+from ._options import Options, Require, check, default_workers, positive_int
 from ._plan import Plan
 from ._probe import WAITING_SHARE
 from ._readings import Readings
@@ -285,6 +285,10 @@ class _Router:
         self._dispatch = dispatch
         # The cost model predicts one call per task (an executor's futures are per call).
         self._options = dataclasses.replace(options, chunksize=1)
+        # One model left by the options (a plain initializer: processes): nothing to time, and
+        # no call of it runs anywhere else first (its globals would be set in this process).
+        choices = _executor_choices(options)
+        self._only = choices[0] if len(choices) == 1 else None
 
     def route(self, fn: Callable[..., Any], held: _Held) -> tuple[str, _Call] | None:
         """The model for a new call, and the call to send (its probe, if it is the function's
@@ -294,6 +298,7 @@ class _Router:
             route = self._routes.get(key)
             if route is None:
                 route = self._routes[key] = _Route(_name(fn), _Probe(fn))
+                route.model = self._only
             if route.model is not None:
                 return route.model, held[1]
             if not route.probing:
@@ -364,10 +369,9 @@ class _Router:
         evidence = probe.readings(self._options.timeout).evidence()
         # Among the models that run an executor's calls side by side: its calls may wait on
         # each other (a barrier, a queue), which one at a time would never finish.
-        names = _backends.names()
-        choices = [m for m in names if _backends.traits(m).executor]
-        choices = [m for m in choices if not _backends.traits(m).inline]
-        return decide(evidence, items=None, options=self._options, choices=choices)
+        return decide(
+            evidence, items=None, options=self._options, choices=_executor_choices(self._options)
+        )
 
     def abandoned(self, call: _Call) -> None:
         """A probed call never ran (cancelled, or its lane broke): the next held one probes."""
@@ -681,6 +685,20 @@ def _call_if_alive(method: weakref.WeakMethod[Callable[..., None]], *args: Any) 
         bound(*args)
 
 
+def _executor_choices(options: Options) -> list[str]:
+    """The models an Executor's auto may route to: those that run its calls side by side (its
+    calls may wait on each other, a barrier, a queue, which one at a time would never
+    finish), among those the options allow (see ``Options.models``)."""
+    fits = options.models()
+    return [
+        m
+        for m in _backends.names()
+        if _backends.traits(m).executor
+        and not _backends.traits(m).inline
+        and (fits is None or m in fits)
+    ]
+
+
 def _stop_lanes(lanes: dict[str, _Lane]) -> None:
     for lane in list(lanes.values()):
         lane.stop(cancel_futures=False)
@@ -731,6 +749,10 @@ class Executor(concurrent.futures.Executor):
             new one replaces it (for C extensions that leak).
         timeout: seconds a call may run; longer, it fails with ``TaskTimeout``.
         inner_threads: native thread pools in calls (see ``pickpool.map``).
+        require: ``"sharedmem"``: calls must share this process's memory; auto then routes
+            them to threads (or asyncio) only, as joblib's ``require="sharedmem"``. A plain
+            ``initializer`` keeps auto's routes to processes, where each worker's globals are
+            its own.
 
     Example::
 
@@ -749,6 +771,7 @@ class Executor(concurrent.futures.Executor):
         max_tasks_per_child: int | None = None,
         timeout: float | None = None,
         inner_threads: InnerThreads = None,
+        require: Require = None,
     ) -> None:
         model = check_executor_model(model)
         if max_workers is not None:
@@ -769,9 +792,16 @@ class Executor(concurrent.futures.Executor):
                 initializer=initializer,
                 initargs=initargs,
                 max_tasks_per_child=max_tasks_per_child,
+                require=require,
             ),
             fresh_workers=True,
         )
+        if model == "auto" and not _executor_choices(self._options):
+            raise ValueError(
+                "require='sharedmem' keeps calls in this process's threads, where the globals "
+                "an initializer sets are shared by every worker: drop one of them (with "
+                "model='threads' given, the initializer runs in each thread)"
+            )
         self._model = model
         self._max_workers = max_workers
         self._router: _Router | None = None

@@ -26,9 +26,11 @@ from ._native import InnerThreads, check_inner_threads
 from ._pace import Pacer
 from ._plan import Plan
 from ._progress import wants_progress
+from ._task import is_async_callable
 
 Model = Literal["auto", ModelName]
 OnError = Literal["raise", "collect", "skip"]
+Require = Literal["sharedmem"] | None
 Progress = bool | Literal["always"] | Callable[[int], Any] | Any  # Any: a tqdm bar
 
 ON_ERROR: Final = ("raise", "collect", "skip")
@@ -42,8 +44,9 @@ class Keywords(TypedDict, total=False):
     """The options every overload of ``map``, ``imap``, ``amap``, ``starmap`` and ``aimap``
     takes alike (``**options: Unpack[Keywords]``).
 
-    ``on_error`` and ``report`` are not here: their values pick the overload (the result type),
-    so the overloads spell them out. The implementations list every option, with its default.
+    ``on_error``, ``report`` and ``worker_state`` are not here: their values pick the overload
+    (the result type, the function's arguments), so the overloads spell them out. The
+    implementations list every option, with its default.
     """
 
     model: Model
@@ -62,10 +65,12 @@ class Keywords(TypedDict, total=False):
     initializer: Callable[..., object] | None
     initargs: tuple[Any, ...]
     max_tasks_per_child: int | None
+    require: Require
 
 
-# Every keyword :func:`check` takes.
-KEYWORDS: Final = frozenset(Keywords.__optional_keys__ | {"on_error"})
+# Every keyword :func:`check` takes. (``worker_state`` changes ``fn``'s signature, so the
+# overloads spell it out too: ``fn(state, item)``.)
+KEYWORDS: Final = frozenset(Keywords.__optional_keys__ | {"on_error", "worker_state"})
 
 
 def all_models() -> tuple[str, ...]:
@@ -111,7 +116,11 @@ class Options:
     inner_threads: InnerThreads = None
     initializer: Callable[..., object] | None = None
     initargs: tuple[Any, ...] = ()
+    # The initializer's return value is each worker's state, handed to fn (see _state).
+    worker_state: bool = False
     max_tasks_per_child: int | None = None
+    # "sharedmem": calls must share the caller's memory (what they write, the caller sees).
+    require: Require = None
 
     @property
     def max_rate(self) -> float | None:
@@ -122,6 +131,32 @@ class Options:
     def one_by_one(self) -> bool:
         """Each item goes alone: its timeout runs from its start, its start is paced."""
         return _chunks.one_by_one(timeout=self.timeout, rate=self.max_rate)
+
+    def models(self) -> tuple[str, ...] | None:
+        """The models auto (and the Executor's auto) may choose under these options, or None
+        for any: what a call means must not depend on auto's choice.
+
+        ``require="sharedmem"``: those whose calls share the caller's memory. A plain
+        ``initializer`` (it sets globals, not ``worker_state``): those where a global is one
+        worker's own, not one for all the threads of a pool.
+        """
+        if self.require is None and (self.initializer is None or self.worker_state):
+            return None
+        allowed = names()
+        if self.require == "sharedmem":
+            allowed = tuple(m for m in allowed if traits(m).shares_memory)
+        if self.initializer is not None and not self.worker_state:
+            allowed = tuple(m for m in allowed if traits(m).worker_globals)
+        return allowed
+
+    def bind(self, fn: Callable[..., Any]) -> Callable[[Any], Any]:
+        """``fn`` as every model calls it: under ``worker_state``, handed its worker's state."""
+        if not self.worker_state or self.initializer is None:
+            return fn
+        check_worker_state_fn(fn, self.initializer)
+        from ._state import per_worker
+
+        return per_worker(fn, self.initializer, self.initargs)
 
     def plan(
         self,
@@ -212,8 +247,9 @@ class Options:
             fresh=self.fresh_workers,
             inner_threads=self.inner_threads,
             max_concurrency=self.max_concurrency,
-            initializer=self.initializer,
-            initargs=self.initargs,
+            # (Under worker_state the function makes its state itself: see bind.)
+            initializer=None if self.worker_state else self.initializer,
+            initargs=() if self.worker_state else self.initargs,
             max_tasks_per_child=self.max_tasks_per_child,
             pacer=self.pacer if paces else None,
         )
@@ -238,7 +274,9 @@ def check(
     inner_threads: object = None,
     initializer: object = None,
     initargs: object = (),
+    worker_state: object = False,
     max_tasks_per_child: object = None,
+    require: object = None,
 ) -> Options:
     """Every option of one call checked, with the chosen model's pre-flight checks: the
     :class:`Options` record, or the first ``TypeError``/``ValueError`` (or
@@ -276,12 +314,16 @@ def check(
         raise TypeError(f"fresh_workers must be True or False, not {fresh_workers!r}")
     inner = check_inner_threads(inner_threads)
     mode = wants_progress(progress)
-    init, args, tasks_cap = worker_options(name, initializer, initargs, max_tasks_per_child)
+    init, args, tasks_cap = worker_options(
+        name, initializer, initargs, max_tasks_per_child, worker_state=worker_state is True
+    )
     if tasks_cap is not None and size is not None and size > tasks_cap:
         raise ValueError(
             f"chunksize={size} is more than max_tasks_per_child={tasks_cap}: a worker is "
             "replaced after that many items, so its chunks cannot be larger"
         )
+    state = check_worker_state(worker_state, init)
+    needs = check_require(name, require)
     client, n = _prepared(name, client, n)
     return Options(
         model=name,
@@ -297,12 +339,14 @@ def check(
         progress=mode,
         client=client,
         # State an initializer leaves, or a worker's count of items, belongs to this run: its
-        # workers are new, and are not kept for the next.
-        fresh_workers=fresh_workers or init is not None or tasks_cap is not None,
+        # workers are new, and are not kept for the next. (A worker_state is the run's own.)
+        fresh_workers=fresh_workers or (init is not None and not state) or tasks_cap is not None,
         inner_threads=inner,
         initializer=init,
         initargs=args,
+        worker_state=state,
         max_tasks_per_child=tasks_cap,
+        require=needs,
     )
 
 
@@ -343,18 +387,25 @@ def _prepared(name: str, client: object, workers: int | None) -> tuple[Any, int 
 
 
 def worker_options(
-    model: str, initializer: object, initargs: object, max_tasks_per_child: object
+    model: str,
+    initializer: object,
+    initargs: object,
+    max_tasks_per_child: object,
+    *,
+    worker_state: bool = False,
 ) -> tuple[Callable[..., object] | None, tuple[Any, ...], int | None]:
-    """``initializer``, ``initargs`` and ``max_tasks_per_child`` checked for ``model``."""
+    """``initializer``, ``initargs`` and ``max_tasks_per_child`` checked for ``model`` (under
+    ``worker_state`` the function makes its state itself: every model takes it)."""
     if initializer is not None and not callable(initializer):
         raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
     if not isinstance(initargs, tuple | list):
         raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
     concrete = model != "auto"
-    if initializer is not None and concrete and not traits(model).initializer:
+    if initializer is not None and concrete and not traits(model).initializer and not worker_state:
         raise ValueError(
-            f"initializer is not supported under model={model!r}: set up each worker "
-            "another way (a dask WorkerPlugin), or use model='processes' or 'threads'"
+            f"initializer is not supported under model={model!r}: have it return each "
+            "worker's state and pass worker_state=True (fn then takes it first), set up each "
+            "worker another way (a dask WorkerPlugin), or use model='processes' or 'threads'"
         )
     tasks_cap = positive_int("max_tasks_per_child", max_tasks_per_child)
     if tasks_cap is not None and concrete and not traits(model).recycles:
@@ -364,6 +415,42 @@ def worker_options(
             f"{recycled} (or 'auto', where it applies if auto chooses one)"
         )
     return initializer, tuple(initargs), tasks_cap
+
+
+def check_worker_state(worker_state: object, initializer: Callable[..., object] | None) -> bool:
+    """``worker_state=`` checked against the ``initializer`` it needs."""
+    if not isinstance(worker_state, bool):
+        raise TypeError(f"worker_state must be True or False, not {worker_state!r}")
+    if worker_state and initializer is None:
+        raise ValueError(
+            "worker_state=True hands fn what initializer= returns, once per worker: pass "
+            "initializer= (and initargs=) too"
+        )
+    return worker_state
+
+
+def check_worker_state_fn(fn: Callable[..., Any], initializer: Callable[..., object]) -> None:
+    """An ``async def`` initializer's state can only be awaited for an ``async def`` fn."""
+    if is_async_callable(initializer) and not is_async_callable(fn):
+        raise TypeError(
+            "initializer= is an async def function, and fn is a plain one that could not "
+            "await the state it makes: make the initializer a plain function, or fn async"
+        )
+
+
+def check_require(model: str, require: object) -> Require:
+    """``require=`` checked against the ``model`` named (auto honours it when it chooses)."""
+    if require is None:
+        return None
+    if require != "sharedmem":
+        raise ValueError(f"require must be 'sharedmem' or None, not {require!r}")
+    if model != "auto" and not traits(model).shares_memory:
+        shared = ", ".join(repr(m) for m in names() if traits(m).shares_memory)
+        raise ValueError(
+            f"require='sharedmem' asks for calls that share this process's memory, and "
+            f"model={model!r} runs them elsewhere: use one of {shared}, or 'auto'"
+        )
+    return "sharedmem"
 
 
 def check_fn(fn: object) -> None:

@@ -203,7 +203,7 @@ class Pilot:
             if self._waits():
                 if self.ramp:
                     yield from self._ramp()
-            else:
+            elif self._may_run_together():
                 together = self._together_phase()
                 if together is not None:
                     yield together
@@ -216,6 +216,13 @@ class Pilot:
         """A call that spent under a tenth of its time on the CPU, long enough to matter."""
         _, wall, cpu, all_cpu = record
         return not self.is_async and wall > 1e-3 and max(cpu, all_cpu) < 0.1 * wall
+
+    def _may_run_together(self) -> bool:
+        """Whether calls may be timed side by side here: not where the options keep the run
+        off this process's threads (a global an initializer sets, shared by them, would mean
+        something else there than where the calls will run)."""
+        fits = self.options.models()
+        return fits is None or (COROUTINES if self.is_async else THREADS) in fits
 
     def _waits(self) -> bool:
         """Whether calls alone mostly waited (on a server, a disk, a child process), rather

@@ -24,7 +24,7 @@ from ._failure import Failure
 from ._options import Options, check_fn, length_hint
 from ._plan import Plan
 from ._progress import bar
-from ._results import Report
+from ._results import Leg, Report
 from ._schedule import Block, Done
 from ._star import star
 from ._task import OK, chain_remote, is_async_callable, release
@@ -68,16 +68,64 @@ def _shipped(model: str, fn: Any) -> bytes | None:
     return dumps_function(fn)
 
 
+def _source(
+    iterator: Iterator[Any], options: Options, length: int | None, plan: Plan | None
+) -> Source:
+    """The run's input. Items one at a time from an input of unknown length (a generator, a
+    queue): read in a helper thread, so that a result is handed out while the input waits for
+    its next item, which may come from that result (a crawler). Known lengths never wait; the
+    plain loop reads an item, runs it and hands its result out before it reads the next."""
+    if options.chunksize == 1 and length is None and not (plan is not None and plan.inline):
+        return Prefetched(iterator)
+    return Items(iterator)
+
+
+def _given(options: Options, plan: Plan) -> Leg:
+    """The one leg of a run on the model given."""
+    given = f"model={options.model!r} given"
+    if plan.model != options.model:
+        given += f", run by {plan.model} (under a timeout)"
+    return Leg(plan.model, why=given)
+
+
+def output(done: Done, report: Report, on_error: str) -> tuple[bool, Any]:
+    """(keep, value) for one finished item, told to ``report``; raises under
+    ``on_error="raise"``."""
+    report.done += 1
+    report.retries += done.attempts - 1
+    if done.status == OK:
+        return True, done.value
+    report.failed.append(done.index)
+    exc: BaseException = done.value
+    if on_error == "raise":
+        chain_remote(exc, done.traceback)
+        raise exc
+    if on_error == "skip":
+        report.skipped.append(done.index)
+        release(exc)  # what the failed call built goes now, not at a garbage collection
+        return False, None
+    return True, Failure(done.index, done.item, exc, done.traceback or "", done.attempts)
+
+
 class Run:
     """One call's checked inputs: what runs, on what, with which error policy.
 
     Nothing runs until results are asked for; every check has passed by then.
     """
 
-    def __init__(self, fn: Any, items: Any, more_items: tuple[Any, ...], options: Options) -> None:
+    def __init__(
+        self,
+        fn: Any,
+        items: Any,
+        more_items: tuple[Any, ...],
+        options: Options,
+        *,
+        starred: bool = False,
+    ) -> None:
         check_fn(fn)
         self._fn_name = getattr(fn, "__name__", "fn")
-        iterator, self.length, fn = inputs(fn, items, more_items)
+        fn = options.bind(fn)  # (first: a worker's state is fn's first argument, then *item)
+        iterator, self.length, fn = inputs(star(fn) if starred else fn, items, more_items)
         self.options = options
         self.is_async = is_async_callable(fn)
         self.description = f"{self._fn_name} [{options.model}]"
@@ -85,17 +133,7 @@ class Run:
         self.plan: Plan | None = None
         if options.model != "auto":
             self.plan = options.plan(options.model, is_async=self.is_async, length=self.length)
-        # Items one at a time from an input of unknown length (a generator, a queue): read in a
-        # helper thread, so that a result is handed out while the input waits for its next
-        # item, which may come from that result (a crawler). Known lengths never wait; the
-        # plain loop reads an item, runs it and hands its result out before it reads the next.
-        self.source: Source = (
-            Prefetched(iterator)
-            if options.chunksize == 1
-            and self.length is None
-            and not (self.plan is not None and self.plan.inline)
-            else Items(iterator)
-        )
+        self.source = _source(iterator, options, self.length, self.plan)
         if self.plan is None:
             self.auto = AutoRun(
                 fn, self.source, is_async=self.is_async, length=self.length, options=options
@@ -103,18 +141,22 @@ class Run:
             self.auto.on_decide = self._decided
             self.report = Report("auto", 0, None)
             self.report.decisions = self.auto.decisions
+            self.auto.report_legs = self.report.legs
             return
         plan = self.plan
         self.setup = options.setup(
             fn, plan, is_async=self.is_async, fn_bytes=_shipped(plan.model, fn)
         )
         self.report = Report(plan.model, plan.workers, None if plan.adaptive else plan.chunksize)
+        self._given = _given(options, plan)
+        self.report.legs.append(self._given)
 
     def _decided(self, advice: Advice, plan: Plan) -> None:
         report = self.report
         if report.advice is None:
             report.advice = advice
-        report.model, report.workers = plan.model, plan.workers
+        # (The count decided, not a limiter's ceiling; Report.settle: what ran, at the end.)
+        report.model, report.workers = plan.model, min(plan.workers, advice.workers)
         report.chunksize = None if plan.adaptive else plan.chunksize
         self.description = f"{self._fn_name} [auto: {plan.model}]"
 
@@ -125,32 +167,16 @@ class Run:
             return self.is_async  # auto: a coroutine function's probe runs on the loop
         return _backends.model(self.plan.model).loop_runner is not None
 
-    def output(self, done: Done) -> tuple[bool, Any]:
-        """(keep, value) for one finished item, raising under on_error="raise"."""
-        report = self.report
-        report.done += 1
-        report.retries += done.attempts - 1
-        if done.status == OK:
-            return True, done.value
-        report.failed.append(done.index)
-        exc: BaseException = done.value
-        on_error = self.options.on_error
-        if on_error == "raise":
-            chain_remote(exc, done.traceback)
-            raise exc
-        if on_error == "skip":
-            report.skipped.append(done.index)
-            release(exc)  # what the failed call built goes now, not at a garbage collection
-            return False, None
-        return True, Failure(done.index, done.item, exc, done.traceback or "", done.attempts)
-
     def dones(self, cancel: threading.Event | None = None) -> Generator[Done | Block, None, None]:
         """What the loop hands out for this call."""
         if self.auto is not None:
             return self.auto.dones(cancel, blocks=True)
         assert self.plan is not None
         backend = _backends.load(self.plan.model)
-        return drive(self.source, self.plan, self.setup, backend, cancel=cancel, blocks=True)
+        leg = self._given
+        return drive(
+            self.source, self.plan, self.setup, backend, cancel=cancel, blocks=True, leg=leg
+        )
 
     def feed(
         self, hand: Callable[[list[Any]], bool], cancel: threading.Event | None = None
@@ -167,6 +193,7 @@ class Run:
         finally:
             dones.close()
             self.source.close()
+            self.report.settle()
 
     def iterate(self, cancel: threading.Event | None = None) -> Generator[Any, None, None]:
         """The results one by one (``imap``)."""
@@ -178,6 +205,7 @@ class Run:
         finally:
             dones.close()
             self.source.close()
+            self.report.settle()
 
     def collect(self, cancel: threading.Event | None = None) -> list[Any]:
         """The results as a list (``map``)."""
@@ -203,7 +231,7 @@ class Run:
             dones = self.auto.adones()
         else:
             assert self.plan is not None
-            dones = adrive(self.source, self.plan, self.setup, blocks=True)
+            dones = adrive(self.source, self.plan, self.setup, blocks=True, leg=self._given)
         try:
             with self._bar() as advance:
                 async for done in dones:
@@ -212,6 +240,7 @@ class Run:
         finally:
             await dones.aclose()
             self.source.close()
+            self.report.settle()
 
     def _results(self, done: Done | Block, advance: Callable[[int], None]) -> list[Any]:
         """What ``done`` adds to the output (nothing for a skipped failure); advances the bar."""
@@ -221,7 +250,7 @@ class Run:
             return done.values
         assert type(done) is Done
         advance(1)
-        keep, value = self.output(done)
+        keep, value = output(done, self.report, self.options.on_error)
         return [value] if keep else []
 
     def _bar(self) -> contextlib.AbstractContextManager[Callable[[int], None]]:

@@ -12,6 +12,7 @@ case, a chunk that all worked, one outcome.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import operator
@@ -302,9 +303,46 @@ class Caller:
         return self._runner.run(_as_coroutine(awaitable))
 
     def close(self) -> None:
+        """The worker is done with this run: its state closed (see ``worker_state``), on its
+        loop if it made one, then the loop."""
+        pending = release_state(self.fn)
+        if pending is not None:
+            if self._runner is not None:
+                self._runner.run(closing(pending))
+            else:
+                _await_here(pending)
         if self._runner is not None:
             self._runner.close()
             self._runner = None
+
+
+def release_state(fn: object) -> Any:
+    """Close the state ``fn`` made for this thread under ``worker_state`` (see ``_state``), if
+    any: what its ``close()`` returned if that must be awaited, else None."""
+    release = getattr(fn, "release_state", None)
+    if release is None:
+        return None
+    pending = release()
+    return pending if inspect.isawaitable(pending) else None
+
+
+def release_state_here(fn: object) -> None:
+    """:func:`release_state`, awaited here if need be (a thread with no loop of its own)."""
+    pending = release_state(fn)
+    if pending is not None:
+        _await_here(pending)
+
+
+def _await_here(awaitable: Any) -> None:
+    import asyncio
+
+    asyncio.run(closing(awaitable))
+
+
+async def closing(awaitable: Any) -> None:
+    """Await a state's ``close()``: what it raises is not the run's failure."""
+    with contextlib.suppress(Exception):  # (a state that fails to close is dropped anyway)
+        await awaitable
 
 
 def _add_block(outcomes: list[Outcome], index: int, values: list[Any]) -> None:

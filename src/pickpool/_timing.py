@@ -103,6 +103,11 @@ class Timed:
             if knocker is not None:
                 knocker.leave()
 
+    def release_state(self) -> Any:
+        """The timed function's (a worker's state is closed when its probe phase ends)."""
+        release = getattr(self.fn, "release_state", None)
+        return None if release is None else release()
+
     def _record(self, record: Record) -> None:
         self.records.append(record)
         if record[1] < DELAY_WORTH_READING:

@@ -78,8 +78,8 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             wait, or whose native code releases the GIL: they then share the caller's memory,
             which joblib's ``require="sharedmem"`` asks for), ``"auto"`` (the first batch is
             timed on a thread, the others go to processes if they compute in Python, to
-            threads otherwise) or ``"serial"`` (in the calling thread, one at a time: for
-            debugging).
+            threads otherwise; under ``require="sharedmem"`` to threads only) or ``"serial"``
+            (in the calling thread, one at a time: for debugging).
         timeout: seconds a task may run; longer, it fails with :class:`~pickpool.TaskTimeout`
             (its worker process killed under processes). joblib hands its workers batches of
             tasks: the limit is per batch, so pass ``batch_size=1`` to ``Parallel`` to make it
@@ -133,7 +133,10 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         self.inner_threads = options.inner_threads
         self.initializer = options.initializer
         self.initargs = options.initargs
-        self.uses_threads = self.supports_sharedmem = self._in_process
+        self.uses_threads = self._in_process
+        # Under auto, a call that requires shared memory is routed to threads only.
+        self.supports_sharedmem = self._in_process or self.model == "auto"
+        self._require: str | None = None
         self.parallel: Any = None
         self._n_jobs = 0
         # The executor of the Parallel call running, and those an abort stopped (shut down
@@ -177,9 +180,10 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     ) -> int:
         """Start the executor for a ``Parallel`` call; return its number of workers.
 
-        joblib calls it as a call starts (``prefer``, ``require`` and its memmapping options
-        are joblib's to act on: they are ignored here). One worker runs the call in the
-        calling thread, as joblib's own backends do::
+        joblib calls it as a call starts (``prefer`` and its memmapping options are joblib's
+        to act on: they are ignored here; ``require="sharedmem"`` keeps auto's calls in this
+        process, on threads). One worker runs the call in the calling thread, as joblib's
+        own backends do::
 
             backend.configure(n_jobs=4, parallel=joblib.Parallel())  # 4
         """
@@ -188,6 +192,7 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         self.parallel = parallel
         self._n_jobs = n
+        self._require = "sharedmem" if require == "sharedmem" else None
         executor = self._new_executor()
         with self._lock:
             old, self._executor = self._executor, executor
@@ -211,6 +216,7 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             max_tasks_per_child=self.max_tasks_per_child,
             timeout=min(limits) if limits else None,
             inner_threads=inner,
+            require="sharedmem" if self._require and self.model == "auto" else None,
         )
 
     def submit(self, func: Any, callback: Any = None) -> Future[Any]:

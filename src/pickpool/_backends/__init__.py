@@ -123,6 +123,10 @@ class Traits:
     plain_on_threads: bool = False
     # Calls share the caller's memory (what they write to a global, the caller sees).
     shares_memory: bool = False
+    # A global the run's ``initializer`` sets is one worker's own: each worker is a process (or
+    # an interpreter) of its own, or there is one worker. Not so for a pool of threads, where
+    # every worker reads the one global that the last initializer set.
+    worker_globals: bool = False
     # On a near tie in the cost model, the lower rank wins: fewer moving parts, no pickling,
     # one machine. (For a plain function, for a coroutine function.)
     rank: tuple[int, int] = (9, 9)
@@ -136,13 +140,18 @@ class Traits:
 
 class LoopRunner(Protocol):
     """A model's runner of items as tasks of the current event loop (``amap`` on the caller's
-    loop): it reports outcomes as the backend protocol does, to the ``emit`` it was made with."""
+    loop): it reports outcomes as the backend protocol does, to the ``emit`` it was made with.
+    ``peak``: the most calls it ran at once."""
+
+    peak: int
 
     def start(self, task: Task) -> None: ...
 
     async def cancel(self) -> None: ...
 
     async def ashutdown_executor(self, *, cancel: bool = False) -> None: ...
+
+    async def release(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +323,15 @@ class Inline(Protocol):
     which costs a third as much."""
 
     inline: Caller | None  # None: not this run (each call must first cap native pools)
+
+
+@runtime_checkable
+class Peaked(Protocol):
+    """A backend that counts its calls running at once: :attr:`peak` is the most there were
+    (a report's ``workers``: what ran, not the ceiling a limiter could have climbed to). The
+    driver falls back to the items in flight, at most the plan's workers."""
+
+    peak: int
 
 
 @runtime_checkable

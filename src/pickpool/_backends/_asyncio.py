@@ -108,6 +108,11 @@ class AsyncioBackend:
     def wake(self) -> None:
         self._outbox.put([])
 
+    @property
+    def peak(self) -> int:
+        """The most calls that ran at once on the loop."""
+        return 0 if self._runner is None else self._runner.peak
+
     def close(self, *, cancel: bool) -> None:
         if self._closed:
             return
@@ -140,6 +145,7 @@ class AsyncioBackend:
             # Stopped by close(): cancel what still runs, let its finally blocks run.
             self._loop.run_until_complete(runner.cancel())
             runner.shutdown_executor(cancel=self._cancelling)
+            self._loop.run_until_complete(runner.release())
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         finally:
             started.set()  # never leave __init__ waiting, even if the runner failed to start

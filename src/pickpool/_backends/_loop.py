@@ -33,8 +33,11 @@ from .._task import (
     OK,
     Outcome,
     Task,
+    closing,
     failed,
     format_traceback,
+    release_state,
+    release_state_here,
 )
 from . import Setup
 from ._threads import CANCEL_GRACE
@@ -63,7 +66,9 @@ class ItemRunner:
         self._abandoned = False  # a plain function's thread overran its timeout
         self.executor: DaemonThreads | None = None
         if not setup.is_async:
-            self.executor = DaemonThreads(setup.workers)
+            self.executor = DaemonThreads(
+                setup.workers, on_exit=functools.partial(release_state_here, setup.fn)
+            )
         # A plain function's calls run side by side in threads, sharing the cores with their
         # native pools; coroutines compute one at a time on the loop's thread.
         # (Capped from the caller's thread: OpenBLAS ignores a size set from another thread
@@ -86,6 +91,7 @@ class ItemRunner:
         self._began: dict[asyncio.Task[None], float] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._look: asyncio.TimerHandle | None = None  # the next look for a stuck call
+        self.peak = 0  # the most calls that ran at once
 
     def start(self, task: Task) -> None:
         self._waiting.extend(enumerate(task[2], task[1]))
@@ -108,6 +114,7 @@ class ItemRunner:
                 pacer.reserve()
             t = loop.create_task(self._one(*waiting.popleft()))
             tasks.add(t)
+            self.peak = max(self.peak, len(tasks))
             t.add_done_callback(self._finish)
             if limiter is not None:
                 self._began[t] = time.monotonic()
@@ -159,6 +166,14 @@ class ItemRunner:
         self.limiter.completed([sample], self._began.values())
         self._limit = self.limiter.limit
         self._pacer.interval = self.limiter.pace  # (its no-load latency may have moved too)
+
+    async def release(self) -> None:
+        """The run is over: close the state an ``async def`` made on this loop under
+        ``worker_state`` (a plain function's are closed by the threads that made them)."""
+        if self._setup.is_async:
+            pending = release_state(self._setup.fn)
+            if pending is not None:
+                await closing(pending)
 
     async def cancel(self) -> None:
         """Cancel every item still running and wait for their ``finally`` blocks."""
@@ -298,8 +313,9 @@ class DaemonThreads(Executor):
     stuck past a timeout or a Ctrl-C would hold the whole program open until it returned.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, on_exit: Callable[[], None] | None = None) -> None:
         self._workers = workers
+        self._on_exit = on_exit  # called in each thread as it ends (a worker's state closed)
         self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
             queue.SimpleQueue()
         )
@@ -355,4 +371,6 @@ class DaemonThreads(Executor):
                     future.set_exception(exc)
             with self._lock:
                 self._idle += 1
+        if self._on_exit is not None:
+            self._on_exit()
         _native.caps.leave_thread()

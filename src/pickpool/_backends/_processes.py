@@ -273,6 +273,7 @@ class ProcessesBackend:
         if self._context.get_start_method() == "forkserver":
             _preload_worker_module()
         self._workers: list[_Worker] = []
+        self.peak = 0  # the most workers that had work at once
         self._pending: deque[tuple[Task, bytes]] = deque()
         self._ready: list[Outcome] = []
         # Items reported LOST (their chunk died with its worker), until sent again alone.
@@ -397,6 +398,7 @@ class ProcessesBackend:
                 w.started = time.monotonic()
             w.tasks.append(task)
             w.ran += len(task[2])
+            self.peak = max(self.peak, sum(1 for other in self._workers if other.tasks))
 
     def _pick(self, count: int, size: int) -> _Worker | None:
         """A worker to take a chunk of ``count`` items, ``size`` bytes; None if all are busy."""
@@ -913,7 +915,7 @@ def predict_pickled(costs: Costs, name: str, *, start_each: float, server: float
 
 MODEL = Model(
     "processes",
-    Traits(every_core, batched=True, pickles=True, recycles=True, rank=(3, 3)),
+    Traits(every_core, batched=True, pickles=True, recycles=True, worker_globals=True, rank=(3, 3)),
     ProcessesBackend,
     predict=predict,
     observe=observe,

@@ -70,7 +70,9 @@ def predict(costs: Costs) -> Option:
 
 MODEL = Model(
     "serial",
-    Traits(one, inline=True, with_timeout=THREADS, shares_memory=True, rank=(0, 0)),
+    Traits(
+        one, inline=True, with_timeout=THREADS, shares_memory=True, worker_globals=True, rank=(0, 0)
+    ),
     SerialBackend,
     predict=predict,
 )

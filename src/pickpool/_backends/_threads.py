@@ -147,6 +147,7 @@ class ThreadsBackend:
         # At most `limit` threads take work at once; without climbing, every thread may.
         self._gate = threading.Condition()
         self._running = 0
+        self.peak = 0  # the most calls that ran at once
         self.climber: Climber | None = None
         self.limiter: Limiter | None = None
         self._samples: collections.deque[tuple[float, float, int, int]] = collections.deque()
@@ -429,6 +430,7 @@ class ThreadsBackend:
             while self._running >= self._limit:
                 self._gate.wait()
             self._running += 1
+            self.peak = max(self.peak, self._running)
             delay = 0.0 if self._pacer is None else self._pacer.reserve()
         if delay > 0:
             time.sleep(delay)
