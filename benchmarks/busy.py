@@ -13,8 +13,8 @@ A probe that reads the time a call spent waiting for a core as time spent waitin
 would call CPU work "blocking" on a busy machine, and advise threads where they cannot help.
 Columns: how many other tasks wanted a core just before the row ("runnable", the spinners
 included: "quiet" is the machine as it is, which may be loaded already), the fastest fixed
-choice, auto's seconds and their ratio, what auto ran on (its latest decision, each
-repeat's), and the advice's stability ("6/7 threads x8-16": six of seven advised threads,
+choice, auto's seconds and their ratio, what auto ran on (each model, with the most calls
+that ran at once there; each repeat's), and the advice's stability ("6/7 threads x8-16": six of seven advised threads,
 with 8 to 16 workers; "+1 processes": the others) and kinds. The target, as ``auto.py``'s:
 auto within 1.25x of the best fixed choice, plus 0.15 s when that is under a second.
 Exits 1 if one is missed (not with ``--quick``).
@@ -164,9 +164,11 @@ def run_auto(fn: Callable[[Any], Any], items: Sequence[Any]) -> tuple[float, str
     assert len(results) == len(items)
     if not report.decisions:
         return seconds, "(all probed)"
-    chose = f"{report.model} x{report.workers}"
-    if len(report.decisions) > 1:
-        chose += f" after {len(report.decisions)} decisions"
+    # Each model it ran on, with the most calls that ran at once there.
+    runs = [leg for leg in report.legs if not leg.probe and leg.items]
+    chose = " then ".join(f"{leg.model} x{leg.workers}" for leg in runs) or report.model
+    if len(report.decisions) > len(runs):
+        chose += f" ({len(report.decisions)} decisions)"
     return seconds, chose
 
 

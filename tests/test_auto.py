@@ -256,18 +256,34 @@ def test_the_watch_judges_pace_over_windows() -> None:
         slower.saw(0.03, 1)
         if slower.drift:
             break
-    # Judged once it had watched 0.5 s and 10 items: after 17 items of 30 ms.
-    assert (slower.drift, taken) == ("slower", 17)
+    # Judged once it had watched two windows of 0.5 s and 10 items: 34 items of 30 ms.
+    assert (slower.drift, taken) == ("slower", 34)
     assert items.take(1) == []  # no more items fed once it drifted
     assert items.ended
-    assert cursor.taken == 17
+    assert cursor.taken == 34
     cursor = Cursor(iter(range(1000)), 1000)
     faster = _Watch(predicted=1.0)
     items = cursor.gate(faster.steady)
     while faster.drift is None and cursor.taken < 100:
         items.take(1)
         faster.saw(0.1, 1)
-    assert (faster.drift, cursor.taken) == ("faster", 10)
+    assert (faster.drift, cursor.taken) == ("faster", 20)
+
+
+def test_one_big_item_among_small_ones_is_not_a_drift() -> None:
+    from pickpool._auto import _Watch
+
+    skewed = _Watch(predicted=0.001)
+    for n in range(2000):
+        skewed.saw(0.6 if n % 500 == 7 else 0.001, 1)  # one item in 500 takes 600x the rest
+    assert skewed.drift is None
+    changed = _Watch(predicted=0.001)
+    for _ in range(2000):
+        changed.saw(0.01, 1)
+        if changed.drift:
+            break
+    assert changed.drift == "slower"
+    assert changed.pace == pytest.approx(0.01)
 
 
 def drifting(x: int) -> int:

@@ -71,3 +71,25 @@ def test_calls_that_wait_on_each_other_are_not_a_far_side() -> None:
     assert own_queueing(0.025, 0.005, 0.0, 8, 2) == pytest.approx(0.025 + 3.5 * 0.0025)
     # More waiting explained with more calls, never less.
     assert own_queueing(0.025, 0.005, 0.2, 32, 2) > own_queueing(0.025, 0.005, 0.2, 8, 2)
+
+
+def test_calls_whose_children_compute_do_not_climb_like_calls_that_wait() -> None:
+    # A subprocess per item: the call waits, but its child computes on the same cores. The
+    # count climbs by throughput from the advised one, not by latency towards 128 threads.
+    from pickpool._advise import decide
+    from pickpool._auto import CLIMB_CAP, _limit
+    from pickpool._options import Options
+    from tests.test_advise import TWO_CORES, evidence
+
+    waiting = evidence(cpu=0.001, wall=0.04)
+    children = evidence(cpu=0.001, wall=0.04, child_cpu=0.03)
+    for ev, climbs_by_latency in ((waiting, True), (children, False)):
+        advice = decide(ev, items=400, machine=TWO_CORES, choices=("threads",))
+        climb, most = _limit(ev, advice, Options(), is_async=False)
+        assert climb is not None
+        assert (climb.latency is not None) is climbs_by_latency
+        if climbs_by_latency:
+            assert most == CLIMB_CAP
+        else:
+            assert most <= 2 * advice.workers
+            assert advice.workers <= 4  # the children's CPU caps it at about the cores

@@ -53,9 +53,10 @@ class _Watch:
 
     The pace is the time the run had control (not the time the consumer of ``imap`` spent
     between items) per item handed out, over a window of at least :data:`DRIFT_WATCH` seconds
-    and 10 items. When it is :data:`DRIFT` times slower or faster than predicted, :attr:`drift`
-    says which, and the run's gate hands out no more items, so the run winds down. Faster is
-    only judged when the consumer is not what sets the pace.
+    and 10 items. When it is :data:`DRIFT` times slower or faster than predicted in two windows
+    in a row, :attr:`drift` says which, and the run's gate hands out no more items, so the run
+    winds down: one window can be one big item among small ones (skewed sizes), which is not
+    a change of pace. Faster is only judged when the consumer is not what sets the pace.
     """
 
     def __init__(self, predicted: float) -> None:
@@ -65,7 +66,8 @@ class _Watch:
         self._busy = 0.0
         self._count = 0
         self.drift: str | None = None
-        self.pace: float | None = None  # seconds per item over the window that drifted
+        self.pace: float | None = None  # seconds per item over the windows that drifted
+        self._suspect: tuple[str, float] | None = None  # the last window's drift, and pace
 
     def steady(self) -> bool:
         """No drift seen: the run may take another item."""
@@ -79,10 +81,16 @@ class _Watch:
             return
         pace = self._busy / self._count
         elapsed = time.perf_counter() - self._began
+        seen: str | None = None
         if pace > DRIFT * self._predicted:
-            self.drift, self.pace = "slower", pace
+            seen = "slower"
         elif pace * DRIFT < self._predicted and self._busy > 0.5 * elapsed:
-            self.drift, self.pace = "faster", pace
+            seen = "faster"
+        suspect, self._suspect = self._suspect, None if seen is None else (seen, pace)
+        if seen is not None and suspect is not None and suspect[0] == seen:
+            # (The gentler of the two windows' paces: the one a big item weighs on less.)
+            self.drift = seen
+            self.pace = min(pace, suspect[1]) if seen == "slower" else max(pace, suspect[1])
         # A new window: what counts is the recent pace, not the average since the start.
         self._busy, self._count, self._began = 0.0, 0, time.perf_counter()
 
@@ -277,12 +285,15 @@ def _limit(
     rest.
 
     Threads start at the advised count and climb, unless the caller fixed the count.
-    Calls that wait follow their latency and failures (a far side's capacity), from
-    :data:`RAMP_START` up to :data:`CLIMB_CAP`; others climb by throughput, up to twice
-    the count. Coroutines that wait follow their latency and failures the same way, on the
-    loop. (Under a rate, what is sent starts at once: the workers hold the pace's calls.)
+    Calls that wait (their child processes' CPU counted as theirs) follow their latency and
+    failures (a far side's capacity), from :data:`RAMP_START` up to :data:`CLIMB_CAP`;
+    others climb by throughput, up to twice the count. Coroutines that wait follow their
+    latency and failures the same way, on the loop. (Under a rate, what is sent starts at
+    once: the workers hold the pace's calls.)
     """
-    waits = ev.cpu_share < WAITING_SHARE
+    # (Calls that wait for child processes computing on these cores do not wait on a far
+    # side: their count climbs by throughput.)
+    waits = ev.demand_share < WAITING_SHARE
     climbs = _backends.traits(advice.model).climbs
     climbing = (
         options.workers is None

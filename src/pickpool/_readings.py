@@ -100,6 +100,16 @@ class Evidence:
         return min(1.0, max(self.cpu, self.process_cpu or 0.0) / self.wall)
 
     @property
+    def demand_share(self) -> float:
+        """:attr:`cpu_share` with the CPU of the child processes a call waits for: what it
+        asks of this machine's cores. A call that runs a subprocess waits, but not on a far
+        side: its child computes on the same cores."""
+        if self.wall <= 0:
+            return 1.0
+        own = max(self.cpu, self.process_cpu or 0.0)
+        return min(1.0, (own + self.child_cpu) / self.wall)
+
+    @property
     def cores_used(self) -> float:
         """Cores a call kept busy alone, its native threads included: 1.9 is already parallel."""
         if self.wall <= 0:
