@@ -79,3 +79,17 @@ def machine(
     if cluster is not None:
         facts["dask"] = cluster
     return Machine(cores=cores, gil=gil, facts=facts)
+
+
+def read_variable(name: str) -> str | None:
+    """An environment variable, as the process that runs the call sees it."""
+    return os.environ.get(name)
+
+
+def nested_sum(n: int) -> int:
+    """A task that runs a Parallel call of its own on the pickpool backend (this module
+    imports nothing of joblib: the worker must have registered the backend itself)."""
+    import joblib  # type: ignore[import-untyped]
+
+    delayed = joblib.delayed(abs)
+    return sum(joblib.Parallel(n_jobs=2, backend="pickpool")(delayed(-i) for i in range(n)))

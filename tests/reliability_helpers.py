@@ -122,3 +122,38 @@ def fails_then_dies(x: int) -> int:
     if x == 1:
         os._exit(7)
     return x
+
+
+class ExitsWhenLoaded:
+    """A result whose loading calls ``sys.exit(1)`` (in whichever process loads it)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import sys
+
+        return (sys.exit, (1,))
+
+
+def exits_when_loaded_at(at: int, x: int) -> object:
+    return ExitsWhenLoaded() if x == at else x
+
+
+class KeepsItsCause(Exception):
+    """An exception that comes back from pickling with a cause, as one a nested pool
+    re-raises does (loky rebuilds its errors with their remote traceback as the cause)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_with_cause, (self.args, repr(self.__cause__)))
+
+
+def _with_cause(args: tuple[Any, ...], cause: str) -> KeepsItsCause:
+    exc = KeepsItsCause(*args)
+    exc.__cause__ = RuntimeError(cause)
+    return exc
+
+
+def raise_from(x: int) -> int:
+    """Raises an exception with a cause of its own (as a nested pool's re-raised error)."""
+    try:
+        raise KeyError(f"inner {x}")
+    except KeyError as inner:
+        raise KeepsItsCause(f"outer {x}") from inner

@@ -19,6 +19,7 @@ import pickpool
 from pickpool import lab
 from pickpool._api import Model
 
+from . import helpers
 from .helpers import crash, hang_on
 
 pytestmark = pytest.mark.timeout(120)
@@ -336,3 +337,57 @@ def test_a_cancelled_error_raised_by_the_function_is_raised_under_asyncio() -> N
     # outcome, and the run waiting for it forever).
     with pytest.raises(asyncio.CancelledError, match="the far side"):
         pickpool.map(refuses, range(3), model="asyncio", on_error="collect")
+
+
+# The standard executors' contract, where pickpool used to differ ---------------------------
+
+
+def test_an_executor_dropped_while_its_map_is_read_shuts_down() -> None:
+    import gc
+    import weakref
+
+    executor = pickpool.Executor(model="threads", max_workers=2)
+    results = executor.map(abs, range(-4, 4))  # (all taken at once: 4 calls ahead per worker)
+    alive = weakref.ref(executor)
+    del executor
+    gc.collect()
+    assert alive() is None  # the map's iterator does not keep it
+    assert list(results) == [abs(v) for v in range(-4, 4)]  # what it had taken still runs
+
+
+def test_a_dropped_executor_s_map_with_calls_left_says_so() -> None:
+    import gc
+
+    executor = pickpool.Executor(model="threads", max_workers=1)
+    results = executor.map(abs, range(100), buffersize=2)
+    del executor
+    gc.collect()
+    with pytest.raises(RuntimeError, match="garbage-collected while its map"):
+        list(results)
+
+
+def test_a_crash_is_a_broken_executor_to_code_that_catches_one() -> None:
+    with pickpool.Executor(model="processes", max_workers=1) as executor:
+        future = executor.submit(crash, 3)
+        with pytest.raises(cf.BrokenExecutor):
+            future.result()
+        assert executor.submit(crash, 1).result() == 1  # the executor goes on
+
+
+# Set as the tests are collected, before any fork server starts: so that it inherits it.
+os.environ["PICKPOOL_UNSET_LATE"] = "early"
+
+
+def test_new_workers_see_the_environment_as_it_is_when_they_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The fork server (or a warm worker) started before the change; new workers see it.
+    read_variable = helpers.read_variable  # (workers import helpers, not this module)
+    pickpool.map(read_variable, ["HOME"], model="processes", workers=1)
+    monkeypatch.setenv("PICKPOOL_SET_LATE", "late")
+    monkeypatch.delenv("PICKPOOL_UNSET_LATE", raising=False)
+    names = ["PICKPOOL_SET_LATE", "PICKPOOL_UNSET_LATE"]
+    got = pickpool.map(read_variable, names, model="processes", workers=1, fresh_workers=True)
+    assert got == ["late", None]
+    with pickpool.Executor(model="processes", max_workers=1) as executor:
+        assert executor.submit(read_variable, "PICKPOOL_SET_LATE").result() == "late"

@@ -299,3 +299,24 @@ def test_without_joblib_the_import_says_what_to_install(monkeypatch: pytest.Monk
     with pytest.raises(ImportError, match="pip install joblib") as info:
         importlib.import_module("pickpool.joblib")
     assert "pickpool[joblib]" in str(info.value)
+
+
+@pytest.mark.timeout(120)
+def test_a_task_finds_the_pickpool_backend_in_its_worker_process() -> None:
+    with joblib.parallel_config(backend="pickpool", n_jobs=2):
+        from tests.helpers import nested_sum
+
+        assert joblib.Parallel()(joblib.delayed(nested_sum)(n) for n in (3, 4)) == [3, 6]
+
+
+def test_parallel_hands_its_backend_options_to_the_backend() -> None:
+    from tests.test_dropin import recall, remember
+
+    got = joblib.Parallel(n_jobs=2, backend="pickpool", initializer=remember, initargs=(7,))(
+        joblib.delayed(recall)(i) for i in range(4)
+    )
+    assert got == [(i, 7) for i in range(4)]
+    with pytest.raises(ValueError, match=r"unknown model|model must be"):
+        joblib.Parallel(n_jobs=2, backend="pickpool", model="nope")(
+            joblib.delayed(abs)(i) for i in range(2)
+        )

@@ -478,3 +478,31 @@ def test_a_consumer_that_stops_early_leaves_no_reader_behind() -> None:
             break
     assert len(read) < 50
     assert not [t for t in threading.enumerate() if t.name == "pickpool-input"]
+
+
+@pytest.mark.parametrize("chunksize", [1, 5])
+def test_a_result_that_exits_as_it_loads_fails_only_its_item(chunksize: int) -> None:
+    # Its __reduce__ calls sys.exit(1) in the parent: that item fails, nothing else does,
+    # and the program goes on.
+    fn = functools.partial(rh.exits_when_loaded_at, 2)
+    got = pickpool.map(fn, range(5), model="processes", chunksize=chunksize, on_error="collect")
+    assert [g for i, g in enumerate(got) if i != 2] == [0, 1, 3, 4]
+    failure = got[2]
+    assert isinstance(failure, pickpool.Failure)
+    assert "cannot be rebuilt here" in str(failure.exception)
+    assert "SystemExit(1)" in str(failure.exception)
+    with pickpool.Executor(model="processes", max_workers=1) as executor:
+        futures = [executor.submit(fn, x) for x in range(5)]
+        assert [f.result() for i, f in enumerate(futures) if i != 2] == [0, 1, 3, 4]
+        with pytest.raises(TypeError, match="SystemExit"):
+            futures[2].result()
+
+
+def test_a_worker_exception_with_a_cause_keeps_the_worker_s_traceback() -> None:
+    with pytest.raises(rh.KeepsItsCause, match="outer 3") as info:
+        pickpool.map(rh.raise_from, [3], model="processes")
+    cause = info.value.__cause__
+    assert cause is not None
+    text = str(cause)
+    assert "raise_from" in text  # where it was raised, in the worker
+    assert "KeyError: 'inner 3'" in text  # and the cause it had there

@@ -6,6 +6,8 @@ worker's traceback chained as ``__cause__``.
 
 from __future__ import annotations
 
+from concurrent.futures import BrokenExecutor
+
 
 class PickpoolError(Exception):
     """Base class of every error pickpool raises of its own.
@@ -30,12 +32,14 @@ class TaskTimeout(PickpoolError, TimeoutError):
     """
 
 
-class WorkerCrashed(PickpoolError, RuntimeError):
+class WorkerCrashed(PickpoolError, BrokenExecutor):
     """The worker process running an item died (``os._exit``, a segfault, a kill, the OOM killer).
 
     Usually your function's fault (a crash in C code, ``sys.exit`` in a library) or the machine's
     (memory). Only the item that was running fails; the worker is replaced and the run goes on.
-    The message carries the exit code or signal::
+    A ``RuntimeError``, and a ``concurrent.futures.BrokenExecutor`` for code written for the
+    standard executors (whose whole pool breaks where pickpool fails one call). The message
+    carries the exit code or signal::
 
         results = pickpool.map(risky, items, model="processes", on_error="collect")
         crashed = [r for r in results if isinstance(r, pickpool.Failure)

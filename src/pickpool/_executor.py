@@ -699,6 +699,24 @@ def _executor_choices(options: Options) -> list[str]:
     ]
 
 
+def _broken() -> None:
+    if logger.isEnabledFor(logging.WARNING):
+        logger.warning("an executor's workers could not start; its calls fail")
+
+
+def _alive(executor: weakref.ref[Executor]) -> Executor:
+    """The executor a ``map`` reads for, or the error ``submit`` after a shutdown gets: calls
+    left in its input cannot run once it is gone (they are not dropped unsaid)."""
+    alive = executor()
+    if alive is None:
+        raise RuntimeError(
+            "cannot schedule new futures after shutdown: the executor was garbage-collected "
+            "while its map() was read and had calls left; keep a reference to it (or use "
+            "it as a context manager) until the map is read"
+        )
+    return alive
+
+
 def _stop_lanes(lanes: dict[str, _Lane]) -> None:
     for lane in list(lanes.values()):
         lane.stop(cancel_futures=False)
@@ -902,14 +920,11 @@ class Executor(concurrent.futures.Executor):
             plan = options.plan(model, is_async=False, workers=workers, chunksize=1, adaptive=False)
             plan = dataclasses.replace(plan, window=plan.workers, fatal_ends_run=False)
             setup = options.setup(_run_call, plan, is_async=False)
-            lane = self._lanes[model] = _Lane(model, setup, plan, self._router, self._broken)
+            # (Nothing of the executor itself in the lane: its threads must not keep it alive.)
+            lane = self._lanes[model] = _Lane(model, setup, plan, self._router, _broken)
             with _exit_lock:
                 _lanes.add(lane)
         return lane
-
-    def _broken(self) -> None:
-        if logger.isEnabledFor(logging.WARNING):
-            logger.warning("an executor's workers could not start; its calls fail")
 
     def map(
         self,
@@ -935,17 +950,25 @@ class Executor(concurrent.futures.Executor):
             ahead = 4 * (self._max_workers or default_workers(_backends.THREADS, is_async=False))
         end = None if timeout is None else timeout + time.monotonic()
         calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
+        # The iterator holds the executor weakly, as the standard library's does: an executor
+        # dropped while its map is still read shuts down (what was submitted still runs and
+        # can be read), rather than living as long as the iterator.
+        executor = weakref.ref(self)
         if size > 1:
             chunks = iter(lambda: list(itertools.islice(calls, size)), [])
 
             def submit_next() -> Future[Any] | None:
                 chunk = next(chunks, None)
-                return None if chunk is None else self._submit(_run_chunk, fn, (fn, chunk), {})
+                return (
+                    None
+                    if chunk is None
+                    else _alive(executor)._submit(_run_chunk, fn, (fn, chunk), {})
+                )
         else:
 
             def submit_next() -> Future[Any] | None:
                 args = next(calls, None)
-                return None if args is None else self._submit(fn, fn, args, {})
+                return None if args is None else _alive(executor)._submit(fn, fn, args, {})
 
         futures: collections.deque[Future[Any]] = collections.deque()
         while len(futures) < ahead:

@@ -166,13 +166,26 @@ def loads_outcomes(message: bytes) -> list[Outcome]:
     """
     try:
         outcomes: list[Outcome] = loads(message)
-    except Exception as exc:
+    except (Exception, SystemExit) as raised:
+        exc = _as_load_error(raised)
         try:
             outcomes = _Lenient(io.BytesIO(message)).load()
-        except Exception:
+        except (Exception, SystemExit):
             return [(-1, ERROR, exc, format_traceback(exc))]
         return [o for outcome in outcomes for o in _loaded(outcome)]
     return outcomes
+
+
+def _as_load_error(exc: BaseException) -> Exception:
+    """What loading a result raised, as its item's failure: a ``SystemExit`` a result's
+    ``__reduce__`` raises in the parent ends neither the run nor the program."""
+    if isinstance(exc, Exception):
+        return exc
+    from ._errors import PickpoolError
+
+    error = PickpoolError(f"a result could not be loaded here: loading it raised {exc!r}")
+    error.__cause__ = exc
+    return error
 
 
 def load_result(data: bytes, index: int) -> list[Outcome]:
@@ -180,10 +193,11 @@ def load_result(data: bytes, index: int) -> list[Outcome]:
     leniently, as :func:`loads_outcomes` loads a chunk's."""
     try:
         return [(index, OK, loads(data), None)]
-    except Exception as exc:
+    except (Exception, SystemExit) as raised:
+        exc = _as_load_error(raised)
         try:
             value = _Lenient(io.BytesIO(data)).load()
-        except Exception:
+        except (Exception, SystemExit):
             return [(index, ERROR, exc, format_traceback(exc))]
         return _loaded((index, OK, value, None))
 
@@ -253,8 +267,8 @@ class _Lenient(pickle._Unpickler):  # the pure-Python unpickler: its steps can b
     def _rebuilt(self, build: Callable[[], Any]) -> Any:
         try:
             return build()
-        except Exception as exc:
-            return _Broken(exc)
+        except (Exception, SystemExit) as exc:
+            return _Broken(_as_load_error(exc))
 
     def load_reduce(self) -> None:
         stack = self.stack  # type: ignore[attr-defined]

@@ -161,8 +161,9 @@ class RemoteTraceback(Exception):
 def chain_remote(exc: BaseException, text: str | None) -> None:
     """An exception that crossed a process boundary (no traceback of its own here) gets the
     worker's traceback chained, as concurrent.futures does, so the user sees where it
-    really happened."""
-    if exc.__traceback__ is None and text and exc.__cause__ is None:
+    really happened. A cause it had there (an exception raised from another, in a nested
+    pool) is in that text: the text takes its place, as in concurrent.futures."""
+    if exc.__traceback__ is None and text and not isinstance(exc.__cause__, RemoteTraceback):
         exc.__cause__ = RemoteTraceback(text)
 
 

@@ -118,24 +118,14 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         inner_max_num_threads: int | None = None,
     ) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
-        # The executor's own checks, here so that a bad option is reported at once.
-        options = check(
-            model=check_executor_model(model),
+        self._set_options(
+            model=model,
             timeout=timeout,
             max_tasks_per_child=max_tasks_per_child,
             inner_threads=inner_threads,
             initializer=initializer,
             initargs=initargs,
         )
-        self.model = options.model
-        self.timeout = options.timeout
-        self.max_tasks_per_child = options.max_tasks_per_child
-        self.inner_threads = options.inner_threads
-        self.initializer = options.initializer
-        self.initargs = options.initargs
-        self.uses_threads = self._in_process
-        # Under auto, a call that requires shared memory is routed to threads only.
-        self.supports_sharedmem = self._in_process or self.model == "auto"
         self._require: str | None = None
         self.parallel: Any = None
         self._n_jobs = 0
@@ -147,6 +137,29 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         # joblib's callbacks submit the next batches from the executor's own threads while the
         # caller's thread may be aborting: both swap the executor under this lock.
         self._lock = threading.Lock()
+
+    def _set_options(self, **options: Any) -> None:
+        """The backend's options, checked by the executor's own checks (a bad one is reported
+        at once); those not given keep their value."""
+        current = {
+            "model": getattr(self, "model", _backends.PROCESSES),
+            "timeout": getattr(self, "timeout", None),
+            "max_tasks_per_child": getattr(self, "max_tasks_per_child", None),
+            "inner_threads": getattr(self, "inner_threads", None),
+            "initializer": getattr(self, "initializer", None),
+            "initargs": getattr(self, "initargs", ()),
+        }
+        merged = {**current, **options}
+        checked = check(**{**merged, "model": check_executor_model(merged["model"])})
+        self.model = checked.model
+        self.timeout = checked.timeout
+        self.max_tasks_per_child = checked.max_tasks_per_child
+        self.inner_threads = checked.inner_threads
+        self.initializer = checked.initializer
+        self.initargs = checked.initargs
+        self.uses_threads = self._in_process
+        # Under auto, a call that requires shared memory is routed to threads only.
+        self.supports_sharedmem = self._in_process or self.model == "auto"
 
     @property
     def _in_process(self) -> bool:
@@ -187,6 +200,10 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
 
             backend.configure(n_jobs=4, parallel=joblib.Parallel())  # 4
         """
+        # This backend's options given to Parallel(...) itself (joblib hands them over here).
+        ours = {k: v for k, v in backend_kwargs.items() if k in _OPTIONS}
+        if ours:
+            self._set_options(**ours)
         n = self.effective_n_jobs(n_jobs)
         if n == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
@@ -334,4 +351,12 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         return f"PickpoolBackend({', '.join(options)})"
 
 
+# The options of this backend that Parallel(...) may carry for it.
+_OPTIONS: Final = frozenset(
+    ("model", "timeout", "max_tasks_per_child", "inner_threads", "initializer", "initargs")
+)
+
 joblib.register_parallel_backend(_NAME, PickpoolBackend)
+# Worker processes import this module too: a task that runs Parallel(backend="pickpool")
+# finds the backend there.
+_backends.WORKER_IMPORTS.add(__name__)

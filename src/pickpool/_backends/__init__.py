@@ -53,6 +53,11 @@ COROUTINES: Final = "asyncio"
 # backend by default.
 PROCESSES: Final = "processes"
 
+# Modules worker processes import as they start: those that register something with a
+# library in this process (``pickpool.joblib`` adds itself), so that a task there finds it
+# too (a nested ``joblib.Parallel(backend="pickpool")``).
+WORKER_IMPORTS: Final[set[str]] = set()
+
 # Threads mostly wait (blocking I/O), so more of them than cores pays; bounded because each
 # blocked thread costs memory and a GIL hand-off.
 THREADS_PER_CORE: Final = 8

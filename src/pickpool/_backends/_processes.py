@@ -38,7 +38,7 @@ from .._task import (
     outcome_count,
     task_indices,
 )
-from . import Model, Setup, Traits, _journal, every_core
+from . import WORKER_IMPORTS, Model, Setup, Traits, _journal, every_core
 from ._journal import Journal, SharedFd
 
 if TYPE_CHECKING:
@@ -443,10 +443,13 @@ class ProcessesBackend:
         parent, child = self._context.Pipe(duplex=True)
         share = max(1, _machine.cores() // self._setup.workers)
         journal, fd = Journal.create() if _journal.available() else (None, -1)
-        env = _native.fixed_at_import_env(self._inner)
+        # The parent's environment as it is now (the fork server's is as it was when that
+        # started), with the native pools' sizes fixed at their import.
+        env = {**os.environ, **_native.fixed_at_import_env(self._inner)}
+        preload = tuple(sorted(WORKER_IMPORTS))
         process = self._context.Process(  # type: ignore[attr-defined]
             target=_procworker.main,
-            args=(child, os.getpid(), share, env, SharedFd(fd) if journal else None),
+            args=(child, os.getpid(), share, env, SharedFd(fd) if journal else None, preload),
             name="pickpool-worker",
             daemon=True,
         )

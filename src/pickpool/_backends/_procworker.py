@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import importlib
 import logging
 import multiprocessing
 import os
@@ -59,7 +61,12 @@ IDLE_COLLECT = 1.0
 
 # (Complex on purpose: a worker process's whole life, in one loop.)
 def main(  # noqa: C901
-    conn: Connection, owner: int, cores: int, env: dict[str, str], journal: SharedFd | None
+    conn: Connection,
+    owner: int,
+    cores: int,
+    env: dict[str, str],
+    journal: SharedFd | None,
+    preload: tuple[str, ...] = (),
 ) -> None:
     """Receive pickled tasks on ``conn``, run them, send pickled outcomes back.
 
@@ -67,12 +74,17 @@ def main(  # noqa: C901
     empty message, the parent closing its end, :data:`IDLE_LIFETIME` seconds without a
     message, or the death of ``owner`` (the process that started the pool) stop the worker.
     ``cores``: this worker's share of the machine, which a pool started inside it sizes to;
-    ``env``: variables to set before your function's modules load (pool sizes read at import).
+    ``env``: the parent's environment as the worker starts (a fork server's is as it was when
+    it started), with the pool sizes read at import, set before your function's modules load.
     :data:`INNER` and a limit cap the native thread pools (BLAS, OpenMP...) for later tasks.
     ``journal``: where the outcomes of a chunk's finished items are recorded as they finish
-    (see ``_journal``), or None.
+    (see ``_journal``), or None. ``preload``: modules the parent imported that register
+    something (the joblib backend), imported here too.
     """
     record = _settle_in(owner, cores, env, journal)
+    for name in preload:
+        with contextlib.suppress(Exception):  # (what fails to import here is not needed)
+            importlib.import_module(name)
     caller: Caller | None = None
     load_error: BaseException | None = None
     announce = False
@@ -123,6 +135,8 @@ def _settle_in(
 ) -> Journal | None:
     """What a new worker process does before its first message (see :func:`main`); its
     journal, mapped."""
+    for name in set(os.environ) - set(env):
+        del os.environ[name]  # (unset in the parent since the fork server started)
     os.environ.update(env)
     # Ctrl-C reaches the whole process group; the parent decides what stops and when.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
