@@ -6,6 +6,7 @@ import asyncio
 import os
 import threading
 import time
+from typing import Any
 
 from pickpool._backends._processes import Starts
 from pickpool._machine import Machine
@@ -93,3 +94,16 @@ def nested_sum(n: int) -> int:
 
     delayed = joblib.delayed(abs)
     return sum(joblib.Parallel(n_jobs=2, backend="pickpool")(delayed(-i) for i in range(n)))
+
+
+QUEUE: list[Any] = []
+
+
+def keep_queue(queue: Any) -> None:
+    """An initializer that keeps a multiprocessing Queue its worker was started with."""
+    QUEUE[:] = [queue]
+
+
+def put_in_queue(x: int) -> int:
+    QUEUE[0].put(x)
+    return x

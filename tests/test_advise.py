@@ -12,10 +12,13 @@ import dataclasses
 import functools
 import itertools
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pickpool
 from pickpool import _machine, lab
@@ -226,7 +229,8 @@ def test_advise_when_every_call_fails() -> None:
 
 def test_advise_takes_only_what_it_measures_from_an_iterator() -> None:
     source = iter(range(100_000))
-    advice = pickpool.advise(lab.tiny, source)
+    with pytest.warns(UserWarning, match="consumed"):
+        advice = pickpool.advise(lab.tiny, source)
     left = sum(1 for _ in source)
     assert advice.evidence.calls + left == 100_000
     assert left > 0
@@ -234,7 +238,8 @@ def test_advise_takes_only_what_it_measures_from_an_iterator() -> None:
 
 def test_advise_respects_its_budget() -> None:
     t0 = time.perf_counter()
-    advice = pickpool.advise(lab.blocking_wait, itertools.repeat(0), budget=0.3)
+    with pytest.warns(UserWarning, match="consumed"):  # (an endless iterator)
+        advice = pickpool.advise(lab.blocking_wait, itertools.repeat(0), budget=0.3)
     assert time.perf_counter() - t0 < 3  # about 0.3 s; slack for a busy machine
     assert advice.evidence.seconds < 3
 
@@ -365,3 +370,45 @@ def test_a_far_side_slowing_down_is_not_loop_blocking() -> None:
     )
     advice = decide(ev, items=200, machine=TWO_CORES)
     assert (advice.model, advice.kind) == ("asyncio", "async-io"), str(advice)
+
+
+def test_advise_says_when_it_consumed_an_iterator() -> None:
+    numbers = iter(range(100))
+    with pytest.warns(UserWarning, match=r"consumed the first \d+ items of an iterator"):
+        pickpool.advise(abs, numbers, budget=0.05)
+    rest = list(numbers)
+    assert 0 < len(rest) < 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pickpool.advise(abs, list(range(100)), budget=0.05)  # a list is not consumed: no warning
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    threads=st.sampled_from([2, 4, 6, 8, 16]),
+    speed=st.floats(0.05, 1.0),
+    cpu=st.floats(0.0, 1.0),
+    held=st.one_of(st.none(), st.floats(0.0, 1.0)),
+    cores=st.sampled_from([1, 2, 4, 8]),
+)
+def test_what_threads_showed_is_said_as_the_numbers_say(
+    threads: int, speed: float, cpu: float, held: float | None, cores: int
+) -> None:
+    from pickpool._reasons import _together_reason, scaling_ceiling
+
+    ev = evidence(
+        wall=0.01, cpu=0.01 * cpu, gil_held=held, threads=threads, scaling=max(0.5, speed * threads)
+    )
+    box = machine(cores=cores)
+    said = _together_reason(ev, box)
+    assert said is not None
+    scaling = ev.scaling or 0.0
+    parallel = scaling >= 0.6 * min(threads, cores)
+    if "something they share" in said:  # (a lock: short of what their computing allows)
+        assert scaling < 0.6 * scaling_ceiling(ev, box), said
+    if "the GIL serialises" in said:
+        assert not parallel, said
+    if "releases the GIL" in said and "do not help" not in said:
+        assert parallel, said
+    if "waits overlap" in said:
+        assert scaling >= 0.6 * scaling_ceiling(ev, box), said

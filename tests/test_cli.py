@@ -236,3 +236,26 @@ def test_bench_api_rows_best_and_markdown() -> None:
         pickpool.bench(lab.tiny, range(3), models=["fibers"])
     with pytest.raises(ValueError, match="at least one item"):
         pickpool.bench(lab.tiny, [])
+
+
+ARGV_SCRIPT = """
+import sys
+
+SCALE = int(sys.argv[1])  # read at import, as scripts do
+
+
+def scaled(x):
+    return x * SCALE
+"""
+
+
+def test_a_target_script_gets_its_own_command_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    script = tmp_path / "scaled.py"
+    script.write_text(ARGV_SCRIPT)
+    before = list(sys.argv)
+    code, out, err = run_cli(capsys, "run", f"{script}:scaled", "--range", "3", "--", "5")
+    assert code == 0, err
+    assert [line["result"] for line in lines_of(out)] == [0, 5, 10]
+    assert sys.argv == before  # pickpool's own, once the command is done

@@ -391,3 +391,52 @@ def test_new_workers_see_the_environment_as_it_is_when_they_start(
     assert got == ["late", None]
     with pickpool.Executor(model="processes", max_workers=1) as executor:
         assert executor.submit(read_variable, "PICKPOOL_SET_LATE").result() == "late"
+
+
+@pytest.mark.timeout(60)
+def test_initargs_may_carry_a_multiprocessing_queue() -> None:
+    # As ProcessPoolExecutor takes them: such objects cross to a process only as it starts.
+    import multiprocessing
+    import queue as queues
+
+    from pickpool import _machine
+
+    q: Any = multiprocessing.get_context(_machine.start_method()).Queue()
+    try:
+        keep, args = helpers.keep_queue, (q,)
+        got = pickpool.map(
+            helpers.put_in_queue, range(4), model="processes", initializer=keep, initargs=args
+        )
+        assert got == [0, 1, 2, 3]
+        with pickpool.Executor("processes", 1, initializer=keep, initargs=args) as executor:
+            assert executor.submit(helpers.put_in_queue, 4).result() == 4
+        seen = []
+        for _ in range(5):
+            try:
+                seen.append(q.get(timeout=10))
+            except queues.Empty:
+                break
+        assert sorted(seen) == [0, 1, 2, 3, 4]
+    finally:
+        q.close()
+        q.join_thread()
+
+
+def test_a_queue_of_another_start_method_gets_a_message_that_says_which() -> None:
+    import multiprocessing
+
+    from pickpool import _machine
+
+    method = _machine.start_method()
+    if method == "fork":
+        pytest.skip("workers start with fork here: a fork-context queue crosses")
+    q: Any = multiprocessing.get_context("fork").Queue()
+    try:
+        with pytest.raises(RuntimeError, match=rf"multiprocessing.get_context\('{method}'\)"):
+            pickpool.map(
+                helpers.put_in_queue, range(2), model="processes",
+                initializer=helpers.keep_queue, initargs=(q,),
+            )  # fmt: skip
+    finally:
+        q.close()
+        q.join_thread()

@@ -125,6 +125,14 @@ def test_raise_keeps_the_exception_type_and_chains_the_worker_traceback() -> Non
     assert "square_or_fail" in str(cause)  # where it happened, in the worker
 
 
+@pytest.mark.parametrize("model", ["auto", "serial", "threads", "processes", "asyncio"])
+def test_a_raised_failure_names_its_item_and_index(model: Model) -> None:
+    items = [(1, False), (2, False), (3, True), (4, False)]
+    with pytest.raises(Boom) as info:
+        pickpool.map(square_or_fail, items, model=model)
+    assert "pickpool: raised by item 2: (3, True)" in info.value.__notes__
+
+
 def test_raise_stops_starting_work_after_the_failure() -> None:
     started: list[int] = []
 

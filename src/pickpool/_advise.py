@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -353,6 +354,16 @@ def advise(
                 first_failure = done.value
     evidence = pilot.evidence
     assert evidence is not None
+    taken = pilot.cursor.taken
+    if source is items and taken:
+        # An iterator (a generator, a file) cannot be read again: what a later map() of it
+        # gets is the rest. Said where it happens, once.
+        warnings.warn(
+            f"advise() consumed the first {taken} items of an iterator: a map() of the same "
+            "iterator now starts after them; pass a list, or split it with itertools.tee",
+            UserWarning,
+            stacklevel=2,
+        )
     if evidence.calls == 0 and first_failure is None:
         raise ValueError("advise needs at least one item to measure, and items was empty")
     if evidence.failed >= max(1, evidence.calls):

@@ -186,7 +186,8 @@ def map(
             chunksize 1; the time an item waits for its start does not count toward
             ``timeout``.
         on_error: ``"raise"``: the first failure (the lowest index when ordered) stops the run
-            and is re-raised as itself, a worker process's traceback chained. ``"collect"``:
+            and is re-raised as itself, a worker process's traceback chained, a note naming
+            the item and its index. ``"collect"``:
             a :class:`pickpool.Failure` stands where the item failed. ``"skip"``: failed items
             are left out.
         progress: ``True``: a bar on stderr when it is a terminal or a notebook (items, rate,

@@ -121,21 +121,42 @@ def _together_reason(ev: Evidence, machine: Machine) -> str | None:
         return None
     share = ev.cpu_share
     held = gil_share(ev, machine)
+    parallel = ev.scaling >= 0.6 * min(ev.threads, machine.cores)
     if share < 0.5:
-        verdict = (
-            "its waits overlap"
-            if ev.scaling >= 0.6 * ev.threads
-            else ("something they share (a lock, a device, a server) serialises them")
-        )
+        # What their computing allows at best: the cores for it, and the GIL for the part
+        # of it that holds the GIL. Near that, the waits overlapped as well as they can.
+        most = scaling_ceiling(ev, machine)
+        if ev.scaling < 0.6 * most:
+            verdict = "something they share (a lock, a device, a server) serialises them"
+        elif most < 0.6 * ev.threads:
+            verdict = (
+                f"their waits overlap, and their computing ({share:.0%} of each call) allows "
+                f"about {most:.1f}x at most"
+            )
+        else:
+            verdict = "its waits overlap"
     elif not machine.gil:
         verdict = "this interpreter runs without the GIL"
+    elif parallel and (held < 0.5 or gil_free(ev, machine)):
+        verdict = "it runs in code that releases the GIL"
+    elif parallel:
+        verdict = "they computed side by side, so the GIL kept them apart less than it read"
     elif held >= 0.5 and not gil_free(ev, machine):
         verdict = "the GIL serialises its computing"
-    elif ev.scaling >= 0.6 * min(ev.threads, machine.cores):
-        verdict = "it runs in code that releases the GIL"
     else:
         verdict = "it releases the GIL but more threads do not help (memory or a lock)"
     return f"{ev.threads} threads ran {ev.scaling:.1f}x as fast as one: {verdict}."
+
+
+def scaling_ceiling(ev: Evidence, machine: Machine) -> float:
+    """The most ``ev.threads`` calls side by side can run faster than one, given their
+    computing: ``share`` of each call needs a core, and the part of it that holds the GIL
+    needs the one GIL."""
+    share = max(ev.cpu_share, 1e-9)
+    most = min(float(ev.threads), machine.cores / share)
+    if machine.gil and not gil_free(ev, machine):
+        most = min(most, 1 / max(share * gil_share(ev, machine), 1e-9))
+    return max(1.0, most)
 
 
 def _cost_reasons(ev: Evidence, machine: Machine) -> list[str]:

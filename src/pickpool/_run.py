@@ -10,6 +10,7 @@ how the results are handed over: a list, an iterator, or awaited.
 from __future__ import annotations
 
 import contextlib
+import reprlib
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator
@@ -99,6 +100,8 @@ def output(done: Done, report: Report, on_error: str) -> tuple[bool, Any]:
     exc: BaseException = done.value
     if on_error == "raise":
         chain_remote(exc, done.traceback)
+        # (PEP 678: which call it was, without a wrapper that would change its type.)
+        exc.add_note(f"pickpool: raised by item {done.index}: {reprlib.repr(done.item)}")
         raise exc
     if on_error == "skip":
         report.skipped.append(done.index)

@@ -114,11 +114,14 @@ def _unwrapped(exc: BaseException) -> BaseException:
 
 
 class WithInit(NamedTuple):
-    """A function and the initializer each new worker runs before its first item."""
+    """A function and the initializer each new worker runs before its first item.
+
+    ``initargs`` None: they came with the worker's start instead (objects that only cross to
+    a process as it starts, as a ``multiprocessing.Queue`` or ``Lock``)."""
 
     fn: Callable[[Any], Any]
     initializer: Callable[..., object]
-    initargs: tuple[Any, ...]
+    initargs: tuple[Any, ...] | None
 
 
 def run_initializer(

@@ -61,11 +61,19 @@ def fail(message: str) -> NoReturn:
 # The target -----------------------------------------------------------------------------------
 
 
+# What follows ``--`` on pickpool's command line: the target's own (its ``sys.argv[1:]``).
+_TARGET_ARGV: list[str] = []
+
+
 def load_target(spec: str) -> Callable[[Any], Any]:
-    """The function ``spec`` names: ``module:function`` or ``path/to/file.py:function``."""
+    """The function ``spec`` names: ``module:function`` or ``path/to/file.py:function``.
+
+    The target is imported with a command line of its own, as ``python FILE ARGS`` would run
+    it: ``sys.argv`` is its path (or module) and what followed ``--``, not pickpool's."""
     where, sep, name = spec.rpartition(":")
     if not sep or not where or not name:
         fail(f"target {spec!r} must be {TARGET_HELP}")
+    sys.argv = [where, *_TARGET_ARGV]
     if where.endswith(".py") or os.sep in where:
         module = _load_file(Path(where))
     else:
@@ -600,10 +608,19 @@ def _available(name: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``pickpool`` console script. Returns the exit code."""
+    """The ``pickpool`` console script. Returns the exit code.
+
+    ``--`` ends pickpool's own arguments: what follows is the target's command line."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--" in args:
+        at = args.index("--")
+        args, _TARGET_ARGV[:] = args[:at], args[at + 1 :]
+    else:
+        _TARGET_ARGV.clear()
+    own_argv = sys.argv  # (the target's replaces it while it runs: see load_target)
     try:
         result = cli.main(
-            args=list(argv) if argv is not None else None,
+            args=args,
             prog_name="pickpool",
             standalone_mode=False,
         )
@@ -624,6 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("pickpool: interrupted", err=True)
         return 130
+    finally:
+        sys.argv = own_argv
     return result if isinstance(result, int) else 0
 
 

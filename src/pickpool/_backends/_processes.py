@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from .. import _chunks, _machine, _native
 from .._costs import LOADS_PER_DUMPS, Costs, Option, better
 from .._errors import TaskTimeout, WorkerCrashed
-from .._pickling import dumps_function, dumps_task, loads, loads_outcomes
+from .._pickling import dumps, dumps_function, dumps_task, loads, loads_outcomes
 from .._task import (
     ERROR,
     Outcome,
@@ -166,6 +166,29 @@ WARM_WORKERS_PER_CORE = 4
 warm = _WarmPool()
 
 
+def _other_context(exc: BaseException, method: str) -> RuntimeError | None:
+    """A start refused because what initargs carries was made for another start method (a
+    fork-context Queue for a forkserver worker): the error, saying which method to use."""
+    if not isinstance(exc, RuntimeError) or "context" not in str(exc):
+        return None
+    return RuntimeError(
+        f"{exc} pickpool starts its worker processes with {method!r}: make what initargs "
+        f"carries with multiprocessing.get_context({method!r}) (its Queue(), Lock()...)"
+    )
+
+
+def _pickles_now(initargs: tuple[Any, ...]) -> bool:
+    """Whether ``initargs`` pickle outside a process's start (a multiprocessing Queue or Lock
+    refuses to: it crosses only as a process starts)."""
+    try:
+        dumps(initargs)
+    except RuntimeError:
+        return False
+    except Exception:
+        return True  # (not ours to judge here: the function's pickling reports it)
+    return True
+
+
 def _exiting_now(pid: int | None) -> bool:
     """Whether process ``pid`` is dying (Linux): killed, its main thread already a zombie while
     its other threads (the orphan watch) still hold its files, so that its pipe shows no EOF
@@ -252,10 +275,14 @@ class ProcessesBackend:
         # initializer travels in the same pickle as the function: defined in __main__, both go
         # by value, and in one pickle they share one copy of their module's globals, so what
         # the initializer sets there is what the function reads.
+        # Initargs that only cross to a process as it starts (a multiprocessing Queue or Lock,
+        # as ProcessPoolExecutor takes them) go with each worker's start instead.
+        self._start_initargs: tuple[Any, ...] | None = None
         if setup.initializer is not None:
-            self._fn_bytes = dumps_function(
-                WithInit(setup.fn, setup.initializer, tuple(setup.initargs))
-            )
+            initargs: tuple[Any, ...] | None = tuple(setup.initargs)
+            if not _pickles_now(tuple(setup.initargs)):
+                self._start_initargs, initargs = tuple(setup.initargs), None
+            self._fn_bytes = dumps_function(WithInit(setup.fn, setup.initializer, initargs))
         else:
             self._fn_bytes = setup.fn_bytes or dumps_function(setup.fn)
         # (Imported here: `import pickpool`, and runs on other models, need none of it.)
@@ -449,16 +476,28 @@ class ProcessesBackend:
         preload = tuple(sorted(WORKER_IMPORTS))
         process = self._context.Process(  # type: ignore[attr-defined]
             target=_procworker.main,
-            args=(child, os.getpid(), share, env, SharedFd(fd) if journal else None, preload),
+            args=(
+                child,
+                os.getpid(),
+                share,
+                env,
+                SharedFd(fd) if journal else None,
+                preload,
+                self._start_initargs,
+            ),
             name="pickpool-worker",
             daemon=True,
         )
         try:
             with _main_module_hidden(), _without_ctrl_c():
                 process.start()
-        except BaseException:
+        except BaseException as exc:
             if journal is not None:
                 journal.close()
+            parent.close()
+            child.close()
+            if self._start_initargs and (said := _other_context(exc, method)) is not None:
+                raise said from exc
             raise
         finally:
             if journal is not None:

@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from multiprocessing.connection import Connection
+from typing import Any
 
 from .. import _machine, _native
 from .._errors import PickpoolError
@@ -67,6 +68,7 @@ def main(  # noqa: C901
     env: dict[str, str],
     journal: SharedFd | None,
     preload: tuple[str, ...] = (),
+    start_initargs: tuple[Any, ...] | None = None,
 ) -> None:
     """Receive pickled tasks on ``conn``, run them, send pickled outcomes back.
 
@@ -79,8 +81,11 @@ def main(  # noqa: C901
     :data:`INNER` and a limit cap the native thread pools (BLAS, OpenMP...) for later tasks.
     ``journal``: where the outcomes of a chunk's finished items are recorded as they finish
     (see ``_journal``), or None. ``preload``: modules the parent imported that register
-    something (the joblib backend), imported here too.
+    something (the joblib backend), imported here too. ``start_initargs``: the initializer's
+    arguments, when they can only come with the start (a multiprocessing Queue).
     """
+    global _START_INITARGS
+    _START_INITARGS = start_initargs
     record = _settle_in(owner, cores, env, journal)
     for name in preload:
         with contextlib.suppress(Exception):  # (what fails to import here is not needed)
@@ -276,6 +281,10 @@ def _run_recorded(caller: Caller, task: Task, journal: Journal, conn: Connection
     return [(start, BLOCK, values, None)] if values else []
 
 
+# The initializer's arguments this worker was started with, if they came that way (see main).
+_START_INITARGS: tuple[Any, ...] | None = None
+
+
 def _load(conn: Connection, fn_bytes: bytes) -> tuple[Caller | None, BaseException | None]:
     try:
         fn = loads(fn_bytes)
@@ -288,7 +297,8 @@ def _load(conn: Connection, fn_bytes: bytes) -> tuple[Caller | None, BaseExcepti
     if isinstance(fn, WithInit):
         _send(conn, INITIALIZING)
         try:
-            error = run_initializer(fn.initializer, fn.initargs)
+            initargs = fn.initargs if fn.initargs is not None else _START_INITARGS or ()
+            error = run_initializer(fn.initializer, initargs)
         finally:
             _send(conn, INITIALIZED)
         if error is not None:
