@@ -14,9 +14,10 @@ would call CPU work "blocking" on a busy machine, and advise threads where they 
 Columns: how many other tasks wanted a core just before the row ("runnable", the spinners
 included: "quiet" is the machine as it is, which may be loaded already), the fastest fixed
 choice, auto's seconds and their ratio, what auto ran on (each model, with the most calls
-that ran at once there; each repeat's), and the advice's stability ("6/7 threads x8-16": six of seven advised threads,
-with 8 to 16 workers; "+1 processes": the others) and kinds. The target, as ``auto.py``'s:
-auto within 1.25x of the best fixed choice, plus 0.15 s when that is under a second.
+that ran at once there; each repeat's), and the advice's stability ("6/7 threads x8-16":
+six of seven advised threads, with 8 to 16 workers; "+1 processes": the others) and kinds.
+The target, as ``auto.py``'s: auto within 1.25x of the best fixed choice, plus 0.15 s when
+that is under a second.
 Exits 1 if one is missed (not with ``--quick``).
 
 The spinners are killed when the busy half of a workload ends, however it ends (Ctrl-C,

@@ -440,3 +440,27 @@ def test_a_queue_of_another_start_method_gets_a_message_that_says_which() -> Non
     finally:
         q.close()
         q.join_thread()
+
+
+def test_map_buffersize_is_checked_in_the_standard_library_s_words() -> None:
+    # As Python 3.14's Executor.map says it (its own tests match these messages).
+    with pickpool.Executor(model="threads", max_workers=1) as executor:
+        for wrong in ("foo", 2.0, True):
+            with pytest.raises(TypeError, match="buffersize must be an integer or None"):
+                executor.map(str, range(4), buffersize=wrong)  # type: ignore[arg-type]
+        for wrong in (0, -1):
+            with pytest.raises(ValueError, match=r"buffersize must be None or > 0"):
+                executor.map(str, range(4), buffersize=wrong)
+        assert list(executor.map(str, range(4), buffersize=1)) == ["0", "1", "2", "3"]
+
+
+@pytest.mark.timeout(60)
+def test_mp_context_says_how_the_executor_s_workers_start() -> None:
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    with pickpool.Executor(model="processes", max_workers=1, mp_context=spawn) as executor:
+        # Spawned by this process itself (a fork server's children have it as their parent).
+        assert executor.submit(os.getppid).result() == os.getpid()
+    with pytest.raises(TypeError, match="mp_context must be a multiprocessing context"):
+        pickpool.Executor(mp_context="spawn")

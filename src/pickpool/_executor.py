@@ -699,6 +699,20 @@ def _executor_choices(options: Options) -> list[str]:
     ]
 
 
+def _start_method(mp_context: object) -> str | None:
+    """``mp_context`` checked: a multiprocessing context (its start method), or None."""
+    if mp_context is None:
+        return None
+    method = getattr(mp_context, "get_start_method", None)
+    if not callable(method):
+        raise TypeError(
+            "mp_context must be a multiprocessing context, such as "
+            f"multiprocessing.get_context('spawn'), not {type(mp_context).__name__}"
+        )
+    name = method()
+    return name if isinstance(name, str) else None
+
+
 def _broken() -> None:
     if logger.isEnabledFor(logging.WARNING):
         logger.warning("an executor's workers could not start; its calls fail")
@@ -767,6 +781,9 @@ class Executor(concurrent.futures.Executor):
             new one replaces it (for C extensions that leak).
         timeout: seconds a call may run; longer, it fails with ``TaskTimeout``.
         inner_threads: native thread pools in calls (see ``pickpool.map``).
+        mp_context: under processes, the ``multiprocessing`` context whose start method
+            starts the workers (``multiprocessing.get_context("spawn")``), as
+            ``ProcessPoolExecutor`` takes it; by default pickpool's (forkserver on Linux).
         require: ``"sharedmem"``: calls must share this process's memory; auto then routes
             them to threads (or asyncio) only, as joblib's ``require="sharedmem"``. A plain
             ``initializer`` keeps auto's routes to processes, where each worker's globals are
@@ -790,8 +807,10 @@ class Executor(concurrent.futures.Executor):
         timeout: float | None = None,
         inner_threads: InnerThreads = None,
         require: Require = None,
+        mp_context: Any = None,
     ) -> None:
         model = check_executor_model(model)
+        start_method = _start_method(mp_context)
         if max_workers is not None:
             if isinstance(max_workers, bool) or not isinstance(max_workers, int):
                 raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
@@ -813,6 +832,7 @@ class Executor(concurrent.futures.Executor):
                 require=require,
             ),
             fresh_workers=True,
+            start_method=start_method,
         )
         if model == "auto" and not _executor_choices(self._options):
             raise ValueError(
@@ -945,7 +965,14 @@ class Executor(concurrent.futures.Executor):
             list(executor.map(pow, [2, 3], [5, 2]))  # [32, 9]
         """
         size = positive_int("chunksize", chunksize) or 1
-        ahead = positive_int("buffersize", buffersize)
+        # (The standard library's own words, which code written for 3.14's map may match.)
+        if buffersize is not None and (
+            isinstance(buffersize, bool) or not isinstance(buffersize, int)
+        ):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+        ahead = buffersize
         if ahead is None:
             ahead = 4 * (self._max_workers or default_workers(_backends.THREADS, is_async=False))
         end = None if timeout is None else timeout + time.monotonic()

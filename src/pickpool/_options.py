@@ -121,6 +121,8 @@ class Options:
     max_tasks_per_child: int | None = None
     # "sharedmem": calls must share the caller's memory (what they write, the caller sees).
     require: Require = None
+    # How worker processes start, if not pickpool's choice (an Executor's ``mp_context``).
+    start_method: str | None = None
 
     @property
     def max_rate(self) -> float | None:
@@ -252,6 +254,7 @@ class Options:
             initargs=() if self.worker_state else self.initargs,
             max_tasks_per_child=self.max_tasks_per_child,
             pacer=self.pacer if paces else None,
+            start_method=self.start_method,
         )
 
 

@@ -274,6 +274,9 @@ class Setup:
     initargs: tuple[Any, ...] = ()
     # ``recycles``: a worker runs at most this many items, then a new one takes its place.
     max_tasks_per_child: int | None = None
+    # ``recycles``: how worker processes start ("spawn", "forkserver"...; None: pickpool's
+    # choice for this platform), as an Executor's ``mp_context`` says.
+    start_method: str | None = None
     # ``paces_starts``: the run's pacer (``max_rate``), for the model to pace its calls' starts.
     pacer: Pacer | None = None
 
@@ -286,6 +289,7 @@ FIELD_TRAITS: Final[dict[str, str]] = {
     "initializer": "initializer",
     "initargs": "initializer",
     "max_tasks_per_child": "recycles",
+    "start_method": "recycles",
     "pacer": "paces_starts",
 }
 

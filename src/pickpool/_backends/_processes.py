@@ -292,7 +292,7 @@ class ProcessesBackend:
 
         _hook_exit()
         self._wait = wait
-        self._context = multiprocessing.get_context(_machine.start_method())
+        self._context = multiprocessing.get_context(setup.start_method or _machine.start_method())
         # Each worker's native thread pools (BLAS, OpenMP) get its share of the cores.
         self._inner = _native.limit_for(setup.inner_threads, setup.workers)
         # Read once for the run: it walks every logger, and each worker started needs it.
