@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import operator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -113,3 +117,32 @@ def test_amap_with_a_plain_function_under_asyncio() -> None:
         return await pickpool.amap(identity, range(10), model="asyncio")
 
     assert asyncio.run(main()) == list(range(10))
+
+
+async def numbers(n: int) -> AsyncIterator[int]:
+    """An async source of items, as a database cursor or a stream is."""
+    for i in range(n):
+        await asyncio.sleep(0)
+        yield i
+
+
+async def adouble(x: int) -> int:
+    await asyncio.sleep(0.001)
+    return 2 * x
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("model", ["auto", "serial", "threads", "processes", "asyncio"])
+@pytest.mark.parametrize("fn", [adouble, functools.partial(operator.mul, 2)])
+def test_amap_and_aimap_take_an_async_iterable(model: Model, fn: Callable[[int], Any]) -> None:
+    async def main() -> None:
+        assert await pickpool.amap(fn, numbers(50), model=model) == [2 * i for i in range(50)]
+        got = [r async for r in pickpool.aimap(fn, numbers(30), model=model)]
+        assert got == [2 * i for i in range(30)]
+
+    asyncio.run(main())
+
+
+def test_an_async_iterable_needs_its_loop() -> None:
+    with pytest.raises(RuntimeError, match="from a coroutine running on it"):
+        pickpool.aimap(abs, numbers(3))

@@ -9,11 +9,11 @@ over: a list, a lazy iterator, awaited, or iterated asynchronously. Their signat
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any, Literal, TypeVar, Unpack, overload
 
 from . import _backends
-from ._bridge import blocks_in_thread, bound_to_loop, in_thread
+from ._bridge import blocks_in_thread, bound_to_loop, in_thread, sync_items
 from ._failure import Failure
 from ._native import InnerThreads
 from ._options import (
@@ -405,7 +405,7 @@ def imap(
 @overload
 async def amap(
     fn: Callable[[T], Awaitable[R]],
-    items: Iterable[T],
+    items: Iterable[T] | AsyncIterable[T],
     *,
     on_error: Literal["raise", "skip"] = ...,
     report: Literal[False] = ...,
@@ -414,7 +414,7 @@ async def amap(
 @overload
 async def amap(
     fn: Callable[[T], Awaitable[R]],
-    items: Iterable[T],
+    items: Iterable[T] | AsyncIterable[T],
     *,
     on_error: Literal["collect"],
     report: Literal[False] = ...,
@@ -423,7 +423,7 @@ async def amap(
 @overload
 async def amap(
     fn: Callable[[T], R],
-    items: Iterable[T],
+    items: Iterable[T] | AsyncIterable[T],
     *,
     on_error: Literal["raise", "skip"] = ...,
     report: Literal[False] = ...,
@@ -432,7 +432,7 @@ async def amap(
 @overload
 async def amap(
     fn: Callable[[T], R],
-    items: Iterable[T],
+    items: Iterable[T] | AsyncIterable[T],
     *,
     on_error: Literal["collect"],
     report: Literal[False] = ...,
@@ -441,7 +441,7 @@ async def amap(
 @overload
 async def amap(
     fn: Callable[..., Any],
-    items: Iterable[Any],
+    items: Iterable[Any] | AsyncIterable[Any],
     more: Iterable[Any],
     /,
     *more_items: Iterable[Any],
@@ -452,7 +452,7 @@ async def amap(
 @overload
 async def amap(
     fn: Callable[..., Any],
-    items: Iterable[Any],
+    items: Iterable[Any] | AsyncIterable[Any],
     *more_items: Iterable[Any],
     on_error: OnError = ...,
     report: Literal[True],
@@ -461,7 +461,7 @@ async def amap(
 @overload
 async def amap(
     fn: Callable[..., Any],
-    items: Iterable[Any],
+    items: Iterable[Any] | AsyncIterable[Any],
     *more_items: Iterable[Any],
     worker_state: Literal[True],
     on_error: OnError = ...,
@@ -471,7 +471,7 @@ async def amap(
 @overload
 async def amap(
     fn: Callable[..., Any],
-    items: Iterable[Any],
+    items: Iterable[Any] | AsyncIterable[Any],
     *more_items: Iterable[Any],
     worker_state: Literal[True],
     on_error: OnError = ...,
@@ -480,7 +480,7 @@ async def amap(
 ) -> tuple[list[Any], Report]: ...
 async def amap(
     fn: Callable[[Any], Any],
-    items: Iterable[Any],
+    items: Iterable[Any] | AsyncIterable[Any],
     *more_items: Iterable[Any],
     model: Model = "auto",
     workers: int | None = None,
@@ -505,7 +505,9 @@ async def amap(
 ) -> list[Any] | tuple[list[Any], Report]:
     """:func:`map` for callers already inside an event loop: ``await pickpool.amap(f, xs)``.
 
-    An ``async def`` function's coroutines run as tasks of the caller's own loop under
+    ``items`` may be an async iterable (an ``async for`` source: an async generator, a
+    database cursor), read on the caller's loop as the run needs them. An ``async def``
+    function's coroutines run as tasks of the caller's own loop under
     ``model='asyncio'`` and under auto (whatever it measures), so they may use what that loop
     owns (a client session, a connection pool); a model named that runs them on loops of its
     own refuses a function that visibly carries such a thing. Other models run in a helper
@@ -540,7 +542,8 @@ async def amap(
         require=require,
     )
     _not_bound_here(fn, options)
-    run = Run(fn, items, more_items, options)
+    items, async_input = sync_items(items)
+    run = Run(fn, items, more_items, options, async_input=async_input)
     if run.runs_on_caller_loop:
         began = time.perf_counter()
         results = run.aiterate()
@@ -621,7 +624,7 @@ def starmap(
 
 def aimap(
     fn: Callable[..., Any],
-    items: Iterable[Any],
+    items: Iterable[Any] | AsyncIterable[Any],
     *more_items: Iterable[Any],
     on_error: OnError = "raise",
     worker_state: bool = False,
@@ -629,9 +632,10 @@ def aimap(
 ) -> AsyncResults[Any]:
     """:func:`imap` for callers inside an event loop: ``async for r in pickpool.aimap(f, xs)``.
 
-    Results come as they are ready, in order unless ``ordered=False``; the input is read a
-    window at a time. Takes the same options as :func:`map`, checked at the call; what it
-    returns is an async iterator whose :attr:`~pickpool.AsyncResults.report` says what ran.
+    Results come as they are ready, in order unless ``ordered=False``; the input (an
+    iterable, or an async iterable read on the caller's loop) is read a window at a time.
+    Takes the same options as :func:`map`, checked at the call; what it returns is an async
+    iterator whose :attr:`~pickpool.AsyncResults.report` says what ran.
     An ``async def`` function's coroutines run as tasks of the caller's loop under
     ``model='asyncio'`` and under auto; other models run in a helper thread while the loop
     stays free. Leaving the loop (``break``, an exception, the task cancelled), or
@@ -650,7 +654,8 @@ def aimap(
     keywords = {**options, "on_error": on_error, "worker_state": worker_state}
     checked = from_keywords("aimap", keywords)
     _not_bound_here(fn, checked)
-    run = Run(fn, items, more_items, checked)
+    items, async_input = sync_items(items)
+    run = Run(fn, items, more_items, checked, async_input=async_input)
     return AsyncResults(_aimap(run), run.report)
 
 

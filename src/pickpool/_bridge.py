@@ -170,3 +170,69 @@ def _attributes(value: object) -> list[object]:
     except TypeError:
         return []
     return [v for v in found.values() if not isinstance(v, str | int | float | bytes)][:64]
+
+
+class FromAsync:
+    """An async iterable's items as a plain iterator, for a run that reads its input in a
+    thread of its own (``amap`` and ``aimap`` take ``async for`` sources).
+
+    Each ``next()`` awaits the next item on ``loop`` (the caller's, which stays free while the
+    run's thread waits), so it must never be called in the loop's own thread: the run reads
+    such an input in a helper thread (``_cursor.Prefetched``) or runs in one.
+    """
+
+    # How long a read waits at a time, looking between waits at whether the loop still runs.
+    _LOOK: Final = 0.1
+
+    def __init__(self, items: Any, loop: Any) -> None:
+        self._items = items.__aiter__()
+        self._loop = loop
+        self._thread = threading.get_ident()
+
+    def __iter__(self) -> FromAsync:
+        return self
+
+    def __next__(self) -> Any:
+        import asyncio
+        import concurrent.futures
+
+        if threading.get_ident() == self._thread:
+            raise RuntimeError("an async iterable's items cannot be read in its loop's thread")
+        future = asyncio.run_coroutine_threadsafe(_next(self._items), self._loop)
+        while True:
+            try:
+                done, item = future.result(self._LOOK)
+            except concurrent.futures.TimeoutError:
+                if self._loop.is_closed() or not self._loop.is_running():
+                    future.cancel()
+                    raise StopIteration from None  # (the caller's loop is gone: so is the run)
+                continue
+            if not done:
+                raise StopIteration
+            return item
+
+
+async def _next(items: Any) -> tuple[bool, Any]:
+    """(True, the next item), or (False, None) at the end: StopAsyncIteration cannot cross a
+    future."""
+    try:
+        return True, await items.__anext__()
+    except StopAsyncIteration:
+        return False, None
+
+
+def sync_items(items: Any) -> tuple[Any, bool]:
+    """``items``, and whether they came from an async iterable (then a :class:`FromAsync`,
+    to be read off the loop's thread). Called in the caller's loop."""
+    if hasattr(items, "__aiter__") and not hasattr(items, "__iter__"):
+        import asyncio
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "an async iterable of items is read on its event loop: call amap() or aimap() "
+                "from a coroutine running on it"
+            ) from None
+        return FromAsync(items, loop), True
+    return items, False

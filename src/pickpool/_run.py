@@ -70,13 +70,21 @@ def _shipped(model: str, fn: Any) -> bytes | None:
 
 
 def _source(
-    iterator: Iterator[Any], options: Options, length: int | None, plan: Plan | None
+    iterator: Iterator[Any],
+    options: Options,
+    length: int | None,
+    plan: Plan | None,
+    *,
+    off_loop: bool = False,
 ) -> Source:
     """The run's input. Items one at a time from an input of unknown length (a generator, a
     queue): read in a helper thread, so that a result is handed out while the input waits for
     its next item, which may come from that result (a crawler). Known lengths never wait; the
-    plain loop reads an item, runs it and hands its result out before it reads the next."""
-    if options.chunksize == 1 and length is None and not (plan is not None and plan.inline):
+    plain loop reads an item, runs it and hands its result out before it reads the next.
+    ``off_loop``: an async iterable's items, for a run on the caller's event loop: read in a
+    helper thread too, as the loop's own thread cannot wait for them."""
+    inline = plan is not None and plan.inline
+    if off_loop or (options.chunksize == 1 and length is None and not inline):
         return Prefetched(iterator)
     return Items(iterator)
 
@@ -124,6 +132,7 @@ class Run:
         options: Options,
         *,
         starred: bool = False,
+        async_input: bool = False,
     ) -> None:
         check_fn(fn)
         self._fn_name = getattr(fn, "__name__", "fn")
@@ -136,7 +145,8 @@ class Run:
         self.plan: Plan | None = None
         if options.model != "auto":
             self.plan = options.plan(options.model, is_async=self.is_async, length=self.length)
-        self.source = _source(iterator, options, self.length, self.plan)
+        off_loop = async_input and self.runs_on_caller_loop
+        self.source = _source(iterator, options, self.length, self.plan, off_loop=off_loop)
         if self.plan is None:
             self.auto = AutoRun(
                 fn, self.source, is_async=self.is_async, length=self.length, options=options
