@@ -373,3 +373,24 @@ def test_each_worker_s_state_is_closed_when_it_is_done(
     states = list(tmp_path.iterdir())
     assert states
     assert {p.read_text() for p in states} == {"closed"}, [p.read_text() for p in states]
+
+
+class _HasAReleaseMethod:
+    """A user's callable that happens to have a method pickpool's own wrappers have a
+    likeness of: pickpool never calls it."""
+
+    def __init__(self) -> None:
+        self.released = 0
+
+    def __call__(self, x: int) -> int:
+        return x
+
+    def release_state(self) -> None:
+        self.released += 1
+
+
+@pytest.mark.parametrize("model", ["serial", "threads", "asyncio"])
+def test_a_user_s_own_release_method_is_left_alone(model: Model) -> None:
+    fn = _HasAReleaseMethod()
+    assert pickpool.map(fn, range(5), model=model) == list(range(5))
+    assert fn.released == 0

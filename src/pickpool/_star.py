@@ -20,9 +20,9 @@ class _Star:
     def __repr__(self) -> str:
         return f"pickpool.star({self.fn!r})"
 
-    def release_state(self) -> Any:
-        """The wrapped function's (see ``_state.PerWorker.release_state``)."""
-        release = getattr(self.fn, "release_state", None)
+    def _pickpool_release_state(self) -> Any:
+        """The wrapped function's (see ``_state.PerWorker._pickpool_release_state``)."""
+        release = getattr(self.fn, "_pickpool_release_state", None)
         return None if release is None else release()
 
 

@@ -46,7 +46,7 @@ class PerWorker:
     def __repr__(self) -> str:
         return f"{self.fn!r} with worker_state={initializer_name(self.initializer)}"
 
-    def release_state(self) -> Any:
+    def _pickpool_release_state(self) -> Any:
         """Close this thread's worker's state, if it made one that has a ``close()``; called in
         the worker, by the backend, as it is done with the run. Returns what ``close()``
         returned (a coroutine, for an async client's, which the backend awaits on the loop

@@ -323,7 +323,7 @@ class Caller:
 def release_state(fn: object) -> Any:
     """Close the state ``fn`` made for this thread under ``worker_state`` (see ``_state``), if
     any: what its ``close()`` returned if that must be awaited, else None."""
-    release = getattr(fn, "release_state", None)
+    release = getattr(fn, "_pickpool_release_state", None)
     if release is None:
         return None
     pending = release()

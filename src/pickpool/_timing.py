@@ -103,9 +103,9 @@ class Timed:
             if knocker is not None:
                 knocker.leave()
 
-    def release_state(self) -> Any:
+    def _pickpool_release_state(self) -> Any:
         """The timed function's (a worker's state is closed when its probe phase ends)."""
-        release = getattr(self.fn, "release_state", None)
+        release = getattr(self.fn, "_pickpool_release_state", None)
         return None if release is None else release()
 
     def _record(self, record: Record) -> None:
