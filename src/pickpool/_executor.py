@@ -285,10 +285,16 @@ class _Router:
         self._dispatch = dispatch
         # The cost model predicts one call per task (an executor's futures are per call).
         self._options = dataclasses.replace(options, chunksize=1)
+        self._choices = _executor_choices(options)
+        if not self._choices:
+            raise ValueError(
+                "require='sharedmem' keeps calls in this process's threads, where the globals "
+                "an initializer sets are shared by every worker: drop one of them (with "
+                "model='threads' given, the initializer runs in each thread)"
+            )
         # One model left by the options (a plain initializer: processes): nothing to time, and
         # no call of it runs anywhere else first (its globals would be set in this process).
-        choices = _executor_choices(options)
-        self._only = choices[0] if len(choices) == 1 else None
+        self._only = self._choices[0] if len(self._choices) == 1 else None
 
     def route(self, fn: Callable[..., Any], held: _Held) -> tuple[str, _Call] | None:
         """The model for a new call, and the call to send (its probe, if it is the function's
@@ -369,9 +375,7 @@ class _Router:
         evidence = probe.readings(self._options.timeout).evidence()
         # Among the models that run an executor's calls side by side: its calls may wait on
         # each other (a barrier, a queue), which one at a time would never finish.
-        return decide(
-            evidence, items=None, options=self._options, choices=_executor_choices(self._options)
-        )
+        return decide(evidence, items=None, options=self._options, choices=self._choices)
 
     def abandoned(self, call: _Call) -> None:
         """A probed call never ran (cancelled, or its lane broke): the next held one probes."""
@@ -834,12 +838,6 @@ class Executor(concurrent.futures.Executor):
             fresh_workers=True,
             start_method=start_method,
         )
-        if model == "auto" and not _executor_choices(self._options):
-            raise ValueError(
-                "require='sharedmem' keeps calls in this process's threads, where the globals "
-                "an initializer sets are shared by every worker: drop one of them (with "
-                "model='threads' given, the initializer runs in each thread)"
-            )
         self._model = model
         self._max_workers = max_workers
         self._router: _Router | None = None

@@ -279,10 +279,15 @@ class ProcessesBackend:
         # as ProcessPoolExecutor takes them) go with each worker's start instead.
         self._start_initargs: tuple[Any, ...] | None = None
         if setup.initializer is not None:
-            initargs: tuple[Any, ...] | None = tuple(setup.initargs)
-            if not _pickles_now(tuple(setup.initargs)):
-                self._start_initargs, initargs = tuple(setup.initargs), None
-            self._fn_bytes = dumps_function(WithInit(setup.fn, setup.initializer, initargs))
+            initargs = tuple(setup.initargs)
+            try:
+                self._fn_bytes = dumps_function(WithInit(setup.fn, setup.initializer, initargs))
+            except TypeError:
+                # (Pickled once when they can be: only a refusal is looked into.)
+                if _pickles_now(initargs):
+                    raise
+                self._start_initargs = initargs
+                self._fn_bytes = dumps_function(WithInit(setup.fn, setup.initializer, None))
         else:
             self._fn_bytes = setup.fn_bytes or dumps_function(setup.fn)
         # (Imported here: `import pickpool`, and runs on other models, need none of it.)
