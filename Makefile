@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench bench-native bench-busy lint types pytest clean
+.PHONY: demo test test-all bench bench-native bench-busy bench-joblib lint types pytest clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pickpool needs Python 3.11+; set PYTHON=python3.11")'
@@ -34,6 +34,10 @@ bench-native: $(STAMP) $(BENCH_STAMP)
 # auto and advise on a quiet machine and beside two spinning processes (~5 min).
 bench-busy: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/busy.py --markdown bench-busy.md
+
+# scikit-learn's n_jobs on loky and on pickpool's joblib backend, call after call (~30 s).
+bench-joblib: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python benchmarks/joblib_backend.py --markdown bench-joblib.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -85,6 +85,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     # Reaped children and joined threads are gone at once; the short grace only absorbs the
     # OS's own bookkeeping of an exiting process.
     def ours() -> set[int]:
+        _processes.warm.clear()  # (a run that ended in the background gives its workers late)
         pids = _children()
         if foreign_processes is not None:
             for p in multiprocessing.active_children():
@@ -103,14 +104,18 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     # dask's client starts threads of its own, lazily, even after its tests when a finalizer
     # runs: once it is imported, threads by those names are its own.
     theirs = _DASK_THREADS if "distributed" in sys.modules else ()
-    extra = [
-        t
-        for t in set(threading.enumerate()) - threads_before
-        if t.is_alive()
-        and not (allow_threads and t.name.startswith(_ALLOWED_THREAD_PREFIXES))
-        and not (theirs and t.name.startswith(theirs))
-    ]
-    assert not extra, f"threads left behind: {extra}"
+
+    def extra() -> list[threading.Thread]:
+        _threads.warm.clear()  # (as for processes: a run ending in the background parks late)
+        return [
+            t
+            for t in set(threading.enumerate()) - threads_before
+            if t.is_alive()
+            and not (allow_threads and t.name.startswith(_ALLOWED_THREAD_PREFIXES))
+            and not (theirs and t.name.startswith(theirs))
+        ]
+
+    assert _wait_until(lambda: not extra(), 5.0), f"threads left behind: {extra()}"
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -18,7 +18,7 @@ SRC = ROOT / "src" / "pickpool"
 # model by model). Elsewhere a string that happens to be a model's name, the name of a Python
 # package or module, says so at the end of its line: "# (a package)", "# (modules)".
 NAMING = ("_backends/", "lab/")
-NOT_A_MODEL = re.compile(r"# \((a package|modules?)\)$")
+NOT_A_MODEL = re.compile(r"# \((a package|modules?|joblib's hint)\)$")
 
 # Past the size limits (lines of code, docstrings not counted) only with the reason in a comment
 # just above the def, as "# (Long on purpose: why.)"; a complexity exception ("noqa: C901" or

@@ -234,7 +234,7 @@ def test_aimap_yields_results_as_they_come(model: Model) -> None:
 
 
 def test_aimap_stops_the_run_when_the_loop_breaks() -> None:
-    async def main() -> list[int]:
+    async def main() -> list[float]:
         taken = []
         results = pickpool.aimap(nap, [0.01] * 1000, model="threads", workers=4)
         async for r in results:
@@ -464,3 +464,48 @@ def test_mp_context_says_how_the_executor_s_workers_start() -> None:
         assert executor.submit(os.getppid).result() == os.getpid()
     with pytest.raises(TypeError, match="mp_context must be a multiprocessing context"):
         pickpool.Executor(mp_context="spawn")
+
+
+def test_a_new_executor_takes_the_warm_workers_an_earlier_one_left() -> None:
+    # Start-up (and the imports a worker did) is paid once per program, as with loky's
+    # reusable executor; workers that an initializer sets up are the executor's own.
+    def pids(**options: Any) -> set[int]:
+        with pickpool.Executor(model="processes", max_workers=2, **options) as executor:
+            return {pid for pid, _ in executor.map(helpers.where, range(8))}
+
+    first = pids()
+    assert os.getpid() not in first
+    assert pids() <= first
+    assert not pids(initializer=remember, initargs=("db",)) & first
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_traceback_of_a_main_function_names_its_file_and_line(tmp_path: Any) -> None:
+    # Functions of __main__ travel by value; their traceback still points into the script,
+    # with the line's source, as ProcessPoolExecutor's does (in a remote traceback, and in an
+    # executor's future's exception).
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import pickpool
+
+            def parse(text):
+                return 10 // int(text)
+
+            if __name__ == "__main__":
+                _, failure = pickpool.map(parse, ["1", "0"], model="processes",
+                                          on_error="collect")
+                print(failure.traceback)
+                with pickpool.Executor("processes", 1) as executor:
+                    error = executor.submit(parse, "0").exception()
+                print(error.__cause__)
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.count(f'File "{script}", line 5, in parse') == 2, out.stdout
+    assert out.stdout.count("return 10 // int(text)") == 2
+    assert "<dynamic-code>" not in out.stdout

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import pickpool
+from pickpool._backends import _processes
 from tests.conftest import _children, _wait_until
 from tests.helpers import Boom, hang_on
 
@@ -168,9 +169,21 @@ def test_a_crashing_task_fails_alone_and_no_worker_outlives_the_block() -> None:
         assert not isinstance(info.value, TerminatedWorkerError)
         # The crash broke nothing: the next call in the same block runs on new workers.
         assert run(exits_on_three, [0, 1, 2, 4, 5]) == [0, 1, 2, 4, 5]
-    # Every worker is reaped by the time each Parallel call returns (the fork server that
-    # starts them is multiprocessing's, kept for the session, and not counted by _children).
+    # Every worker is reaped by the time each Parallel call returns but the idle ones kept warm
+    # for the next call (as loky keeps its own), which stop with the warm pool (the fork server
+    # that starts them is multiprocessing's, kept for the session, and not counted).
+    _processes.warm.clear()
     assert _wait_until(lambda: _children() <= before, 5.0), _children() - before
+
+
+@pytest.mark.timeout(120)
+def test_the_next_parallel_call_reuses_the_warm_workers() -> None:
+    with joblib.parallel_config(backend="pickpool", model="processes"):
+        first = {pid for pid, _ in run(where, range(40))}
+        second = {pid for pid, _ in run(where, range(40))}
+    assert os.getpid() not in first
+    # (Under load one call may start a second worker late; the next still finds them all.)
+    assert second <= first
 
 
 @pytest.mark.timeout(120)
@@ -320,3 +333,15 @@ def test_parallel_hands_its_backend_options_to_the_backend() -> None:
         joblib.Parallel(n_jobs=2, backend="pickpool", model="nope")(
             joblib.delayed(abs)(i) for i in range(2)
         )
+
+
+def test_a_call_that_prefers_threads_gets_them_unless_a_model_was_chosen() -> None:
+    # As under joblib's default (scikit-learn's forests ask for threads: their trees release
+    # the GIL, and a process pool would pickle the data to every worker).
+    def ran_in(**config: Any) -> set[int]:
+        with joblib.parallel_config(backend="pickpool", **config):
+            parallel = joblib.Parallel(n_jobs=2, prefer="threads")
+            return {pid for pid, _ in parallel(joblib.delayed(where)(i) for i in range(6))}
+
+    assert ran_in() == {os.getpid()}
+    assert os.getpid() not in ran_in(model="processes")

@@ -285,7 +285,7 @@ def test_amap_and_aimap_give_their_report() -> None:
         assert got.report.done == 30
         assert got.report.legs[0].model == "asyncio"
         with pytest.raises(TypeError, match=r"has \.report"):
-            pickpool.aimap(abs, [1], report=True)  # type: ignore[call-arg]
+            pickpool.aimap(abs, [1], report=True)  # type: ignore[call-overload]
 
     asyncio.run(main())
 

@@ -293,3 +293,59 @@ def test_bench_plot_without_matplotlib_fails_before_running(
     assert code == 2
     assert "matplotlib" in capsys.readouterr().err
     assert time.perf_counter() - began < 5  # 400 waits under each model would take longer
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("model", ["processes", "threads", "auto"])
+@pytest.mark.parametrize("known_length", [True, False])
+def test_the_bar_moves_with_the_first_results(model: Model, known_length: bool) -> None:
+    # Chunks start at one item and grow with the pace: the first results reach the bar one
+    # by one, not after a chunk of a fraction of the input (50 items of 50 ms: 2.5 s frozen).
+    from tests.meaning_helpers import spin_for
+
+    counts: list[int] = []
+    items = [0.005] * 120
+    source = items if known_length else iter(items)
+    pickpool.map(spin_for, source, model=model, workers=2, progress=counts.append)
+    assert sum(counts) == 120
+    assert counts[0] <= 2, counts[:5]
+
+
+def _notebook_outputs(code: str) -> list[dict[str, object]]:
+    """The outputs of ``code`` run as one cell in a real notebook kernel (ipykernel)."""
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("ipykernel")
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(code)]
+    nbclient.NotebookClient(notebook, timeout=90, kernel_name="python3").execute()
+    return list(notebook.cells[0].outputs)
+
+
+@pytest.mark.timeout(180)
+def test_a_notebook_without_widgets_gets_a_text_bar_that_stays() -> None:
+    outputs = _notebook_outputs(
+        "import sys\n"
+        "sys.modules['ipywidgets'] = None  # (as where it is not installed)\n"
+        "import pickpool\n"
+        "print(len(pickpool.map(abs, range(50), model='threads', progress=True)))"
+    )
+    err = "".join(str(o.get("text", "")) for o in outputs if o.get("name") == "stderr")
+    shown = "".join(str(o.get("data", "")) for o in outputs)
+    assert "ipywidgets" not in shown + err  # (rich would warn, and draw nothing)
+    last = err.rsplit("\r", 1)[-1]
+    assert last.startswith("abs [threads] |" + "#" * 30 + "| 50/50 items (100%)"), err
+    assert last.endswith("\n")  # the finished bar stays on its own line
+    assert any(o.get("text") == "50\n" for o in outputs)
+
+
+@pytest.mark.timeout(180)
+def test_a_notebook_with_tqdm_and_widgets_gets_tqdm_s_widget() -> None:
+    pytest.importorskip("tqdm")
+    pytest.importorskip("ipywidgets")
+    outputs = _notebook_outputs(
+        "import pickpool\nprint(len(pickpool.map(abs, range(50), model='threads', progress=True)))"
+    )
+    widgets = [o for o in outputs if "jupyter.widget-view" in str(o.get("data"))]
+    assert len(widgets) == 1, outputs
+    assert any(o.get("text") == "50\n" for o in outputs)

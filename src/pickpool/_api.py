@@ -53,49 +53,15 @@ def map(
 ) -> list[Any]: ...
 @overload
 def map(
-    fn: Callable[[Any], Any],
+    fn: Callable[..., Any],
     items: Iterable[Any],
+    more: Iterable[Any],
+    /,
     *more_items: Iterable[Any],
     on_error: OnError = ...,
     report: Literal[True],
     **options: Unpack[Keywords],
 ) -> tuple[list[Any], Report]: ...
-@overload
-def map(
-    fn: Callable[[T], Awaitable[R]],
-    items: Iterable[T],
-    *,
-    on_error: Literal["raise", "skip"] = ...,
-    report: Literal[False] = ...,
-    **options: Unpack[Keywords],
-) -> list[R]: ...
-@overload
-def map(
-    fn: Callable[[T], Awaitable[R]],
-    items: Iterable[T],
-    *,
-    on_error: Literal["collect"],
-    report: Literal[False] = ...,
-    **options: Unpack[Keywords],
-) -> list[R | Failure]: ...
-@overload
-def map(
-    fn: Callable[[T], R],
-    items: Iterable[T],
-    *,
-    on_error: Literal["raise", "skip"] = ...,
-    report: Literal[False] = ...,
-    **options: Unpack[Keywords],
-) -> list[R]: ...
-@overload
-def map(
-    fn: Callable[[T], R],
-    items: Iterable[T],
-    *,
-    on_error: Literal["collect"],
-    report: Literal[False] = ...,
-    **options: Unpack[Keywords],
-) -> list[R | Failure]: ...
 @overload
 def map(
     fn: Callable[..., Any],
@@ -116,6 +82,78 @@ def map(
     report: Literal[True],
     **options: Unpack[Keywords],
 ) -> tuple[list[Any], Report]: ...
+@overload
+def map(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T],
+    *,
+    on_error: Literal["raise", "skip"] = ...,
+    report: Literal[False] = ...,
+    **options: Unpack[Keywords],
+) -> list[R]: ...
+@overload
+def map(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T],
+    *,
+    on_error: Literal["collect"],
+    report: Literal[False] = ...,
+    **options: Unpack[Keywords],
+) -> list[R | Failure]: ...
+@overload
+def map(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T],
+    *,
+    on_error: Literal["raise", "skip"] = ...,
+    report: Literal[True],
+    **options: Unpack[Keywords],
+) -> tuple[list[R], Report]: ...
+@overload
+def map(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T],
+    *,
+    on_error: Literal["collect"],
+    report: Literal[True],
+    **options: Unpack[Keywords],
+) -> tuple[list[R | Failure], Report]: ...
+@overload
+def map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    on_error: Literal["raise", "skip"] = ...,
+    report: Literal[False] = ...,
+    **options: Unpack[Keywords],
+) -> list[R]: ...
+@overload
+def map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    on_error: Literal["collect"],
+    report: Literal[False] = ...,
+    **options: Unpack[Keywords],
+) -> list[R | Failure]: ...
+@overload
+def map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    on_error: Literal["raise", "skip"] = ...,
+    report: Literal[True],
+    **options: Unpack[Keywords],
+) -> tuple[list[R], Report]: ...
+@overload
+def map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    on_error: Literal["collect"],
+    report: Literal[True],
+    **options: Unpack[Keywords],
+) -> tuple[list[R | Failure], Report]: ...
 def map(
     fn: Callable[[Any], Any],
     items: Iterable[Any],
@@ -404,42 +442,6 @@ def imap(
 
 @overload
 async def amap(
-    fn: Callable[[T], Awaitable[R]],
-    items: Iterable[T] | AsyncIterable[T],
-    *,
-    on_error: Literal["raise", "skip"] = ...,
-    report: Literal[False] = ...,
-    **options: Unpack[Keywords],
-) -> list[R]: ...
-@overload
-async def amap(
-    fn: Callable[[T], Awaitable[R]],
-    items: Iterable[T] | AsyncIterable[T],
-    *,
-    on_error: Literal["collect"],
-    report: Literal[False] = ...,
-    **options: Unpack[Keywords],
-) -> list[R | Failure]: ...
-@overload
-async def amap(
-    fn: Callable[[T], R],
-    items: Iterable[T] | AsyncIterable[T],
-    *,
-    on_error: Literal["raise", "skip"] = ...,
-    report: Literal[False] = ...,
-    **options: Unpack[Keywords],
-) -> list[R]: ...
-@overload
-async def amap(
-    fn: Callable[[T], R],
-    items: Iterable[T] | AsyncIterable[T],
-    *,
-    on_error: Literal["collect"],
-    report: Literal[False] = ...,
-    **options: Unpack[Keywords],
-) -> list[R | Failure]: ...
-@overload
-async def amap(
     fn: Callable[..., Any],
     items: Iterable[Any] | AsyncIterable[Any],
     more: Iterable[Any],
@@ -453,6 +455,8 @@ async def amap(
 async def amap(
     fn: Callable[..., Any],
     items: Iterable[Any] | AsyncIterable[Any],
+    more: Iterable[Any],
+    /,
     *more_items: Iterable[Any],
     on_error: OnError = ...,
     report: Literal[True],
@@ -478,6 +482,78 @@ async def amap(
     report: Literal[True],
     **options: Unpack[Keywords],
 ) -> tuple[list[Any], Report]: ...
+@overload
+async def amap(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    on_error: Literal["raise", "skip"] = ...,
+    report: Literal[False] = ...,
+    **options: Unpack[Keywords],
+) -> list[R]: ...
+@overload
+async def amap(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    on_error: Literal["collect"],
+    report: Literal[False] = ...,
+    **options: Unpack[Keywords],
+) -> list[R | Failure]: ...
+@overload
+async def amap(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    on_error: Literal["raise", "skip"] = ...,
+    report: Literal[True],
+    **options: Unpack[Keywords],
+) -> tuple[list[R], Report]: ...
+@overload
+async def amap(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    on_error: Literal["collect"],
+    report: Literal[True],
+    **options: Unpack[Keywords],
+) -> tuple[list[R | Failure], Report]: ...
+@overload
+async def amap(
+    fn: Callable[[T], R],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    on_error: Literal["raise", "skip"] = ...,
+    report: Literal[False] = ...,
+    **options: Unpack[Keywords],
+) -> list[R]: ...
+@overload
+async def amap(
+    fn: Callable[[T], R],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    on_error: Literal["collect"],
+    report: Literal[False] = ...,
+    **options: Unpack[Keywords],
+) -> list[R | Failure]: ...
+@overload
+async def amap(
+    fn: Callable[[T], R],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    on_error: Literal["raise", "skip"] = ...,
+    report: Literal[True],
+    **options: Unpack[Keywords],
+) -> tuple[list[R], Report]: ...
+@overload
+async def amap(
+    fn: Callable[[T], R],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    on_error: Literal["collect"],
+    report: Literal[True],
+    **options: Unpack[Keywords],
+) -> tuple[list[R | Failure], Report]: ...
 async def amap(
     fn: Callable[[Any], Any],
     items: Iterable[Any] | AsyncIterable[Any],
@@ -622,6 +698,57 @@ def starmap(
     return run.collect()
 
 
+@overload
+def aimap(
+    fn: Callable[..., Any],
+    items: Iterable[Any] | AsyncIterable[Any],
+    more: Iterable[Any],
+    /,
+    *more_items: Iterable[Any],
+    on_error: OnError = ...,
+    **options: Unpack[Keywords],
+) -> AsyncResults[Any]: ...
+@overload
+def aimap(
+    fn: Callable[..., Any],
+    items: Iterable[Any] | AsyncIterable[Any],
+    *more_items: Iterable[Any],
+    worker_state: Literal[True],
+    on_error: OnError = ...,
+    **options: Unpack[Keywords],
+) -> AsyncResults[Any]: ...
+@overload
+def aimap(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    on_error: Literal["raise", "skip"] = ...,
+    **options: Unpack[Keywords],
+) -> AsyncResults[R]: ...
+@overload
+def aimap(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    on_error: Literal["collect"],
+    **options: Unpack[Keywords],
+) -> AsyncResults[R | Failure]: ...
+@overload
+def aimap(
+    fn: Callable[[T], R],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    on_error: Literal["raise", "skip"] = ...,
+    **options: Unpack[Keywords],
+) -> AsyncResults[R]: ...
+@overload
+def aimap(
+    fn: Callable[[T], R],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    on_error: Literal["collect"],
+    **options: Unpack[Keywords],
+) -> AsyncResults[R | Failure]: ...
 def aimap(
     fn: Callable[..., Any],
     items: Iterable[Any] | AsyncIterable[Any],

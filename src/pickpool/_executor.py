@@ -776,6 +776,11 @@ class Executor(concurrent.futures.Executor):
       and only its worker is killed. Lambdas and functions of ``__main__`` work.
     * ``map`` reads its input lazily, a few calls ahead of the consumer, so it works on an
       endless iterable in bounded memory.
+    * Its workers are pickpool's warm ones: it takes the idle worker processes and threads
+      that earlier calls and executors left, and gives back those that end idle, so start-up
+      and the imports a worker did are paid once per program (as with loky's reusable
+      executor). Under an ``initializer`` or ``max_tasks_per_child`` its workers are its own:
+      new, and stopped at shutdown.
 
     Args:
         model: ``"auto"``, ``"threads"``, ``"processes"``, ``"serial"`` or ``"asyncio"``.
@@ -821,7 +826,7 @@ class Executor(concurrent.futures.Executor):
             if max_workers <= 0:
                 raise ValueError("max_workers must be greater than 0")
         # An executor's calls are its own: none retried, each failure its future's, results
-        # as they come, and its workers fresh (as the standard executors' are).
+        # as they come. Its workers are warm ones (those an initializer sets up are fresh).
         self._options = dataclasses.replace(
             check(
                 model=model,
@@ -835,7 +840,6 @@ class Executor(concurrent.futures.Executor):
                 max_tasks_per_child=max_tasks_per_child,
                 require=require,
             ),
-            fresh_workers=True,
             start_method=start_method,
         )
         self._model = model

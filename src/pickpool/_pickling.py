@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import io
 import pickle
+import types
+from collections import ChainMap
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import cloudpickle
 
@@ -31,8 +33,30 @@ class NotPicklable(TypeError, pickle.PicklingError):
     message names what could not travel and what to do."""
 
 
+# cloudpickle names the file of every function it sends by value "<dynamic-code>" (so that the
+# bytes do not depend on where it was defined): a worker's traceback would then show neither
+# the path nor the line's source, where ProcessPoolExecutor's shows both. The path is kept.
+_CODE_REDUCE: Final = cloudpickle.Pickler.dispatch_table[types.CodeType]
+_NAMELESS: Final = "<dynamic-code>"
+
+
+def _code_with_its_file(code: types.CodeType) -> Any:
+    rebuild, args = _CODE_REDUCE(code)
+    if _NAMELESS in args:  # (no other argument is that string: names cannot be)
+        args = tuple(code.co_filename if a == _NAMELESS else a for a in args)
+    return rebuild, args
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
+        {types.CodeType: _code_with_its_file}, cloudpickle.Pickler.dispatch_table
+    )
+
+
 def dumps(obj: Any) -> bytes:
-    return cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
+    with io.BytesIO() as file:
+        _Pickler(file, protocol=_PROTOCOL).dump(obj)
+        return file.getvalue()
 
 
 def loads(data: bytes) -> Any:

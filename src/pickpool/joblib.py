@@ -63,7 +63,9 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     """joblib's ``"pickpool"`` backend: each ``Parallel`` call runs on a :class:`pickpool.Executor`.
 
     The executor is started when the ``Parallel`` call starts, with ``n_jobs`` workers, and
-    shut down when it ends, so no worker outlives the call. Options, given to
+    shut down when it ends. Its worker processes are kept warm between calls, as loky keeps
+    its own: the next call takes them idle, with what they imported (scikit-learn, say)
+    already loaded; unused for 60 s, or as the program exits, they stop. Options, given to
     ``parallel_config`` (or ``parallel_backend``) with the backend's name, or to the class::
 
         with joblib.parallel_config(backend="pickpool", model="threads", n_jobs=8):
@@ -74,7 +76,9 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             grid.fit(X, y)
 
     Args:
-        model: ``"processes"`` (the default, as joblib's loky), ``"threads"`` (for tasks that
+        model: ``"processes"`` (the default, as joblib's loky; and as joblib's own default
+            does, a call that says ``prefer="threads"``, as scikit-learn's forests do, runs
+            on threads unless ``model`` is given), ``"threads"`` (for tasks that
             wait, or whose native code releases the GIL: they then share the caller's memory,
             which joblib's ``require="sharedmem"`` asks for), ``"auto"`` (the first batch is
             timed on a thread, the others go to processes if they compute in Python, to
@@ -107,7 +111,7 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
 
     def __init__(
         self,
-        model: str = _backends.PROCESSES,
+        model: str | None = None,
         *,
         timeout: float | None = None,
         max_tasks_per_child: int | None = None,
@@ -118,6 +122,8 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         inner_max_num_threads: int | None = None,
     ) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        self._model_given = False
+        self.model = self._call_model = _backends.PROCESSES  # (the call's: see configure)
         self._set_options(
             model=model,
             timeout=timeout,
@@ -141,8 +147,12 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     def _set_options(self, **options: Any) -> None:
         """The backend's options, checked by the executor's own checks (a bad one is reported
         at once); those not given keep their value."""
+        if options.get("model") is None:
+            options.pop("model", None)
+        else:
+            self._model_given = True
         current = {
-            "model": getattr(self, "model", _backends.PROCESSES),
+            "model": self.model,
             "timeout": getattr(self, "timeout", None),
             "max_tasks_per_child": getattr(self, "max_tasks_per_child", None),
             "inner_threads": getattr(self, "inner_threads", None),
@@ -151,7 +161,7 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         }
         merged = {**current, **options}
         checked = check(**{**merged, "model": check_executor_model(merged["model"])})
-        self.model = checked.model
+        self.model = self._call_model = checked.model
         self.timeout = checked.timeout
         self.max_tasks_per_child = checked.max_tasks_per_child
         self.inner_threads = checked.inner_threads
@@ -164,7 +174,8 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     @property
     def _in_process(self) -> bool:
         """Whether tasks run in this process, sharing its memory (``require="sharedmem"``)."""
-        return self.model != "auto" and _backends.traits(self.model).shares_memory
+        model = self._call_model
+        return model != "auto" and _backends.traits(model).shares_memory
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         """The workers ``n_jobs`` stands for, by joblib's rules, counting the usable cores.
@@ -193,10 +204,10 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     ) -> int:
         """Start the executor for a ``Parallel`` call; return its number of workers.
 
-        joblib calls it as a call starts (``prefer`` and its memmapping options are joblib's
-        to act on: they are ignored here; ``require="sharedmem"`` keeps auto's calls in this
-        process, on threads). One worker runs the call in the calling thread, as joblib's
-        own backends do::
+        joblib calls it as a call starts (its memmapping options are ignored here;
+        ``prefer="threads"`` runs the call on threads unless ``model`` was given, and
+        ``require="sharedmem"`` keeps auto's calls in this process, on threads). One worker
+        runs the call in the calling thread, as joblib's own backends do::
 
             backend.configure(n_jobs=4, parallel=joblib.Parallel())  # 4
         """
@@ -210,6 +221,10 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         self.parallel = parallel
         self._n_jobs = n
         self._require = "sharedmem" if require == "sharedmem" else None
+        # joblib's own default takes the hint; a model the user chose is kept.
+        threads = prefer == "threads" and not self._model_given  # (joblib's hint)
+        self._call_model = _backends.THREADS if threads else self.model
+        self.uses_threads = self._in_process
         executor = self._new_executor()
         with self._lock:
             old, self._executor = self._executor, executor
@@ -226,14 +241,14 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         if inner is None and self.inner_max_num_threads is not None:
             inner = check_inner_threads(self.inner_max_num_threads)
         return Executor(
-            self.model,
+            self._call_model,
             self._n_jobs,
             initializer=self.initializer,
             initargs=self.initargs,
             max_tasks_per_child=self.max_tasks_per_child,
             timeout=min(limits) if limits else None,
             inner_threads=inner,
-            require="sharedmem" if self._require and self.model == "auto" else None,
+            require="sharedmem" if self._require and self._call_model == "auto" else None,
         )
 
     def submit(self, func: Any, callback: Any = None) -> Future[Any]:
@@ -303,7 +318,8 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             old.shutdown(wait=False, cancel_futures=True)
 
     def terminate(self) -> None:
-        """Shut the executor down as the ``Parallel`` call ends, and wait for its workers::
+        """Shut the executor down as the ``Parallel`` call ends, and wait for its calls (its
+        idle workers are kept warm for the next)::
 
         backend.terminate()
         """

@@ -459,25 +459,15 @@ class ProcessesBackend:
         from . import _procworker
 
         method = self._context.get_start_method()
-        w = None if self._setup.fresh else warm.take(method)
-        if w is not None:
-            if w.journal is not None:
-                # (Idle: what it recorded is an earlier run's, whose task ids this run reuses.)
-                w.journal.begin(-1)
-            self._workers.append(w)
-            try:
-                self._load(w)
-            except OSError:
-                # It died while idle, after the check: start a fresh one instead.
-                self._remove(w)
-            else:
-                return w
-        parent, child = self._context.Pipe(duplex=True)
         share = max(1, _machine.cores() // self._setup.workers)
-        journal, fd = Journal.create() if _journal.available() else (None, -1)
         # The parent's environment as it is now (the fork server's is as it was when that
         # started), with the native pools' sizes fixed at their import.
         env = {**os.environ, **_native.fixed_at_import_env(self._inner)}
+        w = None if self._setup.fresh else self._take_warm(method, env, share)
+        if w is not None:
+            return w
+        parent, child = self._context.Pipe(duplex=True)
+        journal, fd = Journal.create() if _journal.available() else (None, -1)
         preload = tuple(sorted(WORKER_IMPORTS))
         process = self._context.Process(  # type: ignore[attr-defined]
             target=_procworker.main,
@@ -512,6 +502,28 @@ class ProcessesBackend:
         _live.add(w)
         self._workers.append(w)
         self._load(w)
+        return w
+
+    def _take_warm(self, method: str, env: dict[str, str], share: int) -> _Worker | None:
+        """A warm worker for this run, set as a new one would start, if one is idle."""
+        from . import _procworker
+
+        w = warm.take(method)
+        if w is None:
+            return None
+        if w.journal is not None:
+            # (Idle: what it recorded is an earlier run's, whose task ids this run reuses.)
+            w.journal.begin(-1)
+        self._workers.append(w)
+        try:
+            # Variables set or unset since it started, and this run's share of the cores.
+            w.conn.send_bytes(_procworker.RESETTLE)
+            w.conn.send_bytes(dumps((env, share)))
+            self._load(w)
+        except OSError:
+            # It died while idle, after the check: start a fresh one instead.
+            self._remove(w)
+            return None
         return w
 
     def _load(self, w: _Worker) -> None:

@@ -51,6 +51,9 @@ INITIALIZING, INITIALIZED = b"B", b"E"
 INNER = b"I"
 # The message that sets the lowest level log records are sent back at: the next message is it.
 LOGGING = b"L"
+# The message a warm worker gets as a new run takes it: the next message is the pickled
+# (environment, cores) the run's new workers would start with (see main's env and cores).
+RESETTLE = b"N"
 # The first byte of a log record sent to the parent (pickled attributes follow).
 RECORD = b"R"
 # A worker no run has used for this long exits (a warm pool's workers outlive their run).
@@ -77,8 +80,8 @@ def main(  # noqa: C901
     message, or the death of ``owner`` (the process that started the pool) stop the worker.
     ``cores``: this worker's share of the machine, which a pool started inside it sizes to;
     ``env``: the parent's environment as the worker starts (a fork server's is as it was when
-    it started), with the pool sizes read at import, set before your function's modules load.
-    :data:`INNER` and a limit cap the native thread pools (BLAS, OpenMP...) for later tasks.
+    it started), with the pool sizes read at import, set before your function's modules load
+    (:data:`RESETTLE` sets both anew). :data:`INNER` and a limit cap native thread pools.
     ``journal``: where the outcomes of a chunk's finished items are recorded as they finish
     (see ``_journal``), or None. ``preload``: modules the parent imported that register
     something (the joblib backend), imported here too. ``start_initargs``: the initializer's
@@ -110,13 +113,8 @@ def main(  # noqa: C901
                 if message in (ANNOUNCE, QUIET):
                     announce = message == ANNOUNCE
                     continue
-                if message == LOGGING:
-                    _forward_logs(conn, int(conn.recv_bytes()))
-                    continue
-                if message == INNER:
-                    limit = conn.recv_bytes()
-                    inner.close()
-                    inner = _native.Held(int(limit) if limit else None)
+                if message in (LOGGING, RESETTLE, INNER):
+                    inner = _set(message, conn.recv_bytes(), conn, inner)
                     continue
                 if not message:
                     return
@@ -140,9 +138,7 @@ def _settle_in(
 ) -> Journal | None:
     """What a new worker process does before its first message (see :func:`main`); its
     journal, mapped."""
-    for name in set(os.environ) - set(env):
-        del os.environ[name]  # (unset in the parent since the fork server started)
-    os.environ.update(env)
+    _settle_env(env, cores)
     # Ctrl-C reaches the whole process group; the parent decides what stops and when.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A group of its own, so that killing the worker kills what its item started too.
@@ -150,7 +146,6 @@ def _settle_in(
     # Not a daemon in its own eyes, so that your function may start processes of its own
     # (a nested pool): the worker watches its owner, and stops its children when it exits.
     multiprocessing.current_process().daemon = False
-    _machine.set_share(cores)
     threading.Thread(
         target=_exit_with_parent, args=(owner,), name="pickpool-orphan-watch", daemon=True
     ).start()
@@ -159,6 +154,29 @@ def _settle_in(
     record = Journal(journal.fd)
     os.close(journal.fd)
     return record
+
+
+def _set(message: bytes, value: bytes, conn: Connection, inner: _native.Held) -> _native.Held:
+    """Act on a setting the parent sent (:data:`LOGGING`, :data:`RESETTLE`, :data:`INNER`);
+    the cap on native thread pools now held."""
+    if message == LOGGING:
+        _forward_logs(conn, int(value))
+    elif message == RESETTLE:
+        _settle_env(*loads(value))
+    else:
+        inner.close()
+        inner = _native.Held(int(value) if value else None)
+    return inner
+
+
+def _settle_env(env: dict[str, str], cores: int) -> None:
+    """The environment ``env`` exactly, and this worker's share of the cores: as a new worker
+    starts, and as a warm one is taken by a new run (which may have set or unset variables
+    since, and runs another number of workers)."""
+    for name in set(os.environ) - set(env):
+        del os.environ[name]  # (unset in the parent since the fork server started)
+    os.environ.update(env)
+    _machine.set_share(cores)
 
 
 # Log records from your function's threads share the pipe with outcomes.
