@@ -412,3 +412,57 @@ def test_what_threads_showed_is_said_as_the_numbers_say(
         assert parallel, said
     if "waits overlap" in said:
         assert scaling >= 0.6 * scaling_ceiling(ev, box), said
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    wall=st.floats(1e-6, 1.0),
+    own=st.floats(0.0, 1.0),
+    native=st.floats(0.0, 1.0),
+    children=st.floats(0.0, 1.0),
+    held=st.one_of(st.none(), st.floats(0.0, 1.0)),
+    together=st.one_of(st.none(), st.tuples(st.sampled_from([2, 4, 8, 16]), st.floats(0.3, 1.0))),
+    ramp=st.lists(
+        st.tuples(st.sampled_from([2, 8, 32]), st.floats(1.0, 4.0), st.floats(0.0, 0.5)),
+        max_size=3,
+    ),
+    is_async=st.booleans(),
+    cores=st.sampled_from([1, 2, 4, 8]),
+    items=st.integers(1, 100_000),
+)
+def test_no_prediction_beats_the_cores_it_can_have(
+    wall: float,
+    own: float,
+    native: float,
+    children: float,
+    held: float | None,
+    together: tuple[int, float] | None,
+    ramp: list[tuple[int, float, float]],
+    is_async: bool,
+    cores: int,
+    items: int,
+) -> None:
+    # Whatever the evidence, the computing a batch asks of this machine (the calls' own CPU,
+    # their native threads', their child processes') cannot be done faster than the cores
+    # allow: no model on this machine is predicted to beat it.
+    cpu = wall * own
+    process_cpu = cpu + native * wall * (cores - own)  # (at most every core, all the time)
+    child_cpu = children * (wall * cores - process_cpu)
+    threads, speed = together or (0, 0.0)
+    ev = evidence(
+        is_async=is_async,
+        wall=wall,
+        cpu=cpu,
+        process_cpu=process_cpu,
+        child_cpu=child_cpu,
+        gil_held=held,
+        threads=threads,
+        scaling=speed * min(threads, cores) if threads else None,
+        ramp=tuple((n, wall * growth, failed) for n, growth, failed in ramp),
+        length=items,
+    )
+    advice = decide(ev, items=items, machine=machine(cores=cores, gil=True))
+    demand = items * (process_cpu + child_cpu) / cores
+    for model, seconds in advice.predicted.items():
+        if model != "dask":  # (a cluster's cores are its own)
+            assert seconds >= 0.999 * demand, (model, seconds, demand, advice)

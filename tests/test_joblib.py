@@ -345,3 +345,27 @@ def test_a_call_that_prefers_threads_gets_them_unless_a_model_was_chosen() -> No
 
     assert ran_in() == {os.getpid()}
     assert os.getpid() not in ran_in(model="processes")
+
+
+def fails_or_hangs(x: int) -> int:
+    if x == 0:
+        raise Boom("the first task fails")
+    return int(hang_on(-600.0))
+
+
+@pytest.mark.timeout(90)
+def test_a_failing_task_stops_the_running_ones_and_raises_at_once() -> None:
+    # As loky does: the tasks still running (here, for ten minutes) are stopped, their worker
+    # processes killed, and the call raises the failure without waiting for them.
+    with joblib.parallel_config(backend="pickpool", model="processes"):
+        with pytest.raises(Boom, match="first task fails"):
+            joblib.Parallel(n_jobs=2, batch_size=1)(
+                joblib.delayed(fails_or_hangs)(x) for x in range(6)
+            )
+        # Dropping a generator of results stops its running tasks too.
+        results = joblib.Parallel(n_jobs=2, batch_size=1, return_as="generator")(
+            joblib.delayed(hang_on)(x) for x in [0.0, -600.0, -600.0, -600.0]
+        )
+        assert next(results) == 0.0
+        with pytest.warns(UserWarning, match="cancelled"):
+            results.close()

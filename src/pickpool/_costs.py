@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final
 
 from . import _chunks, _native
 from ._machine import Machine
-from ._readings import PARALLEL_CALL, RAMP_FAILING, RAMP_TOLERANCE, Evidence
+from ._readings import RAMP_FAILING, RAMP_TOLERANCE, Evidence
 
 if TYPE_CHECKING:
     from ._options import Options
@@ -212,9 +212,9 @@ class Costs:
 
     def _make_view(self, limit: int | None) -> View:
         ev, m = self.ev, self.m
-        parallel = ev.cores_used >= PARALLEL_CALL
-        # As measured alone: with threads of its own, all of them count against the cores.
-        all_cpu = max(ev.cpu, ev.process_cpu or 0.0) if parallel else ev.cpu
+        # As measured alone: with threads of its own, all of them count against the cores,
+        # however few (a library's one helper thread computes on the same cores).
+        all_cpu = max(ev.cpu, ev.process_cpu or 0.0)
         pool = max((p.threads for p in ev.pools if p.cappable), default=0)
         if limit is None or ev.capped_wall is None or ev.capped_cpu is None or pool < 2:
             return View(ev, all_cpu, self.g, self.floor, limit)

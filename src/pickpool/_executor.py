@@ -41,7 +41,7 @@ from . import _backends
 from ._advise import Advice, decide
 from ._backends import Backend, Setup, Wakeable
 from ._cursor import Source
-from ._driver import drive
+from ._driver import Cancelled, drive
 from ._errors import PickpoolError
 from ._log import logger
 from ._native import InnerThreads
@@ -447,6 +447,7 @@ class _Lane(Source):
         self._running: dict[int, _Entry] = {}  # taken by the loop, by the loop's index
         self._ids = itertools.count()
         self._stopping = False
+        self._aborting = False  # stop now: its loop ends, killing what runs where it can
         self.done = False  # stopped, and its thread gone or going
         self._waiting = False  # the loop waits in the backend's collect()
         self._backend: Wakeable | None = None
@@ -488,6 +489,14 @@ class _Lane(Source):
         for future, call in dropped:
             future.cancel()
             self._abandoned(call)
+
+    def abort(self) -> None:
+        """Stop now: cancel what is queued, and end the loop, which stops its workers at once
+        (worker processes are killed; a thread cannot be, and is left to end on its own). The
+        calls that were running get ``CancelledError``."""
+        with self._cond:
+            self._aborting = True
+        self.stop(cancel_futures=True)
 
     def look(self) -> None:
         """The loop looks at the lane again soon (a call was held behind a probe it runs)."""
@@ -546,6 +555,8 @@ class _Lane(Source):
             for done in drive(self, self._plan, self._setup, self._open):
                 self._settle(done)
                 del done  # (nothing of a call stays referenced while the loop waits)
+        except Cancelled:
+            self._end_running(concurrent.futures.CancelledError("aborted: its executor stopped"))
         except BaseException as exc:
             self._break(exc)
             if not isinstance(exc, Exception):
@@ -579,6 +590,12 @@ class _Lane(Source):
         failed: every call the lane holds fails with what it raised."""
         with self._cond:
             self._broken = exc
+        self._end_running(exc)
+        self._on_broken()
+
+    def _end_running(self, exc: BaseException) -> None:
+        """Every call the lane holds fails with ``exc``."""
+        with self._cond:
             running = list(self._running.values())
             started, self._started = self._started, []
             queued, self._queue = self._queue, collections.deque()
@@ -588,7 +605,6 @@ class _Lane(Source):
         for future, call in queued:
             if future.set_running_or_notify_cancel():
                 self._fail(future, call, exc)
-        self._on_broken()
 
     def _fail(self, future: Future[Any], call: _Call, exc: BaseException) -> None:
         self._abandoned(call)
@@ -611,6 +627,8 @@ class _Watched:
     def collect(self, timeout: float | None) -> list[Outcome]:
         lane, router = self._lane, self._lane._router
         with lane._cond:
+            if lane._aborting:
+                raise Cancelled  # (the loop ends here, and its backend closes, cancelled)
             if lane._started or (lane._queue and len(lane._running) < lane._setup.workers):
                 timeout = 0.0  # a call came since the loop looked: take it at once
             lane._waiting = True
@@ -618,13 +636,16 @@ class _Watched:
         if holding:
             timeout = STALL if timeout is None else min(timeout, STALL)
         try:
-            return self._backend.collect(timeout)
+            outcomes = self._backend.collect(timeout)
         finally:
             with lane._cond:
                 lane._waiting = False
             if holding:
                 assert router is not None
                 router.release_stalled()
+        if lane._aborting:
+            raise Cancelled
+        return outcomes
 
     def close(self, *, cancel: bool) -> None:
         self._backend.close(cancel=cancel)
@@ -1032,6 +1053,19 @@ class Executor(concurrent.futures.Executor):
                 lane.stop(cancel_futures=cancel_futures)
                 lane.thread.join()
                 joined.add(id(lane))
+
+    def _abort(self) -> None:
+        """Shut down at once: cancel the calls not started, and stop those running (worker
+        processes are killed; their futures get ``CancelledError``). For the joblib backend,
+        whose call raises as soon as a task fails, as loky's does; ``shutdown()`` then waits
+        for what could not be killed (threads)."""
+        with self._lock:
+            self._shutdown = True
+            lanes = [*self._retired, *self._lanes.values()]
+        if self._router is not None:
+            self._router.cancel_held()
+        for lane in lanes:
+            lane.abort()
 
     def __repr__(self) -> str:
         lanes = ", ".join(self._lanes) or "none started"

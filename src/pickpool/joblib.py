@@ -97,10 +97,10 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             ``inner_max_num_threads`` sets it too.
         initializer: called with ``initargs`` in each new worker before its first task.
 
-    What loky does and this backend does not: large numpy arrays are pickled to the workers,
-    not memory-mapped (``max_nbytes`` and ``mmap_mode`` are ignored), and when a task fails,
-    the tasks already running are not killed: the queued ones are cancelled, and the call
-    raises once the running ones end (``timeout=`` bounds them).
+    When a task fails, the call raises at once: the queued tasks are cancelled and the running
+    ones stopped (under processes their workers are killed, as loky's are; threads run to
+    their end). What loky does and this backend does not: large numpy arrays are pickled to
+    the workers, not memory-mapped (``max_nbytes`` and ``mmap_mode`` are ignored).
     """
 
     supports_retrieve_callback = True
@@ -299,7 +299,9 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         return size
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """A task failed: cancel the batches not started; the running ones finish on their own.
+        """A task failed (or a generator of results was dropped): cancel the batches not
+        started, and stop the running ones (their worker processes killed, as loky kills its
+        own; a thread cannot be killed, and is waited for).
 
         With ``ensure_ready`` (a ``Parallel`` used as a context manager, whose next call
         reuses the backend) a new executor takes over at once::
@@ -313,9 +315,9 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
                 self._retired.append(old)
             self._aborted = True
         if old is not None:
-            # Not waited for here: the caller raises the task's exception as soon as it can,
-            # and terminate() waits for these workers before the Parallel call returns.
-            old.shutdown(wait=False, cancel_futures=True)
+            # The running tasks are stopped (their worker processes killed), as loky's are;
+            # terminate() waits for what cannot be killed before the Parallel call returns.
+            old._abort()
 
     def terminate(self) -> None:
         """Shut the executor down as the ``Parallel`` call ends, and wait for its calls (its

@@ -184,8 +184,10 @@ def predict(costs: Costs) -> Option:
         # Little's law: enough coroutines waiting that the loop is never idle while one
         # of them is away, twice over; bounded, since each costs ~1 kB while it waits.
         little = min(MAX_COROUTINES, costs.n, math.ceil(2 * ev.wall / (blocks + ASYNC_ITEM)))
+        # What it asks of the cores beyond the loop: its native threads', its children's.
+        elsewhere = max(0.0, (ev.process_cpu or 0.0) - ev.cpu) + ev.child_cpu
         for k in costs.counts({little}):
-            per = max(ev.wall / k, blocks + ASYNC_ITEM)
+            per = max(ev.wall / k, blocks + ASYNC_ITEM, (blocks + elsewhere) / cores)
             best = better(best, Option(MODEL.name, k, 1, LOOP_START + costs.n * per, per))
     else:
         for k in costs.counts(thread_counts(cores)):
