@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import pickpool
-from pickpool import _schedule
+from pickpool import _limits, _schedule
 from pickpool._api import Model
 from pickpool._limits import Limiter
 from tests import farside
@@ -166,28 +166,131 @@ def test_one_slow_call_is_a_tail_not_a_dropped_connection() -> None:
     assert limiter.limit == 16
 
 
-def test_after_a_stuck_call_the_limit_stays_below_where_it_last_ran_clean() -> None:
-    # Connections dropped past a listen backlog cost a second each: back to half the limit
-    # before the rise that dropped them, and never up again.
+class LimiterClock:
+    """``time.monotonic`` for the limiter, moved by the test (the limiter's clock only)."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_after_stuck_calls_the_limit_goes_back_to_where_it_last_ran_clean(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Connections dropped past a listen backlog cost a second each: back to the limit before
+    # the rise that dropped them (its calls all ran clean), the ceiling there, tried again only
+    # after 8x what a stuck call cost, and twice as long after each new drop.
+    clock = LimiterClock()
+    monkeypatch.setattr(_limits, "time", clock)
     limiter = Limiter(start=8, cap=128, baseline=FLOOR)
     window(limiter, FLOOR)
     window(limiter, FLOOR)
     assert limiter.limit == 32
-    assert limiter.completed([], [time.monotonic() - 1.5] * 2)
-    assert limiter.limit == 8
-    for _ in range(2 * Limiter.RECOVER - 1):
+    assert limiter.completed([], [clock.now - 1.5] * 2)  # stuck for 1.5 s: tried after 12 s
+    assert limiter.limit == 16
+    for _ in range(2 * Limiter.RECOVER):
         window(limiter, FLOOR)
-    assert limiter.limit == 9  # only the slow ceiling's recovery (one every RECOVER windows)
+    assert limiter.limit == 16  # clean windows, but not yet the time to try more
+    clock.now += 12.5
+    for _ in range(Limiter.RECOVER):
+        window(limiter, FLOOR)
+    assert limiter.limit == 17
+    assert limiter.completed([], [clock.now - 1.5] * 2)  # dropped again: back to 16...
+    assert limiter.limit == 16
+    clock.now += 12.5  # ... and tried after 24 s, not 12
+    for _ in range(2 * Limiter.RECOVER):
+        window(limiter, FLOOR)
+    assert limiter.limit == 16
+    clock.now += 12.5
+    for _ in range(Limiter.RECOVER):
+        window(limiter, FLOOR)
+    assert limiter.limit == 17
+
+
+def test_a_quick_refusal_keeps_its_place_for_a_no_load_latency() -> None:
+    # A 429 answered in a millisecond would let its place send the next call at once: a
+    # place cycling through refusals fills a window with them.
+    limiter = Limiter(start=8, cap=64, baseline=FLOOR)
+    assert limiter.hold(0.001, failed=True) == pytest.approx(FLOOR - 0.001)
+    assert limiter.hold(0.001, failed=False) == 0.0
+    assert limiter.hold(2 * FLOOR, failed=True) == 0.0
+
+
+def test_a_rise_past_the_ceiling_that_breaks_goes_back_to_the_ceiling() -> None:
+    limiter = Limiter(start=16, cap=64, baseline=FLOOR)
+    window(limiter, FLOOR, failed=4)  # a ceiling at 15
+    for _ in range(4 * Limiter.RECOVER):
+        window(limiter, FLOOR)
+        if limiter.limit == 16:
+            break
+    assert limiter.limit == 16  # tried again, one past the ceiling...
+    window(limiter, FLOOR, failed=4)  # ... and it broke: back to 15, where calls ran clean
+    assert limiter.limit == 15
+
+
+def test_stuck_calls_before_any_clean_rise_halve_the_limit() -> None:
+    limiter = Limiter(start=32, cap=64, baseline=FLOOR)
+    assert limiter.completed([], [time.monotonic() - 1.5] * 2)
+    assert limiter.limit == 16
+
+
+def test_the_limit_rises_only_once_the_last_rise_is_validated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = LimiterClock()
+    monkeypatch.setattr(_limits, "time", clock)
+    limiter = Limiter(start=8, cap=128, baseline=FLOOR)
+    window(limiter, FLOOR)
+    assert limiter.limit == 16
+    clock.now += FLOOR / 2
+    before_rise = clock.now - FLOOR  # a call started before the limit rose to 16
+    later = time.monotonic() + 60.0
+    limiter.saw(16)
+    assert not limiter.completed([(later, FLOOR, 0, 8)], [before_rise])
+    assert limiter.limit == 16  # a round at 16 has not completed yet
+    limiter.saw(16)
+    assert limiter.completed([(later, FLOOR, 0, 8)], [clock.now])
+    assert limiter.limit == 32
+    # A call running past 4x the no-load latency (maybe one the far side dropped): hold.
+    clock.now += 5 * FLOOR
+    limiter.saw(32)
+    assert not limiter.completed([(later, FLOOR, 0, 16)], [clock.now - 4.5 * FLOOR])
+    assert limiter.limit == 32
+
+
+def test_a_few_slow_calls_in_a_window_do_not_cut() -> None:
+    # The median decides: three slow calls among eight are a busy moment at this end.
+    limiter = Limiter(start=16, cap=16, baseline=FLOOR)
+    later = time.monotonic() + 60.0
+    limiter.saw(16)
+    assert not limiter.completed([(later, FLOOR, 0, 5), (later, 10 * FLOOR, 0, 3)])
+    assert limiter.limit == 16
+
+
+def test_latency_past_the_tolerance_does_not_cut_while_throughput_still_rises() -> None:
+    # On a busy machine 64 calls at 2.2x the no-load latency still complete more per second
+    # than 32 at 1.2x: hold there; past that, cut.
+    limiter = Limiter(start=32, cap=64, baseline=FLOOR)
+    window(limiter, 1.2 * FLOOR)
+    assert limiter.limit == 64
+    window(limiter, 2.2 * FLOOR)  # 29 calls per latency, against 27: rising
+    assert limiter.limit == 64
+    window(limiter, 2.6 * FLOOR)  # 25: falling
+    assert limiter.limit == 49  # 64 x 2 / 2.6
 
 
 def test_a_call_counts_as_stuck_after_its_time_unless_it_started_before_a_cut() -> None:
     limiter = Limiter(start=8, cap=128, baseline=FLOOR)
-    assert limiter.stuck_after == 0.25  # 8 x 20 ms is too short to tell a slow call from a drop
-    assert limiter.next_look([time.monotonic()]) == pytest.approx(0.25, abs=0.05)
+    # 8 x 20 ms is too short to tell a slow call from a drop, a quarter of a second too on a
+    # busy machine.
+    assert limiter.stuck_after == 0.5
+    assert limiter.next_look([time.monotonic()]) == pytest.approx(0.5, abs=0.05)
     assert limiter.next_look([time.monotonic() - 1.0]) == 0.0
     # Of several, the second oldest decides: one slow call alone is no signal.
     now = time.monotonic()
-    assert limiter.next_look([now - 1.0, now]) == pytest.approx(0.25, abs=0.05)
+    assert limiter.next_look([now - 1.0, now]) == pytest.approx(0.5, abs=0.05)
     assert limiter.next_look([]) is None
     # Oldest first, as callers hand them: only the oldest are read.
     assert limiter.next_look(iter([now - 2.0, now - 1.0, *[now] * 10_000])) == 0.0

@@ -509,3 +509,21 @@ def test_a_worker_traceback_of_a_main_function_names_its_file_and_line(tmp_path:
     assert out.stdout.count(f'File "{script}", line 5, in parse') == 2, out.stdout
     assert out.stdout.count("return 10 // int(text)") == 2
     assert "<dynamic-code>" not in out.stdout
+
+
+def thread_name(_: object) -> str:
+    import threading
+
+    return threading.current_thread().name
+
+
+def test_thread_name_prefix_names_the_threads_that_run_the_calls() -> None:
+    with pickpool.Executor("threads", 2, thread_name_prefix="db") as executor:
+        names = set(executor.map(thread_name, range(20)))
+    assert names
+    assert names <= {"db_0", "db_1"}
+    # Its threads are warm ones: they go back under pickpool's own name.
+    with pickpool.Executor("threads", 2) as executor:
+        assert set(executor.map(thread_name, range(20))) <= {"pickpool-thread"}
+    with pytest.raises(TypeError, match="thread_name_prefix must be a string"):
+        pickpool.Executor("threads", thread_name_prefix=3)  # type: ignore[arg-type]  # on purpose

@@ -814,6 +814,9 @@ class Executor(concurrent.futures.Executor):
         mp_context: under processes, the ``multiprocessing`` context whose start method
             starts the workers (``multiprocessing.get_context("spawn")``), as
             ``ProcessPoolExecutor`` takes it; by default pickpool's (forkserver on Linux).
+        thread_name_prefix: under threads, what its worker threads are named while they run
+            its calls (``"db_0"``, ``"db_1"``...), as ``ThreadPoolExecutor`` names its own;
+            by default ``"pickpool-thread"``.
         require: ``"sharedmem"``: calls must share this process's memory; auto then routes
             them to threads (or asyncio) only, as joblib's ``require="sharedmem"``. A plain
             ``initializer`` keeps auto's routes to processes, where each worker's globals are
@@ -838,9 +841,14 @@ class Executor(concurrent.futures.Executor):
         inner_threads: InnerThreads = None,
         require: Require = None,
         mp_context: Any = None,
+        thread_name_prefix: str = "",
     ) -> None:
         model = check_executor_model(model)
         start_method = _start_method(mp_context)
+        if not isinstance(thread_name_prefix, str):
+            raise TypeError(
+                f"thread_name_prefix must be a string, not {type(thread_name_prefix).__name__}"
+            )
         if max_workers is not None:
             if isinstance(max_workers, bool) or not isinstance(max_workers, int):
                 raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
@@ -862,6 +870,7 @@ class Executor(concurrent.futures.Executor):
                 require=require,
             ),
             start_method=start_method,
+            thread_name_prefix=thread_name_prefix or None,
         )
         self._model = model
         self._max_workers = max_workers

@@ -71,17 +71,24 @@ class Limiter:
     window sees less). In windows of a few completions (tens of milliseconds for 20 ms calls):
 
     * failures rising above :data:`FAILING` of the window: at once, down to as many calls as
-      went through (at most halved), with a ceiling just below where it broke;
-    * two calls running :data:`STUCK` times the no-load latency (connections dropped past a
-      listen backlog, which the client's kernel retries only after a second, RFC 6298's
-      initial timeout; one slow call among others is a tail, not a drop): back to half the
-      limit before the last rise, with the ceiling there. Each such call costs a second, more
-      than many whole batches;
-    * latency above :data:`TOLERANCE` times the no-load latency (queueing at the far side): cut
-      the limit in proportion, as the gradient of Envoy's adaptive concurrency filter and
-      Netflix's concurrency-limits do;
-    * otherwise, when the limit was reached: double it (TCP's slow start) until the first
-      cut, or until latency begins to rise (the least of a window's past
+      went through (at most halved), with a ceiling just below where it broke; a rise past
+      the ceiling that breaks goes back to the ceiling, where calls ran clean;
+    * two calls running :data:`STUCK` times the no-load latency, and at least
+      :data:`STUCK_LEAST` (connections dropped past a listen backlog, which the client's kernel
+      retries only after a second, RFC 6298's initial timeout; one slow call among others is
+      a tail, not a drop): back to the last limit whose calls all ran clean (half, if none
+      did yet), with the ceiling there, which rises again only after :data:`REPROBE` times
+      the penalty the stuck calls paid, twice that each time it drops calls again. Each such
+      call costs a second, more than many whole batches;
+    * a window's median latency above :data:`TOLERANCE` times the no-load latency (queueing
+      at the far side), and no more completions per second than the last window (by Little's
+      law, calls at once over latency: on a busy machine 64 calls at twice the latency still
+      beat 32): cut the limit in proportion, as the gradient of Envoy's adaptive concurrency
+      filter and Netflix's concurrency-limits do;
+    * otherwise, when the limit was reached and validated (every call started before the last
+      rise has finished, and none runs past :data:`HOLD` times the no-load latency: the
+      overshoot past an unseen drop point is then one step): double it (TCP's slow start)
+      until the first cut, or until latency begins to rise (the least of a window's past
       :data:`SLOW_START_EXIT` times the no-load latency: the knee is near, as TCP's HyStart
       reads it), then add about its square root per window while latency holds. A ceiling
       rises by one every :data:`RECOVER` clean windows spent at it (half as often each time
@@ -99,6 +106,9 @@ class Limiter:
     SLOW_START = 2
     SLOW_START_EXIT = 1.25
     STUCK = 8.0
+    STUCK_LEAST = 0.5
+    REPROBE = 8.0
+    HOLD = 4.0
     FAILING = 0.1
     RECOVER = 8
     MOST_RECOVER = 64
@@ -118,7 +128,13 @@ class Limiter:
         self._recover = self.RECOVER  # of them, before it rises by one
         self._probing = False  # the ceiling just rose: no clean window above the old one yet
         self._below = 0  # the limit before the last rise: its calls all ran clean
-        self.history: list[tuple[int, float, float]] = []  # (limit, mean latency, failed share)
+        self._rose = 0.0  # when the limit last rose: calls started before it tell of the old
+        self._throughput = 0.0  # the last window's calls at once over its median latency
+        # After stuck calls: the ceiling rises again no sooner than this (time.monotonic()),
+        # and the wait doubles each time it drops calls again.
+        self._reprobe_at = 0.0
+        self._reprobe_wait = 0.0
+        self.history: list[tuple[int, float, float]] = []  # (limit, median latency, failed)
 
     @property
     def pace(self) -> float:
@@ -127,10 +143,18 @@ class Limiter:
         paces its packets."""
         return self._floor / (self.limit * (2.0 if self._growing else 1.25))
 
+    def hold(self, latency: float, failed: bool) -> float:
+        """Seconds a call that just ended keeps its place before the next call takes it: a
+        refused one (a 429, "too many clients", answered at once), up to one no-load latency,
+        as if it had been served. Without it, a place that cycles through quick refusals
+        fills a window with them, and the far side sees more calls, not fewer."""
+        return max(0.0, self._floor - latency) if failed else 0.0
+
     @property
     def stuck_after(self) -> float:
-        """Seconds a call may run before it counts as stuck (a dropped connection)."""
-        return max(self.STUCK * self._floor, 0.25)
+        """Seconds a call may run before it counts as stuck (a dropped connection): on a
+        busy machine a quarter of a second cut 57 calls to 28 for nothing."""
+        return max(self.STUCK * self._floor, self.STUCK_LEAST)
 
     def next_look(self, running: Iterable[float]) -> float | None:
         """Seconds until calls now running (their starts, ``time.monotonic()``, oldest first)
@@ -171,6 +195,7 @@ class Limiter:
                 self._latencies += [latency] * items
         # Calls stuck that long are one signal, acted on once: the cut that follows lets the
         # calls already running finish, and they cannot be hurried.
+        running = list(running)
         stuck = self.next_look(running) == 0.0
         if not stuck and self._calls < max(4, self.limit // 2):
             return False
@@ -179,30 +204,55 @@ class Limiter:
         calls, self._calls = self._calls, 0
         busiest, self._busiest = self._busiest, 0
         before = self.limit
-        mean = statistics.fmean(window) if window else 0.0
+        # The median: one slow call (a busy moment at this end) is no queue at the far side.
+        typical = statistics.median(window) if window else 0.0
         failed = failures / calls if calls else 0.0
         if window:
-            self._floor = min(self._floor, statistics.median(window))
-        self.history.append((before, mean, failed))
+            self._floor = min(self._floor, typical)
+        self.history.append((before, typical, failed))
+        throughput, last = (before / typical if typical else 0.0), self._throughput
+        self._throughput = throughput
         if stuck:
-            known = self._below if 0 < self._below < before else before
-            self._cut(max(1, min(self._ceiling, known // 2)))
-            self._set_ceiling(self.limit)
+            self._stuck(before, running)
         elif failed > self.FAILING:
             self._refused(before, failed)
-        elif mean > self.TOLERANCE * self._floor:
-            self._cut(max(1, round(before * self.TOLERANCE * self._floor / mean)))
-        elif busiest >= before - before // 8:  # (paced starts may not quite reach it)
-            self._grow(before, min(window, default=mean))
+        elif typical > self.TOLERANCE * self._floor:
+            if not throughput > last > 0:  # (rising: more calls still get more done; hold)
+                self._cut(max(1, round(before * self.TOLERANCE * self._floor / typical)))
+        elif busiest >= before - before // 8 and self._validated(running):
+            # (Paced starts may not quite reach the limit.)
+            self._grow(before, min(window, default=typical))
         return self.limit != before
+
+    def _validated(self, running: list[float]) -> bool:
+        """Whether the limit may rise: every call started before its last rise has finished
+        (a round at the new limit is complete), and none runs past :data:`HOLD` times the
+        no-load latency (a call that slow may be one the far side dropped, not yet stuck)."""
+        if not running:
+            return True
+        oldest = running[0]
+        return oldest >= self._rose and oldest >= time.monotonic() - self.HOLD * self._floor
+
+    def _stuck(self, before: int, running: list[float]) -> None:
+        """Calls stuck at ``before``: back to the last limit that ran clean, the ceiling there,
+        tried again after :data:`REPROBE` times what a stuck call costs, doubling each time."""
+        known = self._below if 0 < self._below < before else max(1, before // 2)
+        self._cut(max(1, min(self._ceiling, known)))
+        self._set_ceiling(self.limit)
+        penalty = max(self.stuck_after, time.monotonic() - running[0]) if running else 0.0
+        self._reprobe_wait = max(self.REPROBE * penalty, 2 * self._reprobe_wait)
+        self._reprobe_at = time.monotonic() + self._reprobe_wait
 
     def _refused(self, before: int, failed: float) -> None:
         """A window with ``failed`` of its calls failing, at ``before``."""
         if self._probing:
-            # A rise past the ceiling broke again: each time, the ceiling is tried half as
-            # often, as an exponential backoff.
+            # A rise past the ceiling broke again: back to the ceiling, where calls ran clean,
+            # and the ceiling is tried half as often each time, as an exponential backoff.
             self._recover = min(self.MOST_RECOVER, 2 * self._recover)
             self._probing = False
+            self._set_ceiling(max(1, min(self._ceiling, before - 1)))
+            self._cut(self._ceiling)
+            return
         self._set_ceiling(max(1, min(self._ceiling, before - 1)))
         # The calls that went through measure what the far side takes: keep that many, and at
         # least half (failures that are not the far side's capacity speaking).
@@ -223,12 +273,13 @@ class Limiter:
             # breaks again, up to every MOST_RECOVER).
             self._at_ceiling += 1
             self._probing = False  # (a clean window at the ceiling: it held)
-            if self._at_ceiling >= self._recover:
+            if self._at_ceiling >= self._recover and time.monotonic() >= self._reprobe_at:
                 self._set_ceiling(min(self._cap, self._ceiling + 1))
                 self._probing = True
         self.limit = min(self._cap, self._ceiling, before + step)
         if self.limit > before:
             self._below = before
+            self._rose = time.monotonic()
 
     def _set_ceiling(self, ceiling: int) -> None:
         if ceiling != self._ceiling:

@@ -123,6 +123,9 @@ class Options:
     require: Require = None
     # How worker processes start, if not pickpool's choice (an Executor's ``mp_context``).
     start_method: str | None = None
+    # What worker threads are named while they serve the run (an Executor's
+    # ``thread_name_prefix``: "prefix_0", "prefix_1"...); None: pickpool's own name.
+    thread_name_prefix: str | None = None
 
     @property
     def max_rate(self) -> float | None:
@@ -255,6 +258,7 @@ class Options:
             max_tasks_per_child=self.max_tasks_per_child,
             pacer=self.pacer if paces else None,
             start_method=self.start_method,
+            thread_name_prefix=self.thread_name_prefix,
         )
 
 

@@ -116,6 +116,8 @@ class Traits:
     initializer: bool = True
     # Runs on a cluster: takes ``client=``.
     takes_client: bool = False
+    # Its workers are this process's threads, which it names as the run asks.
+    names_threads: bool = False
     # Its calls start where it runs them, not when they are handed over (a loop that a blocking
     # coroutine holds up starts what waited all at once): it paces their starts itself, with
     # the run's pacer (``max_rate``), and the loop hands them over unpaced.
@@ -279,6 +281,9 @@ class Setup:
     start_method: str | None = None
     # ``paces_starts``: the run's pacer (``max_rate``), for the model to pace its calls' starts.
     pacer: Pacer | None = None
+    # ``names_threads``: worker threads are named "prefix_0", "prefix_1"... while they serve
+    # the run (None: pickpool's own name), as an Executor's ``thread_name_prefix`` asks.
+    thread_name_prefix: str | None = None
 
 
 # Setup's fields that only some models read, and the trait that says which (see Setup).
@@ -291,6 +296,7 @@ FIELD_TRAITS: Final[dict[str, str]] = {
     "max_tasks_per_child": "recycles",
     "start_method": "recycles",
     "pacer": "paces_starts",
+    "thread_name_prefix": "names_threads",
 }
 
 

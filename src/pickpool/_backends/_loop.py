@@ -153,19 +153,21 @@ class ItemRunner:
             self._look.cancel()
             self._look = None
 
-    def _judge(self, outcome: Outcome) -> None:
+    def _judge(self, outcome: Outcome) -> float:
         """Under the limiter: the current task's call ended with ``outcome``; move the limit
-        by its latency and whether it failed (before ``_finish`` fills the places)."""
+        by its latency and whether it failed (before ``_finish`` fills the places). Seconds
+        the call's place is then held (see ``Limiter.hold``)."""
         assert self.limiter is not None
         assert self._pacer is not None
         current = asyncio.current_task()
         began = self._began.pop(current, None) if current is not None else None
         if began is None:
-            return
+            return 0.0
         sample = (began, time.monotonic() - began, int(outcome[1] != OK), 1)
         self.limiter.completed([sample], self._began.values())
         self._limit = self.limiter.limit
         self._pacer.interval = self.limiter.pace  # (its no-load latency may have moved too)
+        return self.limiter.hold(sample[1], bool(sample[2]))
 
     async def release(self) -> None:
         """The run is over: close the state an ``async def`` made on this loop under
@@ -228,11 +230,12 @@ class ItemRunner:
             outcome = failed(index, exc)
         if type(outcome[2]) is _Raised:
             outcome = failed(index, outcome[2].exc)
-        if self.limiter is not None:
-            self._judge(outcome)
+        hold = self._judge(outcome) if self.limiter is not None else 0.0
         if not self._finished:
             asyncio.get_running_loop().call_soon(self._report)
         self._finished.append(outcome)
+        if hold:
+            await asyncio.sleep(hold)  # (its place is held until this task ends: Limiter.hold)
 
     def _report(self) -> None:
         """Hand over what finished in this turn of the loop: one wake-up of the driver, and

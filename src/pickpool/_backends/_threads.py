@@ -43,9 +43,10 @@ CANCEL_GRACE = 1.0
 class _Slot:
     """What one worker thread is running, so that an overrun can be detected and abandoned."""
 
-    __slots__ = ("abandoned", "initializing", "lock", "released", "started", "task")
+    __slots__ = ("abandoned", "initializing", "lock", "name", "released", "started", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name  # what its thread is called while it serves the run (None: as it is)
         self.lock = threading.Lock()
         self.task: Task | None = None
         self.started = 0.0
@@ -56,6 +57,7 @@ class _Slot:
 
 # A thread no run has used for this long exits.
 IDLE_LIFETIME = 60.0
+THREAD_NAME = "pickpool-thread"
 WARM_THREADS = 128
 
 
@@ -66,7 +68,7 @@ class _Parked:
 
     def __init__(self) -> None:
         self.wake: queue.SimpleQueue[tuple[ThreadsBackend, _Slot] | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._main, name="pickpool-thread", daemon=True)
+        self.thread = threading.Thread(target=self._main, name=THREAD_NAME, daemon=True)
 
     def _main(self) -> None:
         while True:
@@ -362,7 +364,8 @@ class ThreadsBackend:
     # Worker threads -------------------------------------------------------------------------
 
     def _start_thread(self) -> None:
-        slot = _Slot()
+        prefix = self._setup.thread_name_prefix
+        slot = _Slot(None if prefix is None else f"{prefix}_{len(self._threads)}")
         parked = None if self._setup.fresh else warm.take()
         fresh = parked is None
         if parked is None:
@@ -377,6 +380,8 @@ class ThreadsBackend:
         caller = Caller(self._setup.fn)
         init_error: BaseException | None = None
         initialized = self._setup.initializer is None
+        if slot.name is not None:
+            threading.current_thread().name = slot.name
         try:
             while True:
                 self._enter()
@@ -406,6 +411,8 @@ class ThreadsBackend:
                     bad = sum(1 for o in outcomes if o[1] != BLOCK)
                     latency = (time.monotonic() - began) / items
                     self._samples.append((began, latency, bad, items))
+                    if hold := self.limiter.hold(latency, bad > 0):
+                        time.sleep(hold)  # (its place is held: see Limiter.hold)
                 with slot.lock:
                     abandoned = slot.abandoned
                     slot.task = None
@@ -421,6 +428,7 @@ class ThreadsBackend:
         finally:
             caller.close()
             _native.caps.leave_thread()
+            threading.current_thread().name = THREAD_NAME
             slot.released.set()
         with slot.lock:
             return not slot.abandoned and not self._setup.fresh
@@ -507,7 +515,14 @@ def _min(a: float | None, b: float | None) -> float | None:
 
 MODEL = Model(
     "threads",
-    Traits(waiting, climbs="calls", plain_on_threads=True, shares_memory=True, rank=(1, 2)),
+    Traits(
+        waiting,
+        climbs="calls",
+        plain_on_threads=True,
+        shares_memory=True,
+        names_threads=True,
+        rank=(1, 2),
+    ),
     ThreadsBackend,
     predict=predict,
 )
