@@ -63,6 +63,8 @@ class Climber:
         return True
 
 
+# One controller's rules, each tested on made-up samples: they share its whole state.
+# (Long on purpose: the limit, its ceiling and its window move together.)
 class Limiter:
     """How many calls may run at once, moved by their latency and failures, for calls that wait
     on something with a finite capacity (a server, a database, an API with a quota).

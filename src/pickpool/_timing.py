@@ -156,11 +156,18 @@ class Knocker:
     """
 
     NAP = 0.0005
+    # Past this share of the time watched spent waiting for a core (the knocker's and the
+    # measured thread's run delay), what is left to read is too little, and too mixed with the
+    # two waits' overlaps, to tell a held GIL from a free one: no reading (pure Python read
+    # 38% held beside four busy processes on two cores).
+    MOST_DELAYED = 0.5
 
     def __init__(self, *, calls: bool = False) -> None:
         self._stop = threading.Event()
         self._late = 0.0
         self._watched = 0.0
+        self._delayed = 0.0  # of the time watched, waiting for a core (either thread)
+        self._spent = 0.0  # the time watched, waits for a core included
         self._baseline = 0.0
         self._thread: threading.Thread | None = None
         self._holder: SchedStat | None = None  # the measured thread's counts
@@ -211,6 +218,8 @@ class Knocker:
                         between += woke - self._left_at
                     elapsed -= min(elapsed, max(0.0, between))
                 self._late += max(0.0, elapsed - nap - baseline - waited_for_core - held_up)
+                self._delayed += min(elapsed, waited_for_core + held_up)
+                self._spent += elapsed
                 # Watched as a quiet machine would have run the measured thread: the share is
                 # of a call's wall time, which leaves out its run delay too (see Record).
                 self._watched += max(0.0, elapsed - held_up)
@@ -218,13 +227,16 @@ class Knocker:
             queued.close()
 
     def stop(self) -> tuple[float, float]:
-        """(held share 0..1, seconds watched)."""
+        """(held share 0..1, seconds watched); no seconds watched where waits for a core
+        took most of the time (see :data:`MOST_DELAYED`)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         if self._holder is not None:
             self._holder.close()
         if self._watched <= 0:
+            return 0.0, 0.0
+        if self._delayed > self.MOST_DELAYED * self._spent:
             return 0.0, 0.0
         switch = sys.getswitchinterval()
         full = switch / (switch + self.NAP)  # what a GIL held throughout reads
