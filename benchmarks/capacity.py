@@ -91,7 +91,7 @@ def timed(fn: Callable[[Any], Any], n: int, **options: Any) -> tuple[float, int]
     return seconds, failed
 
 
-def measure(server: str, n: int, repeat: int) -> Row:
+def measure(server: str, n: int, repeat: int, counts: tuple[int, ...] = COUNTS) -> Row:
     row = Row(server, n)
 
     def run(**options: Any) -> tuple[float, int]:
@@ -102,7 +102,7 @@ def measure(server: str, n: int, repeat: int) -> Row:
     with farside.serve(server, delay=DELAY, limit=LIMIT, rate=RATE) as url:
         fn = functools.partial(farside.get, url, timeout=10)
         fn(0)  # the server is up and the client's modules imported
-        for workers in COUNTS:
+        for workers in counts:
             row.sweep[workers] = run(model="threads", workers=workers)
         for name, workers in USERS.items():
             row.users[name] = run(model="threads", workers=workers)
@@ -118,9 +118,10 @@ def fmt(seconds: float, failed: int) -> str:
 
 
 def markdown(rows: list[Row], machine: str) -> str:
+    counts = list(rows[0].sweep)
     head = [
         "server",
-        *(f"{c}" for c in COUNTS),
+        *(f"{c}" for c in counts),
         *(f"{name} ({workers})" for name, workers in USERS.items()),
         "auto",
         "auto/best",
@@ -139,7 +140,7 @@ def markdown(rows: list[Row], machine: str) -> str:
         workers, best, _ = row.best
         auto, auto_failed = row.auto_median
         cells = [
-            f"**{fmt(*row.sweep[c])}**" if c == workers else fmt(*row.sweep[c]) for c in COUNTS
+            f"**{fmt(*row.sweep[c])}**" if c == workers else fmt(*row.sweep[c]) for c in counts
         ]
         lines.append(
             "| "
@@ -190,15 +191,19 @@ def main() -> int:
     parser.add_argument("--markdown", type=Path, help="write the table here too")
     parser.add_argument("--items", type=int, help="GETs per run (default 300; 100 quick)")
     parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
+    parser.add_argument(
+        "--counts", nargs="+", type=int, help="the sweep's thread counts (default 1 to 128)"
+    )
     args = parser.parse_args()
     n, repeat = (100, 1) if args.quick else (300, 3)
     n = args.items or n
+    counts = tuple(args.counts or COUNTS)
     machine = f"{_machine.cores()} cores, Python {sys.version.split()[0]}"
     print(f"pickpool against servers with a finite capacity: {machine}", flush=True)
     rows = []
     for server in args.servers:
         start = time.perf_counter()
-        rows.append(measure(server, n, repeat))
+        rows.append(measure(server, n, repeat, counts))
         print(f"  {server}: {time.perf_counter() - start:.0f} s", flush=True)
     table = markdown(rows, machine)
     print("\n" + table + "\n")
