@@ -466,3 +466,14 @@ def test_no_prediction_beats_the_cores_it_can_have(
     for model, seconds in advice.predicted.items():
         if model != "dask":  # (a cluster's cores are its own)
             assert seconds >= 0.999 * demand, (model, seconds, demand, advice)
+
+
+def test_the_advice_says_when_another_model_is_close() -> None:
+    # Calls that wait: threads and an event loop's threads are predicted within a few percent,
+    # which a busy machine's noise could rank either way; pure Python is not close to a loop.
+    waits = decide(evidence(wall=0.02, cpu=0.0005, gil_held=0.02), items=300, machine=TWO_CORES)
+    close = [r for r in waits.reasons if "is close" in r]
+    assert len(close) == 1, str(waits)
+    assert "either will do" in close[0]
+    computes = decide(evidence(gil_held=0.97), items=200, machine=TWO_CORES)
+    assert not any("is close" in r for r in computes.reasons), str(computes)

@@ -1041,7 +1041,8 @@ class Executor(concurrent.futures.Executor):
         """Take no more calls, and stop the workers once what was submitted is done.
 
         ``cancel_futures=True`` cancels the calls that have not started. ``wait=True`` returns
-        once every worker has stopped.
+        once every call has ended and the executor's threads have stopped (idle worker
+        processes and threads go back to the warm pools, for the next executor or call).
         """
         with self._lock:
             self._shutdown = True

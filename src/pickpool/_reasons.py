@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ._backends import traits
 from ._costs import LOADS_PER_DUMPS, Option, gil_free, gil_share
@@ -96,9 +97,34 @@ def reasons(
         out.append(together)
     out += _cost_reasons(ev, machine)
     out.append(_verdict(ev, options, chosen, kind, n, unknown_length))
+    close = _close_call(options, chosen)
+    if close is not None:
+        out.append(close)
     if ev.failed:
         out.append(f"{ev.failed} of the {ev.calls} probed calls failed; they are timed too.")
     return out
+
+
+# Another model predicted within this of the chosen one: a measurement as noisy as a busy
+# machine's may rank them either way, so the advice says they are close.
+CLOSE: Final = 1.25
+
+
+def _close_call(options: Mapping[str, Option], chosen: Option) -> str | None:
+    """A sentence naming the runner-up, when another model is predicted close to ``chosen``."""
+    others = [o for o in options.values() if o.model != chosen.model]
+    if not others or math.isinf(chosen.seconds):
+        return None
+    runner = min(others, key=lambda o: o.seconds)
+    if runner.seconds > CLOSE * chosen.seconds:
+        return None
+    gap = abs(runner.seconds / chosen.seconds - 1) if chosen.seconds > 0 else 0.0
+    # (choose() takes a simpler model over one a near tie faster.)
+    why = "it is predicted faster" if chosen.seconds <= runner.seconds else "it is simpler"
+    return (
+        f"{runner.model.capitalize()} with {_workers(runner)} is close ({gap:.0%} apart): "
+        f"either will do; {chosen.model} is advised as {why}."
+    )
 
 
 def _together_reason(ev: Evidence, machine: Machine) -> str | None:
