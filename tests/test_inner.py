@@ -248,9 +248,11 @@ def test_the_gil_held_between_calls_is_not_read_as_the_calls() -> None:
         time.sleep(0.003)  # the measured workload: a call that waits, GIL released
         calls.leave()
         _spin(0.003)
-    held_all, _ = everything.stop()
+    held_all, watched_all = everything.stop()
     held, watched = calls.stop()
-    assert held_all > 0.25, held_all
+    # (On a busy machine the pure Python between calls may leave no reading: see
+    # test_a_knocker_that_mostly_waited_for_a_core_gives_no_reading.)
+    assert held_all > 0.25 or watched_all == 0, held_all
     assert held < 0.1, held
     assert 0.02 < watched < 0.2, watched
 
