@@ -128,6 +128,9 @@ def test_doctor_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert facts["interpreters_model"] is (sys.version_info >= (3, 14))
     assert isinstance(facts["dask_installed"], bool)
     assert facts["dask_model"] is False  # no client is active
+    # How busy the machine is now, which every timing depends on.
+    assert facts["load_average"] >= 0
+    assert 0.0 <= facts["waiting_for_a_core"] <= 1.0
     assert facts["threads_model"] is True
 
 

@@ -523,8 +523,19 @@ def doctor(as_json: bool) -> None:
     for key, value in facts.items():
         default = f"model={key[: -len('_model')]!r} available" if key.endswith("_model") else ""
         label = DOCTOR_LABELS.get(key) or default or key.replace("_", " ")
+        if key == "waiting_for_a_core" and isinstance(value, float):
+            table.add_row(label, f"{value:.0%}")
+            continue
         table.add_row(label, _in_words(value, seconds=key.endswith("_s")))
     _console().print(table)
+    waiting = facts.get("waiting_for_a_core")
+    if waiting is not None and waiting > BUSY_SHARE:
+        _console().print(
+            f"Other programs keep the cores busy: a computing thread here waited for a core "
+            f"{waiting:.0%} of the time. pickpool takes that wait off the calls it times, but "
+            "calls side by side still share what is left: advice and auto's choices can vary "
+            "from run to run (advise says when two options are close)."
+        )
 
 
 DOCTOR_LABELS = {
@@ -543,7 +554,12 @@ DOCTOR_LABELS = {
     "dask_installed": "dask.distributed installed",
     "matplotlib": "matplotlib installed (plots)",
     "aiohttp": "aiohttp installed",
+    "load_average": "load average, last minute",
+    "waiting_for_a_core": "a computing thread's time spent waiting for a core",
 }
+# Past this share of its time waiting for a core, a computing thread's timings are a busy
+# machine's: doctor says so.
+BUSY_SHARE = 0.2
 
 
 def _in_words(value: Any, *, seconds: bool = False) -> str:
@@ -595,9 +611,33 @@ def machine_facts() -> dict[str, Any]:
         "dask_installed": importlib.util.find_spec("distributed") is not None,
         "matplotlib": importlib.util.find_spec("matplotlib") is not None,
         "aiohttp": importlib.util.find_spec("aiohttp") is not None,
+        "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "waiting_for_a_core": _waiting_for_a_core(),
         # Each model, and whether it can run here now.
         **{f"{name}_model": _available(name) for name in _backends.names()},
     }
+
+
+def _waiting_for_a_core(seconds: float = 0.1) -> float | None:
+    """The share of its time a thread that computes for ``seconds`` of CPU spends runnable,
+    waiting for a core that other programs hold (None where the kernel does not say)."""
+    import time
+
+    from ._timing import SchedStat
+
+    stat = SchedStat()
+    try:
+        if not stat.known:
+            return None
+        ran, waited = stat.read()
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+        ran_now, waited_now = stat.read()
+    finally:
+        stat.close()
+    total = (ran_now - ran) + (waited_now - waited)
+    return round((waited_now - waited) / total, 2) if total > 0 else 0.0
 
 
 def _available(name: str) -> bool:
