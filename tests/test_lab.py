@@ -39,8 +39,36 @@ def test_demo_prints_the_table_a_verdict_per_workload_and_the_plot(
     out = capsys.readouterr().out
     for model in ("serial", "threads", "processes", "asyncio", "auto"):
         assert model in out
-    assert out.count("held") + out.count("did NOT hold") == len(small)
+    verdicts = ("held:", "did NOT hold:", "too close to tell on this busy machine:")
+    assert sum(out.count(v) for v in verdicts) == len(small)
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_demo_says_when_the_machine_is_too_busy_to_judge(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (The machine's busyness read as a computing thread waiting for a core half the time.)
+    monkeypatch.setattr(demo, "waiting_for_a_core", lambda: 0.5)
+    small = [dataclasses.replace(w, quick=4) for w in demo.WORKLOADS[:1]]
+    assert demo.main(quick=True, workloads=small) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "The machine was busy: a computing thread waited for a core 50% of the time" in out
+
+
+@pytest.mark.parametrize(
+    ("busy", "said"), [(0.5, "too close to tell on this busy machine"), (0.0, "did NOT hold")]
+)
+def test_a_near_miss_on_a_busy_machine_is_too_close_to_tell(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, busy: float, said: str
+) -> None:
+    # The advised model took 1.3x the fastest, timed twice: a miss on a quiet machine, within
+    # what a busy one's load can make of it.
+    seconds = {"serial": 1.0, "threads": 2.0, "processes": 1.3, "asyncio": 2.0}
+    monkeypatch.setattr(demo, "_time", lambda fn, n, model: seconds[model])
+    monkeypatch.setattr(demo, "waiting_for_a_core", lambda: busy)
+    pure_python = [dataclasses.replace(demo.WORKLOADS[0], quick=4)]
+    assert demo.main(quick=True, workloads=pure_python) == 0
+    assert f"{said}: pure-Python CPU" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize("model", ["serial", "threads", "processes", "asyncio"])

@@ -244,6 +244,29 @@ class Knocker:
         return min(1.0, self._late / self._watched / full), self._watched
 
 
+# Past this share of its time waiting for a core, a computing thread's timings are a busy
+# machine's (doctor and the demo say so).
+BUSY_SHARE = 0.2
+
+
+def waiting_for_a_core(seconds: float = 0.1) -> float | None:
+    """The share of its time a thread that computes for ``seconds`` of CPU spends runnable,
+    waiting for a core that other programs hold (None where the kernel does not say)."""
+    stat = SchedStat()
+    try:
+        if not stat.known:
+            return None
+        ran, waited = stat.read()
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+        ran_now, waited_now = stat.read()
+    finally:
+        stat.close()
+    total = (ran_now - ran) + (waited_now - waited)
+    return round((waited_now - waited) / total, 2) if total > 0 else 0.0
+
+
 class SchedStat:
     """The calling thread's scheduler counts, readable from any thread while it lives: seconds
     on a core, and seconds waiting, runnable, for one (``/proc/thread-self/schedstat``; zeros

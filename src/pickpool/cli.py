@@ -23,6 +23,7 @@ from ._backends import MODELS
 from ._errors import BackendUnavailable
 from ._options import all_models
 from ._text import plural
+from ._timing import BUSY_SHARE, waiting_for_a_core
 
 TARGET_HELP = "MODULE:FUNCTION, or path/to/file.py:FUNCTION"
 EXAMPLES = {
@@ -557,9 +558,6 @@ DOCTOR_LABELS = {
     "load_average": "load average, last minute",
     "waiting_for_a_core": "a computing thread's time spent waiting for a core",
 }
-# Past this share of its time waiting for a core, a computing thread's timings are a busy
-# machine's: doctor says so.
-BUSY_SHARE = 0.2
 
 
 def _in_words(value: Any, *, seconds: bool = False) -> str:
@@ -612,32 +610,10 @@ def machine_facts() -> dict[str, Any]:
         "matplotlib": importlib.util.find_spec("matplotlib") is not None,
         "aiohttp": importlib.util.find_spec("aiohttp") is not None,
         "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "waiting_for_a_core": _waiting_for_a_core(),
+        "waiting_for_a_core": waiting_for_a_core(),
         # Each model, and whether it can run here now.
         **{f"{name}_model": _available(name) for name in _backends.names()},
     }
-
-
-def _waiting_for_a_core(seconds: float = 0.1) -> float | None:
-    """The share of its time a thread that computes for ``seconds`` of CPU spends runnable,
-    waiting for a core that other programs hold (None where the kernel does not say)."""
-    import time
-
-    from ._timing import SchedStat
-
-    stat = SchedStat()
-    try:
-        if not stat.known:
-            return None
-        ran, waited = stat.read()
-        end = time.thread_time() + seconds
-        while time.thread_time() < end:
-            pass
-        ran_now, waited_now = stat.read()
-    finally:
-        stat.close()
-    total = (ran_now - ran) + (waited_now - waited)
-    return round((waited_now - waited) / total, 2) if total > 0 else 0.0
 
 
 def _available(name: str) -> bool:

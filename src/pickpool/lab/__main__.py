@@ -21,6 +21,12 @@ from pickpool import _machine, lab
 from pickpool._advise import Advice
 from pickpool._api import Model
 from pickpool._backends import MODELS, ModelName
+from pickpool._timing import BUSY_SHARE, waiting_for_a_core
+
+# The usual advice held where the model it names took at most this times the fastest one's
+# time; on a busy machine, within CLOSE, a difference it cannot tell from the load.
+HELD = 1.15
+CLOSE = 1.5
 
 
 @dataclass(frozen=True)
@@ -105,20 +111,30 @@ def main(
     table.add_column("auto chose")
     verdicts = []
     measured: list[tuple[str, dict[str, float]]] = []
+    busy = waiting_for_a_core() or 0.0
     for w in workloads or WORKLOADS:
         n = w.quick if quick else w.full
         with w.setup() as fn:
             times: dict[str, float] = {model: _time(fn, n, model) for model in MODELS}
             times["auto"], advice = run_auto(fn, range(n))
         best = min(MODELS, key=lambda m: times[m])
+        if times[w.advice_says] > HELD * times[best]:
+            # Not held: both again, the better time of each kept (a busy moment, a cold cache).
+            with w.setup() as fn:
+                for model in {w.advice_says, best}:
+                    times[model] = min(times[model], _time(fn, n, model))
+            best = min(MODELS, key=lambda m: times[m])
         cells = [f"{times[m]:.2f} ({times['serial'] / times[m]:.1f}x)" for m in (*MODELS, "auto")]
         chose = f"{advice.model} x{advice.workers}, {advice.kind}" if advice else "(all probed)"
         table.add_row(f"{w.name} x{n}", *cells, best, chose)
         measured.append((f"{w.name}\nx{n}", times))
         # The advice held if the advised model is within 15% of the fastest.
-        held = times[w.advice_says] <= 1.15 * times[best]
+        held = times[w.advice_says] <= HELD * times[best]
+        said = "held" if held else "did NOT hold"
+        if not held and busy > BUSY_SHARE and times[w.advice_says] <= CLOSE * times[best]:
+            said = "too close to tell on this busy machine"
         verdicts.append(
-            f"{'held' if held else 'did NOT hold'}: {w.name}: the usual advice says "
+            f"{said}: {w.name}: the usual advice says "
             f"{w.advice_says} ({w.why}); "
             f"{w.advice_says} took {times[w.advice_says]:.2f} s, fastest was {best} at "
             f"{times[best]:.2f} s; auto (its probe included) took {times['auto']:.2f} s"
@@ -126,6 +142,13 @@ def main(
     console.print(table)
     for line in verdicts:
         console.print(" - " + line)
+    busy = max(busy, waiting_for_a_core() or 0.0)
+    if busy > BUSY_SHARE:
+        console.print(
+            f"The machine was busy: a computing thread waited for a core {busy:.0%} of the "
+            "time, so these timings include other programs' load. Run the demo on a quiet "
+            "moment to judge the usual advice (pickpool doctor shows how busy it is)."
+        )
     if plot is not None:
         from pickpool._show import plot_demo
 
