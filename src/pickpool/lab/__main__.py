@@ -87,6 +87,34 @@ def run_auto(fn: Callable[[Any], Any], items: Sequence[Any]) -> tuple[float, Adv
     return seconds, report.decisions[-1] if report.decisions else None
 
 
+def _measure(w: Workload, n: int) -> tuple[dict[str, float], Advice | None]:
+    """Seconds of ``n`` items under each model and auto, and auto's advice. Where the usual
+    advice missed, its model and the fastest are timed again, the better time of each kept
+    (a busy moment, a cold cache)."""
+    with w.setup() as fn:
+        times: dict[str, float] = {model: _time(fn, n, model) for model in MODELS}
+        times["auto"], advice = run_auto(fn, range(n))
+        best = min(MODELS, key=lambda m: times[m])
+        if times[w.advice_says] > HELD * times[best]:
+            for model in {w.advice_says, best}:
+                times[model] = min(times[model], _time(fn, n, model))
+    return times, advice
+
+
+def _verdict(w: Workload, times: dict[str, float], best: str, busy: float) -> str:
+    """Whether the usual advice held: its model within 15% of the fastest (on a busy machine,
+    a miss within 1.5x is too close to tell)."""
+    held = times[w.advice_says] <= HELD * times[best]
+    said = "held" if held else "did NOT hold"
+    if not held and busy > BUSY_SHARE and times[w.advice_says] <= CLOSE * times[best]:
+        said = "too close to tell on this busy machine"
+    return (
+        f"{said}: {w.name}: the usual advice says {w.advice_says} ({w.why}); "
+        f"{w.advice_says} took {times[w.advice_says]:.2f} s, fastest was {best} at "
+        f"{times[best]:.2f} s; auto (its probe included) took {times['auto']:.2f} s"
+    )
+
+
 def main(
     *, quick: bool = False, plot: str | Path | None = None, workloads: Sequence[Workload] = ()
 ) -> int:
@@ -114,31 +142,13 @@ def main(
     busy = waiting_for_a_core() or 0.0
     for w in workloads or WORKLOADS:
         n = w.quick if quick else w.full
-        with w.setup() as fn:
-            times: dict[str, float] = {model: _time(fn, n, model) for model in MODELS}
-            times["auto"], advice = run_auto(fn, range(n))
+        times, advice = _measure(w, n)
         best = min(MODELS, key=lambda m: times[m])
-        if times[w.advice_says] > HELD * times[best]:
-            # Not held: both again, the better time of each kept (a busy moment, a cold cache).
-            with w.setup() as fn:
-                for model in {w.advice_says, best}:
-                    times[model] = min(times[model], _time(fn, n, model))
-            best = min(MODELS, key=lambda m: times[m])
         cells = [f"{times[m]:.2f} ({times['serial'] / times[m]:.1f}x)" for m in (*MODELS, "auto")]
         chose = f"{advice.model} x{advice.workers}, {advice.kind}" if advice else "(all probed)"
         table.add_row(f"{w.name} x{n}", *cells, best, chose)
         measured.append((f"{w.name}\nx{n}", times))
-        # The advice held if the advised model is within 15% of the fastest.
-        held = times[w.advice_says] <= HELD * times[best]
-        said = "held" if held else "did NOT hold"
-        if not held and busy > BUSY_SHARE and times[w.advice_says] <= CLOSE * times[best]:
-            said = "too close to tell on this busy machine"
-        verdicts.append(
-            f"{said}: {w.name}: the usual advice says "
-            f"{w.advice_says} ({w.why}); "
-            f"{w.advice_says} took {times[w.advice_says]:.2f} s, fastest was {best} at "
-            f"{times[best]:.2f} s; auto (its probe included) took {times['auto']:.2f} s"
-        )
+        verdicts.append(_verdict(w, times, best, busy))
     console.print(table)
     for line in verdicts:
         console.print(" - " + line)
