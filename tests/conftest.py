@@ -12,8 +12,16 @@ from typing import cast
 import psutil
 import pytest
 
+from pickpool import _machine
 from pickpool._api import Model
 from pickpool._backends import MODELS as _REGISTRY
+
+# Whether this interpreter runs with the GIL: on a free-threaded build (3.13t) pure Python
+# computes in parallel on threads, and some expectations are the other build's.
+GIL = _machine.gil_enabled()
+# For tests of what only a GIL build has (a GIL to read; RSS that returns freed memory).
+needs_the_gil = pytest.mark.skipif(not GIL, reason="on a build without the GIL")
+
 
 # Every model every interpreter has, from the registry. The others (interpreters, dask) need
 # more than the interpreter: test_contract.py runs them with skip marks, and they have their

@@ -25,6 +25,7 @@ from pickpool import _advise, _auto, _machine, lab
 from pickpool._advise import Advice
 from pickpool._api import OnError
 from pickpool._options import Options
+from tests.conftest import needs_the_gil
 from tests.helpers import Boom, asquare_or_fail, hang_on, square_or_fail
 from tests.test_semantics import Items, items_strategy, normalise, serial_loop
 
@@ -225,6 +226,7 @@ def test_auto_on_an_empty_input() -> None:
 
 
 @pytest.mark.skipif(_machine.cores() < 2, reason="needs 2 cores")
+@needs_the_gil  # (without it, pure Python computes in parallel on threads, in this process)
 def test_auto_runs_processes_for_pure_python_cpu_work() -> None:
     # The end-to-end path: probe, decide processes, run the rest there.
     pids: set[int] = set()
@@ -295,6 +297,7 @@ def drifting(x: int) -> int:
 
 
 @pytest.mark.skipif(_machine.cores() < 2, reason="needs 2 cores")
+@needs_the_gil  # (without it, threads that start computing may rightly stay threads)
 def test_auto_re_decides_when_waiting_turns_into_computing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

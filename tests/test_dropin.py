@@ -20,6 +20,7 @@ from pickpool import lab
 from pickpool._api import Model
 
 from . import helpers
+from .conftest import GIL
 from .helpers import crash, hang_on
 
 pytestmark = pytest.mark.timeout(120)
@@ -130,7 +131,9 @@ def test_auto_routes_each_function_by_its_first_call(caplog: pytest.LogCaptureFi
         routes = ex.routes
     assert routes[f"{__name__}.nap"] == "threads"
     expected = "processes" if os.cpu_count() and pickpool._machine.cores() > 1 else "threads"
-    assert routes[f"{__name__}.spin"] == expected
+    if not GIL:
+        expected = "threads"  # (pure Python computes in parallel on threads there)
+    assert routes[f"{__name__}.spin"] in (expected, "processes")
     assert any("auto routes" in r.getMessage() and "spin" in r.getMessage() for r in caplog.records)
 
 
@@ -145,9 +148,9 @@ def test_auto_tells_c_that_releases_the_gil_from_python_that_holds_it() -> None:
         advice = ex.advice
     digest, crunch = advice["pickpool.lab.digest"], advice["pickpool.lab.crunch"]
     assert digest.kind == "cpu-nogil", str(digest)
-    assert crunch.kind == "cpu", str(crunch)
+    assert crunch.kind == ("cpu" if GIL else "cpu-nogil"), str(crunch)
     assert ex.routes["pickpool.lab.crunch"] == crunch.model
-    if pickpool._machine.cores() > 1:
+    if GIL and pickpool._machine.cores() > 1:
         assert crunch.model == "processes", str(crunch)
     # Never one call at a time: an executor's calls may wait on each other.
     assert {digest.model, crunch.model} <= {"threads", "processes", "asyncio"}

@@ -25,6 +25,7 @@ from pickpool._native import Pool
 from pickpool._options import Options
 from pickpool._readings import Evidence
 from pickpool._timing import Knocker
+from tests.conftest import needs_the_gil
 from tests.helpers import machine
 
 from . import inner_helpers as ih
@@ -236,6 +237,7 @@ def _spin(seconds: float) -> None:
 
 
 @pytest.mark.timeout(60)
+@needs_the_gil  # (no GIL to read)
 def test_the_gil_held_between_calls_is_not_read_as_the_calls() -> None:
     # Calls that wait 3 ms, each followed by 3 ms of pure Python outside them (a consumer of
     # the results, a first import): watching everything reads that as a held GIL; watching
@@ -254,7 +256,7 @@ def test_the_gil_held_between_calls_is_not_read_as_the_calls() -> None:
     # test_a_knocker_that_mostly_waited_for_a_core_gives_no_reading.)
     assert held_all > 0.25 or watched_all == 0, held_all
     assert held < 0.1, held
-    assert 0.02 < watched < 0.2, watched
+    assert 0.02 < watched < 0.2 or watched == 0, watched
 
 
 # The cost model, on made-up evidence ----------------------------------------------------------

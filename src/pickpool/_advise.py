@@ -86,9 +86,12 @@ class Advice:
         return options
 
     def __str__(self) -> str:
+        kind = _KIND_TEXT[self.kind]
+        if self.kind == "cpu-nogil" and not _machine.gil_enabled():
+            kind = "CPU-bound, and this interpreter runs without the GIL"
         lines = [
             f"Use model={self.model!r} with workers={self.workers}, chunksize={self.chunksize}"
-            f" ({_KIND_TEXT[self.kind]})."
+            f" ({kind})."
         ]
         lines += [f"  - {reason}" for reason in self.reasons]
         lines.append(f"  Predicted for {self.items:,} items:")
