@@ -9,6 +9,7 @@ samples.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import time
@@ -197,8 +198,10 @@ class Limiter:
                 self._latencies += [latency] * items
         # Calls stuck that long are one signal, acted on once: the cut that follows lets the
         # calls already running finish, and they cannot be hurried.
-        running = list(running)
-        stuck = self.next_look(running) == 0.0
+        # Only the oldest running calls are read (thousands of coroutines may be in flight).
+        rest = iter(running)
+        oldest = next(rest, None)
+        stuck = oldest is not None and self.next_look(itertools.chain((oldest,), rest)) == 0.0
         if not stuck and self._calls < max(4, self.limit // 2):
             return False
         window, self._latencies = self._latencies, []
@@ -215,33 +218,33 @@ class Limiter:
         throughput, last = (before / typical if typical else 0.0), self._throughput
         self._throughput = throughput
         if stuck:
-            self._stuck(before, running)
+            self._stuck(before, oldest)
         elif failed > self.FAILING:
             self._refused(before, failed)
         elif typical > self.TOLERANCE * self._floor:
             if not throughput > last > 0:  # (rising: more calls still get more done; hold)
                 self._cut(max(1, round(before * self.TOLERANCE * self._floor / typical)))
-        elif busiest >= before - before // 8 and self._validated(running):
+        elif busiest >= before - before // 8 and self._validated(oldest):
             # (Paced starts may not quite reach the limit.)
             self._grow(before, min(window, default=typical))
         return self.limit != before
 
-    def _validated(self, running: list[float]) -> bool:
-        """Whether the limit may rise: every call started before its last rise has finished
-        (a round at the new limit is complete), and none runs past :data:`HOLD` times the
-        no-load latency (a call that slow may be one the far side dropped, not yet stuck)."""
-        if not running:
+    def _validated(self, oldest: float | None) -> bool:
+        """Whether the limit may rise, the oldest running call started at ``oldest``: every
+        call started before its last rise has finished (a round at the new limit is
+        complete), and none runs past :data:`HOLD` times the no-load latency (a call that
+        slow may be one the far side dropped, not yet stuck)."""
+        if oldest is None:
             return True
-        oldest = running[0]
         return oldest >= self._rose and oldest >= time.monotonic() - self.HOLD * self._floor
 
-    def _stuck(self, before: int, running: list[float]) -> None:
+    def _stuck(self, before: int, oldest: float | None) -> None:
         """Calls stuck at ``before``: back to the last limit that ran clean, the ceiling there,
         tried again after :data:`REPROBE` times what a stuck call costs, doubling each time."""
         known = self._below if 0 < self._below < before else max(1, before // 2)
         self._cut(max(1, min(self._ceiling, known)))
         self._set_ceiling(self.limit)
-        penalty = max(self.stuck_after, time.monotonic() - running[0]) if running else 0.0
+        penalty = max(self.stuck_after, time.monotonic() - (oldest or time.monotonic()))
         self._reprobe_wait = max(self.REPROBE * penalty, 2 * self._reprobe_wait)
         self._reprobe_at = time.monotonic() + self._reprobe_wait
 
