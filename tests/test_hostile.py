@@ -605,6 +605,7 @@ class RssSampler(threading.Thread):
 
 
 @pytest.mark.timeout(60)
+@needs_the_gil  # (the free-threaded build's allocator keeps freed memory: RSS cannot tell)
 def test_imap_holds_a_bounded_number_of_bytes_ahead() -> None:
     # 60 results of 40 MB for a slow consumer: what is read ahead of it must stay bounded in
     # bytes, not only in items. The sampler also sees what is held between two next() calls
