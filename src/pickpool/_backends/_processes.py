@@ -484,7 +484,7 @@ class ProcessesBackend:
             daemon=True,
         )
         try:
-            with _main_module_hidden(), _without_ctrl_c():
+            with _main_module_hidden(), _without_ctrl_c(method):
                 process.start()
         except BaseException as exc:
             if journal is not None:
@@ -814,13 +814,22 @@ _WORKER_MODULES = ("pickpool._backends._procworker", "threadpoolctl")
 
 
 @contextlib.contextmanager
-def _without_ctrl_c() -> Iterator[None]:
+def _without_ctrl_c(method: str) -> Iterator[None]:
     """Start a child (and the fork server, which the first start under forkserver starts) that
     Ctrl-C does not reach: the parent decides what stops and when, and a child interrupted
     while it imports, before it ignores Ctrl-C itself, would print a KeyboardInterrupt
     traceback. SIGINT is blocked in this thread while it starts them (a mask, unlike a handler,
     can be set from any thread, and children keep it); Ctrl-C still reaches this process
-    through its other threads, or once unblocked."""
+    through its other threads, or once unblocked.
+
+    multiprocessing's resource tracker is started first, outside the block: starting it
+    *unblocks* SIGINT in the thread as it ends, which left the fork server started after it
+    open to Ctrl-C (a traceback, in 1 start of 10 interrupted at once), and the Ctrl-C itself
+    delivered in the middle of the start, where it could be lost (the run then finished)."""
+    if method != "fork":
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
     blocked = hasattr(signal, "pthread_sigmask")
     if blocked:
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
