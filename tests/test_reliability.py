@@ -4,6 +4,7 @@ promise a hostile review found, each under every model it touches."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import os
@@ -254,8 +255,17 @@ def test_ctrl_c_while_workers_start_prints_no_traceback(attempt: int) -> None:
     try:
         parent = psutil.Process(cli.pid)
         deadline = time.monotonic() + 30
-        # As soon as a child (the fork server) exists: it is importing then.
-        while not parent.children() and time.monotonic() < deadline and cli.poll() is None:
+
+        def fork_server_started() -> bool:
+            # (multiprocessing's resource tracker, started first, is not it.)
+            for child in parent.children():
+                with contextlib.suppress(psutil.Error):
+                    if "forkserver" in " ".join(child.cmdline()):
+                        return True
+            return False
+
+        # As soon as the fork server exists: it is importing then.
+        while not fork_server_started() and time.monotonic() < deadline and cli.poll() is None:
             time.sleep(0.001)
         os.killpg(cli.pid, signal.SIGINT)
         _, stderr = cli.communicate(timeout=60)
