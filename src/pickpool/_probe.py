@@ -141,12 +141,11 @@ class _Allowance:
             elapsed = time.perf_counter() - began
             if n < 2:
                 # A second call shows what the first one's warm-up (imports, caches) hid,
-                # unless the first alone took the whole budget, or clearly waited: the ramp
-                # that follows times waiting calls again, two at once. (A cold first call
-                # that a busy machine slows takes most of it; its result counts all the same.)
+                # unless the first alone took most of the budget, or clearly waited: the
+                # ramp that follows times waiting calls again, two at once.
                 if n == 1 and enough_after_one(records[0]):
                     return False
-                return n == 0 or elapsed < self.budget
+                return n == 0 or elapsed < 0.35 * self.budget
             if n <= 16 or n % 64 == 0 or not typical_now:
                 # (A median per call would cost tiny calls more than the calls themselves.)
                 typical_now[:] = [typical(records)]
