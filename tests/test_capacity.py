@@ -176,36 +176,43 @@ class LimiterClock:
         return self.now
 
 
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> LimiterClock:
+    """The limiter's clock, moved by the test."""
+    moved = LimiterClock()
+    monkeypatch.setattr(_limits, "time", moved)
+    return moved
+
+
+def clean(limiter: Limiter, windows: int) -> None:
+    """``windows`` windows of calls at the no-load latency, none failed."""
+    for _ in range(windows):
+        window(limiter, FLOOR)
+
+
 def test_after_stuck_calls_the_limit_goes_back_to_where_it_last_ran_clean(
-    monkeypatch: pytest.MonkeyPatch,
+    clock: LimiterClock,
 ) -> None:
     # Connections dropped past a listen backlog cost a second each: back to the limit before
     # the rise that dropped them (its calls all ran clean), the ceiling there, tried again only
     # after 8x what a stuck call cost, and twice as long after each new drop.
-    clock = LimiterClock()
-    monkeypatch.setattr(_limits, "time", clock)
     limiter = Limiter(start=8, cap=128, baseline=FLOOR)
-    window(limiter, FLOOR)
-    window(limiter, FLOOR)
+    clean(limiter, 2)
     assert limiter.limit == 32
     assert limiter.completed([], [clock.now - 1.5] * 2)  # stuck for 1.5 s: tried after 12 s
     assert limiter.limit == 16
-    for _ in range(2 * Limiter.RECOVER):
-        window(limiter, FLOOR)
+    clean(limiter, 2 * Limiter.RECOVER)
     assert limiter.limit == 16  # clean windows, but not yet the time to try more
     clock.now += 12.5
-    for _ in range(Limiter.RECOVER):
-        window(limiter, FLOOR)
+    clean(limiter, Limiter.RECOVER)
     assert limiter.limit == 17
     assert limiter.completed([], [clock.now - 1.5] * 2)  # dropped again: back to 16...
     assert limiter.limit == 16
     clock.now += 12.5  # ... and tried after 24 s, not 12
-    for _ in range(2 * Limiter.RECOVER):
-        window(limiter, FLOOR)
+    clean(limiter, 2 * Limiter.RECOVER)
     assert limiter.limit == 16
     clock.now += 12.5
-    for _ in range(Limiter.RECOVER):
-        window(limiter, FLOOR)
+    clean(limiter, Limiter.RECOVER)
     assert limiter.limit == 17
 
 
@@ -236,11 +243,7 @@ def test_stuck_calls_before_any_clean_rise_halve_the_limit() -> None:
     assert limiter.limit == 16
 
 
-def test_the_limit_rises_only_once_the_last_rise_is_validated(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    clock = LimiterClock()
-    monkeypatch.setattr(_limits, "time", clock)
+def test_the_limit_rises_only_once_the_last_rise_is_validated(clock: LimiterClock) -> None:
     limiter = Limiter(start=8, cap=128, baseline=FLOOR)
     window(limiter, FLOOR)
     assert limiter.limit == 16
