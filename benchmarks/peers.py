@@ -425,10 +425,17 @@ def markdown(rows: Sequence[Row], peers: Sequence[str], machine: str) -> str:
             t = r.peers.get(name)
             cells.append("—" if t is None else f"{t:.2f} ({r.loop / t:.1f}x)")
         best = r.best_peer
-        cells.append("—" if best is None else f"{best[1] / r.auto:.2f}x faster")
+        cells.append("—" if best is None else _versus(best[1] / r.auto))
         cells.append(f"{r.timing.probe:.2f} s ({r.probe_overhead / r.auto:.0%} cost)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _versus(ratio: float) -> str:
+    """'1.54x slower', never '0.65x faster': a reader should not have to invert a ratio."""
+    if ratio >= 1:
+        return f"{ratio:.2f}x faster"
+    return f"{1 / ratio:.2f}x slower"
 
 
 def plot(rows: Sequence[Row], peers: Sequence[str], path: Path, machine: str) -> None:

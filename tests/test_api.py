@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +47,17 @@ def test_all_is_exactly_the_public_api() -> None:
         assert getattr(pickpool, name).__doc__, f"{name} has no docstring"
 
 
+@pytest.mark.parametrize("name", ["map", "advise", "Executor", "bench"])
+def test_help_names_every_parameter(name: str) -> None:
+    """help() is where users look first; the others (imap, amap...) take map's options and
+    say so."""
+    obj = getattr(pickpool, name)
+    doc = inspect.getdoc(obj) or ""
+    params = inspect.signature(obj).parameters
+    missing = [p for p in params if p != "self" and not re.search(rf"\b{p}\b", doc)]
+    assert not missing, f"help(pickpool.{name}) does not explain {missing}"
+
+
 def test_import_is_light() -> None:
     code = (
         "import sys, pickpool; "
@@ -65,7 +78,7 @@ def test_errors_inherit_the_nearest_builtin() -> None:
 
 def test_unknown_model_names_the_valid_ones() -> None:
     with pytest.raises(ValueError, match=r"'serial'.*'threads'.*'processes'.*'asyncio'"):
-        pickpool.map(abs, [1], model="gpu")  # type: ignore[call-overload]  # on purpose
+        pickpool.map(abs, [1], model="gpu")  # type: ignore[arg-type]  # on purpose
 
 
 @pytest.mark.parametrize(

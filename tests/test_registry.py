@@ -34,7 +34,7 @@ def fake() -> Iterator[type[fake_model.FakeModelBackend]]:
 
 def test_a_registered_model_runs_by_name(fake: type[fake_model.FakeModelBackend]) -> None:
     assert "fake" in all_models()
-    results = pickpool.map(slow_double, range(20), model="fake")  # type: ignore[call-overload]
+    results = pickpool.map(slow_double, range(20), model="fake")  # type: ignore[arg-type]
     assert results == [2 * x for x in range(20)]
     assert fake.started == 1
 

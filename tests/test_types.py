@@ -66,3 +66,46 @@ def test_results_have_the_function_s_return_type(tmp_path: Path) -> None:
     }
     assert revealed == expected, out + err
     assert "error" not in out, out
+
+
+TYPOS = """
+import pickpool
+
+def length(s: str) -> int:
+    return len(s)
+
+async def alength(s: str) -> int:
+    return len(s)
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+async def main() -> None:
+    pickpool.map(length, ["a"], model="thread")
+    pickpool.map(alength, ["a"], model="thread", workers=4)
+    pickpool.map(add, [1], [2], model="thread")
+    pickpool.imap(length, ["a"], model="thread")
+    pickpool.starmap(add, [(1, 2)], model="thread")
+    await pickpool.amap(length, ["a"], model="thread")
+    async for _ in pickpool.aimap(alength, ["a"], model="thread"):
+        pass
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_misspelt_model_is_one_short_error_naming_it(tmp_path: Path) -> None:
+    """mypy's usual answer to a call no overload takes is every overload's signature (some
+    10 kB for map): here, one line per call, naming the argument and what it may be."""
+    sample = tmp_path / "typos.py"
+    sample.write_text(textwrap.dedent(TYPOS))
+    out, err, _ = mypy_api.run(
+        ["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(sample)]
+    )
+    lines = [line for line in out.splitlines() if line.startswith(str(sample))]
+    calls = [n for n, text in enumerate(sample.read_text().splitlines(), 1) if '"thread"' in text]
+    assert [int(line.split(":")[1]) for line in lines] == calls, out + err
+    for line in lines:
+        assert ': error: Argument "model" to ' in line, line
+        assert "incompatible type \"Literal['thread']\"" in line, line
+        assert "'threads'" in line, line
+        assert len(line) < 400, line

@@ -9,7 +9,14 @@ over: a list, a lazy iterator, awaited, or iterated asynchronously. Their signat
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Iterable,
+    Sequence,
+)
 from typing import Any, Literal, TypeVar, Unpack, overload
 
 from . import _backends
@@ -18,8 +25,10 @@ from ._failure import Failure
 from ._native import InnerThreads
 from ._options import (
     DEFAULT_BACKOFF,
+    AsyncKeywords,
     Keywords,
     Model,
+    NotAModel,
     OnError,
     Options,
     Progress,
@@ -89,7 +98,7 @@ def map(
     *,
     on_error: Literal["raise", "skip"] = ...,
     report: Literal[False] = ...,
-    **options: Unpack[Keywords],
+    **options: Unpack[AsyncKeywords],
 ) -> list[R]: ...
 @overload
 def map(
@@ -98,7 +107,7 @@ def map(
     *,
     on_error: Literal["collect"],
     report: Literal[False] = ...,
-    **options: Unpack[Keywords],
+    **options: Unpack[AsyncKeywords],
 ) -> list[R | Failure]: ...
 @overload
 def map(
@@ -107,7 +116,7 @@ def map(
     *,
     on_error: Literal["raise", "skip"] = ...,
     report: Literal[True],
-    **options: Unpack[Keywords],
+    **options: Unpack[AsyncKeywords],
 ) -> tuple[list[R], Report]: ...
 @overload
 def map(
@@ -116,7 +125,7 @@ def map(
     *,
     on_error: Literal["collect"],
     report: Literal[True],
-    **options: Unpack[Keywords],
+    **options: Unpack[AsyncKeywords],
 ) -> tuple[list[R | Failure], Report]: ...
 @overload
 def map(
@@ -158,7 +167,7 @@ def map(
     fn: Callable[[Any], Any],
     items: Iterable[Any],
     *more_items: Iterable[Any],
-    model: Model = "auto",
+    model: Model | Sequence[NotAModel] = "auto",  # (Keywords says why)
     workers: int | None = None,
     max_concurrency: int | None = None,
     max_rate: float | None = None,
@@ -192,6 +201,9 @@ def map(
         fn: a function of one argument, plain or ``async def``. For several arguments per
             item, wrap it: ``pickpool.star(fn)``.
         items: any iterable; read lazily, a window at a time.
+        *more_items: more iterables, as the builtin ``map`` takes them: ``fn`` gets one item
+            of each (``map(pow, bases, exponents)`` calls ``pow(b, e)``), and the run ends
+            with the shortest.
         model: ``'serial'`` (a plain loop), ``'threads'`` (blocking I/O, C code that releases
             the GIL), ``'processes'`` (pure-Python CPU work), ``'asyncio'`` (many slow waits),
             ``'interpreters'`` (Python 3.14+: one GIL per sub-interpreter), ``'dask'`` (a
@@ -321,7 +333,7 @@ def imap(
     items: Iterable[T],
     *,
     on_error: Literal["raise", "skip"] = ...,
-    **options: Unpack[Keywords],
+    **options: Unpack[AsyncKeywords],
 ) -> Results[R]: ...
 @overload
 def imap(
@@ -329,7 +341,7 @@ def imap(
     items: Iterable[T],
     *,
     on_error: Literal["collect"],
-    **options: Unpack[Keywords],
+    **options: Unpack[AsyncKeywords],
 ) -> Results[R | Failure]: ...
 @overload
 def imap(
@@ -370,7 +382,7 @@ def imap(
     fn: Callable[[Any], Any],
     items: Iterable[Any],
     *more_items: Iterable[Any],
-    model: Model = "auto",
+    model: Model | Sequence[NotAModel] = "auto",  # (Keywords says why)
     workers: int | None = None,
     max_concurrency: int | None = None,
     max_rate: float | None = None,
@@ -489,7 +501,7 @@ async def amap(
     *,
     on_error: Literal["raise", "skip"] = ...,
     report: Literal[False] = ...,
-    **options: Unpack[Keywords],
+    **options: Unpack[AsyncKeywords],
 ) -> list[R]: ...
 @overload
 async def amap(
@@ -498,7 +510,7 @@ async def amap(
     *,
     on_error: Literal["collect"],
     report: Literal[False] = ...,
-    **options: Unpack[Keywords],
+    **options: Unpack[AsyncKeywords],
 ) -> list[R | Failure]: ...
 @overload
 async def amap(
@@ -507,7 +519,7 @@ async def amap(
     *,
     on_error: Literal["raise", "skip"] = ...,
     report: Literal[True],
-    **options: Unpack[Keywords],
+    **options: Unpack[AsyncKeywords],
 ) -> tuple[list[R], Report]: ...
 @overload
 async def amap(
@@ -516,7 +528,7 @@ async def amap(
     *,
     on_error: Literal["collect"],
     report: Literal[True],
-    **options: Unpack[Keywords],
+    **options: Unpack[AsyncKeywords],
 ) -> tuple[list[R | Failure], Report]: ...
 @overload
 async def amap(
@@ -558,7 +570,7 @@ async def amap(
     fn: Callable[[Any], Any],
     items: Iterable[Any] | AsyncIterable[Any],
     *more_items: Iterable[Any],
-    model: Model = "auto",
+    model: Model | Sequence[NotAModel] = "auto",  # (Keywords says why)
     workers: int | None = None,
     max_concurrency: int | None = None,
     max_rate: float | None = None,
@@ -639,7 +651,7 @@ def starmap(
     items: Iterable[Iterable[Any]],
     *,
     on_error: Literal["raise", "skip"] = ...,
-    **options: Unpack[Keywords],
+    **options: Unpack[AsyncKeywords],
 ) -> list[R]: ...
 @overload
 def starmap(
@@ -647,7 +659,7 @@ def starmap(
     items: Iterable[Iterable[Any]],
     *,
     on_error: Literal["collect"],
-    **options: Unpack[Keywords],
+    **options: Unpack[AsyncKeywords],
 ) -> list[R | Failure]: ...
 @overload
 def starmap(
@@ -723,7 +735,7 @@ def aimap(
     items: Iterable[T] | AsyncIterable[T],
     *,
     on_error: Literal["raise", "skip"] = ...,
-    **options: Unpack[Keywords],
+    **options: Unpack[AsyncKeywords],
 ) -> AsyncResults[R]: ...
 @overload
 def aimap(
@@ -731,7 +743,7 @@ def aimap(
     items: Iterable[T] | AsyncIterable[T],
     *,
     on_error: Literal["collect"],
-    **options: Unpack[Keywords],
+    **options: Unpack[AsyncKeywords],
 ) -> AsyncResults[R | Failure]: ...
 @overload
 def aimap(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypedDict
 
@@ -40,16 +40,15 @@ DEFAULT_BACKOFF: Final = 0.05
 WINDOW_CHUNKS_PER_WORKER: Final = 4
 
 
-class Keywords(TypedDict, total=False):
+class _Options(TypedDict, total=False):
     """The options every overload of ``map``, ``imap``, ``amap``, ``starmap`` and ``aimap``
-    takes alike (``**options: Unpack[Keywords]``).
+    takes alike, ``model`` aside (``**options: Unpack[Keywords]``).
 
     ``on_error``, ``report`` and ``worker_state`` are not here: their values pick the overload
     (the result type, the function's arguments), so the overloads spell them out. The
     implementations list every option, with its default.
     """
 
-    model: Model
     workers: int | None
     max_concurrency: int | None
     max_rate: float | None
@@ -66,6 +65,31 @@ class Keywords(TypedDict, total=False):
     initargs: tuple[Any, ...]
     max_tasks_per_child: int | None
     require: Require
+
+
+class NotAModel:
+    """No value is one: see :class:`Keywords`."""
+
+
+class Keywords(_Options, total=False):
+    """The options of the overloads for plain functions.
+
+    ``Sequence[NotAModel]`` admits no string, no model name and nothing a user would pass: it
+    is there for mypy, which blames a misspelt ``model="thread"`` on that one argument, in
+    one line, only when some overload's arguments are "shaped" like the call's (``str`` is
+    a ``Sequence``); a union of literals alone is not, and mypy then prints every overload,
+    some 10 kB for ``map``. The overloads for coroutine functions keep the plain
+    :data:`Model`, so that a misspelt model in a plain function's call is not blamed on an
+    ``async def`` overload (it is an error there too).
+    """
+
+    model: Model | Sequence[NotAModel]
+
+
+class AsyncKeywords(_Options, total=False):
+    """The options of the overloads for ``async def`` functions: see :class:`Keywords`."""
+
+    model: Model
 
 
 # Every keyword :func:`check` takes. (``worker_state`` changes ``fn``'s signature, so the

@@ -16,6 +16,12 @@ whole pool, and with ``timeout=`` a stuck task fails with :class:`~pickpool.Task
 only its worker is killed. Functions travel with cloudpickle: lambdas and functions of
 ``__main__`` work.
 
+Why processes and not ``model="auto"`` by default: code that calls joblib has already chosen.
+It was written for loky's processes, and where its authors knew better they said so per call
+(``prefer="threads"``, ``require="sharedmem"``; scikit-learn's estimators do), so the backend
+keeps that choice and adds its fault handling. ``model="auto"`` is for code that never chose:
+it times the first batch of each function and sends the rest where the cost model says.
+
 ``n_jobs`` means what it means to joblib: ``-1`` is every usable core (CPU affinity and a
 container's CPU quota honoured), ``-2`` all but one, and an unset ``n_jobs`` (``None``) is 1,
 which joblib runs in the calling thread (``joblib.parallel_backend`` sets -1 unless told).
