@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench bench-native bench-busy bench-joblib lint types pytest clean
+.PHONY: demo test test-all bench bench-native bench-busy bench-joblib bench-capacity lint types pytest clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pickpool needs Python 3.11+; set PYTHON=python3.11")'
@@ -38,6 +38,12 @@ bench-busy: $(STAMP) $(BENCH_STAMP)
 # scikit-learn's n_jobs on loky and on pickpool's joblib backend, call after call (~30 s).
 bench-joblib: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/joblib_backend.py --markdown bench-joblib.md
+
+# auto against fixed thread counts on servers with a finite capacity, PostgreSQL, Redis and
+# nginx among them where installed (~5 min; ITEMS=3000 for long jobs, ~20 min).
+ITEMS ?= 300
+bench-capacity: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python benchmarks/capacity.py --items $(ITEMS) --markdown bench-capacity.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

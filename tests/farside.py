@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import http.server
 import os
 import signal
@@ -46,16 +47,25 @@ class TooManyRequests(Exception):
     """The server answered 429: over its limit. Raised by :func:`get`."""
 
 
-def get(url: str, n: int, timeout: float = 30.0) -> int:
-    """``GET url/n`` with urllib, one connection per request; :class:`TooManyRequests` on 429."""
+def get(url: str, n: int, timeout: float = 30.0, *, hedged: bool = False) -> int:
+    """``GET url/n`` with urllib, one connection per request; :class:`TooManyRequests` on 429.
+    ``hedged``: its connects hedged (``pickpool.hedge``)."""
+    open_url = _hedged_opener().open if hedged else urllib.request.urlopen
     try:
-        with urllib.request.urlopen(f"{url}/{n}", timeout=timeout) as response:
+        with open_url(f"{url}/{n}", timeout=timeout) as response:
             return int(response.read())
     except urllib.error.HTTPError as exc:
         exc.close()  # its connection
         if exc.code == 429:
             raise TooManyRequests(f"item {n}: 429 Too Many Requests") from None
         raise
+
+
+@functools.cache
+def _hedged_opener() -> urllib.request.OpenerDirector:
+    from pickpool import hedge
+
+    return hedge.opener()
 
 
 @contextlib.contextmanager

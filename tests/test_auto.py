@@ -272,6 +272,30 @@ def test_the_watch_judges_pace_over_windows() -> None:
     assert (faster.drift, cursor.taken) == ("faster", 20)
 
 
+def test_calls_that_wait_drift_only_when_this_process_computes() -> None:
+    # A far side that slowed 10x (a server dropping connections, a quota): the limiter
+    # follows it; a re-decision would throw away what it learnt. Only calls seen computing
+    # (this process's CPU time rising with the wall clock) may be decided again.
+    from pickpool._auto import COMPUTING, _Watch
+
+    cpu = [0.0]
+    idle = _Watch(predicted=0.001, waits=True, cpu_clock=lambda: cpu[0])
+    for _ in range(500):
+        idle.saw(0.01, 1)
+    assert idle.drift is None
+    busy = _Watch(predicted=0.001, waits=True, cpu_clock=lambda: cpu[0])
+    for _ in range(500):
+        cpu[0] += 0.01 * (COMPUTING + 0.5)  # more than COMPUTING cores' worth, in (fake) time
+        busy.saw(0.01, 1)
+        if busy.drift:
+            break
+    assert busy.drift == "slower"
+    faster = _Watch(predicted=1.0, waits=True, cpu_clock=lambda: cpu[0])
+    for _ in range(200):
+        faster.saw(0.1, 1)
+    assert faster.drift is None  # the limiter found more room: nothing to re-decide
+
+
 def test_one_big_item_among_small_ones_is_not_a_drift() -> None:
     from pickpool._auto import _Watch
 
@@ -316,6 +340,7 @@ def test_a_run_out_of_re_decisions_still_runs_every_item(monkeypatch: pytest.Mon
     # Every window "drifts" (the prediction is made absurd): auto re-decides its allowed
     # number of times, then runs the rest on its last choice. Nothing is lost.
     monkeypatch.setattr(_auto, "DRIFT_WATCH", 0.0)
+    monkeypatch.setattr(_auto, "COMPUTING", 0.0)  # (calls that wait drift too, here)
     decide = _advise.decide
 
     def absurd(*args: Any, **kwargs: Any) -> Advice:
@@ -345,6 +370,7 @@ def test_amap_watches_and_re_decides_as_map_does(
     from pickpool._schedule import Block
 
     monkeypatch.setattr(_auto, "DRIFT_WATCH", 0.0)
+    monkeypatch.setattr(_auto, "COMPUTING", 0.0)  # (calls that wait drift too, here)
     decide = _advise.decide
 
     def absurd(*args: Any, **kwargs: Any) -> Advice:

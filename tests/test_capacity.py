@@ -206,7 +206,9 @@ def test_after_stuck_calls_the_limit_goes_back_to_where_it_last_ran_clean(
     clock.now += 12.5
     clean(limiter, Limiter.RECOVER)
     assert limiter.limit == 17
-    assert limiter.completed([], [clock.now - 1.5] * 2)  # dropped again: back to 16...
+    rose = clock.now
+    clock.now += 1.5
+    assert limiter.completed([], [rose + 0.01] * 2)  # calls at 17 dropped: back to 16...
     assert limiter.limit == 16
     clock.now += 12.5  # ... and tried after 24 s, not 12
     clean(limiter, 2 * Limiter.RECOVER)
@@ -235,6 +237,28 @@ def test_a_rise_past_the_ceiling_that_breaks_goes_back_to_the_ceiling() -> None:
     assert limiter.limit == 16  # tried again, one past the ceiling...
     window(limiter, FLOOR, failed=4)  # ... and it broke: back to 15, where calls ran clean
     assert limiter.limit == 15
+
+
+def test_stuck_calls_go_back_below_the_limit_they_started_under(clock: LimiterClock) -> None:
+    # A far side that drops past ~12: the limit doubled to 64 before the first dropped calls
+    # could show (a dropped connection shows only when its retry is due). Calls stuck that
+    # started at 16 send the limit below 16, to 8, in one step, not one step per second of
+    # stuck calls (64, then 32, then 16).
+    limiter = Limiter(start=8, cap=128, baseline=FLOOR)
+    clean(limiter, 1)
+    assert limiter.limit == 16
+    at_16 = clock.now + 0.01
+    clock.now += 0.02
+    clean(limiter, 2)
+    assert limiter.limit == 64
+    clock.now += 1.5
+    assert limiter.completed([], [at_16, at_16 + 0.01])
+    assert limiter.limit == 8
+    # The next drop, of calls started at 8, finds no clean limit below it: half.
+    at_8 = clock.now + 0.1
+    clock.now += 1.5
+    assert limiter.completed([], [at_8, at_8])
+    assert limiter.limit == 4
 
 
 def test_stuck_calls_before_any_clean_rise_halve_the_limit() -> None:

@@ -38,6 +38,9 @@ AUTO_SHARE: Final = 0.015
 DRIFT: Final = 5.0
 DRIFT_WATCH: Final = 0.5
 MAX_REDECISIONS: Final = 3
+# Calls that wait are re-decided on a drift only while this process computes at least this
+# many cores' worth: a far side's pace is the limiter's to follow, and no model changes it.
+COMPUTING: Final = 0.5
 # Items predicted faster than this are not watched: timing them would cost a third of each.
 WATCH_MIN_PACE: Final = 20e-6
 # A switch of model after a drift must be predicted to save this share of staying on it.
@@ -57,10 +60,25 @@ class _Watch:
     in a row, :attr:`drift` says which, and the run's gate hands out no more items, so the run
     winds down: one window can be one big item among small ones (skewed sizes), which is not
     a change of pace. Faster is only judged when the consumer is not what sets the pace.
+
+    For calls that ``wait`` (on a server, a database, an API), a change of pace is their far
+    side's: the limiter follows it, keeping what it learnt (a ceiling, a drop point), and a
+    re-decision would throw that away for a model no better placed. Their drift counts only
+    in a window where this process computed :data:`COMPUTING` cores' worth or more
+    (``cpu_clock``, the process's CPU time): the calls started computing.
     """
 
-    def __init__(self, predicted: float) -> None:
+    def __init__(
+        self,
+        predicted: float,
+        *,
+        waits: bool = False,
+        cpu_clock: Callable[[], float] = time.process_time,
+    ) -> None:
         self._predicted = predicted
+        self._waits = waits
+        self._cpu_clock = cpu_clock
+        self._cpu_began = cpu_clock()
         self._min_items = 10  # and a few items, so that one slow item is not a drift
         self._began = time.perf_counter()
         self._busy = 0.0
@@ -86,6 +104,10 @@ class _Watch:
             seen = "slower"
         elif pace * DRIFT < self._predicted and self._busy > 0.5 * elapsed:
             seen = "faster"
+        if seen is not None and self._waits:
+            computed = (self._cpu_clock() - self._cpu_began) / max(elapsed, 1e-9)
+            if computed < COMPUTING:
+                seen = None  # (the far side's pace)
         suspect, self._suspect = self._suspect, None if seen is None else (seen, pace)
         if seen is not None and suspect is not None and suspect[0] == seen:
             # (The gentler of the two windows' paces: the one a big item weighs on less.)
@@ -93,6 +115,7 @@ class _Watch:
             self.pace = min(pace, suspect[1]) if seen == "slower" else max(pace, suspect[1])
         # A new window: what counts is the recent pace, not the average since the start.
         self._busy, self._count, self._began = 0.0, 0, time.perf_counter()
+        self._cpu_began = self._cpu_clock()
 
     def why(self, model: str) -> str:
         """What drifted, in the words of the log's re-decision."""
@@ -208,7 +231,8 @@ class AutoRun:
                 self.watching = None
                 yield Phase("run", plan, setup, self.cursor.rest(), start)
                 return
-            self.watching = watch = _Watch(self.advice.pace)
+            waits = self.advice.evidence.demand_share < WAITING_SHARE
+            self.watching = watch = _Watch(self.advice.pace, waits=waits)
             yield Phase("run", plan, setup, self.cursor.gate(watch.steady), start)
             self.watching = None
             if self.cursor.exhausted or watch.drift is None:

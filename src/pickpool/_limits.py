@@ -79,10 +79,11 @@ class Limiter:
     * two calls running :data:`STUCK` times the no-load latency, and at least
       :data:`STUCK_LEAST` (connections dropped past a listen backlog, which the client's kernel
       retries only after a second, RFC 6298's initial timeout; one slow call among others is
-      a tail, not a drop): back to the last limit whose calls all ran clean (half, if none
-      did yet), with the ceiling there, which rises again only after :data:`REPROBE` times
-      the penalty the stuck calls paid, twice that each time it drops calls again. Each such
-      call costs a second, more than many whole batches;
+      a tail, not a drop): back to the last limit whose calls all ran clean below the one in
+      force when the oldest stuck call started (half that, if none did), with the ceiling
+      there, which rises again only after :data:`REPROBE` times the penalty the stuck calls
+      paid, twice that each time it drops calls again. Each such call costs a second, more
+      than many whole batches;
     * a window's median latency above :data:`TOLERANCE` times the no-load latency (queueing
       at the far side), and no more completions per second than the last window (by Little's
       law, calls at once over latency: on a busy machine 64 calls at twice the latency still
@@ -130,7 +131,10 @@ class Limiter:
         self._at_ceiling = 0  # clean windows spent at the ceiling
         self._recover = self.RECOVER  # of them, before it rises by one
         self._probing = False  # the ceiling just rose: no clean window above the old one yet
-        self._below = 0  # the limit before the last rise: its calls all ran clean
+        # Every limit set, (since when, limit), for what was in force when a stuck call
+        # started; and the limits whose calls all ran clean (each rise's start).
+        self._levels: list[tuple[float, int]] = [(time.monotonic(), self.limit)]
+        self._clean: set[int] = set()
         self._rose = 0.0  # when the limit last rose: calls started before it tell of the old
         self._throughput = 0.0  # the last window's calls at once over its median latency
         # After stuck calls: the ceiling rises again no sooner than this (time.monotonic()),
@@ -168,12 +172,19 @@ class Limiter:
         is a far side's tail latency, several at once are connections it dropped. Only the
         oldest are read, up to the second judged: a thousand coroutines in flight cost no more
         than two, but for those that started before the last cut (within a latency of it)."""
+        return self._look(self._judged(running))
+
+    def _judged(self, running: Iterable[float]) -> list[float]:
+        """The two oldest starts judged (after the last cut's latency), or fewer."""
         judged: list[float] = []
         for start in running:
             if start > self._acted:
                 judged.append(start)
                 if len(judged) == 2:
                     break
+        return judged
+
+    def _look(self, judged: list[float]) -> float | None:
         if not judged:
             return None
         return max(0.0, judged[-1] + self.stuck_after - time.monotonic())
@@ -201,7 +212,8 @@ class Limiter:
         # Only the oldest running calls are read (thousands of coroutines may be in flight).
         rest = iter(running)
         oldest = next(rest, None)
-        stuck = oldest is not None and self.next_look(itertools.chain((oldest,), rest)) == 0.0
+        judged = [] if oldest is None else self._judged(itertools.chain((oldest,), rest))
+        stuck = self._look(judged) == 0.0
         if not stuck and self._calls < max(4, self.limit // 2):
             return False
         window, self._latencies = self._latencies, []
@@ -218,7 +230,7 @@ class Limiter:
         throughput, last = (before / typical if typical else 0.0), self._throughput
         self._throughput = throughput
         if stuck:
-            self._stuck(before, oldest)
+            self._stuck(before, judged[0])
         elif failed > self.FAILING:
             self._refused(before, failed)
         elif typical > self.TOLERANCE * self._floor:
@@ -238,13 +250,21 @@ class Limiter:
             return True
         return oldest >= self._rose and oldest >= time.monotonic() - self.HOLD * self._floor
 
-    def _stuck(self, before: int, oldest: float | None) -> None:
-        """Calls stuck at ``before``: back to the last limit that ran clean, the ceiling there,
-        tried again after :data:`REPROBE` times what a stuck call costs, doubling each time."""
-        known = self._below if 0 < self._below < before else max(1, before // 2)
+    def _stuck(self, before: int, oldest: float) -> None:
+        """Calls stuck at ``before``, the oldest judged one started at ``oldest``: back to the
+        last limit that ran clean below the one in force when it started (half that, if none
+        did), the ceiling there, tried again after :data:`REPROBE` times what a stuck call
+        costs, doubling each time. (A far side that drops past 16 dropped calls started at 64
+        and at 32 alike: from the one in force at the start, one step down, not one per
+        second of stuck calls.)"""
+        failed_at = before
+        if oldest >= self._levels[0][0]:
+            failed_at = next(limit for since, limit in reversed(self._levels) if since <= oldest)
+        self._clean = {limit for limit in self._clean if limit < failed_at}
+        known = max(self._clean, default=max(1, failed_at // 2))
         self._cut(max(1, min(self._ceiling, known)))
         self._set_ceiling(self.limit)
-        penalty = max(self.stuck_after, time.monotonic() - (oldest or time.monotonic()))
+        penalty = max(self.stuck_after, time.monotonic() - oldest)
         self._reprobe_wait = max(self.REPROBE * penalty, 2 * self._reprobe_wait)
         self._reprobe_at = time.monotonic() + self._reprobe_wait
 
@@ -283,16 +303,21 @@ class Limiter:
                 self._probing = True
         self.limit = min(self._cap, self._ceiling, before + step)
         if self.limit > before:
-            self._below = before
+            self._clean.add(before)
             self._rose = time.monotonic()
+            self._set(self.limit)
 
     def _set_ceiling(self, ceiling: int) -> None:
         if ceiling != self._ceiling:
             self._ceiling = ceiling
             self._at_ceiling = 0  # clean windows are counted at this ceiling
 
+    def _set(self, limit: int) -> None:
+        self._levels = [*self._levels[-63:], (time.monotonic(), limit)]
+
     def _cut(self, limit: int) -> None:
         self.limit = limit
+        self._set(limit)
         self._growing = False
         self._probing = False
         # One cut per latency, as TCP cuts once per round trip: the calls that start within
