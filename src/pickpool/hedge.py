@@ -28,6 +28,7 @@ takes a connect function; :class:`HTTPConnection` and :class:`HTTPSConnection` a
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import http.client
 import os
@@ -84,7 +85,7 @@ def _start(info: tuple[Any, ...], source_address: tuple[str, int] | None) -> soc
             sock.bind(source_address)
         code = sock.connect_ex(address)
         if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
-            raise OSError(code, f"connect to {address}: {errno.errorcode.get(code, code)}")
+            raise OSError(code, f"connect to {address}: {os.strerror(code)}")
     except BaseException:
         sock.close()
         raise
@@ -146,7 +147,11 @@ def create_connection(
             while sockets or addresses:
                 if not sockets:  # (the first, or the next address after a refusal)
                     current = addresses.pop(0)
-                    sockets.append(_start(current, source_address))
+                    try:
+                        sockets.append(_start(current, source_address))
+                    except OSError as exc:  # (refused at once, as loopback may)
+                        error = exc
+                        continue
                     selector.register(sockets[-1], selectors.EVENT_WRITE)
                 now = time.monotonic()
                 if now >= deadline:
@@ -154,9 +159,10 @@ def create_connection(
                 if now >= hedge_at:
                     hedge_at = float("inf")  # (one hedge per connect, or none)
                     if len(sockets) == 1 and _may_hedge():
-                        hedged = True
-                        sockets.append(_start(current, source_address))
-                        selector.register(sockets[-1], selectors.EVENT_WRITE)
+                        with contextlib.suppress(OSError):  # (no hedge: the first goes on)
+                            sockets.append(_start(current, source_address))
+                            selector.register(sockets[-1], selectors.EVENT_WRITE)
+                            hedged = True
                 sock, failed = _first_done(selector, sockets, min(hedge_at, deadline) - now)
                 if sock is not None:
                     if not hedged:
