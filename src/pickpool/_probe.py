@@ -143,9 +143,16 @@ class _Allowance:
                 # A second call shows what the first one's warm-up (imports, caches) hid,
                 # unless the first alone took most of the budget, or clearly waited: the
                 # ramp that follows times waiting calls again, two at once.
-                if n == 1 and enough_after_one(records[0]):
+                if n == 0:
+                    return True
+                if enough_after_one(records[0]):
                     return False
-                return n == 0 or elapsed < 0.35 * self.budget
+                # A first call that mostly computed may be all warm-up (an import, a cache
+                # filled once, read as CPU): a second one while the whole budget allows, as a
+                # busy machine stretches a cold call past the alone phase's share of it.
+                _, wall, cpu, all_cpu = records[0]
+                computed = wall > 0 and max(cpu, all_cpu) >= 0.5 * wall
+                return elapsed < (self.budget if computed else 0.35 * self.budget)
             if n <= 16 or n % 64 == 0 or not typical_now:
                 # (A median per call would cost tiny calls more than the calls themselves.)
                 typical_now[:] = [typical(records)]
