@@ -40,7 +40,7 @@ DEFAULT_BACKOFF: Final = 0.05
 WINDOW_CHUNKS_PER_WORKER: Final = 4
 
 
-class _Options(TypedDict, total=False):
+class _SharedKeywords(TypedDict, total=False):
     """The options every overload of ``map``, ``imap``, ``amap``, ``starmap`` and ``aimap``
     takes alike, ``model`` aside (``**options: Unpack[Keywords]``).
 
@@ -71,7 +71,7 @@ class NotAModel:
     """No value is one: see :class:`Keywords`."""
 
 
-class Keywords(_Options, total=False):
+class Keywords(_SharedKeywords, total=False):
     """The options of the overloads for plain functions.
 
     ``Sequence[NotAModel]`` admits no string, no model name and nothing a user would pass: it
@@ -86,7 +86,7 @@ class Keywords(_Options, total=False):
     model: Model | Sequence[NotAModel]
 
 
-class AsyncKeywords(_Options, total=False):
+class AsyncKeywords(_SharedKeywords, total=False):
     """The options of the overloads for ``async def`` functions: see :class:`Keywords`."""
 
     model: Model
