@@ -47,9 +47,9 @@ _NEEDS = {
         ("initdb", "postgres"), "psycopg", "apt install postgresql; pip install 'psycopg[binary]'"
     ),
     "redis": (("redis-server",), "redis", "apt install redis-server; pip install redis"),
-    "redis-bare": (("redis-server",), "redis", "apt install redis-server; pip install redis"),
     "nginx": (("nginx",), None, "apt install nginx"),
 }  # fmt: skip
+_NEEDS["redis-bare"] = _NEEDS["redis"]
 
 
 def _binary(name: str) -> str | None:

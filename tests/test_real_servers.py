@@ -16,6 +16,14 @@ from benchmarks import real_servers
 pytestmark = pytest.mark.timeout(180)
 
 
+# What each server says past its capacity, and that capacity.
+REFUSALS = {
+    "postgres": (real_servers.POSTGRES_CONNECTIONS, "too many clients"),
+    "redis-bare": (real_servers.REDIS_CLIENTS, "max number of clients"),
+    "nginx": (real_servers.NGINX_CONNECTIONS, "503"),
+}
+
+
 def _children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
@@ -45,18 +53,11 @@ def test_a_real_server_answers_refuses_past_its_capacity_and_stops(kind: str) ->
     # A longer wait than the benchmark's, so that calls started together overlap for sure.
     with real_servers.serve(kind, delay=0.5) as call:
         assert call(7) == 7
-        if kind == "postgres":
-            refused = _refusals(call, real_servers.POSTGRES_CONNECTIONS + 8)
-            assert refused, "no connection was refused past max_connections"
-            assert all("too many clients" in str(e) for e in refused), refused
-        elif kind == "redis-bare":
-            refused = _refusals(call, real_servers.REDIS_CLIENTS + 8)
-            assert refused, "no client was refused past maxclients"
-            assert all("max number of clients" in str(e) for e in refused), refused
-        elif kind == "nginx":
-            refused = _refusals(call, real_servers.NGINX_CONNECTIONS + 8)
-            assert refused, "nothing was refused past limit_conn"
-            assert all("503" in str(e) for e in refused), refused
+        if kind in REFUSALS:
+            capacity, said = REFUSALS[kind]
+            refused = _refusals(call, capacity + 8)
+            assert refused, f"{kind} refused nothing past its capacity of {capacity}"
+            assert all(said in str(e) for e in refused), refused
         else:
             # redis-py retries a refused connection itself: past maxclients calls wait, and
             # all of them answer in the end (a refusal it gave up on would show here).

@@ -11,7 +11,8 @@ import pytest
 
 mypy_api = pytest.importorskip("mypy.api")
 
-SAMPLE = """
+# The functions both samples call.
+FUNCTIONS = """
 import pickpool
 
 def length(s: str) -> int:
@@ -22,7 +23,9 @@ async def alength(s: str) -> int:
 
 def add(a: int, b: int) -> int:
     return a + b
+"""
 
+SAMPLE = """
 async def main() -> None:
     reveal_type(pickpool.map(length, ["a"]))  # list[int]
     reveal_type(pickpool.map(alength, ["a"]))  # list[int]
@@ -47,13 +50,19 @@ async def main() -> None:
 _QUALIFIED = re.compile(r"\b(?:pickpool\.\w+|concurrent\.futures\._base)\.")
 
 
-@pytest.mark.timeout(300)
-def test_results_have_the_function_s_return_type(tmp_path: Path) -> None:
-    sample = tmp_path / "sample.py"
-    sample.write_text(textwrap.dedent(SAMPLE))
+def _mypy(tmp_path: Path, name: str, calls: str) -> tuple[Path, str, str]:
+    """(the sample, mypy's report, its errors) for ``calls`` after :data:`FUNCTIONS`."""
+    sample = tmp_path / f"{name}.py"
+    sample.write_text(textwrap.dedent(FUNCTIONS) + textwrap.dedent(calls))
     out, err, _ = mypy_api.run(
         ["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(sample)]
     )
+    return sample, out, err
+
+
+@pytest.mark.timeout(300)
+def test_results_have_the_function_s_return_type(tmp_path: Path) -> None:
+    sample, out, err = _mypy(tmp_path, "sample", SAMPLE)
     revealed = {
         int(line.split(":")[1]): _QUALIFIED.sub("", line.split('Revealed type is "')[1][:-1])
         for line in out.splitlines()
@@ -69,17 +78,6 @@ def test_results_have_the_function_s_return_type(tmp_path: Path) -> None:
 
 
 TYPOS = """
-import pickpool
-
-def length(s: str) -> int:
-    return len(s)
-
-async def alength(s: str) -> int:
-    return len(s)
-
-def add(a: int, b: int) -> int:
-    return a + b
-
 async def main() -> None:
     pickpool.map(length, ["a"], model="thread")
     pickpool.map(alength, ["a"], model="thread", workers=4)
@@ -96,11 +94,7 @@ async def main() -> None:
 def test_a_misspelt_model_is_one_short_error_naming_it(tmp_path: Path) -> None:
     """mypy's usual answer to a call no overload takes is every overload's signature (some
     10 kB for map): here, one line per call, naming the argument and what it may be."""
-    sample = tmp_path / "typos.py"
-    sample.write_text(textwrap.dedent(TYPOS))
-    out, err, _ = mypy_api.run(
-        ["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(sample)]
-    )
+    sample, out, err = _mypy(tmp_path, "typos", TYPOS)
     lines = [line for line in out.splitlines() if line.startswith(str(sample))]
     calls = [n for n, text in enumerate(sample.read_text().splitlines(), 1) if '"thread"' in text]
     assert [int(line.split(":")[1]) for line in lines] == calls, out + err
