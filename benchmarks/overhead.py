@@ -46,6 +46,17 @@ def main() -> None:
             t = timed(lambda fn=fn, items=items, model=model: pickpool.map(fn, items, model=model))  # type: ignore[misc]
             extra = (t - loop) / count * 1e6
             print(f"{model:<10} {t:8.3f} {t / loop:7.2f}x {extra:18.1f}")
+        # A loop fixed at chunks of one item: what advising chunksize=1 for a loop would cost.
+        t = timed(lambda fn=fn, items=items: pickpool.map(fn, items, model="serial", chunksize=1))  # type: ignore[misc]
+        extra = (t - loop) / count * 1e6
+        print(f"{'serial, chunks of 1':<10} {t:8.3f} {t / loop:7.2f}x {extra:18.1f}")
+        # What advise predicts for the loop, against the loop's measured time.
+        advice = pickpool.advise(fn, items)
+        ratio = advice.predicted["serial"] / advice.items * count / loop
+        print(
+            f"advise: {advice.model}; a loop predicted {advice.predicted['serial']:.3f} s for "
+            f"{advice.items} items, {ratio:.2f}x the loop measured"
+        )
 
 
 if __name__ == "__main__":

@@ -487,3 +487,83 @@ def test_the_advice_says_when_another_model_is_close() -> None:
     assert "either will do" in close[0]
     computes = decide(evidence(gil_held=0.97), items=200, machine=TWO_CORES)
     assert not any("is close" in r for r in computes.reasons), str(computes)
+
+
+# Tiny calls: timed in batches, advised in the chunks a loop runs them in ------------------------
+
+
+def _add_one(x: int) -> int:
+    return x + 1
+
+
+def test_a_batch_timer_records_one_record_per_batch_per_call() -> None:
+    from pickpool._timing import Batched
+
+    records: list[Any] = []
+    timed = Batched(_add_one, records, size=50)
+    assert [timed(x) for x in range(120)] == list(range(1, 121))
+    assert len(records) == 2  # (the last 20 calls are not a whole batch)
+    assert all(0 <= r[1] < 1e-3 and 0 <= r[2] <= r[1] * 1.5 + 1e-6 for r in records)
+    assert timed.samples[:3] == [(0, 1), (1, 2), (2, 3)]
+    assert len(timed.samples) == Batched.SAMPLES
+
+
+def test_a_failure_breaks_its_batch_and_is_raised() -> None:
+    from pickpool._timing import Batched
+
+    def odd_fails(x: int) -> int:
+        if x == 7:
+            raise ValueError(x)
+        return x
+
+    records: list[Any] = []
+    timed = Batched(odd_fails, records, size=5)
+    for x in range(7):
+        timed(x)
+    with pytest.raises(ValueError):
+        timed(7)
+    for x in range(8, 13):
+        timed(x)
+    # 0-4 made a batch; 5, 6 and the failure broke the next one; 8-12 made a new one.
+    assert len(records) == 2
+
+
+def test_tiny_calls_are_timed_in_batches_not_one_by_one() -> None:
+    # One by one, timing a call costs more than the call (the clocks are system calls): a
+    # million x + 1 read as 5 µs each, 6 s predicted for a loop that takes 0.1 s.
+    items = range(1_000_000)
+    advice = pickpool.advise(_add_one, items)
+    assert advice.evidence.calls > 1_000, str(advice)
+    # (A generous ratio measured in the same test, so a busy machine slows both alike.)
+    loop = min(_seconds(lambda: list(map(_add_one, items))) for _ in range(3))
+    assert advice.predicted["serial"] < 10 * loop, (str(advice), loop)
+    assert (advice.model, advice.kind) == ("serial", "tiny"), str(advice)
+
+
+def test_a_slow_call_is_not_batched() -> None:
+    advice = pickpool.advise(lab.mixed, range(40))
+    assert advice.evidence.calls < 40
+
+
+def test_the_advised_loop_runs_in_chunks_as_a_run_grows_them() -> None:
+    # A chunk of one item costs the loop microseconds: advising chunksize=1 for tiny calls
+    # would make the advised run many times slower than the run auto makes.
+    tiny = decide(evidence(wall=1e-7, cpu=1e-7, gil_held=0.95), items=10**6, machine=TWO_CORES)
+    assert (tiny.model, tiny.kind) == ("serial", "tiny")
+    assert tiny.chunksize >= 1024
+    slow = decide(evidence(wall=0.01, cpu=0.01, gil_held=0.97), items=100, machine=machine(cores=1))
+    assert (slow.model, slow.chunksize) == ("serial", 1)
+    # The caller's own chunk size is kept.
+    mine = decide(
+        evidence(wall=1e-7, cpu=1e-7, gil_held=0.95),
+        items=10**6,
+        options=Options(chunksize=7),
+        machine=TWO_CORES,
+    )
+    assert mine.chunksize == 7
+
+
+def _seconds(call: Callable[[], object]) -> float:
+    began = time.perf_counter()
+    call()
+    return time.perf_counter() - began

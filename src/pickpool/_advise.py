@@ -25,6 +25,7 @@ from ._machine import Machine
 from ._options import Options, Require, check, check_fn, length_hint, positive_seconds
 from ._probe import ADVISE_SHARE, Pilot
 from ._readings import Evidence
+from ._schedule import Done
 from ._task import OK, is_async_callable
 from ._text import format_seconds, plural
 
@@ -351,9 +352,12 @@ def advise(
     first_failure: BaseException | None = None
     for phase in pilot.phases():
         backend = _backends.load(phase.plan.model)
-        for done in drive(phase.items, phase.plan, phase.setup, backend, start=phase.start):
+        dones = drive(
+            phase.items, phase.plan, phase.setup, backend, start=phase.start, blocks=phase.blocks
+        )
+        for done in dones:
             pilot.saw(done)
-            if done.status != OK and first_failure is None:
+            if type(done) is Done and done.status != OK and first_failure is None:
                 first_failure = done.value
     evidence = pilot.evidence
     assert evidence is not None

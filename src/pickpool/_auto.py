@@ -262,7 +262,6 @@ class AutoRun:
     def saw(self, phase: Phase, done: Done | Block, busy: float) -> None:
         """``done`` came out of ``phase``, after the run had control for ``busy`` seconds."""
         if phase.name != "run":
-            assert type(done) is Done
             self.pilot.saw(done)
         elif self.watching is not None:
             self.watching.saw(busy, len(done.values) if type(done) is Block else 1)
@@ -277,7 +276,9 @@ class AutoRun:
         legs = self.legs()
         try:
             for phase in legs:
-                yield from _run(self, phase, cancel, blocks=blocks and phase.name == "run")
+                yield from _run(
+                    self, phase, cancel, blocks=blocks and (phase.name == "run" or phase.blocks)
+                )
         finally:
             legs.close()
 
@@ -419,7 +420,7 @@ async def _arun(auto: AutoRun, phase: Phase) -> AsyncGenerator[Done | Block, Non
     run on one (its results are handed over whole)."""
     from ._aio import adrive
 
-    blocks = phase.name == "run"
+    blocks = phase.name == "run" or phase.blocks
     if _backends.model(phase.plan.model).loop_runner is None:
         ran = await in_thread(lambda cancel: list(_run(auto, phase, cancel, blocks=blocks)))
         for done in ran:

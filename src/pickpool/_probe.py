@@ -35,15 +35,19 @@ from ._native import InnerThreads
 from ._options import Options
 from ._plan import Plan
 from ._readings import PARALLEL_CALL, RAMP_FAILING, RAMP_TOLERANCE, Evidence, Readings
-from ._schedule import Done
+from ._schedule import Block, Done
+from ._task import OK
 from ._timing import (
     AsyncTimed,
+    Batched,
     Knocker,
     Record,
     Timed,
+    batched_overhead,
     children_cpu,
     overhead,
     typical,
+    typical_batched,
     typical_process_cpu,
 )
 
@@ -60,6 +64,14 @@ _MAX_RAMP_THREADS = 32
 # advise's share: its only job is to measure, so it may take a larger part of the batch.
 ADVISE_SHARE = 0.1
 _MAX_PROBE_COROUTINES = 16
+# Calls alone shorter than this are timed again in batches of many in a row: one by one, the
+# clocks' own cost (a few microseconds) and its jitter are most of what is measured. The
+# batches run BATCHES at a time, about BATCHED_SECONDS of calls in all, at most BATCHED_MAX
+# (a caller that takes results one by one pays microseconds for each).
+BATCH_BELOW = 20e-6
+BATCHES = 8
+BATCHED_SECONDS = 0.002
+BATCHED_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +83,8 @@ class Phase:
     setup: Setup
     items: Source
     start: int
+    # Its results may come as blocks (_schedule.Block): nothing reads them one by one.
+    blocks: bool = False
 
 
 class _Allowance:
@@ -196,9 +210,11 @@ class Pilot:
         self.readings = Readings(fn, is_async, cursor.length, options.timeout)
         self.evidence: Evidence | None = None
 
-    def saw(self, done: Done) -> None:
-        """Note one finished item of a probe phase."""
-        self.readings.saw(done)
+    def saw(self, done: Done | Block) -> None:
+        """Note one finished item of a probe phase (a phase with ``blocks`` measures its
+        calls itself)."""
+        if type(done) is Done:
+            self.readings.saw(done)
 
     def phases(self) -> Generator[Phase, None, None]:
         """The probe's phases; each is yielded once the one before it has run to the end."""
@@ -206,6 +222,8 @@ class Pilot:
         yield from self._alone_phase()
         if self._inner_parallel():
             yield from self._alone_phase(capped=True)
+        elif self._tiny():
+            yield from self._batched_phases()
         if not self._exhausted_or_enough():
             if self._waits():
                 if self.ramp:
@@ -262,6 +280,18 @@ class Pilot:
         self.readings.pools = pools = tuple(_native.pools())
         return any(p.cappable and p.threads > 1 for p in pools)
 
+    def _tiny(self) -> bool:
+        """Whether calls alone were too short to time one by one, and may run in batches
+        (not where each item must go alone: a timeout or a rate)."""
+        alone = self.readings.alone
+        return (
+            not self.is_async
+            and bool(alone)
+            and not self.cursor.exhausted
+            and not self.options.one_by_one
+            and typical(alone)[0] < BATCH_BELOW
+        )
+
     def _exhausted_or_enough(self) -> bool:
         readings = self.readings
         if self.cursor.exhausted or not readings.alone:
@@ -306,8 +336,7 @@ class Pilot:
 
     def _phase(self, name: str, plan: Plan, setup: Setup, most: int) -> Phase:
         """A phase of at most ``most`` items, from the next one."""
-        cursor, start = self.cursor, self.cursor.taken
-        return Phase(name, plan, setup, cursor.gate(lambda: cursor.taken - start < most), start)
+        return Phase(name, plan, setup, self.cursor.next(most), self.cursor.taken)
 
     def _alone_phase(self, *, capped: bool = False) -> Generator[Phase, None, None]:
         """One call at a time: as the caller's settings run it, or (``capped``) with every
@@ -342,6 +371,37 @@ class Pilot:
         readings.gil = reading
         if records:
             readings.child_cpu = max(0.0, children_cpu() - children) / len(records)
+
+    def _batched_phases(self) -> Generator[Phase, None, None]:
+        """Tiny calls alone again, in :data:`BATCHES` batches of many calls in a row, as a
+        plain loop runs them: sized first by the calls timed one by one (which the clocks'
+        cost inflates), then, if that fell well short of :data:`BATCHED_SECONDS`, once more
+        by what the batches measured (their records replace the first ones')."""
+        readings = self.readings
+        estimate = typical(readings.alone)[0]
+        batched_overhead()  # (measured once per process, before any batch's clock starts)
+        for _ in range(2):
+            wanted = math.ceil(BATCHED_SECONDS / max(estimate, 1e-8))
+            size = min(self.allowance.room(), BATCHED_MAX, wanted) // BATCHES
+            if size < 2:
+                return
+            n = size * BATCHES
+            records: list[Record] = []
+            # One chunk: the batches run back to back, with nothing of the driver's between.
+            plan = dataclasses.replace(self._plan(LOOP, 1, n), window=n)
+            timed = Batched(self.fn, records, size=size)
+            setup = self.options.setup(timed, plan, is_async=False)
+            setup = dataclasses.replace(setup, inner_threads=self.options.inner_threads)
+            yield dataclasses.replace(self._phase("alone", plan, setup, n), blocks=True)
+            for item, value in timed.samples:
+                readings.saw(Done(-1, item, OK, value, None, 1))
+            if not records:
+                return
+            readings.batched = records
+            readings.batched_calls += len(records) * size
+            estimate = typical_batched(records)[0]
+            if self.cursor.exhausted or len(records) * size * estimate >= BATCHED_SECONDS / 2:
+                return
 
     def _ramp(self) -> Generator[Phase, None, None]:
         """Calls that wait, run 2, 8, 32 at once (a round of that many calls each) while

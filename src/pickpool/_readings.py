@@ -20,7 +20,7 @@ from typing import Any
 from ._native import Pool
 from ._schedule import Done
 from ._task import OK
-from ._timing import Record, typical, typical_process_cpu
+from ._timing import Record, typical, typical_batched, typical_process_cpu
 
 # A call alone that keeps this many cores busy runs threads of its own (BLAS, OpenMP...).
 PARALLEL_CALL = 1.2
@@ -132,6 +132,10 @@ class Readings:
     timeout: float | None  # the caller's: calls that all overran it took at least this long
     alone: list[Record] = field(default_factory=list)  # one call at a time
     capped: list[Record] = field(default_factory=list)  # alone, native pools at one thread
+    # Tiny calls alone, timed in batches of many in a row (see _timing.Batched), and how many
+    # calls those batches made.
+    batched: list[Record] = field(default_factory=list)
+    batched_calls: int = 0
     together: list[Record] = field(default_factory=list)  # several at once
     rounds: list[tuple[int, float, float]] = field(default_factory=list)  # (n, latency, failed)
     failed: int = 0
@@ -166,7 +170,20 @@ class Readings:
 
     def typical(self) -> tuple[float, float]:
         """(wall, cpu) of a typical call alone: capped, if that ran (as a run would be)."""
-        return typical(self.capped or self.alone)
+        return typical(self.capped) if self.capped else self._alone_times()
+
+    def _alone_times(self) -> tuple[float, float]:
+        """(wall, cpu) of a call alone: in batches, where the calls were too short to time
+        one by one."""
+        if self.batched:
+            return typical_batched(self.batched)[:2]
+        return typical(self.alone) if self.alone else (0.0, 0.0)
+
+    def _process_cpu(self) -> float | None:
+        """The whole process's CPU time in a call alone (None: no call ran alone)."""
+        if self.batched:
+            return typical_batched(self.batched)[2]
+        return typical_process_cpu(self.alone) if self.alone else None
 
     def read_together(self) -> None:
         """How the calls of the together phase shared the cores, or the loop."""
@@ -216,7 +233,7 @@ class Readings:
 
     def _call_times(self) -> tuple[float, float]:
         """(wall, cpu) of one call: alone, or two at once where that showed it truer."""
-        wall, cpu = typical(self.alone) if self.alone else (0.0, 0.0)
+        wall, cpu = self._alone_times()
         if self.rounds and self.rounds[0][1] < wall:
             # Two at once, with nothing else in flight, time a waiting call as well as one
             # alone, and without the first call's warm-up (imports, a connection, DNS).
@@ -236,7 +253,7 @@ class Readings:
             item_pickle, result_pickle = _pickled_together(self._small)
         return Evidence(
             is_async=self.is_async,
-            calls=len(self.alone) + len(self.capped) + len(self.together),
+            calls=len(self.alone) + len(self.capped) + self.batched_calls + len(self.together),
             failed=self.failed,
             wall=wall,
             cpu=min(cpu, wall),
@@ -255,7 +272,7 @@ class Readings:
             fn_pickle=fn_pickle,
             length=self.length,
             seconds=time.perf_counter() - self._began,
-            process_cpu=typical_process_cpu(self.alone) if self.alone else None,
+            process_cpu=self._process_cpu(),
             pools=self.pools,
             capped_wall=typical(self.capped)[0] if self.capped else None,
             # The calling thread's: with every pool at one thread it does the pools' work,

@@ -897,11 +897,14 @@ def _handle_record(payload: bytes) -> None:
         logger.handle(record)
 
 
-# The cost model's view of worker processes: the parent's bookkeeping per item, a chunk's trip
+# The cost model's view of worker processes: the parent's bookkeeping per item, a worker's (each
+# result recorded in the journal as it finishes, so that a crash loses none: measured with a
+# function that adds one, `benchmarks/overhead.py`, 0.12 µs and 0.7 µs an item), a chunk's trip
 # to a worker and back, a byte through a pipe (paid at both ends); chunks larger than a pipe's
 # buffer wait for an idle worker; starting a worker (by start method), the fork server, and
 # stopping one.
-PROCESS_ITEM: Final = 2.6e-6
+PROCESS_ITEM: Final = 0.15e-6
+PROCESS_WORKER_ITEM: Final = 0.7e-6
 PROCESS_CHUNK: Final = 25e-6
 PIPE_BYTE: Final = 1.5e-9
 PIPELINED_BYTES: Final = 16 * 1024
@@ -930,13 +933,17 @@ def predict(costs: Costs) -> Option:
         starts = observe()
     each = WORKER_START.get(starts.method, WORKER_START["spawn"])
     server = 0.0 if starts.server_running or starts.method != "forkserver" else FORK_SERVER_START
-    return predict_pickled(costs, MODEL.name, start_each=each, server=server)
+    return predict_pickled(
+        costs, MODEL.name, start_each=each, server=server, worker_item=PROCESS_WORKER_ITEM
+    )
 
 
-def predict_pickled(costs: Costs, name: str, *, start_each: float, server: float) -> Option:
+def predict_pickled(
+    costs: Costs, name: str, *, start_each: float, server: float, worker_item: float = 0.0
+) -> Option:
     """Workers that each run Python with a GIL of their own, everything crossing to them and
     back pickled (processes; sub-interpreters too), ``start_each`` seconds to start one after
-    ``server`` seconds once."""
+    ``server`` seconds once, ``worker_item`` seconds of a worker's bookkeeping per item."""
     ev, m = costs.ev, costs.m
     if ev.unpicklable:
         return Option(name, m.cores, 1, math.inf)
@@ -957,7 +964,7 @@ def predict_pickled(costs: Costs, name: str, *, start_each: float, server: float
             + LOADS_PER_DUMPS * ev.result_pickle
             + pipe
         )
-        unpickle = LOADS_PER_DUMPS * ev.item_pickle + ev.result_pickle
+        unpickle = LOADS_PER_DUMPS * ev.item_pickle + ev.result_pickle + worker_item
         worker = wall + unpickle + pipe
         cpu = view.cpu + ev.child_cpu + unpickle + parent
         # Threads that compute free of the GIL and still do not scale may queue on what

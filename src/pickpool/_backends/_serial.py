@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
-from .. import _native
+from .. import _chunks, _native
 from .._costs import Costs, Option
 from .._task import Caller, Outcome, Task, run_initializer
 from . import THREADS, Model, Setup, Traits, one
 
-# The loop's own bookkeeping per item (chunks handed out as blocks of results).
-SERIAL_ITEM: Final = 1.5e-6
+# The loop's own bookkeeping per item beyond calling the function, and per chunk (a chunk's
+# results handed out as one block). Measured with a function that adds one (`benchmarks/
+# overhead.py`): a chunk of one item costs ~7 µs, a chunk of thousands ~0.03 µs an item.
+SERIAL_ITEM: Final = 0.03e-6
+SERIAL_CHUNK: Final = 7e-6
 
 
 class SerialBackend:
@@ -62,10 +65,14 @@ class SerialBackend:
 
 
 def predict(costs: Costs) -> Option:
-    """A plain loop: each call's own time, one after the other."""
+    """A plain loop: each call's own time, one after the other, in chunks as a run's loop
+    grows them (a chunk of about ``_chunks.INLINE_SECONDS`` of calls)."""
     view = costs.view(1)
-    per = view.ev.wall + SERIAL_ITEM + costs.coroutine_call()
-    return Option(MODEL.name, 1, 1, costs.n * per, per, view.inner)
+    ch = costs.chunk(1, _chunks.INLINE_SECONDS)
+    if costs.chunksize is None:
+        ch = min(ch, _chunks.INLINE_MAX)
+    per = view.ev.wall + SERIAL_ITEM + SERIAL_CHUNK / ch + costs.coroutine_call()
+    return Option(MODEL.name, 1, ch, costs.n * per, per, view.inner)
 
 
 MODEL = Model(
