@@ -71,7 +71,7 @@ _MAX_PROBE_COROUTINES = 16
 BATCH_BELOW = 20e-6
 BATCHES = 8
 BATCHED_SECONDS = 0.002
-BATCHED_MAX = 4096
+BATCHED_MAX = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,14 +375,15 @@ class Pilot:
     def _batched_phases(self) -> Generator[Phase, None, None]:
         """Tiny calls alone again, in :data:`BATCHES` batches of many calls in a row, as a
         plain loop runs them: sized first by the calls timed one by one (which the clocks'
-        cost inflates), then, if that fell well short of :data:`BATCHED_SECONDS`, once more
-        by what the batches measured (their records replace the first ones')."""
+        cost inflates; a quarter of :data:`BATCHED_MAX` at most), then, if that fell well
+        short of :data:`BATCHED_SECONDS`, once more by what the batches measured (their
+        records replace the first ones')."""
         readings = self.readings
         estimate = typical(readings.alone)[0]
         batched_overhead()  # (measured once per process, before any batch's clock starts)
-        for _ in range(2):
+        for most in (BATCHED_MAX // 4, BATCHED_MAX):
             wanted = math.ceil(BATCHED_SECONDS / max(estimate, 1e-8))
-            size = min(self.allowance.room(), BATCHED_MAX, wanted) // BATCHES
+            size = min(self.allowance.room(), most, wanted) // BATCHES
             if size < 2:
                 return
             n = size * BATCHES
