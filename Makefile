@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench bench-native bench-busy bench-joblib bench-capacity lint types pytest clean
+.PHONY: demo test test-all test-joblib bench bench-native bench-busy bench-joblib bench-capacity lint types pytest clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pickpool needs Python 3.11+; set PYTHON=python3.11")'
@@ -45,6 +45,12 @@ ITEMS ?= 300
 bench-capacity: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/capacity.py --items $(ITEMS) --markdown bench-capacity.md
 
+# joblib's own tests of Parallel (those of the installed joblib), with pickpool's backend in
+# loky's place; each test that checks what is loky's alone is listed with its reason (~2 min).
+test-joblib: $(STAMP)
+	cd "$$(mktemp -d)" && PYTHONPATH="$(CURDIR)" "$(CURDIR)/$(BIN)/python" -m pytest \
+	  -c "$(CURDIR)/tests/joblib_suite.ini" --rootdir . -q --pyargs joblib.test.test_parallel
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
@@ -55,7 +61,7 @@ types: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
-test: lint types pytest
+test: lint types pytest test-joblib
 
 # The whole of `make test` on each Python present, in a venv of its own: pyenv's newest 3.X,
 # else a python3.X on PATH that runs (a pyenv shim may not).

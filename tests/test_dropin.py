@@ -396,6 +396,26 @@ def test_new_workers_see_the_environment_as_it_is_when_they_start(
         assert executor.submit(read_variable, "PICKPOOL_SET_LATE").result() == "late"
 
 
+def test_a_cap_on_native_pools_you_give_reaches_the_workers_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As loky does with inner_max_num_threads: a library that sizes its pool as it loads, and a
+    # process the call starts, see the cap; with no cap of yours, your variable is kept.
+    import joblib  # type: ignore[import-untyped]
+
+    import pickpool.joblib  # (registers the backend)
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    names = ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"]
+    read = helpers.read_variable
+    assert pickpool.map(read, names, model="processes", workers=2) == ["4", None]
+    capped = pickpool.map(read, names, model="processes", workers=2, inner_threads=1)
+    assert capped == ["1", "1"]
+    with joblib.parallel_config(backend="pickpool", inner_max_num_threads=2):
+        got = joblib.Parallel(n_jobs=2)(joblib.delayed(read)(name) for name in names)
+    assert got == ["2", "2"]
+
+
 @pytest.mark.timeout(60)
 def test_initargs_may_carry_a_multiprocessing_queue() -> None:
     # As ProcessPoolExecutor takes them: such objects cross to a process only as it starts.

@@ -146,3 +146,50 @@ def test_an_async_timeout_cancels_the_await() -> None:
     assert results[0] == 0.0
     assert isinstance(results[1], pickpool.Failure)
     assert isinstance(results[1].exception, pickpool.TaskTimeout)
+
+
+def test_in_a_daemonic_process_processes_are_refused_and_auto_does_without(
+    tmp_path: Path,
+) -> None:
+    # A multiprocessing.Pool's worker may not start processes of its own: model="processes"
+    # says so at once, auto picks another model, and the joblib backend runs the call in the
+    # worker, with the warning joblib's own process backends give.
+    script = tmp_path / "daemonic.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import multiprocessing, warnings
+            import joblib, pickpool, pickpool.joblib
+
+            def crunch(x):
+                return sum(i * x for i in range(20_000))
+
+            def inside(_):
+                try:
+                    pickpool.map(crunch, range(4), model="processes")
+                    refused = "ran"
+                except pickpool.BackendUnavailable as exc:
+                    refused = str(exc)
+                auto = pickpool.map(crunch, range(40)) == [crunch(x) for x in range(40)]
+                with warnings.catch_warnings(record=True) as seen:
+                    warnings.simplefilter("always")
+                    with joblib.parallel_config(backend="pickpool"):
+                        out = joblib.Parallel(n_jobs=2)(joblib.delayed(crunch)(x) for x in range(4))
+                said = [str(w.message) for w in seen]
+                return refused, auto, out == [crunch(x) for x in range(4)], said
+
+            if __name__ == "__main__":
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    for line in pool.map(inside, [0])[0]:
+                        print(line)
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=240, check=True
+    )
+    refused, auto, joblib_ran, said = done.stdout.splitlines()
+    assert "daemonic process" in refused
+    assert "model='threads'" in refused
+    assert (auto, joblib_ran) == ("True", "True")
+    assert "cannot start worker processes in a daemonic process" in said, done.stdout

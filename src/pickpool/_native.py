@@ -337,11 +337,33 @@ class Held:
             caps.release(token)
 
 
-def fixed_at_import_env(limit: int | None) -> dict[str, str]:
-    """Environment for a new worker process, for pools sized only when their library loads.
+# The variables BLAS and OpenMP libraries size their pools by when they load, in a worker and
+# in any process a call starts (set, as joblib's loky backend sets them, to a cap you give).
+_POOL_ENV: Final = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
-    Only where you have not set the variable yourself.
+
+def worker_env(wish: InnerThreads, limit: int | None) -> dict[str, str]:
+    """Environment for a new worker process whose native pools get ``limit`` threads.
+
+    Pools sized only when their library loads get it where you have not set the variable
+    yourself. A cap you gave (``wish``, a number) also goes to the usual BLAS and OpenMP
+    variables, over yours, so that a process a call starts is capped too.
+
+    Example::
+
+        >>> worker_env(1, 1)["OMP_NUM_THREADS"]
+        '1'
     """
     if limit is None:
         return {}
-    return {env: str(limit) for *_, env in _FIXED_AT_IMPORT if env not in os.environ}
+    env = {env: str(limit) for *_, env in _FIXED_AT_IMPORT if env not in os.environ}
+    if isinstance(wish, int) and not isinstance(wish, bool):
+        env.update(dict.fromkeys(_POOL_ENV, str(limit)))
+    return env

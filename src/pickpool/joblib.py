@@ -31,7 +31,9 @@ joblib is an optional dependency: ``pip install joblib`` (or ``pip install 'pick
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Final
@@ -195,6 +197,14 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is None or (self.model != "auto" and _backends.traits(self.model).inline):
+            return 1
+        if n_jobs != 1 and self.model == _backends.PROCESSES and _daemonic():
+            # As joblib's own process backends do (a daemonic process may start none).
+            warnings.warn(
+                "pickpool-backed parallel loops cannot start worker processes in a daemonic "
+                "process (a multiprocessing.Pool's worker), setting n_jobs=1",
+                stacklevel=3,
+            )
             return 1
         if n_jobs < 0:
             return max(_machine.cores() + 1 + n_jobs, 1)
@@ -379,6 +389,11 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
 _OPTIONS: Final = frozenset(
     ("model", "timeout", "max_tasks_per_child", "inner_threads", "initializer", "initargs")
 )
+
+
+def _daemonic() -> bool:
+    return bool(multiprocessing.current_process().daemon)
+
 
 joblib.register_parallel_backend(_NAME, PickpoolBackend)
 # Worker processes import this module too: a task that runs Parallel(backend="pickpool")

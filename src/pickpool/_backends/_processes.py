@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .. import _chunks, _machine, _native
 from .._costs import LOADS_PER_DUMPS, Costs, Option, better
-from .._errors import TaskTimeout, WorkerCrashed
+from .._errors import BackendUnavailable, TaskTimeout, WorkerCrashed
 from .._pickling import dumps, dumps_function, dumps_task, loads, loads_outcomes
 from .._task import (
     ERROR,
@@ -270,6 +270,9 @@ os.register_at_fork(after_in_child=_forked)
 class ProcessesBackend:
     def __init__(self, setup: Setup) -> None:
         self._closed = True  # until built: close() after a failed __init__ has nothing to do
+        why = unavailable()
+        if why is not None:
+            raise BackendUnavailable(f"model='processes' cannot run here: {why}")
         self._setup = setup
         # Pickled once per run (by the caller, usually), and before any process starts. An
         # initializer travels in the same pickle as the function: defined in __main__, both go
@@ -462,7 +465,7 @@ class ProcessesBackend:
         share = max(1, _machine.cores() // self._setup.workers)
         # The parent's environment as it is now (the fork server's is as it was when that
         # started), with the native pools' sizes fixed at their import.
-        env = {**os.environ, **_native.fixed_at_import_env(self._inner)}
+        env = {**os.environ, **_native.worker_env(self._setup.inner_threads, self._inner)}
         w = None if self._setup.fresh else self._take_warm(method, env, share)
         if w is not None:
             return w
@@ -914,23 +917,45 @@ WORKER_STOP: Final = 1e-3
 
 
 class Starts(NamedTuple):
-    """How new worker processes start here: the start method, and whether the fork server is
-    up already (new workers then start in ~3 ms)."""
+    """How new worker processes start here: the start method, whether the fork server is up
+    already (new workers then start in ~3 ms), and whether this process may start any (a
+    daemonic process, a ``multiprocessing.Pool``'s worker, may not)."""
 
     method: str
     server_running: bool
+    daemonic: bool = False
 
 
 def observe() -> Starts:
     """How worker processes start here, now."""
-    return Starts(_machine.start_method(), _machine.fork_server_running())
+    return Starts(_machine.start_method(), _machine.fork_server_running(), _daemonic())
 
 
-def predict(costs: Costs) -> Option:
-    """Worker processes: one GIL each, at the price of pickling, pipes and start-up."""
+def _daemonic() -> bool:
+    import multiprocessing
+
+    return bool(multiprocessing.current_process().daemon)
+
+
+def unavailable() -> str | None:
+    """Why worker processes cannot start here, or None."""
+    if not _daemonic():
+        return None
+    return (
+        "this is a daemonic process (a multiprocessing.Pool's worker, say), which may not start "
+        "processes of its own: use model='threads' or 'serial' here, or run the outer work on "
+        "pickpool's processes, whose workers may start their own"
+    )
+
+
+def predict(costs: Costs) -> Option | None:
+    """Worker processes: one GIL each, at the price of pickling, pipes and start-up; None in
+    a process that may not start any."""
     starts = costs.m.facts.get(MODEL.name)
     if not isinstance(starts, Starts):
         starts = observe()
+    if starts.daemonic:
+        return None
     each = WORKER_START.get(starts.method, WORKER_START["spawn"])
     server = 0.0 if starts.server_running or starts.method != "forkserver" else FORK_SERVER_START
     return predict_pickled(
@@ -994,4 +1019,5 @@ MODEL = Model(
     ProcessesBackend,
     predict=predict,
     observe=observe,
+    unavailable=unavailable,
 )
