@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all test-joblib bench bench-native bench-busy bench-joblib bench-capacity lint types pytest clean
+.PHONY: demo test test-all test-joblib test-cpython bench bench-native bench-busy bench-joblib bench-capacity lint types pytest clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pickpool needs Python 3.11+; set PYTHON=python3.11")'
@@ -51,6 +51,12 @@ test-joblib: $(STAMP)
 	cd "$$(mktemp -d)" && PYTHONPATH="$(CURDIR)" "$(CURDIR)/$(BIN)/python" -m pytest \
 	  -c "$(CURDIR)/tests/joblib_suite.ini" --rootdir . -q --pyargs joblib.test.test_parallel
 
+# CPython's own concurrent.futures tests (the whole test_concurrent_futures package of Python
+# 3.13 and later), with pickpool.Executor in place of the standard executors (~5 min).
+test-cpython: $(STAMP)
+	cd "$$(mktemp -d)" && PYTHONPATH="$(CURDIR)" "$(CURDIR)/$(BIN)/python" -m pytest \
+	  -c "$(CURDIR)/tests/cpython_suite.ini" --rootdir . -q --pyargs test.test_concurrent_futures
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
@@ -75,6 +81,9 @@ test-all:
 	  if [ -z "$$py" ]; then echo "== Python $$v: not found, skipped"; continue; fi; \
 	  echo "== Python $$v: $$py"; \
 	  $(MAKE) --no-print-directory test PYTHON=$$py VENV=.venv-$$v || exit 1; \
+	  if $$py -c 'import test.test_concurrent_futures.util' 2>/dev/null; then \
+	    $(MAKE) --no-print-directory test-cpython PYTHON=$$py VENV=.venv-$$v || exit 1; \
+	  fi; \
 	done
 
 clean:

@@ -107,3 +107,14 @@ def keep_queue(queue: Any) -> None:
 def put_in_queue(x: int) -> int:
     QUEUE[0].put(x)
     return x
+
+
+class ExitsWhenPickled:
+    """A result whose pickling raises SystemExit (a __reduce__ may raise anything)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise SystemExit(1)
+
+
+def exits_when_pickled(x: int) -> object:
+    return ExitsWhenPickled() if x == 1 else x

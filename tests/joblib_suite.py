@@ -13,10 +13,11 @@ stays true.
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Final
 
 import pytest
+
+from tests.expected_failures import expect_failures
 
 _BACKEND_CLASS = "checks that the backend's class is joblib's LokyBackend"
 _MEMMAP = (
@@ -80,9 +81,4 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        for pattern, reason in EXCLUDED.items():
-            if fnmatch.fnmatchcase(item.name, pattern.replace("[", "[[]")):  # ("[" as itself)
-                # strict: a test that passes again is an error, and its exclusion goes.
-                item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
-                break
+    expect_failures(items, EXCLUDED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -193,3 +194,18 @@ def test_in_a_daemonic_process_processes_are_refused_and_auto_does_without(
     assert "model='threads'" in refused
     assert (auto, joblib_ran) == ("True", "True")
     assert "cannot start worker processes in a daemonic process" in said, done.stdout
+
+
+def test_a_result_whose_pickling_exits_fails_alone_and_says_so() -> None:
+    from tests.helpers import exits_when_pickled
+
+    out = pickpool.map(exits_when_pickled, range(3), model="processes", on_error="collect")
+    assert out[0] == 0
+    assert out[2] == 2
+    assert isinstance(out[1], pickpool.Failure)
+    assert isinstance(out[1].exception, pickle.PicklingError)
+    assert "SystemExit" in str(out[1].exception)
+    with pickpool.Executor("processes", 1) as executor:
+        with pytest.raises(pickle.PicklingError, match=r"the call .*cannot be sent back"):
+            executor.submit(exits_when_pickled, 1).result()
+        assert executor.submit(exits_when_pickled, 5).result() == 5

@@ -121,8 +121,9 @@ def dumps_outcomes(outcomes: list[Outcome]) -> bytes:
     outcomes = [_travelling(o) if o[1] not in (OK, BLOCK) else o for o in outcomes]
     try:
         return dumps(outcomes)
-    except Exception:
-        # Some result cannot travel: find it, item by item.
+    except BaseException:
+        # Some result cannot travel (its __reduce__ may raise anything, SystemExit too): find
+        # it, item by item; it fails, the worker lives.
         return dumps([_travelling(o) for outcome in outcomes for o in expand(outcome)])
 
 
@@ -130,7 +131,7 @@ def _travelling(outcome: Outcome) -> Outcome:
     index, status, payload, text = outcome
     try:
         loads(dumps(payload))
-    except Exception as exc:
+    except BaseException as exc:
         if status == OK:
             error = NotPicklable(
                 f"the result of item {index} ({_describe(payload)}) cannot be sent back from "
