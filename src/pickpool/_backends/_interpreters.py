@@ -19,10 +19,12 @@ from typing import Any, Final
 from .. import _native
 from .._costs import Costs, Option
 from .._errors import BackendUnavailable
-from .._task import Outcome, Task
+from .._pickling import dumps_outcomes, loads_outcomes
+from .._task import Outcome, Task, task_indices
 from . import Model, Setup, Traits, every_core
 from ._futures import failed_task, overdue, run_chunk, wait_for
 from ._processes import predict_pickled
+from ._threads import CANCEL_GRACE
 
 
 def available() -> bool:
@@ -59,7 +61,7 @@ class InterpretersBackend:
         self._inner = _native.Held(_native.limit_for(setup.inner_threads, setup.workers))
 
     def submit(self, task: Task) -> None:
-        future = self._pool.submit(run_chunk, self._setup.fn, task)
+        future = self._pool.submit(run_chunk_pickled, self._setup.fn, task)
         self._futures[future] = (task, time.monotonic())
 
     def collect(self, timeout: float | None) -> list[Outcome]:
@@ -76,7 +78,7 @@ class InterpretersBackend:
             task, _ = self._futures.pop(future)
             error = future.exception()
             if error is None:
-                outcomes += future.result()
+                outcomes += _loaded(task, future.result())
             else:  # it could not reach the interpreter, or its result could not come back
                 outcomes += failed_task(task, error)
         if limit is not None:
@@ -91,8 +93,16 @@ class InterpretersBackend:
         if self._closed:
             return
         self._closed = True
+        running = list(self._futures)
         self._futures.clear()
         self._pool.shutdown(wait=not cancel, cancel_futures=True)
+        if cancel:
+            # A chunk that runs cannot be stopped inside its interpreter: as under threads, it
+            # gets a grace period to end, and then the pool's threads are waited for; one still
+            # running after it is left to finish in the background, its result dropped.
+            _, late = concurrent.futures.wait(running, timeout=CANCEL_GRACE)
+            if not late:
+                self._pool.shutdown(wait=True)
         self._inner.close()
 
     def __repr__(self) -> str:
@@ -103,6 +113,23 @@ def prepare(client: Any, workers: Any) -> tuple[Any, Any]:
     """At the call: sub-interpreters exist in this Python, or a clear error says so."""
     check_available()
     return client, workers
+
+
+def run_chunk_pickled(fn: Any, task: Task) -> bytes:
+    """:func:`run_chunk` in a sub-interpreter, its outcomes pickled as a worker process pickles
+    them: an exception that would not load back as itself (an ``__init__`` with keyword-only
+    arguments) travels by its state, and a result that cannot travel fails its item alone,
+    where the interpreter's own pickling would fail the whole chunk with NotShareableError."""
+    return dumps_outcomes(run_chunk(fn, task))
+
+
+def _loaded(task: Task, message: bytes) -> list[Outcome]:
+    """The outcomes of ``task`` from :func:`run_chunk_pickled` (index -1: every item)."""
+    outcomes = loads_outcomes(message)
+    if len(outcomes) == 1 and outcomes[0][0] == -1:
+        _, status, error, text = outcomes[0]
+        return [(index, status, error, text) for index in task_indices(task)]
+    return outcomes
 
 
 # A sub-interpreter and its thread start in this long (measured on 3.13: 19 ms).
