@@ -108,6 +108,14 @@ def gil_enabled() -> bool:
     return True if check is None else bool(check())
 
 
+def daemonic() -> bool:
+    """Whether this is a daemonic process (a ``multiprocessing.Pool``'s worker), which may not
+    start processes of its own."""
+    import multiprocessing  # (not every caller needs it loaded)
+
+    return bool(multiprocessing.current_process().daemon)
+
+
 def fork_server_running() -> bool:
     """Whether multiprocessing's fork server is already up (new workers then start in ~3 ms)."""
     forkserver = sys.modules.get("multiprocessing.forkserver")

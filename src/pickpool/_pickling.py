@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Final
 
 import cloudpickle
 
-from ._task import BLOCK, ERROR, OK, Outcome, Task, expand, format_traceback
+from ._task import BLOCK, ERROR, OK, Outcome, Task, expand, format_traceback, task_indices
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _HINT = (
@@ -181,14 +181,25 @@ def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, A
     return exc
 
 
-def loads_outcomes(message: bytes) -> list[Outcome]:
+def loads_outcomes(message: bytes, task: Task | None = None) -> list[Outcome]:
     """A worker's outcomes, parent side. A result that cannot be loaded here fails its item.
+
+    With the ``task`` they are of, one outcome of index -1 (every item: the task's indices did
+    not load in the worker, or nothing of the message loads here) is one for each of its items.
 
     The whole message is one pickle, loaded at C speed. If that fails (a result holds an
     object whose class cannot be rebuilt here, such as an exception whose ``__init__`` wants
     other arguments than it keeps), it is loaded again by a lenient unpickler that puts a
     marker where an object could not be rebuilt, and only the items holding a marker fail.
     """
+    outcomes = _outcomes(message)
+    if task is not None and len(outcomes) == 1 and outcomes[0][0] == -1:
+        _, status, error, text = outcomes[0]
+        return [(index, status, error, text) for index in task_indices(task)]
+    return outcomes
+
+
+def _outcomes(message: bytes) -> list[Outcome]:
     try:
         outcomes: list[Outcome] = loads(message)
     except (Exception, SystemExit) as raised:

@@ -331,6 +331,10 @@ class Pilot:
         """A setup for ``plan`` that runs the function timed, its records going to ``records``
         (``net``: see :class:`~pickpool._timing.Timed`)."""
         timed = (AsyncTimed if self.is_async else Timed)(self.fn, records, knocker, net=net)
+        return self._timed_setup(timed, plan, inner_threads)
+
+    def _timed_setup(self, timed: Timed, plan: Plan, inner_threads: InnerThreads) -> Setup:
+        """A setup for ``plan`` that runs ``timed``, native pools at ``inner_threads``."""
         setup = self.options.setup(timed, plan, is_async=self.is_async)
         return dataclasses.replace(setup, inner_threads=inner_threads)
 
@@ -391,8 +395,7 @@ class Pilot:
             # One chunk: the batches run back to back, with nothing of the driver's between.
             plan = dataclasses.replace(self._plan(LOOP, 1, n), window=n)
             timed = Batched(self.fn, records, size=size)
-            setup = self.options.setup(timed, plan, is_async=False)
-            setup = dataclasses.replace(setup, inner_threads=self.options.inner_threads)
+            setup = self._timed_setup(timed, plan, self.options.inner_threads)
             yield dataclasses.replace(self._phase("alone", plan, setup, n), blocks=True)
             for item, value in timed.samples:
                 readings.saw(Done(-1, item, OK, value, None, 1))

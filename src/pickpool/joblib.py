@@ -31,7 +31,6 @@ joblib is an optional dependency: ``pip install joblib`` (or ``pip install 'pick
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 import warnings
 from collections.abc import Callable
@@ -198,7 +197,7 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is None or (self.model != "auto" and _backends.traits(self.model).inline):
             return 1
-        if n_jobs != 1 and self.model == _backends.PROCESSES and _daemonic():
+        if n_jobs != 1 and self.model == _backends.PROCESSES and _machine.daemonic():
             # As joblib's own process backends do (a daemonic process may start none).
             warnings.warn(
                 "pickpool-backed parallel loops cannot start worker processes in a daemonic "
@@ -389,10 +388,6 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
 _OPTIONS: Final = frozenset(
     ("model", "timeout", "max_tasks_per_child", "inner_threads", "initializer", "initargs")
 )
-
-
-def _daemonic() -> bool:
-    return bool(multiprocessing.current_process().daemon)
 
 
 joblib.register_parallel_backend(_NAME, PickpoolBackend)

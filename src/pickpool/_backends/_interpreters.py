@@ -20,7 +20,7 @@ from .. import _native
 from .._costs import Costs, Option
 from .._errors import BackendUnavailable
 from .._pickling import dumps_outcomes, loads_outcomes
-from .._task import Outcome, Task, task_indices
+from .._task import Outcome, Task
 from . import Model, Setup, Traits, every_core
 from ._futures import failed_task, overdue, run_chunk, wait_for
 from ._processes import predict_pickled
@@ -78,7 +78,7 @@ class InterpretersBackend:
             task, _ = self._futures.pop(future)
             error = future.exception()
             if error is None:
-                outcomes += _loaded(task, future.result())
+                outcomes += loads_outcomes(future.result(), task)
             else:  # it could not reach the interpreter, or its result could not come back
                 outcomes += failed_task(task, error)
         if limit is not None:
@@ -121,15 +121,6 @@ def run_chunk_pickled(fn: Any, task: Task) -> bytes:
     arguments) travels by its state, and a result that cannot travel fails its item alone,
     where the interpreter's own pickling would fail the whole chunk with NotShareableError."""
     return dumps_outcomes(run_chunk(fn, task))
-
-
-def _loaded(task: Task, message: bytes) -> list[Outcome]:
-    """The outcomes of ``task`` from :func:`run_chunk_pickled` (index -1: every item)."""
-    outcomes = loads_outcomes(message)
-    if len(outcomes) == 1 and outcomes[0][0] == -1:
-        _, status, error, text = outcomes[0]
-        return [(index, status, error, text) for index in task_indices(task)]
-    return outcomes
 
 
 # A sub-interpreter and its thread start in this long (measured on 3.13: 19 ms).

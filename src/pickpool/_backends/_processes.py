@@ -581,11 +581,7 @@ class ProcessesBackend:
         task = w.tasks.popleft()
         w.delivered = 0
         w.started = None if w.announces else now
-        outcomes = loads_outcomes(message)
-        if len(outcomes) == 1 and outcomes[0][0] == -1:
-            _, status, error, text = outcomes[0]
-            outcomes = [(index, status, error, text) for index in task_indices(task)]
-        self._ready.extend(outcomes)
+        self._ready.extend(loads_outcomes(message, task))
 
     def _remove(self, w: _Worker) -> tuple[Task | None, str]:
         """Take ``w`` out of the pool and put the chunks it had not started back in line.
@@ -928,18 +924,12 @@ class Starts(NamedTuple):
 
 def observe() -> Starts:
     """How worker processes start here, now."""
-    return Starts(_machine.start_method(), _machine.fork_server_running(), _daemonic())
-
-
-def _daemonic() -> bool:
-    import multiprocessing
-
-    return bool(multiprocessing.current_process().daemon)
+    return Starts(_machine.start_method(), _machine.fork_server_running(), _machine.daemonic())
 
 
 def unavailable() -> str | None:
     """Why worker processes cannot start here, or None."""
-    if not _daemonic():
+    if not _machine.daemonic():
         return None
     return (
         "this is a daemonic process (a multiprocessing.Pool's worker, say), which may not start "
