@@ -1,4 +1,5 @@
-"""scikit-learn's ``n_jobs`` on joblib's own backend (loky) and on pickpool's, call after call.
+"""scikit-learn's ``n_jobs`` on joblib's own backend (loky) and on pickpool's, call after call;
+and a large numpy array that joblib hands its workers as a memory map.
 
     .venv/bin/python benchmarks/joblib_backend.py [--quick] [--markdown FILE]
 
@@ -34,7 +35,9 @@ N_JOBS = 2
 
 
 def workloads() -> dict[str, Callable[[], object]]:
-    """Short scikit-learn jobs that each make one or a few ``Parallel`` calls."""
+    """Short scikit-learn jobs that each make one or a few ``Parallel`` calls, and one large
+    array read by several tasks."""
+    import numpy as np
     from sklearn.datasets import make_classification
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
@@ -59,11 +62,25 @@ def workloads() -> dict[str, Callable[[], object]]:
         )
         return search.fit(x, y).best_score_
 
+    # One array of 200 MB, read by 8 tasks: joblib maps it into the workers (written to
+    # /dev/shm once per call) rather than pickling it to each task.
+    big = np.random.default_rng(0).random(25_000_000)
+
+    def large_array() -> object:
+        return joblib.Parallel(n_jobs=N_JOBS)(
+            joblib.delayed(strided_mean)(big, start, 8) for start in range(8)
+        )
+
     return {
         "RandomForest fit + predict": forest,
         "cross_val_score, 5 folds": folds,
         "GridSearchCV, 24 fits": grid,
+        "8 tasks reading one 200 MB array": large_array,
     }
+
+
+def strided_mean(a: Any, start: int, step: int) -> float:
+    return float(a[start::step].mean())
 
 
 # Each contender: the joblib config it runs a workload under.

@@ -58,6 +58,10 @@ def _helper_pids() -> set[int]:
         getattr(forkserver._forkserver, "_forkserver_pid", None),
         getattr(resource_tracker._resource_tracker, "_pid", None),
     }
+    # joblib's own resource tracker (its memory-mapped arrays register their files there).
+    loky_tracker = sys.modules.get("joblib.externals.loky.backend.resource_tracker")
+    if loky_tracker is not None:
+        pids.add(getattr(loky_tracker._resource_tracker, "_pid", None))
     return {pid for pid in pids if pid}
 
 

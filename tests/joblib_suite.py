@@ -20,10 +20,6 @@ import pytest
 from tests.expected_failures import expect_failures
 
 _BACKEND_CLASS = "checks that the backend's class is joblib's LokyBackend"
-_MEMMAP = (
-    "joblib's memory-mapping of large arrays (max_nbytes, mmap_mode) is not done by pickpool's "
-    "backend: arrays travel pickled"
-)
 
 # Tests, by name and case (a glob: "[*-loky]" is every case whose last parameter is loky), and
 # why each is expected to fail.
@@ -64,8 +60,6 @@ EXCLUDED: Final = {
         "the outer backend's new worker processes never imported pickpool.joblib, which "
         "registers the backend (joblib has no entry points for third-party backends)"
     ),
-    "test_auto_memmap_on_arrays_from_generator[loky]": _MEMMAP,
-    "test_memmapping_leaks[loky]": _MEMMAP,
 }
 
 

@@ -369,3 +369,82 @@ def test_a_failing_task_stops_the_running_ones_and_raises_at_once() -> None:
         assert next(results) == 0.0
         with pytest.warns(UserWarning, match="cancelled"):
             results.close()
+
+
+def arrives_as(a: Any) -> tuple[str, bool, float]:
+    """How an array argument reached the task: its type, whether writable, its sum."""
+    return type(a).__name__, bool(a.flags.writeable), float(a.sum())
+
+
+def first_ten(a: Any) -> Any:
+    return a[:10]
+
+
+@pytest.mark.timeout(120)
+def test_large_arrays_reach_worker_processes_as_memory_maps(tmp_path: Any) -> None:
+    # As under loky: an argument past max_nbytes (1 MB by default) is written to a file once
+    # and mapped read-only by each worker; a small one is pickled; the files go with the call.
+    np = pytest.importorskip("numpy")
+    big, small = np.arange(300_000, dtype=np.float64), np.ones(10)
+    with joblib.parallel_config(backend="pickpool", model="processes", temp_folder=tmp_path):
+        with joblib.Parallel(n_jobs=2) as parallel:
+            got = parallel(joblib.delayed(arrives_as)(a) for a in [big, small, big])
+            assert os.listdir(tmp_path)  # the call's folder, while the call lasts
+        assert got == [
+            ("memmap", False, float(big.sum())),
+            ("ndarray", True, 10.0),
+            ("memmap", False, float(big.sum())),
+        ]
+        assert os.listdir(tmp_path) == []
+        # max_nbytes=None pickles every array; mmap_mode="c" maps them copy-on-write.
+        pickled = joblib.Parallel(n_jobs=2, max_nbytes=None)([joblib.delayed(arrives_as)(big)])
+        assert pickled == [("ndarray", True, float(big.sum()))]
+        copied = joblib.Parallel(n_jobs=2, mmap_mode="c")([joblib.delayed(arrives_as)(big)])
+        assert copied[0][:2] == ("memmap", True)
+        assert os.listdir(tmp_path) == []
+    # On threads nothing is pickled: the task gets the caller's own array.
+    with joblib.parallel_config(backend="pickpool", model="threads"):
+        assert run(arrives_as, [big]) == [("ndarray", True, float(big.sum()))]
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_call_deletes_its_mapped_arrays_too(tmp_path: Any) -> None:
+    np = pytest.importorskip("numpy")
+    big = np.zeros(300_000)
+    config = joblib.parallel_config(backend="pickpool", model="processes", temp_folder=tmp_path)
+    with config, pytest.raises(Boom):
+        joblib.Parallel(n_jobs=2, batch_size=1)(
+            joblib.delayed(fails_on_five)(x) if x == 5 else joblib.delayed(arrives_as)(big)
+            for x in range(8)
+        )
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_mapped_batch_pickles_to_a_file_name_not_the_data(tmp_path: Any) -> None:
+    np = pytest.importorskip("numpy")
+    big = np.zeros(1_000_000)  # 8 MB
+    memmapping = pickpool_joblib._memmapping(
+        None, {"max_nbytes": "1M", "mmap_mode": "r", "temp_folder": str(tmp_path)}
+    )
+    batch = joblib.parallel.BatchedCalls([joblib.delayed(arrives_as)(big)], ("sequential", 1), None)
+    try:
+        assert len(pickle.dumps(memmapping.wrap(batch))) < 10_000
+        assert memmapping.wrap(batch)() == batch()  # run in this process: the batch itself
+    finally:
+        memmapping.clean()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.timeout(120)
+def test_an_array_backed_by_the_callers_file_comes_back_mapped(tmp_path: Any) -> None:
+    # A memory map of the caller's own file returns as a map of that file, as under loky.
+    np = pytest.importorskip("numpy")
+    mapped = np.memmap(tmp_path / "data", dtype=np.float64, mode="w+", shape=(300_000,))
+    mapped[:] = 7.0
+    mapped.flush()
+    with joblib.parallel_config(backend="pickpool", model="processes"):
+        (back,) = run(first_ten, [mapped])
+    assert isinstance(back, np.memmap)
+    assert back.filename == mapped.filename
+    assert list(back) == [7.0] * 10

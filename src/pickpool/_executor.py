@@ -130,7 +130,7 @@ class _Probe:
         self._watched = 0.0  # seconds watched
         self._began: float | None = None
         self.sample: tuple[tuple[Any, ...], Any] | None = None  # a call's arguments and result
-        # The call running now: its thread's clocks, and (wall, busy) when last looked at.
+        # The call running now: its thread's clocks, and what the last look at it saw.
         self._running: tuple[_Busy, list[float]] | None = None
         self._lock = threading.Lock()  # (its clocks are closed as another thread reads them)
 
@@ -142,7 +142,8 @@ class _Probe:
         records: list[Record] = []
         busy = _Busy()
         with self._lock:
-            self._running = (busy, [time.monotonic(), busy.seconds() or 0.0])
+            # (when last looked at: wall, busy seconds, looks in a row that saw it wait)
+            self._running = (busy, [time.monotonic(), busy.seconds() or 0.0, 0])
         knocker.start()
         try:
             result = Timed(_run_call, records, knocker)(call)
@@ -160,10 +161,12 @@ class _Probe:
         return result
 
     def waits(self) -> bool:
-        """Whether the call running now has mostly waited (not computed) since it was last
-        looked at, :data:`STALL` seconds ago at least: it may be waiting for a call held
-        behind it (a barrier, a queue, a result). On a busy machine a call that computes
-        waits for a core too: that counts as computing."""
+        """Whether the call running now has mostly waited (not computed) in each of the last
+        two looks at it, :data:`STALL` seconds apart at least: it may be waiting for a call
+        held behind it (a barrier, a queue, a result), which does not end. On a busy machine
+        a call that computes waits for a core too: that counts as computing; and it may wait
+        a while for the GIL, held by a thread that waits for a core: one look does not tell
+        that from a stall, and a stall lasts."""
         with self._lock:
             running = self._running
             if running is None:
@@ -176,8 +179,8 @@ class _Probe:
             if seconds is None:  # (no way to read another thread's clocks: assume it waits)
                 return wall - last[0] >= 20 * STALL
             waited = seconds - last[1] < 0.5 * (wall - last[0])
-            last[:] = [wall, seconds]
-            return waited
+            last[:] = [wall, seconds, last[2] + 1 if waited else 0]
+            return last[2] >= 2
 
     def enough(self) -> bool:
         """Whether the calls so far tell enough to decide on, by the rules of the alone phase

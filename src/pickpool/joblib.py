@@ -32,6 +32,7 @@ joblib is an optional dependency: ``pip install joblib`` (or ``pip install 'pick
 from __future__ import annotations
 
 import threading
+import uuid
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -39,6 +40,7 @@ from typing import Any, Final
 
 try:
     import joblib  # type: ignore[import-untyped]
+    from joblib.disk import memstr_to_bytes  # type: ignore[import-untyped]
     from joblib.parallel import (  # type: ignore[import-untyped]
         AutoBatchingMixin,
         FallbackToBackend,
@@ -57,6 +59,7 @@ except ModuleNotFoundError as exc:
 
 from . import _backends, _machine
 from ._executor import Executor, check_executor_model
+from ._memmap import Memmapping
 from ._native import InnerThreads, check_inner_threads
 from ._options import check
 
@@ -106,8 +109,13 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
 
     When a task fails, the call raises at once: the queued tasks are cancelled and the running
     ones stopped (under processes their workers are killed, as loky's are; threads run to
-    their end). What loky does and this backend does not: large numpy arrays are pickled to
-    the workers, not memory-mapped (``max_nbytes`` and ``mmap_mode`` are ignored).
+    their end).
+
+    Large numpy arrays go to worker processes as loky sends them: an argument past
+    ``Parallel``'s ``max_nbytes`` (1 MB by default) is written once to a file (in
+    ``temp_folder``, or ``/dev/shm`` where it has room) that each worker maps with
+    ``mmap_mode`` (read-only by default), and the files are deleted as the call ends. Tasks
+    that run on threads get the caller's own arrays.
     """
 
     supports_retrieve_callback = True
@@ -147,6 +155,9 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         self._executor: Executor | None = None
         self._retired: list[Executor] = []
         self._aborted = False
+        # The memory-mapped arguments of the calls configured since the last terminate.
+        self._memmapping: Memmapping | None = None
+        self._mapped: list[Memmapping] = []
         # joblib's callbacks submit the next batches from the executor's own threads while the
         # caller's thread may be aborting: both swap the executor under this lock.
         self._lock = threading.Lock()
@@ -219,7 +230,7 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     ) -> int:
         """Start the executor for a ``Parallel`` call; return its number of workers.
 
-        joblib calls it as a call starts (its memmapping options are ignored here;
+        joblib calls it as a call starts (with its memory-mapping options for large arrays;
         ``prefer="threads"`` runs the call on threads unless ``model`` was given, and
         ``require="sharedmem"`` keeps auto's calls in this process, on threads). One worker
         runs the call in the calling thread, as joblib's own backends do::
@@ -241,11 +252,15 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         self._call_model = _backends.THREADS if threads else self.model
         self.uses_threads = self._in_process
         executor = self._new_executor()
+        memmapping = None if self._in_process else _memmapping(parallel, backend_kwargs)
         with self._lock:
             old, self._executor = self._executor, executor
             if old is not None:  # configured twice with no terminate between
                 self._retired.append(old)
             self._aborted = False
+            self._memmapping = memmapping
+            if memmapping is not None:
+                self._mapped.append(memmapping)
         return n
 
     def _new_executor(self) -> Executor:
@@ -286,6 +301,8 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
                 future: Future[Any] = Future()
                 future.cancel()
             else:
+                if self._memmapping is not None:
+                    func = self._memmapping.wrap(func)
                 future = executor.submit(func)
         if callback is not None:
             future.add_done_callback(callback)
@@ -343,9 +360,12 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         with self._lock:
             executors = [*self._retired, self._executor]
             self._retired, self._executor = [], None
+            mapped, self._mapped, self._memmapping = self._mapped, [], None
         for executor in executors:
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
+        for memmapping in mapped:  # (no task that reads the files runs any more)
+            memmapping.clean()
         self.reset_batch_stats()
 
     def get_nested_backend(self) -> tuple[Any, int | None]:
@@ -362,7 +382,7 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     def __getstate__(self) -> dict[str, Any]:
         # What a Parallel call holds (its executor, the lock) stays in this process.
         state = self.__dict__.copy()
-        for name in ("_executor", "_retired", "_lock", "parallel"):
+        for name in ("_executor", "_retired", "_lock", "parallel", "_memmapping", "_mapped"):
             state.pop(name, None)
         return state
 
@@ -371,6 +391,8 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         self.parallel = None
         self._executor = None
         self._retired = []
+        self._memmapping = None
+        self._mapped = []
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -382,6 +404,22 @@ class PickpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         if self.inner_threads is not None:
             options.append(f"inner_threads={self.inner_threads!r}")
         return f"PickpoolBackend({', '.join(options)})"
+
+
+def _memmapping(parallel: Any, options: dict[str, Any]) -> Memmapping | None:
+    """How a call's large arrays travel to worker processes: by joblib's ``max_nbytes``,
+    ``mmap_mode`` and ``temp_folder`` (which Parallel passes on), memory-mapped as loky maps
+    them, or pickled (``max_nbytes=None``, or no numpy)."""
+    max_nbytes = options.get("max_nbytes")
+    if max_nbytes is None:
+        return None
+    if isinstance(max_nbytes, str):  # ("1M", as Parallel's own default is written)
+        max_nbytes = memstr_to_bytes(max_nbytes)
+    context = getattr(parallel, "_id", None) or uuid.uuid4().hex
+    memmapping = Memmapping(
+        max_nbytes, options.get("mmap_mode", "r"), options.get("temp_folder"), context
+    )
+    return memmapping if memmapping.active else None
 
 
 # The options of this backend that Parallel(...) may carry for it.
