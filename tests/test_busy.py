@@ -56,11 +56,32 @@ def test_a_call_that_computes_reads_as_computing_on_a_busy_machine() -> None:
 @pytest.mark.skipif(not _timing.SchedStat().known, reason="needs /proc/thread-self/schedstat")
 def test_a_calls_wall_time_leaves_out_its_run_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     # 30 ms passed, 20 of them waiting for a core, 10 on the CPU: 10 ms as a quiet machine
-    # would have run it; timed together, all 30.
-    readings = iter([(1.0, 5.0, 7.0, 2.0), (1.03, 5.01, 7.01, 2.02)] * 2)
+    # would have run it, and the 20 told.
+    readings = iter([(1.0, 5.0, 7.0, 2.0), (1.03, 5.01, 7.01, 2.02)])
     monkeypatch.setattr(_timing, "clocks", lambda delay=True: next(readings))
-    assert _timing.since(_timing.clocks()) == pytest.approx((1.0, 0.01, 0.01, 0.01))
-    assert _timing.since(_timing.clocks(), net=False)[1] == pytest.approx(0.03)
+    delays: list[float] = []
+    record = _timing.since(_timing.clocks(), delays=delays)
+    assert record == pytest.approx((1.0, 0.01, 0.01, 0.01))
+    assert delays == pytest.approx([0.02])
+
+
+def test_threads_timed_together_leave_out_what_other_programs_took() -> None:
+    # Calls of 2 ms free of the GIL, two threads: beside spinners each call also waited 2 ms
+    # for a core, and 10 calls a thread took 40 ms. Each thread's 20 ms of waiting, side by
+    # side, is left out of the phase: the two threads did twice the work of one, as on a
+    # quiet machine; counted in, it would read as threads serialised on the GIL.
+    from pickpool._readings import Readings
+
+    readings = Readings(crunch, False, None, None)
+    readings.alone = [(0.0, 0.002, 0.002, 0.002)] * 5
+    readings.threads = 2
+    readings.together = [(0.004 * i, 0.002, 0.002, 0.004) for i in range(10)] * 2
+    readings.together_delays = [0.002] * 20
+    readings.read_together()
+    assert readings.scaling == pytest.approx(2.0, rel=0.06)
+    readings.together_delays = []
+    readings.read_together()
+    assert readings.scaling == pytest.approx(1.0, rel=0.06)
 
 
 def test_calls_that_wait_on_each_other_are_not_a_far_side() -> None:

@@ -28,6 +28,7 @@ from ._readings import Evidence
 from ._results import Leg
 from ._schedule import Block, Done
 from ._text import format_seconds
+from ._timing import process_demand
 
 # Auto probes at most about this long, and for at most this share of the batch's serial time
 # (beyond a few calls); ``advise``'s default budget is the same second.
@@ -65,7 +66,8 @@ class _Watch:
     side's: the limiter follows it, keeping what it learnt (a ceiling, a drop point), and a
     re-decision would throw that away for a model no better placed. Their drift counts only
     in a window where this process computed :data:`COMPUTING` cores' worth or more
-    (``cpu_clock``, the process's CPU time): the calls started computing.
+    (``cpu_clock``: the process's CPU time, and on a busy machine the time its threads
+    waited for a core to compute on): the calls started computing.
     """
 
     def __init__(
@@ -73,7 +75,7 @@ class _Watch:
         predicted: float,
         *,
         waits: bool = False,
-        cpu_clock: Callable[[], float] = time.process_time,
+        cpu_clock: Callable[[], float] = process_demand,
     ) -> None:
         self._predicted = predicted
         self._waits = waits

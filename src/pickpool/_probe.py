@@ -220,10 +220,12 @@ class Pilot:
         """The probe's phases; each is yielded once the one before it has run to the end."""
         readings = self.readings
         yield from self._alone_phase()
-        if self._inner_parallel():
-            yield from self._alone_phase(capped=True)
-        elif self._tiny():
+        # (Tiny first: a call of microseconds cannot keep native threads busy, and the process's
+        # CPU clock over it reads whatever other threads of the program did meanwhile.)
+        if self._tiny():
             yield from self._batched_phases()
+        elif self._inner_parallel():
+            yield from self._alone_phase(capped=True)
         if not self._exhausted_or_enough():
             if self._waits():
                 if self.ramp:
@@ -326,11 +328,11 @@ class Pilot:
         *,
         knocker: Knocker | None = None,
         inner_threads: InnerThreads = None,
-        net: bool = True,
+        delays: list[float] | None = None,
     ) -> Setup:
         """A setup for ``plan`` that runs the function timed, its records going to ``records``
-        (``net``: see :class:`~pickpool._timing.Timed`)."""
-        timed = (AsyncTimed if self.is_async else Timed)(self.fn, records, knocker, net=net)
+        (``delays``: see :class:`~pickpool._timing.Timed`)."""
+        timed = (AsyncTimed if self.is_async else Timed)(self.fn, records, knocker, delays=delays)
         return self._timed_setup(timed, plan, inner_threads)
 
     def _timed_setup(self, timed: Timed, plan: Plan, inner_threads: InnerThreads) -> Setup:
@@ -482,7 +484,14 @@ class Pilot:
         per_thread = min(per_thread, room // n)
         readings.threads = n
         plan = self._plan(THREADS, n, per_thread)
-        setup = self._setup(readings.together, plan, inner_threads=options.inner_threads, net=False)
+        # Their wall times, as alone, leave out the time other programs held the cores: on a
+        # busy machine two threads free of the GIL would else read as serialised.
+        setup = self._setup(
+            readings.together,
+            plan,
+            inner_threads=options.inner_threads,
+            delays=readings.together_delays,
+        )
         return self._phase("together", plan, setup, n * per_thread)
 
 

@@ -137,6 +137,7 @@ class Readings:
     batched: list[Record] = field(default_factory=list)
     batched_calls: int = 0
     together: list[Record] = field(default_factory=list)  # several at once
+    together_delays: list[float] = field(default_factory=list)  # their run delays (threads)
     rounds: list[tuple[int, float, float]] = field(default_factory=list)  # (n, latency, failed)
     failed: int = 0
     gil: float | None = None  # the knocker's share alone (None: too short to see)
@@ -213,7 +214,7 @@ class Readings:
         else:
             # Calls shorter than the GIL's switch interval run whole between switches, so
             # their own times show no waiting: count what the threads got done together.
-            span = max(r[0] + r[1] for r in records) - min(r[0] for r in records)
+            span = _span(records, self.together_delays, self.threads)
             self.scaling = min(self.threads, len(records) * wall / span) if span > 0 else None
 
     def _fn_pickle(self) -> float:
@@ -297,6 +298,13 @@ def _pickling(item: Any, result: Any) -> tuple[int, float, int, float]:
     # work, not the few microseconds every separate dumps() call costs.
     base = _dumps_overhead()
     return item_size, max(0.0, t1 - t0 - base), result_size, max(0.0, t2 - t1 - base)
+
+
+def _span(records: list[Record], delays: list[float], threads: int) -> float:
+    """Seconds from the first call's start to the last's end, less what each of the
+    ``threads`` waited (side by side) for cores other programs held."""
+    span = max(r[0] + r[1] for r in records) - min(r[0] for r in records)
+    return span - sum(delays) / max(1, threads)
 
 
 def _pickled_together(pairs: list[tuple[Any, Any]]) -> tuple[float, float]:

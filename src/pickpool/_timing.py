@@ -46,15 +46,18 @@ def clocks(delay: bool = True) -> _Clocks:
     )
 
 
-def since(began: _Clocks, *, net: bool = True) -> Record:
-    """The :data:`Record` of a call that began at ``began`` (see :func:`clocks`); with
-    ``net=False``, or no run delay read, its wall time is all that passed."""
+def since(began: _Clocks, *, delays: list[float] | None = None) -> Record:
+    """The :data:`Record` of a call that began at ``began`` (see :func:`clocks`), its run
+    delay left out of its wall time and appended to ``delays``, if given (with no run delay
+    read, its wall time is all that passed)."""
     start, cpu, all_cpu, delay = began
     wall, cpu_now, all_now, delay_now = clocks(delay >= 0)
     elapsed = wall - start
-    if net and delay >= 0:
+    if delay >= 0:
         # (Never below the thread's CPU time: the two counts are read apart, a little.)
         elapsed = max(elapsed - (delay_now - delay), min(elapsed, cpu_now - cpu))
+        if delays is not None:
+            delays.append(delay_now - delay)
     return start, elapsed, cpu_now - cpu, all_now - all_cpu
 
 
@@ -72,11 +75,11 @@ def _run_delay() -> float:
 
 class Timed:
     """``fn`` with each call's wall, thread CPU and process CPU time appended to ``records``;
-    a :class:`Knocker`, if given, is told when each call runs. ``net``: wall times leave out
-    the run delay (calls alone, as a quiet machine would run them); False for calls timed
-    together, whose slowdown from sharing the cores is what is measured."""
+    a :class:`Knocker`, if given, is told when each call runs. Wall times leave out the run
+    delay (as a quiet machine would run the calls), each call's appended to ``delays`` if
+    given."""
 
-    __slots__ = ("delay", "fn", "knocker", "net", "records")
+    __slots__ = ("delay", "delays", "fn", "knocker", "records")
 
     def __init__(
         self,
@@ -84,13 +87,13 @@ class Timed:
         records: list[Record],
         knocker: Knocker | None = None,
         *,
-        net: bool = True,
+        delays: list[float] | None = None,
     ) -> None:
         self.fn = fn
         self.records = records
         self.knocker = knocker
-        self.net = net
-        self.delay = net  # whether calls are read their run delay (not once one is tiny)
+        self.delays = delays
+        self.delay = True  # whether calls are read their run delay (not once one is tiny)
 
     def __call__(self, item: Any) -> Any:
         knocker = self.knocker
@@ -100,7 +103,7 @@ class Timed:
         try:
             return self.fn(item)
         finally:
-            self._record(since(began, net=self.net))
+            self._record(since(began, delays=self.delays))
             if knocker is not None:
                 knocker.leave()
 
@@ -200,7 +203,7 @@ class AsyncTimed(Timed):
         try:
             return await self.fn(item)
         finally:
-            self._record(since(began, net=self.net))
+            self._record(since(began, delays=self.delays))
             if knocker is not None:
                 knocker.leave()
 
@@ -338,6 +341,24 @@ def waiting_for_a_core(seconds: float = 0.1) -> float | None:
         stat.close()
     total = (ran_now - ran) + (waited_now - waited)
     return round((waited_now - waited) / total, 2) if total > 0 else 0.0
+
+
+def process_demand() -> float:
+    """The process's CPU seconds, plus the seconds its threads (those alive) waited, runnable,
+    for a core: what it would have computed with cores free. Where the system has no such
+    counts, its CPU seconds alone."""
+    total = time.process_time()
+    try:
+        threads = os.listdir("/proc/self/task")
+    except OSError:
+        return total
+    for tid in threads:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as stat:
+                total += int(stat.read().split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            continue  # (a thread that ended meanwhile)
+    return total
 
 
 class SchedStat:
