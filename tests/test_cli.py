@@ -105,6 +105,7 @@ def test_run_out_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
 
 
 def test_bench_markdown_and_plot(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the plot needs the plot extra (matplotlib)")
     plot = tmp_path / "bench.png"
     code, out, _ = run_cli(
         capsys, "bench", "pickpool.lab:digest", "--range", "8", "--workers", "1,2",

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -261,6 +262,12 @@ def test_a_result_that_fails_to_unpickle_fails_only_its_item() -> None:
     assert "item 7" in message
     assert "HTTPError" in message  # the cause: what failed to load
     check_others(fn, items, results, {7})
+    # What of the result could be rebuilt goes now (on 3.14 an HTTPError holds a temporary
+    # file's closer, which warns as it is collected unclosed), not in a later test.
+    del results, failure
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 # 5. A timeout kills the item's own children -----------------------------------------------------

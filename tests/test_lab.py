@@ -33,6 +33,7 @@ def test_workloads_agree_across_models(model: Model, fn: Callable[[int], object]
 def test_demo_prints_the_table_a_verdict_per_workload_and_the_plot(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    pytest.importorskip("matplotlib", reason="the plot needs the demo extra (matplotlib)")
     small = [dataclasses.replace(w, quick=4) for w in demo.WORKLOADS]
     plot = tmp_path / "demo.png"
     assert demo.main(quick=True, plot=plot, workloads=small) == 0

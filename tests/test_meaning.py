@@ -68,9 +68,11 @@ def test_require_sharedmem_with_a_model_that_does_not_share_is_an_error() -> Non
 def test_advise_under_require_sharedmem_keeps_to_models_that_share() -> None:
     advice = pickpool.advise(mh.note_computing, range(200), require="sharedmem")
     assert _backends.traits(advice.model).shares_memory
-    free = pickpool.advise(mh.note_computing, range(200))
-    if not _backends.traits(free.model).shares_memory:  # (a busy machine may say otherwise)
-        assert any("require='sharedmem'" in reason for reason in advice.reasons)
+    # Where its own predictions put a model that does not share memory first, it says why
+    # it did not advise that one. (Judged on one probe: two may read a busy machine apart.)
+    fastest = min(advice.predicted, key=lambda model: advice.predicted[model])
+    if not _backends.traits(fastest).shares_memory:
+        assert any("require='sharedmem'" in reason for reason in advice.reasons), str(advice)
 
 
 def test_the_executor_under_require_sharedmem_routes_to_threads(seen: list[int]) -> None:

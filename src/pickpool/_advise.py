@@ -277,7 +277,8 @@ def decide(
     narrowed = _narrowed(options, choices, allowed, predictions)
     chosen = choose(allowed, is_async=ev.is_async)
     kind = classify(ev, machine, chosen)
-    why = [*_reasons.reasons(ev, machine, predictions, chosen, kind, n, items is None), *narrowed]
+    said = _reasons.reasons(ev, machine, predictions, chosen, kind, n, items is None, allowed)
+    why = [*said, *narrowed]
     return Advice(
         model=chosen.model,
         workers=chosen.workers,

@@ -39,6 +39,9 @@ LOOP_CALL: Final = 30e-6
 THREAD_START: Final = 0.2e-3
 # Unpickling takes about twice as long as pickling.
 LOADS_PER_DUMPS: Final = 2.0
+# Seconds to hand a call to a thread and take its result back, at least: the probe times no
+# shorter call side by side (see _probe.Pilot._exhausted_or_enough), so no speedup is measured.
+HANDOFF: Final = 5e-6
 # A share of its time a coroutine blocks the loop that counts as blocking it.
 LOOP_BLOCKED: Final = 0.1
 # A simpler option within this much of the fastest one is preferred: no pickling, fewer moving
@@ -255,6 +258,17 @@ class Costs:
         if k < n or (latency <= RAMP_TOLERANCE * self.ev.wall and not refused):
             return 0.0
         return math.inf if refused else latency / n
+
+    def unmeasured(self, wall: float) -> float:
+        """Seconds per item threads are held to when calls of ``wall`` seconds are too short
+        to be timed side by side (under :data:`HANDOFF`, so no speedup was measured): as a
+        plain loop's, GIL or none. Without a GIL (3.13t) the hand-off and the reference
+        counts the threads share cost more than such a call: 100,000 calls of 0.1 µs took
+        15 ms on 2 threads against 10 ms in a loop."""
+        ev = self.ev
+        if ev.is_async or ev.scaling is not None or ev.wall >= HANDOFF:
+            return 0.0
+        return wall
 
     def coroutine_call(self) -> float:
         """What running one call costs beyond its own time when it is a coroutine that a

@@ -30,6 +30,7 @@ from typing import Any
 
 from . import _machine, _native
 from ._backends import COROUTINES, LOOP, THREADS, Setup
+from ._costs import HANDOFF
 from ._cursor import Cursor, Source
 from ._native import InnerThreads
 from ._options import Options
@@ -51,7 +52,6 @@ from ._timing import (
     typical_process_cpu,
 )
 
-_HANDOFF = 5e-6  # seconds to hand a call to a thread and take its result back, at least
 # The alone phase stops once it has seen this much of a run that is mostly waiting: waiting
 # is measured faster and better together.
 WAITING_SHARE = 0.3
@@ -113,7 +113,7 @@ class _Allowance:
         """How long the alone phase should run, given the time of one call."""
         total = math.inf if self.length is None else (self.length - self.first) * wall
         target = min(self.share * total, 0.35 * self.budget)
-        if wall < _HANDOFF and not self.is_async:
+        if wall < HANDOFF and not self.is_async:
             # No together phase follows (see _exhausted_or_enough): a few milliseconds give
             # the time per call and the pickling, which is all the cost model needs.
             return 0.002
@@ -308,7 +308,7 @@ class Pilot:
             return True
         # A call shorter than handing it to a thread: threads cannot gain, and processes are
         # judged from this phase alone.
-        if wall < _HANDOFF and not self.is_async:
+        if wall < HANDOFF and not self.is_async:
             return True
         # So little work left that running it together cannot save what measuring costs.
         left = self.cursor.remaining()

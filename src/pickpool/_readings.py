@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _machine
 from ._native import Pool
 from ._schedule import Done
 from ._task import OK
@@ -132,8 +133,7 @@ class Readings:
     timeout: float | None  # the caller's: calls that all overran it took at least this long
     alone: list[Record] = field(default_factory=list)  # one call at a time
     capped: list[Record] = field(default_factory=list)  # alone, native pools at one thread
-    # Tiny calls alone, timed in batches of many in a row (see _timing.Batched), and how many
-    # calls those batches made.
+    # Tiny calls alone, timed in batches (see _timing.Batched), and how many calls they made.
     batched: list[Record] = field(default_factory=list)
     batched_calls: int = 0
     together: list[Record] = field(default_factory=list)  # several at once
@@ -191,7 +191,7 @@ class Readings:
         records = self.together
         if len(records) < 2:
             return
-        wall, _ = self.typical()
+        wall, cpu = self.typical()
         if wall <= 0:
             return
         if self.is_async:
@@ -210,12 +210,13 @@ class Readings:
             # long, when nothing is shared no longer. Per call rather than over the phase's
             # span, so that threads starting or finishing apart do not count.
             crowded = statistics.median(r[1] for r in records)
-            self.scaling = min(self.threads, self.threads * wall / crowded)
+            self.scaling = _scaling(self.threads, self.threads * wall / crowded, wall, cpu)
         else:
             # Calls shorter than the GIL's switch interval run whole between switches, so
             # their own times show no waiting: count what the threads got done together.
             span = _span(records, self.together_delays, self.threads)
-            self.scaling = min(self.threads, len(records) * wall / span) if span > 0 else None
+            seen = len(records) * wall / span if span > 0 else None
+            self.scaling = None if seen is None else _scaling(self.threads, seen, wall, cpu)
 
     def _fn_pickle(self) -> float:
         """Seconds to pickle the function for worker processes (pickling it, the first time)."""
@@ -298,6 +299,14 @@ def _pickling(item: Any, result: Any) -> tuple[int, float, int, float]:
     # work, not the few microseconds every separate dumps() call costs.
     base = _dumps_overhead()
     return item_size, max(0.0, t1 - t0 - base), result_size, max(0.0, t2 - t1 - base)
+
+
+def _scaling(threads: int, seen: float, wall: float, cpu: float) -> float:
+    """``seen``, no more than ``threads`` and the cores allow calls that compute ``cpu`` of
+    each ``wall`` seconds: timed net of their run delay, threads past the cores do not show
+    that they waited for them."""
+    most = _machine.cores() * wall / cpu if cpu > 0 else math.inf
+    return min(float(threads), seen, most)
 
 
 def _span(records: list[Record], delays: list[float], threads: int) -> float:

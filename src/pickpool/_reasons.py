@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Final
 
 from ._backends import traits
@@ -84,9 +84,11 @@ def reasons(
     kind: Kind,
     n: int,
     unknown_length: bool,
+    allowed: Collection[str],
 ) -> list[str]:
     """Why ``chosen`` wins, in sentences: what the probe measured, what it means, the
-    prediction against a plain loop for ``n`` items."""
+    prediction against a plain loop for ``n`` items (``options``: every model's; the
+    ``allowed`` ones were chosen from)."""
     t, share = ev.wall, ev.cpu_share
     what = "coroutine" if ev.is_async else "call"
     rest = "" if share >= 0.9 else ", the rest waiting"
@@ -97,7 +99,7 @@ def reasons(
         out.append(together)
     out += _cost_reasons(ev, machine)
     out.append(_verdict(ev, options, chosen, kind, n, unknown_length))
-    close = _close_call(options, chosen)
+    close = _close_call([o for m, o in options.items() if m in allowed], chosen)
     if close is not None:
         out.append(close)
     if ev.failed:
@@ -110,9 +112,10 @@ def reasons(
 CLOSE: Final = 1.25
 
 
-def _close_call(options: Mapping[str, Option], chosen: Option) -> str | None:
-    """A sentence naming the runner-up, when another model is predicted close to ``chosen``."""
-    others = [o for o in options.values() if o.model != chosen.model]
+def _close_call(options: Collection[Option], chosen: Option) -> str | None:
+    """A sentence naming the runner-up among ``options``, when one is predicted close to
+    ``chosen``."""
+    others = [o for o in options if o.model != chosen.model]
     if not others or math.isinf(chosen.seconds):
         return None
     runner = min(others, key=lambda o: o.seconds)
@@ -162,7 +165,12 @@ def _together_reason(ev: Evidence, machine: Machine) -> str | None:
         else:
             verdict = "its waits overlap"
     elif not machine.gil:
-        verdict = "this interpreter runs without the GIL"
+        verdict = (
+            "this interpreter runs without the GIL"
+            if parallel
+            else "this interpreter runs without the GIL, but more threads do not help "
+            "(memory, a lock, or other programs on the cores)"
+        )
     elif parallel and (held < 0.5 or gil_free(ev, machine)):
         verdict = "it runs in code that releases the GIL"
     elif parallel:

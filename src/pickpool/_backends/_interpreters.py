@@ -12,6 +12,8 @@ under threads.
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.thread  # (see available)
+import importlib.util
 import sys
 import time
 from typing import Any, Final
@@ -28,7 +30,14 @@ from ._threads import CANCEL_GRACE
 
 
 def available() -> bool:
-    return hasattr(concurrent.futures, "InterpreterPoolExecutor")
+    # Asked without importing the pool's module: concurrent.futures imports it on first use,
+    # and the thread module it imports registers an exit hook, which fails once the program
+    # is exiting (an executor's calls still running then would fail). That module is
+    # imported above, with this one, for the pool's first use at exit.
+    return (
+        importlib.util.find_spec("_interpreters") is not None
+        and importlib.util.find_spec("concurrent.futures.interpreter") is not None
+    )
 
 
 def unavailable() -> str | None:
