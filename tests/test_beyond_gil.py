@@ -66,6 +66,35 @@ def test_interpreters_return_what_the_loop_returns() -> None:
         pickpool.map(lambda x: 1 // (x - 3), range(5), model="interpreters")
 
 
+@pytest.mark.skipif(not _interpreters.available(), reason="needs Python 3.14+")
+def test_a_module_that_refuses_sub_interpreters_runs_on_processes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The function's module imports numpy, which cannot load in a sub-interpreter: no item
+    # had run, so every chunk goes to worker processes instead, each item once, and the log
+    # says why.
+    pytest.importorskip("numpy")
+    from tests import refusing_helpers
+
+    with caplog.at_level("WARNING", logger="pickpool"):
+        got = pickpool.map(refusing_helpers.total, range(40), model="interpreters", chunksize=4)
+    assert got == [refusing_helpers.total(n) for n in range(40)]
+    assert "cannot load in a sub-interpreter" in caplog.text
+    assert "does not support loading in subinterpreters" in caplog.text
+
+
+def test_what_a_refusing_module_raises_is_told_apart() -> None:
+    refused = ImportError(
+        "Importing the numpy C-extensions failed.\n\nOriginal error was: module "
+        "numpy._core._multiarray_umath does not support loading in subinterpreters\n"
+    )
+    outer = RuntimeError("the task failed")
+    outer.__cause__ = refused
+    assert _interpreters.refuses_interpreters(refused)
+    assert _interpreters.refuses_interpreters(outer)
+    assert not _interpreters.refuses_interpreters(ImportError("No module named 'numpyy'"))
+
+
 def test_interpreters_are_weighed_where_they_exist() -> None:
     def cold_or_warm(server_running: bool) -> Machine:
         return machine(

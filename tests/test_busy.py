@@ -8,9 +8,13 @@ pickpool runs, and stop them after.
 
 from __future__ import annotations
 
+import io
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -56,32 +60,40 @@ def test_a_call_that_computes_reads_as_computing_on_a_busy_machine() -> None:
 @pytest.mark.skipif(not _timing.SchedStat().known, reason="needs /proc/thread-self/schedstat")
 def test_a_calls_wall_time_leaves_out_its_run_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     # 30 ms passed, 20 of them waiting for a core, 10 on the CPU: 10 ms as a quiet machine
-    # would have run it, and the 20 told.
-    readings = iter([(1.0, 5.0, 7.0, 2.0), (1.03, 5.01, 7.01, 2.02)])
+    # would have run it, and the 20 told; timed together, all 30.
+    readings = iter([(1.0, 5.0, 7.0, 2.0), (1.03, 5.01, 7.01, 2.02)] * 2)
     monkeypatch.setattr(_timing, "clocks", lambda delay=True: next(readings))
     delays: list[float] = []
     record = _timing.since(_timing.clocks(), delays=delays)
     assert record == pytest.approx((1.0, 0.01, 0.01, 0.01))
     assert delays == pytest.approx([0.02])
+    assert _timing.since(_timing.clocks(), net=False)[1] == pytest.approx(0.03)
 
 
-def test_threads_timed_together_leave_out_what_other_programs_took() -> None:
-    # Calls of 2 ms free of the GIL, two threads: beside spinners each call also waited 2 ms
-    # for a core, and 10 calls a thread took 40 ms. Each thread's 20 ms of waiting, side by
-    # side, is left out of the phase: the two threads did twice the work of one, as on a
-    # quiet machine; counted in, it would read as threads serialised on the GIL.
+def test_threads_timed_together_are_compared_with_calls_alone_as_they_ran() -> None:
+    # Calls of 2 ms of CPU beside two spinners on two cores. Alone, a call got two thirds of
+    # a core: 3 ms, 1 of them waiting for one (its record keeps the 2). Two threads free of the
+    # GIL got half a core each: 10 calls of 4 ms a thread, 40 ms for all 20. Against calls
+    # alone as they ran, 1.5x: what two threads gain on this machine. Against the 2 ms alone a
+    # quiet machine would take, they would read 1.0x, as if the GIL held them apart.
     from pickpool._readings import Readings
 
-    readings = Readings(crunch, False, None, None)
-    readings.alone = [(0.0, 0.002, 0.002, 0.002)] * 5
-    readings.threads = 2
-    readings.together = [(0.004 * i, 0.002, 0.002, 0.004) for i in range(10)] * 2
-    readings.together_delays = [0.002] * 20
-    readings.read_together()
-    assert readings.scaling == pytest.approx(2.0, rel=0.06)
-    readings.together_delays = []
-    readings.read_together()
-    assert readings.scaling == pytest.approx(1.0, rel=0.06)
+    def read(together: list[tuple[float, float, float, float]], delays: list[float]) -> float:
+        readings = Readings(crunch, False, None, None)
+        readings.alone = [(0.0, 0.002, 0.002, 0.002)] * 5
+        readings.alone_delays = delays
+        readings.threads = 2
+        readings.together = together
+        readings.read_together()
+        assert readings.scaling is not None
+        return readings.scaling
+
+    free = [(0.004 * i, 0.004, 0.002, 0.004) for i in range(10)] * 2
+    assert read(free, [0.001] * 5) == pytest.approx(1.5, rel=0.1)
+    assert read(free, []) == pytest.approx(1.0, rel=0.1)
+    # Held apart by the GIL: one thread computes at a time, at the pace of one alone.
+    held = [(0.003 * i, 0.006, 0.002, 0.004) for i in range(20)]
+    assert read(held, [0.001] * 5) == pytest.approx(1.0, rel=0.1)
 
 
 def test_calls_that_wait_on_each_other_are_not_a_far_side() -> None:
@@ -115,3 +127,31 @@ def test_calls_whose_children_compute_do_not_climb_like_calls_that_wait() -> Non
         else:
             assert most <= 2 * advice.workers
             assert advice.workers <= 4  # the children's CPU caps it at about the cores
+
+
+def test_the_process_demand_clock_does_not_go_back_as_threads_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Threads' run delays, as /proc would show them at four readings: thread 2 ends, thread 3
+    # starts, then a new thread takes the id 2. Each reading adds what was waited since the
+    # last; a plain sum over the threads alive would drop by 0.3 s as thread 2 ends.
+    readings = iter(
+        [{"1": 0.5, "2": 0.3}, {"1": 0.6}, {"1": 0.6, "3": 0.05}, {"1": 0.6, "2": 0.01}]
+    )
+    current: dict[str, float] = {}
+
+    def listdir(path: str) -> list[str]:
+        current.clear()
+        current.update(next(readings))
+        return list(current)
+
+    def fake_open(path: str, mode: str) -> Any:
+        tid = path.split("/")[4]
+        return io.BytesIO(b"7 %d 1" % round(current[tid] * 1e9))
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    monkeypatch.setattr(_timing, "open", fake_open, raising=False)
+    monkeypatch.setattr(time, "process_time", lambda: 10.0)
+    clock = _timing.ProcessDemand()
+    seen = [clock() for _ in range(4)]
+    assert seen == pytest.approx([10.8, 10.9, 10.95, 10.96])

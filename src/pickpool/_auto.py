@@ -28,7 +28,7 @@ from ._readings import Evidence
 from ._results import Leg
 from ._schedule import Block, Done
 from ._text import format_seconds
-from ._timing import process_demand
+from ._timing import ProcessDemand
 
 # Auto probes at most about this long, and for at most this share of the batch's serial time
 # (beyond a few calls); ``advise``'s default budget is the same second.
@@ -75,12 +75,12 @@ class _Watch:
         predicted: float,
         *,
         waits: bool = False,
-        cpu_clock: Callable[[], float] = process_demand,
+        cpu_clock: Callable[[], float] | None = None,
     ) -> None:
         self._predicted = predicted
         self._waits = waits
-        self._cpu_clock = cpu_clock
-        self._cpu_began = cpu_clock()
+        self._cpu_clock = cpu_clock or ProcessDemand()
+        self._cpu_began = self._cpu_clock()
         self._min_items = 10  # and a few items, so that one slow item is not a drift
         self._began = time.perf_counter()
         self._busy = 0.0

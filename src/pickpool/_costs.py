@@ -42,6 +42,13 @@ LOADS_PER_DUMPS: Final = 2.0
 # Seconds to hand a call to a thread and take its result back, at least: the probe times no
 # shorter call side by side (see _probe.Pilot._exhausted_or_enough), so no speedup is measured.
 HANDOFF: Final = 5e-6
+# A call that computes (at least COMPUTES of it on the CPU) and that the knocker saw holding
+# the GIL at least CLEARLY_HELD of the time holds it throughout, as pure Python does: the
+# probe runs no calls side by side then (threads cannot help), and the cost model gives
+# threads no overlap either. (Beside busy programs the knocker reads pure Python's hold as
+# low as 0.63-0.8: read as it stood, threads x8 were predicted 1.3x a loop on it.)
+CLEARLY_HELD: Final = 0.7
+COMPUTES: Final = 0.8
 # A share of its time a coroutine blocks the loop that counts as blocking it.
 LOOP_BLOCKED: Final = 0.1
 # A simpler option within this much of the fastest one is preferred: no pickling, fewer moving
@@ -88,11 +95,19 @@ def gil_free(ev: Evidence, machine: Machine) -> bool:
     return not machine.gil or (ev.gil_held is not None and ev.gil_held < 0.3)
 
 
+def clearly_gil_bound(gil_held: float | None, cpu_share: float) -> bool:
+    """Whether calls that compute ``cpu_share`` of their time, seen holding the GIL
+    ``gil_held`` of it, hold it throughout (see :data:`CLEARLY_HELD`)."""
+    return gil_held is not None and gil_held >= CLEARLY_HELD and cpu_share >= COMPUTES
+
+
 def gil_time(ev: Evidence, machine: Machine) -> float:
     """Seconds of each call during which it holds the GIL (threads cannot overlap those)."""
     t, c = ev.wall, ev.cpu
     if not machine.gil:
         return 0.0
+    if ev.scaling is None and clearly_gil_bound(ev.gil_held, ev.cpu_share):
+        return c
     knocked = None if ev.gil_held is None else min(t, ev.gil_held * t)
     if knocked is not None and ev.gil_held is not None and ev.gil_held < 0.3:
         # A low reading is mostly the knocker's noise: a thread holds the GIL only while it runs.

@@ -30,7 +30,7 @@ from typing import Any
 
 from . import _machine, _native
 from ._backends import COROUTINES, LOOP, THREADS, Setup
-from ._costs import HANDOFF
+from ._costs import HANDOFF, clearly_gil_bound
 from ._cursor import Cursor, Source
 from ._native import InnerThreads
 from ._options import Options
@@ -304,7 +304,7 @@ class Pilot:
         share = cpu / wall if wall > 0 else 1.0
         gil = readings.capped_gil if readings.capped else readings.gil
         # Clearly GIL-bound computing: threads cannot help, and the knocker has shown it.
-        if gil is not None and gil >= 0.7 and share >= 0.8 and not self.is_async:
+        if clearly_gil_bound(gil, share) and not self.is_async:
             return True
         # A call shorter than handing it to a thread: threads cannot gain, and processes are
         # judged from this phase alone.
@@ -328,11 +328,14 @@ class Pilot:
         *,
         knocker: Knocker | None = None,
         inner_threads: InnerThreads = None,
+        net: bool = True,
         delays: list[float] | None = None,
     ) -> Setup:
         """A setup for ``plan`` that runs the function timed, its records going to ``records``
-        (``delays``: see :class:`~pickpool._timing.Timed`)."""
-        timed = (AsyncTimed if self.is_async else Timed)(self.fn, records, knocker, delays=delays)
+        (``net`` and ``delays``: see :class:`~pickpool._timing.Timed`)."""
+        timed = (AsyncTimed if self.is_async else Timed)(
+            self.fn, records, knocker, net=net, delays=delays
+        )
         return self._timed_setup(timed, plan, inner_threads)
 
     def _timed_setup(self, timed: Timed, plan: Plan, inner_threads: InnerThreads) -> Setup:
@@ -356,7 +359,8 @@ class Pilot:
         plan = dataclasses.replace(self._plan(model, 1, 1), window=1)
         knocker = Knocker(calls=True)
         inner = 1 if capped else self.options.inner_threads
-        setup = self._setup(records, plan, knocker=knocker, inner_threads=inner)
+        delays = None if capped else readings.alone_delays
+        setup = self._setup(records, plan, knocker=knocker, inner_threads=inner, delays=delays)
         enough = _never if capped else self._clearly_waiting
         knocker.start()
         children = children_cpu()
@@ -484,14 +488,7 @@ class Pilot:
         per_thread = min(per_thread, room // n)
         readings.threads = n
         plan = self._plan(THREADS, n, per_thread)
-        # Their wall times, as alone, leave out the time other programs held the cores: on a
-        # busy machine two threads free of the GIL would else read as serialised.
-        setup = self._setup(
-            readings.together,
-            plan,
-            inner_threads=options.inner_threads,
-            delays=readings.together_delays,
-        )
+        setup = self._setup(readings.together, plan, inner_threads=options.inner_threads, net=False)
         return self._phase("together", plan, setup, n * per_thread)
 
 

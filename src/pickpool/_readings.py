@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,12 +131,12 @@ class Readings:
     length: int | None  # items in the whole input, if known
     timeout: float | None  # the caller's: calls that all overran it took at least this long
     alone: list[Record] = field(default_factory=list)  # one call at a time
+    alone_delays: list[float] = field(default_factory=list)  # their run delays
     capped: list[Record] = field(default_factory=list)  # alone, native pools at one thread
     # Tiny calls alone, timed in batches (see _timing.Batched), and how many calls they made.
     batched: list[Record] = field(default_factory=list)
     batched_calls: int = 0
     together: list[Record] = field(default_factory=list)  # several at once
-    together_delays: list[float] = field(default_factory=list)  # their run delays (threads)
     rounds: list[tuple[int, float, float]] = field(default_factory=list)  # (n, latency, failed)
     failed: int = 0
     gil: float | None = None  # the knocker's share alone (None: too short to see)
@@ -205,17 +204,17 @@ class Readings:
                 # Overlapping coroutines: the loop's CPU time over the phase, shared by k, is a
                 # truer cost per coroutine than one alone, which also pays the loop's idle turns.
                 self._shared_cpu = max(r[2] for r in records) / k
-        elif wall >= 2 * sys.getswitchinterval():
-            # How much longer a call takes while n run at once: under a held GIL n times as
-            # long, when nothing is shared no longer. Per call rather than over the phase's
-            # span, so that threads starting or finishing apart do not count.
-            crowded = statistics.median(r[1] for r in records)
-            self.scaling = _scaling(self.threads, self.threads * wall / crowded, wall, cpu)
         else:
-            # Calls shorter than the GIL's switch interval run whole between switches, so
-            # their own times show no waiting: count what the threads got done together.
-            span = _span(records, self.together_delays, self.threads)
-            seen = len(records) * wall / span if span > 0 else None
+            # What the threads got done together against calls alone as those ran on this
+            # machine (their run delay put back): both then share the cores with the same
+            # other programs. Over the phase, not per call: calls shorter than the GIL's
+            # switch interval run whole between switches, so their own times show no
+            # waiting; and a call's own time reads uncrowded while the other threads start
+            # or finish. The phase's ragged ends count against the threads: a reading that
+            # errs towards the GIL.
+            span = max(r[0] + r[1] for r in records) - min(r[0] for r in records)
+            alone = _as_it_ran(wall, self.alone, self.alone_delays)
+            seen = len(records) * alone / span if span > 0 else None
             self.scaling = None if seen is None else _scaling(self.threads, seen, wall, cpu)
 
     def _fn_pickle(self) -> float:
@@ -309,11 +308,13 @@ def _scaling(threads: int, seen: float, wall: float, cpu: float) -> float:
     return min(float(threads), seen, most)
 
 
-def _span(records: list[Record], delays: list[float], threads: int) -> float:
-    """Seconds from the first call's start to the last's end, less what each of the
-    ``threads`` waited (side by side) for cores other programs held."""
-    span = max(r[0] + r[1] for r in records) - min(r[0] for r in records)
-    return span - sum(delays) / max(1, threads)
+def _as_it_ran(wall: float, alone: list[Record], delays: list[float]) -> float:
+    """A call of ``wall`` seconds (its run delay left out) as long as it took on this machine,
+    with the least share of its time any call ``alone`` waited for a core put back (the
+    least: a call that other threads of this program held up waited longer, and putting
+    that back would credit the threads with it)."""
+    shares = [d / (r[1] + d) for r, d in zip(alone, delays, strict=False) if r[1] + d > 0]
+    return wall / (1 - min(0.9, min(shares))) if shares else wall
 
 
 def _pickled_together(pairs: list[tuple[Any, Any]]) -> tuple[float, float]:

@@ -46,18 +46,20 @@ def clocks(delay: bool = True) -> _Clocks:
     )
 
 
-def since(began: _Clocks, *, delays: list[float] | None = None) -> Record:
-    """The :data:`Record` of a call that began at ``began`` (see :func:`clocks`), its run
-    delay left out of its wall time and appended to ``delays``, if given (with no run delay
-    read, its wall time is all that passed)."""
+def since(began: _Clocks, *, net: bool = True, delays: list[float] | None = None) -> Record:
+    """The :data:`Record` of a call that began at ``began`` (see :func:`clocks`): with
+    ``net``, its run delay left out of its wall time; the run delay is appended to
+    ``delays``, if given. With no run delay read, its wall time is all that passed."""
     start, cpu, all_cpu, delay = began
     wall, cpu_now, all_now, delay_now = clocks(delay >= 0)
     elapsed = wall - start
     if delay >= 0:
-        # (Never below the thread's CPU time: the two counts are read apart, a little.)
-        elapsed = max(elapsed - (delay_now - delay), min(elapsed, cpu_now - cpu))
+        waited = delay_now - delay
         if delays is not None:
-            delays.append(delay_now - delay)
+            delays.append(waited)
+        if net:
+            # (Never below the thread's CPU time: the two counts are read apart, a little.)
+            elapsed = max(elapsed - waited, min(elapsed, cpu_now - cpu))
     return start, elapsed, cpu_now - cpu, all_now - all_cpu
 
 
@@ -75,11 +77,12 @@ def _run_delay() -> float:
 
 class Timed:
     """``fn`` with each call's wall, thread CPU and process CPU time appended to ``records``;
-    a :class:`Knocker`, if given, is told when each call runs. Wall times leave out the run
-    delay (as a quiet machine would run the calls), each call's appended to ``delays`` if
-    given."""
+    a :class:`Knocker`, if given, is told when each call runs. ``net``: wall times leave out
+    the run delay (calls alone, as a quiet machine would run them); False for calls timed
+    together, whose pace beside each other is what is measured. Each call's run delay is
+    appended to ``delays`` if given."""
 
-    __slots__ = ("delay", "delays", "fn", "knocker", "records")
+    __slots__ = ("delay", "delays", "fn", "knocker", "net", "records")
 
     def __init__(
         self,
@@ -87,13 +90,16 @@ class Timed:
         records: list[Record],
         knocker: Knocker | None = None,
         *,
+        net: bool = True,
         delays: list[float] | None = None,
     ) -> None:
         self.fn = fn
         self.records = records
         self.knocker = knocker
+        self.net = net
         self.delays = delays
-        self.delay = True  # whether calls are read their run delay (not once one is tiny)
+        # Whether calls are read their run delay (not once one is tiny).
+        self.delay = net or delays is not None
 
     def __call__(self, item: Any) -> Any:
         knocker = self.knocker
@@ -103,7 +109,7 @@ class Timed:
         try:
             return self.fn(item)
         finally:
-            self._record(since(began, delays=self.delays))
+            self._record(since(began, net=self.net, delays=self.delays))
             if knocker is not None:
                 knocker.leave()
 
@@ -203,7 +209,7 @@ class AsyncTimed(Timed):
         try:
             return await self.fn(item)
         finally:
-            self._record(since(began, delays=self.delays))
+            self._record(since(began, net=self.net, delays=self.delays))
             if knocker is not None:
                 knocker.leave()
 
@@ -348,22 +354,37 @@ def waiting_for_a_core(seconds: float = 0.1) -> float | None:
     return round((waited_now - waited) / total, 2) if total > 0 else 0.0
 
 
-def process_demand() -> float:
-    """The process's CPU seconds, plus the seconds its threads (those alive) waited, runnable,
-    for a core: what it would have computed with cores free. Where the system has no such
-    counts, its CPU seconds alone."""
-    total = time.process_time()
-    try:
-        threads = os.listdir("/proc/self/task")
-    except OSError:
-        return total
-    for tid in threads:
+class ProcessDemand:
+    """A clock of the process's CPU seconds, plus the seconds its threads waited, runnable,
+    for a core: what it would have computed with cores free. Each reading adds what every
+    thread alive waited since the last one (a thread that ends takes its own count with it:
+    a plain sum over the threads alive would go back). Where the system has no such counts,
+    its CPU seconds alone."""
+
+    __slots__ = ("_last", "_waited")
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._waited = 0.0
+
+    def __call__(self) -> float:
         try:
-            with open(f"/proc/self/task/{tid}/schedstat", "rb") as stat:
-                total += int(stat.read().split()[1]) / 1e9
-        except (OSError, ValueError, IndexError):
-            continue  # (a thread that ended meanwhile)
-    return total
+            threads = os.listdir("/proc/self/task")
+        except OSError:
+            return time.process_time()
+        now: dict[str, float] = {}
+        for tid in threads:
+            try:
+                with open(f"/proc/self/task/{tid}/schedstat", "rb") as stat:
+                    now[tid] = int(stat.read().split()[1]) / 1e9
+            except (OSError, ValueError, IndexError):
+                continue  # (a thread that ended meanwhile)
+        for tid, waited in now.items():
+            before = self._last.get(tid, 0.0)
+            # (A smaller count: a new thread that took an ended one's id.)
+            self._waited += waited - before if waited >= before else waited
+        self._last = now
+        return time.process_time() + self._waited
 
 
 class SchedStat:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import concurrent.futures.thread  # (see available)
 import importlib.util
+import math
 import sys
 import time
 from typing import Any, Final
@@ -21,11 +22,12 @@ from typing import Any, Final
 from .. import _native
 from .._costs import Costs, Option
 from .._errors import BackendUnavailable
+from .._log import logger
 from .._pickling import dumps_outcomes, loads_outcomes
 from .._task import Outcome, Task
 from . import Model, Setup, Traits, every_core
 from ._futures import failed_task, overdue, run_chunk, wait_for
-from ._processes import predict_pickled
+from ._processes import ProcessesBackend, predict_pickled
 from ._threads import CANCEL_GRACE
 
 
@@ -58,36 +60,80 @@ def check_available() -> None:
         raise BackendUnavailable(why)
 
 
+# While a chunk waits to start in its interpreter, ``collect`` looks this often for its start.
+LOOK: Final = 0.05
+
+
 class InterpretersBackend:
     def __init__(self, setup: Setup) -> None:
         check_available()
+        from concurrent import interpreters  # type: ignore[attr-defined]
+
         self._setup = setup
         pool_class: Any = concurrent.futures.InterpreterPoolExecutor  # type: ignore[attr-defined]
         self._pool = pool_class(max_workers=setup.workers)
+        # Each chunk's future, its task and when it started in its interpreter (inf until
+        # then): a timeout counts from there. Creating an interpreter and importing what the
+        # function needs in it (pickpool itself: ~0.3 s on 3.14) is not the items' time.
         self._futures: dict[concurrent.futures.Future[Any], tuple[Task, float]] = {}
+        self._by_id: dict[int, concurrent.futures.Future[Any]] = {}
+        self._started: Any = interpreters.create_queue()  # chunks' ids, as each starts
+        self._empty: type[Exception] = interpreters.QueueEmpty
         self._closed = False
         # Interpreters share the process, and with it each native library's thread pool.
         self._inner = _native.Held(_native.limit_for(setup.inner_threads, setup.workers))
+        # Worker processes, once the function's module refuses to load in a sub-interpreter.
+        self._fallback: ProcessesBackend | None = None
 
     def submit(self, task: Task) -> None:
-        future = self._pool.submit(run_chunk_pickled, self._setup.fn, task)
-        self._futures[future] = (task, time.monotonic())
+        if self._fallback is not None:
+            self._fallback.submit(task)
+            return
+        future = self._pool.submit(run_chunk_pickled, self._setup.fn, task, self._started)
+        self._futures[future] = (task, math.inf)
+        self._by_id[task[0]] = future
+
+    def _note_starts(self) -> None:
+        while True:
+            try:
+                started = self._started.get_nowait()
+            except self._empty:
+                return
+            future = self._by_id.get(started)
+            if future is not None and future in self._futures:
+                self._futures[future] = (self._futures[future][0], time.monotonic())
 
     def collect(self, timeout: float | None) -> list[Outcome]:
+        fallback = self._fallback
+        if fallback is not None and not self._futures:
+            return fallback.collect(timeout)
+        outcomes = [] if fallback is None else fallback.collect(0.0)
+        if fallback is not None and not outcomes:
+            timeout = LOOK if timeout is None else min(timeout, LOOK)
+        return outcomes + self._collect_here(timeout)
+
+    def _collect_here(self, timeout: float | None) -> list[Outcome]:
         if not self._futures:
             return []
         limit = self._setup.timeout
+        self._note_starts()
+        wait = wait_for(self._futures, limit, timeout)
+        if limit is not None and any(t == math.inf for _, t in self._futures.values()):
+            wait = LOOK if wait is None else min(wait, LOOK)
         done, _ = concurrent.futures.wait(
-            list(self._futures),
-            timeout=wait_for(self._futures, limit, timeout),
-            return_when=concurrent.futures.FIRST_COMPLETED,
+            list(self._futures), timeout=wait, return_when=concurrent.futures.FIRST_COMPLETED
         )
+        self._note_starts()
         outcomes: list[Outcome] = []
         for future in done:
             task, _ = self._futures.pop(future)
+            self._by_id.pop(task[0], None)
             error = future.exception()
             if error is None:
                 outcomes += loads_outcomes(future.result(), task)
+            elif refuses_interpreters(error):
+                # (Its function could not even load: no item of it ran.)
+                self._fall_back(error).submit(task)
             else:  # it could not reach the interpreter, or its result could not come back
                 outcomes += failed_task(task, error)
         if limit is not None:
@@ -98,12 +144,26 @@ class InterpretersBackend:
             )
         return outcomes
 
+    def _fall_back(self, error: BaseException) -> ProcessesBackend:
+        if self._fallback is None:
+            logger.warning(
+                "model='interpreters' runs %s on worker processes: a module it needs cannot "
+                "load in a sub-interpreter (%s)",
+                getattr(self._setup.fn, "__qualname__", "the function"),
+                _refusal(error),
+            )
+            self._fallback = ProcessesBackend(self._setup)
+        return self._fallback
+
     def close(self, *, cancel: bool) -> None:
+        if self._fallback is not None:
+            self._fallback.close(cancel=cancel)
         if self._closed:
             return
         self._closed = True
         running = list(self._futures)
         self._futures.clear()
+        self._by_id.clear()
         self._pool.shutdown(wait=not cancel, cancel_futures=True)
         if cancel:
             # A chunk that runs cannot be stopped inside its interpreter: as under threads, it
@@ -118,17 +178,43 @@ class InterpretersBackend:
         return f"<InterpretersBackend {len(self._futures)} chunks in flight>"
 
 
+# CPython's words for an extension module that cannot load in an isolated sub-interpreter
+# (single-phase initialisation: numpy and many others, as of 2026).
+_REFUSES: Final = "does not support loading in subinterpreters"
+
+
+def _refusal(error: BaseException) -> str | None:
+    """The line of ``error`` (or of what it was raised from) that says a module refused to
+    load in a sub-interpreter, or None."""
+    seen: BaseException | None = error
+    for _ in range(8):  # (a chain, not a cycle)
+        if seen is None:
+            return None
+        for line in str(seen).splitlines():
+            if _REFUSES in line:
+                return line.strip()
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def refuses_interpreters(error: BaseException) -> bool:
+    """Whether ``error`` says a module refused to load in a sub-interpreter."""
+    return _refusal(error) is not None
+
+
 def prepare(client: Any, workers: Any) -> tuple[Any, Any]:
     """At the call: sub-interpreters exist in this Python, or a clear error says so."""
     check_available()
     return client, workers
 
 
-def run_chunk_pickled(fn: Any, task: Task) -> bytes:
+def run_chunk_pickled(fn: Any, task: Task, started: Any) -> bytes:
     """:func:`run_chunk` in a sub-interpreter, its outcomes pickled as a worker process pickles
     them: an exception that would not load back as itself (an ``__init__`` with keyword-only
     arguments) travels by its state, and a result that cannot travel fails its item alone,
-    where the interpreter's own pickling would fail the whole chunk with NotShareableError."""
+    where the interpreter's own pickling would fail the whole chunk with NotShareableError.
+    The task's id goes to ``started`` first (its timeout counts from there)."""
+    started.put(task[0])
     return dumps_outcomes(run_chunk(fn, task))
 
 
