@@ -78,12 +78,17 @@ def test_threads_timed_together_are_compared_with_calls_alone_as_they_ran() -> N
     # quiet machine would take, they would read 1.0x, as if the GIL held them apart.
     from pickpool._readings import Readings
 
-    def read(together: list[tuple[float, float, float, float]], delays: list[float]) -> float:
+    def read(
+        together: list[tuple[float, float, float, float]],
+        delays: list[float],
+        together_delays: list[float] | None = None,
+    ) -> float:
         readings = Readings(crunch, False, None, None)
         readings.alone = [(0.0, 0.002, 0.002, 0.002)] * 5
         readings.alone_delays = delays
         readings.threads = 2
         readings.together = together
+        readings.together_delays = together_delays or []
         readings.read_together()
         assert readings.scaling is not None
         return readings.scaling
@@ -94,6 +99,11 @@ def test_threads_timed_together_are_compared_with_calls_alone_as_they_ran() -> N
     # Held apart by the GIL: one thread computes at a time, at the pace of one alone.
     held = [(0.003 * i, 0.006, 0.002, 0.004) for i in range(20)]
     assert read(held, [0.001] * 5) == pytest.approx(1.0, rel=0.1)
+    # Calls alone that threads of this program still held up (80% waiting, where the calls
+    # together waited a sixth of their time): no more than the calls together waited is put
+    # back, or the GIL-bound threads would read 2x.
+    assert read(held, [0.008] * 5, [0.001] * 20) <= 1.0
+    assert read(held, [0.008] * 5) == pytest.approx(2.0, rel=0.01)
 
 
 def test_calls_that_wait_on_each_other_are_not_a_far_side() -> None:

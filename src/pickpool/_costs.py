@@ -51,8 +51,8 @@ CLEARLY_HELD: Final = 0.7
 COMPUTES: Final = 0.8
 # A share of its time a coroutine blocks the loop that counts as blocking it.
 LOOP_BLOCKED: Final = 0.1
-# A simpler option within this much of the fastest one is preferred: no pickling, fewer moving
-# parts, and the prediction is no better than that.
+# A more complex option is taken over a simpler one only if it is faster by more than this:
+# no pickling, fewer moving parts, and the prediction is no better than that.
 TIE: Final = 1.05
 # Efficiency under this share of what the cores allow: the calls queue on something (a
 # threshold that held in measurements). Above it, a busy machine's noise is as likely as a limit.

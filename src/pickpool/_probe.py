@@ -488,7 +488,13 @@ class Pilot:
         per_thread = min(per_thread, room // n)
         readings.threads = n
         plan = self._plan(THREADS, n, per_thread)
-        setup = self._setup(readings.together, plan, inner_threads=options.inner_threads, net=False)
+        setup = self._setup(
+            readings.together,
+            plan,
+            inner_threads=options.inner_threads,
+            net=False,
+            delays=readings.together_delays,
+        )
         return self._phase("together", plan, setup, n * per_thread)
 
 

@@ -137,6 +137,7 @@ class Readings:
     batched: list[Record] = field(default_factory=list)
     batched_calls: int = 0
     together: list[Record] = field(default_factory=list)  # several at once
+    together_delays: list[float] = field(default_factory=list)  # their run delays (threads)
     rounds: list[tuple[int, float, float]] = field(default_factory=list)  # (n, latency, failed)
     failed: int = 0
     gil: float | None = None  # the knocker's share alone (None: too short to see)
@@ -205,17 +206,7 @@ class Readings:
                 # truer cost per coroutine than one alone, which also pays the loop's idle turns.
                 self._shared_cpu = max(r[2] for r in records) / k
         else:
-            # What the threads got done together against calls alone as those ran on this
-            # machine (their run delay put back): both then share the cores with the same
-            # other programs. Over the phase, not per call: calls shorter than the GIL's
-            # switch interval run whole between switches, so their own times show no
-            # waiting; and a call's own time reads uncrowded while the other threads start
-            # or finish. The phase's ragged ends count against the threads: a reading that
-            # errs towards the GIL.
-            span = max(r[0] + r[1] for r in records) - min(r[0] for r in records)
-            alone = _as_it_ran(wall, self.alone, self.alone_delays)
-            seen = len(records) * alone / span if span > 0 else None
-            self.scaling = None if seen is None else _scaling(self.threads, seen, wall, cpu)
+            self.scaling = _threads_scaling(self, wall, cpu)
 
     def _fn_pickle(self) -> float:
         """Seconds to pickle the function for worker processes (pickling it, the first time)."""
@@ -300,21 +291,49 @@ def _pickling(item: Any, result: Any) -> tuple[int, float, int, float]:
     return item_size, max(0.0, t1 - t0 - base), result_size, max(0.0, t2 - t1 - base)
 
 
+def _threads_scaling(readings: Readings, wall: float, cpu: float) -> float | None:
+    """How much faster the threads of the together phase got calls of ``wall`` seconds alone
+    (``cpu`` of them computing) done than one thread would.
+
+    Against calls alone as those ran on this machine (their run delay put back): both then
+    share the cores with the same other programs. Over the phase, not per call: calls shorter
+    than the GIL's switch interval run whole between switches, so their own times show no
+    waiting; and a call's own time reads uncrowded while the other threads start or finish.
+    The phase's ragged ends count against the threads: a reading that errs towards the GIL.
+    """
+    records = readings.together
+    span = max(r[0] + r[1] for r in records) - min(r[0] for r in records)
+    most = _waited(records, readings.together_delays)
+    alone = _as_it_ran(wall, readings.alone, readings.alone_delays, most)
+    seen = len(records) * alone / span if span > 0 else None
+    return None if seen is None else _scaling(readings.threads, seen, wall, cpu)
+
+
 def _scaling(threads: int, seen: float, wall: float, cpu: float) -> float:
-    """``seen``, no more than ``threads`` and the cores allow calls that compute ``cpu`` of
-    each ``wall`` seconds: timed net of their run delay, threads past the cores do not show
-    that they waited for them."""
+    """``seen``, no more than ``threads`` and what the cores allow calls that compute ``cpu``
+    of each ``wall`` seconds (a reading past that is noise: no sharing is that good)."""
     most = _machine.cores() * wall / cpu if cpu > 0 else math.inf
     return min(float(threads), seen, most)
 
 
-def _as_it_ran(wall: float, alone: list[Record], delays: list[float]) -> float:
-    """A call of ``wall`` seconds (its run delay left out) as long as it took on this machine,
-    with the least share of its time any call ``alone`` waited for a core put back (the
-    least: a call that other threads of this program held up waited longer, and putting
-    that back would credit the threads with it)."""
-    shares = [d / (r[1] + d) for r, d in zip(alone, delays, strict=False) if r[1] + d > 0]
-    return wall / (1 - min(0.9, min(shares))) if shares else wall
+def _waited(records: list[Record], delays: list[float]) -> float:
+    """The share of their time calls (``records`` of their whole wall times) waited for a
+    core (with no counts, 1: no bound)."""
+    ran = sum(r[1] for r in records)
+    return sum(delays) / ran if delays and ran > 0 else 1.0
+
+
+def _as_it_ran(wall: float, alone: list[Record], delays: list[float], most: float) -> float:
+    """A call of ``wall`` seconds (its run delay left out) as long as it took on this machine:
+    with the share of their time the calls ``alone`` waited for a core put back, over them
+    all (a call of a few milliseconds may run whole on a core, or wait all along), the first
+    left out, and no more than ``most``, the share the calls together waited: threads of
+    this program that still ran beside the calls alone (a re-decision's probe follows a
+    run's last calls) made them wait more than the other programs did."""
+    pairs = list(zip(alone, delays, strict=False))[1:] or list(zip(alone, delays, strict=False))
+    waited = sum(d for _, d in pairs)
+    ran = sum(r[1] for r, _ in pairs) + waited
+    return wall / (1 - min(0.9, most, waited / ran)) if ran > 0 else wall
 
 
 def _pickled_together(pairs: list[tuple[Any, Any]]) -> tuple[float, float]:
