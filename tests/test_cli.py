@@ -150,6 +150,7 @@ def test_run_on_an_unavailable_model_says_why_in_one_line(
 def test_demo_command(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    pytest.importorskip("matplotlib", reason="the plot needs the demo extra (matplotlib)")
     monkeypatch.setattr(
         demo, "WORKLOADS", [dataclasses.replace(w, quick=4) for w in demo.WORKLOADS]
     )
