@@ -37,6 +37,18 @@ class Pacer:
         """Seconds until the next start may be taken (0: now)."""
         return max(0.0, self._next - time.monotonic())
 
+    def take(self, within: float = 0.0) -> float:
+        """Take the next free start if it is due within ``within`` seconds, and return 0;
+        else take nothing and return the seconds until it is due. (One step: where several
+        threads share the pacer, a look at :meth:`delay` and then a :meth:`reserve` let two
+        of them take starts side by side.)"""
+        with self._lock:
+            now = time.monotonic()
+            if self._next - now > within:
+                return self._next - now
+            self._next = max(now, self._next) + self.interval
+            return 0.0
+
     def reserve(self) -> float:
         """Take the next free start: seconds to wait for it (0 if it is now)."""
         with self._lock:

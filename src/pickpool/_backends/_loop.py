@@ -102,16 +102,15 @@ class ItemRunner:
         limiter, pacer = self.limiter, self._pacer
         while waiting and len(tasks) < self._limit:
             if pacer is not None:
-                delay = pacer.delay()
-                if delay > TIMER_GRANULARITY:
+                # Its start is taken if it is now, or due within what a loop's timer can tell
+                # apart: started now. Starts due within one millisecond go together, the pace
+                # holds over longer spans (a timer per start would cap the starts at one a
+                # millisecond, and so the calls in flight at latency / 1 ms).
+                delay = pacer.take(TIMER_GRANULARITY)
+                if delay > 0:
                     if self._timer is None:
                         self._timer = loop.call_later(delay, self._paced_fill)
                     return
-                # Its start is now, or due within what a loop's timer can tell apart: started
-                # now. Starts due within one millisecond go together, the pace holds over
-                # longer spans (a timer per start would cap the starts at one a millisecond,
-                # and so the calls in flight at latency / 1 ms).
-                pacer.reserve()
             t = loop.create_task(self._one(*waiting.popleft()))
             tasks.add(t)
             self.peak = max(self.peak, len(tasks))
