@@ -79,8 +79,9 @@ class _Watch:
     ) -> None:
         self._predicted = predicted
         self._waits = waits
+        # (Read only for calls that wait: it reads every thread's counts.)
         self._cpu_clock = cpu_clock or ProcessDemand()
-        self._cpu_began = self._cpu_clock()
+        self._cpu_began = self._cpu_clock() if waits else 0.0
         self._min_items = 10  # and a few items, so that one slow item is not a drift
         self._began = time.perf_counter()
         self._busy = 0.0
@@ -117,7 +118,8 @@ class _Watch:
             self.pace = min(pace, suspect[1]) if seen == "slower" else max(pace, suspect[1])
         # A new window: what counts is the recent pace, not the average since the start.
         self._busy, self._count, self._began = 0.0, 0, time.perf_counter()
-        self._cpu_began = self._cpu_clock()
+        if self._waits:
+            self._cpu_began = self._cpu_clock()
 
     def why(self, model: str) -> str:
         """What drifted, in the words of the log's re-decision."""

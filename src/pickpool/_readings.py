@@ -330,7 +330,8 @@ def _as_it_ran(wall: float, alone: list[Record], delays: list[float], most: floa
     left out, and no more than ``most``, the share the calls together waited: threads of
     this program that still ran beside the calls alone (a re-decision's probe follows a
     run's last calls) made them wait more than the other programs did."""
-    pairs = list(zip(alone, delays, strict=False))[1:] or list(zip(alone, delays, strict=False))
+    pairs = list(zip(alone, delays, strict=False))
+    pairs = pairs[1:] or pairs
     waited = sum(d for _, d in pairs)
     ran = sum(r[1] for r, _ in pairs) + waited
     return wall / (1 - min(0.9, most, waited / ran)) if ran > 0 else wall

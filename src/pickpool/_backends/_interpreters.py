@@ -76,7 +76,6 @@ class InterpretersBackend:
         # then): a timeout counts from there. Creating an interpreter and importing what the
         # function needs in it (pickpool itself: ~0.3 s on 3.14) is not the items' time.
         self._futures: dict[concurrent.futures.Future[Any], tuple[Task, float]] = {}
-        self._by_id: dict[int, concurrent.futures.Future[Any]] = {}
         self._started: Any = interpreters.create_queue()  # chunks' ids, as each starts
         self._empty: type[Exception] = interpreters.QueueEmpty
         self._closed = False
@@ -91,17 +90,19 @@ class InterpretersBackend:
             return
         future = self._pool.submit(run_chunk_pickled, self._setup.fn, task, self._started)
         self._futures[future] = (task, math.inf)
-        self._by_id[task[0]] = future
 
     def _note_starts(self) -> None:
+        started: set[int] = set()
         while True:
             try:
-                started = self._started.get_nowait()
+                started.add(self._started.get_nowait())
             except self._empty:
-                return
-            future = self._by_id.get(started)
-            if future is not None and future in self._futures:
-                self._futures[future] = (self._futures[future][0], time.monotonic())
+                break
+        if started:
+            now = time.monotonic()
+            for future, (task, _) in self._futures.items():
+                if task[0] in started:  # (a chunk that ended meanwhile is no longer here)
+                    self._futures[future] = (task, now)
 
     def collect(self, timeout: float | None) -> list[Outcome]:
         fallback = self._fallback
@@ -127,7 +128,6 @@ class InterpretersBackend:
         outcomes: list[Outcome] = []
         for future in done:
             task, _ = self._futures.pop(future)
-            self._by_id.pop(task[0], None)
             error = future.exception()
             if error is None:
                 outcomes += loads_outcomes(future.result(), task)
@@ -163,7 +163,6 @@ class InterpretersBackend:
         self._closed = True
         running = list(self._futures)
         self._futures.clear()
-        self._by_id.clear()
         self._pool.shutdown(wait=not cancel, cancel_futures=True)
         if cancel:
             # A chunk that runs cannot be stopped inside its interpreter: as under threads, it
