@@ -89,10 +89,11 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     allow_threads = request.node.get_closest_marker("leaves_threads") is not None
     # Worker processes kept warm between runs are stopped here, so that every test starts
     # from nothing; what a test leaves beyond them is a leak.
-    from pickpool._backends import _processes, _threads
+    from pickpool._backends import _interpreters, _processes, _threads
 
     _processes.warm.clear()
     _threads.warm.clear()
+    _interpreters.warm.clear()
 
     # Reaped children and joined threads are gone at once; the short grace only absorbs the
     # OS's own bookkeeping of an exiting process.
@@ -119,6 +120,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
 
     def extra() -> list[threading.Thread]:
         _threads.warm.clear()  # (as for processes: a run ending in the background parks late)
+        _interpreters.warm.clear()
         return [
             t
             for t in set(threading.enumerate()) - threads_before

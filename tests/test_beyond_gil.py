@@ -14,6 +14,7 @@ from pickpool._advise import decide
 from pickpool._backends import _interpreters
 from pickpool._backends._dask import Cluster
 from pickpool._machine import Machine
+from tests import interpreter_helpers
 from tests.helpers import machine
 from tests.test_advise import TWO_CORES, evidence
 
@@ -61,9 +62,43 @@ def test_interpreters_say_why_they_are_unavailable() -> None:
 
 @pytest.mark.skipif(not _interpreters.available(), reason="needs Python 3.14+")
 def test_interpreters_return_what_the_loop_returns() -> None:
-    assert pickpool.map(square, range(100), model="interpreters") == [x * x for x in range(100)]
+    squares = pickpool.map(interpreter_helpers.square, range(100), model="interpreters")
+    assert squares == [x * x for x in range(100)]
     with pytest.raises(ZeroDivisionError):
         pickpool.map(lambda x: 1 // (x - 3), range(5), model="interpreters")
+
+
+@pytest.mark.skipif(not _interpreters.available(), reason="needs Python 3.14+")
+def test_interpreters_stay_warm_between_runs_of_the_same_size(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # As worker processes do: a second run of the same size runs in the first one's
+    # interpreters (no new interpreter, no imports again); another size starts its own.
+    def ids(workers: int) -> set[int]:
+        got = pickpool.map(
+            interpreter_helpers.interpreter_id, range(8), model="interpreters", workers=workers
+        )
+        assert 0 not in got  # (in sub-interpreters, not a worker process's main one)
+        return set(got)
+
+    first = ids(2)
+    assert ids(2) <= first
+    assert not ids(1) & first
+    # A run that left a chunk running past its timeout keeps no pool: one of its threads is
+    # still busy.
+    ids(2)
+    with caplog.at_level("WARNING", logger="pickpool"):
+        got = pickpool.map(
+            interpreter_helpers.sleepy,
+            [0.0, 2.0],
+            model="interpreters",
+            workers=2,
+            timeout=0.5,
+            on_error="skip",
+        )
+    assert got == [0.0]
+    assert "left to finish" in caplog.text
+    assert _interpreters.warm.take(2) is None
 
 
 @pytest.mark.skipif(not _interpreters.available(), reason="needs Python 3.14+")
@@ -80,6 +115,21 @@ def test_a_module_that_refuses_sub_interpreters_runs_on_processes(
         got = pickpool.map(refusing_helpers.total, range(40), model="interpreters", chunksize=4)
     assert got == [refusing_helpers.total(n) for n in range(40)]
     assert "cannot load in a sub-interpreter" in caplog.text
+    assert "does not support loading in subinterpreters" in caplog.text
+
+
+@pytest.mark.skipif(not _interpreters.available(), reason="needs Python 3.14+")
+def test_a_call_that_imports_a_refusing_module_runs_again_on_processes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The call itself imports numpy: each such item fails in its interpreter at that import,
+    # and runs again, whole, on a worker process; the log says why.
+    pytest.importorskip("numpy")
+    with caplog.at_level("WARNING", logger="pickpool"):
+        got = pickpool.map(
+            interpreter_helpers.numpy_total, range(30), model="interpreters", chunksize=4
+        )
+    assert got == [sum(range(n)) for n in range(30)]
     assert "does not support loading in subinterpreters" in caplog.text
 
 

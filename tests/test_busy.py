@@ -57,6 +57,36 @@ def test_a_call_that_computes_reads_as_computing_on_a_busy_machine() -> None:
     assert advice.workers <= _machine.usable_cores(), str(advice)
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.usefixtures("busy")
+def test_other_programs_computing_are_counted_as_cores_they_take() -> None:
+    # As many spinning processes as cores (and whatever else runs beside the suite): the
+    # probe counts at least half of them, and every model is predicted on what is left, a
+    # loop included (alone, a call gets a share of one core).
+    advice = pickpool.advise(crunch, range(300))
+    ev = advice.evidence
+    assert ev.others >= 0.5 * _machine.usable_cores(), str(advice)
+    assert advice.predicted["serial"] > 1.2 * 300 * ev.wall, str(advice)
+
+
+def test_other_programs_are_read_from_the_run_delay_of_calls_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 2 ms of CPU a call, 1 ms waiting for a core on 2 cores: one thread got two thirds of a
+    # core, as beside two programs computing. The first call is left out (a warm-up); under a
+    # tenth waiting is a quiet machine's noise; no more than the calls together waited (a sixth
+    # of the time they could run: 2/(1 - 1/6) - 1).
+    from pickpool._readings import _others_asking
+
+    monkeypatch.setattr(_machine, "cores", lambda: 2)
+    alone = [(0.0, 0.002, 0.002, 0.002)] * 6
+    assert _others_asking(alone, [0.05] + [0.001] * 5, [], []) == pytest.approx(2.0)
+    assert _others_asking(alone, [0.0001] * 6, [], []) == 0.0
+    assert _others_asking(alone[:2], [0.001] * 2, [], []) == 0.0  # (4 ms: too little to tell)
+    together = [(0.0, 0.004, 0.002, 0.002)] * 6
+    assert _others_asking(alone, [0.001] * 6, together, [0.0004] * 6) == pytest.approx(1.4)
+
+
 @pytest.mark.skipif(not _timing.SchedStat().known, reason="needs /proc/thread-self/schedstat")
 def test_a_calls_wall_time_leaves_out_its_run_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     # 30 ms passed, 20 of them waiting for a core, 10 on the CPU: 10 ms as a quiet machine

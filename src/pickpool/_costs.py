@@ -79,12 +79,40 @@ def better(best: Option | None, new: Option) -> Option:
     return best
 
 
+def usable(demand: float, cores: int, others: float) -> float:
+    """Cores that threads asking for ``demand`` cores' worth at once get beside ``others``
+    cores' worth of other programs' computing: what they ask, up to the machine's ``cores``,
+    less what the others take (the scheduler shares the cores among the threads that can
+    run: ``demand`` beside ``others`` gets demand/(demand + others) of them)."""
+    demand = max(demand, 1e-9)
+    if demand + others <= cores:
+        return demand
+    return cores * demand / (demand + others)
+
+
+def quiet_scaling(ev: Evidence, machine: Machine) -> float | None:
+    """The scaling test's reading as a quiet machine would give it. Beside other programs'
+    computing, n threads free of the GIL gain usable(n)/usable(1) over one thread, not
+    min(n, cores) (two threads beside two busy programs on two cores: 1.33x); a reading in
+    that narrower range is stretched onto the quiet one, so that the GIL is not blamed for
+    the cores the other programs hold."""
+    s, n, others = ev.scaling, ev.threads, ev.others
+    if s is None or not n or others <= 0:
+        return s
+    quiet = min(n, machine.cores)
+    busy = usable(n, machine.cores, others) / usable(1, machine.cores, others)
+    if busy <= 1 or busy >= quiet:
+        return s
+    return min(float(quiet), 1 + (s - 1) * (quiet - 1) / (busy - 1))
+
+
 def _serialised(ev: Evidence, machine: Machine) -> float | None:
     """Seconds per item the scaling test could not beat, if its calls queued on something."""
-    if ev.scaling is None or not ev.threads:
+    scaling = quiet_scaling(ev, machine)
+    if scaling is None or not ev.threads:
         return None
     t, c, n = ev.wall, ev.cpu, ev.threads
-    measured = t / ev.scaling  # seconds per item with n threads
+    measured = t / scaling  # seconds per item with n threads
     bound = max(t / n, c / min(n, machine.cores))
     return measured if measured * QUEUED_EFFICIENCY > bound else None
 
@@ -117,8 +145,9 @@ def gil_time(ev: Evidence, machine: Machine) -> float:
         # The calls queued on something. The knocker tells whether it is the GIL; if it is
         # not, it is something processes share too (see shared_floor).
         return knocked if knocked is not None and gil_free(ev, machine) else queued
-    if ev.scaling is not None:
-        return min(t / ev.scaling, c if knocked is None else knocked)
+    scaling = quiet_scaling(ev, machine)
+    if scaling is not None:
+        return min(t / scaling, c if knocked is None else knocked)
     if knocked is not None:
         return knocked
     return c  # no evidence: assume computing holds the GIL, as pure Python does
@@ -130,11 +159,12 @@ def gil_share(ev: Evidence, machine: Machine) -> float:
         return 0.0
     if ev.gil_held is not None:
         return ev.gil_held / max(ev.cpu_share, ev.gil_held, 1e-9)
-    if ev.scaling is not None and ev.threads:
+    scaling = quiet_scaling(ev, machine)
+    if scaling is not None and ev.threads:
         # 1x with n threads: held throughout; the ideal min(n, cores)x: never held.
         ideal = min(ev.threads, machine.cores)
         if ideal > 1:
-            return min(1.0, max(0.0, (ideal - ev.scaling) / (ideal - 1)))
+            return min(1.0, max(0.0, (ideal - scaling) / (ideal - 1)))
     return 1.0  # no evidence: assume pure Python
 
 
@@ -245,6 +275,24 @@ class Costs:
         capped = dataclasses.replace(ev, wall=wall, cpu=min(wall, cpu), gil_held=gil)
         return View(capped, cpu, gil_time(capped, m), shared_floor(capped, m), k)
 
+    def usable(self, demand: float) -> float:
+        """Cores that calls asking for ``demand`` cores' worth at once get beside the other
+        programs the probe met (see :func:`usable`). Every model reads its cores here, so
+        that none is given a quiet machine's cores while another is measured on a busy one."""
+        return usable(demand, self.m.cores, self.ev.others)
+
+    def computing(self, view: View, k: int) -> float:
+        """Seconds per item the computing of ``k`` calls at once takes on the cores they get:
+        the calls' own CPU, their native threads' and their child processes', none of which
+        runs faster than the cores allow."""
+        cpu = view.cpu + self.ev.child_cpu
+        return cpu / self.usable(k * cpu / max(view.ev.wall, 1e-12))
+
+    def one_core(self, seconds: float) -> float:
+        """``seconds`` of computing on one thread (the one holding the GIL, an event loop's),
+        as long as they take beside other programs' computing."""
+        return seconds / self.usable(1.0)
+
     def fewer_than_measured(self, k: int) -> float:
         """Seconds per item with ``k`` threads, fewer than the scaling test ran, at its efficiency.
 
@@ -254,9 +302,10 @@ class Costs:
         trading measured throughput for a guess.
         """
         ev = self.ev
-        if ev.scaling is None or not ev.threads or k >= ev.threads:
+        scaling = quiet_scaling(ev, self.m)
+        if scaling is None or not ev.threads or k >= ev.threads:
             return 0.0
-        efficiency = min(1.0, ev.scaling / ev.threads)
+        efficiency = min(1.0, scaling / ev.threads)
         return ev.wall / (k * efficiency)
 
     def past_the_knee(self, k: int) -> float:

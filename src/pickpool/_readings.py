@@ -20,7 +20,7 @@ from . import _machine
 from ._native import Pool
 from ._schedule import Done
 from ._task import OK
-from ._timing import Record, typical, typical_batched, typical_process_cpu
+from ._timing import Elsewhere, Record, typical, typical_batched, typical_process_cpu
 
 # A call alone that keeps this many cores busy runs threads of its own (BLAS, OpenMP...).
 PARALLEL_CALL = 1.2
@@ -28,6 +28,13 @@ PARALLEL_CALL = 1.2
 # something they wait on is full; more than this share of a round failing, that it refuses.
 RAMP_TOLERANCE = 1.5
 RAMP_FAILING = 0.1
+# Calls alone that waited, runnable, this share of the time they could run met other programs
+# computing on the cores (read from this many seconds of it at least: a scheduler's slices
+# are milliseconds long).
+BUSY = 0.1
+BUSY_SAMPLE = 0.01
+# Less computing than this beside the probe is the system's own (daemons, this machine's noise).
+BUSY_CORES = 0.5
 
 # Pickling is measured on this many results (and their items), the first ones that succeed.
 _PICKLE_SAMPLES = 5
@@ -90,6 +97,9 @@ class Evidence:
     # which a call alone on a loop of its own pays, the loop's idle turns included: that is
     # what each call costs on threads or processes, this what it costs on one shared loop.
     loop_cpu: float | None = None
+    # Cores' worth of other programs computing beside the calls alone, read from the time they
+    # waited, runnable, for a core (0: they waited too little to tell; see Readings.others).
+    others: float = 0.0
 
     @property
     def cpu_share(self) -> float:
@@ -154,6 +164,7 @@ class Readings:
     _pickled: list[tuple[int, float, int, float]] = field(default_factory=list)
     _small: list[tuple[Any, Any]] = field(default_factory=list)  # small items and results
     _began: float = field(default_factory=time.perf_counter)
+    _elsewhere: Elsewhere = field(default_factory=lambda: Elsewhere(_machine.cores()))
 
     def saw(self, done: Done) -> None:
         """Note one finished item of a probe phase (its result's pickling, or its failure)."""
@@ -234,6 +245,16 @@ class Readings:
             wall = self.timeout  # every call overran: at least this long
         return wall, cpu
 
+    def _others(self) -> float:
+        """Cores' worth of other programs' computing beside the probe: what their run delay
+        says the calls alone met, or what the system counted the others using (a program
+        that keeps one of two cores busy makes a call alone wait for nothing), whichever is
+        more; under :data:`BUSY_CORES`, none (the system's own chores)."""
+        asking = _others_asking(self.alone, self.alone_delays, self.together, self.together_delays)
+        got = self._elsewhere.cores(least=BUSY_SAMPLE * 5) or 0.0
+        others = max(asking, got)
+        return others if others >= BUSY_CORES else 0.0
+
     def evidence(self) -> Evidence:
         """What the readings add up to."""
         fn_pickle = self._fn_pickle()
@@ -273,6 +294,7 @@ class Readings:
             capped_gil=self.capped_gil if self.capped else None,
             ramp=tuple(self.rounds),
             loop_cpu=None if self._shared_cpu is None else min(cpu, self._shared_cpu),
+            others=self._others(),
         )
 
 
@@ -335,6 +357,32 @@ def _as_it_ran(wall: float, alone: list[Record], delays: list[float], most: floa
     waited = sum(d for _, d in pairs)
     ran = sum(r[1] for r, _ in pairs) + waited
     return wall / (1 - min(0.9, most, waited / ran)) if ran > 0 else wall
+
+
+def _others_asking(
+    alone: list[Record], delays: list[float], together: list[Record], together_delays: list[float]
+) -> float:
+    """Cores' worth of computing other programs asked for beside the calls ``alone`` (their
+    run ``delays``), all but the first: one thread beside ``others`` that compute gets
+    cores/(1 + others) of the cores, so waits that share of the time it is runnable (its CPU
+    time and its run delay). No wait tells nothing beyond "fewer than the cores less one";
+    under :data:`BUSY` of it, the scheduler's noise on a quiet machine. No more than the calls
+    together waited, where they did (a re-decision's probe follows a run's last calls, which
+    make the calls alone wait as other programs would)."""
+    share = _runnable_waited(list(zip(alone, delays, strict=False))[1:])
+    if together_delays:
+        share = min(share, _runnable_waited(list(zip(together, together_delays, strict=False))))
+    if share < BUSY:
+        return 0.0
+    return _machine.cores() / (1 - min(0.9, share)) - 1
+
+
+def _runnable_waited(pairs: list[tuple[Record, float]]) -> float:
+    """The share of the time calls (records, run delays) were runnable that they waited for a
+    core (0 under :data:`BUSY_SAMPLE` of it)."""
+    waited = sum(d for _, d in pairs)
+    runnable = sum(r[2] for r, _ in pairs) + waited
+    return waited / runnable if runnable >= BUSY_SAMPLE else 0.0
 
 
 def _pickled_together(pairs: list[tuple[Any, Any]]) -> tuple[float, float]:

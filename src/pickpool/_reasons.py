@@ -93,6 +93,12 @@ def reasons(
     what = "coroutine" if ev.is_async else "call"
     rest = "" if share >= 0.9 else ", the rest waiting"
     out = [f"Each {what} took {format_seconds(t)} alone, {share:.0%} of it on the CPU{rest}."]
+    if ev.others > 0:
+        out.append(
+            f"Other programs asked for about {ev.others:.1f} cores' worth of computing "
+            f"beside it, on {plural(machine.cores, 'core')}: each model is predicted on the "
+            "share of the cores they leave it."
+        )
     out += _inner_reasons(ev, machine)
     together = _together_reason(ev, machine)
     if together is not None:

@@ -387,6 +387,62 @@ class ProcessDemand:
         return time.process_time() + self._waited
 
 
+class Elsewhere:
+    """Cores' worth of computing by other programs since it was made: the busy time the
+    system counts for the CPUs this process may use (``/proc/stat``), less this process's
+    own CPU time and its finished children's. What the others got, not what they asked for:
+    beside this process's threads they get less (the calls' run delay tells the rest).
+
+    Unknown (None) without those counts, and where the process's cores are fewer than the
+    CPUs it may run on (a cgroup quota: the other CPUs' time is not what it shares)."""
+
+    __slots__ = ("_began", "_cpus")
+
+    def __init__(self, cores: int) -> None:
+        self._cpus = _own_cpus(cores)
+        self._began = self._read()
+
+    def cores(self, least: float) -> float | None:
+        """The others' cores since it was made, once ``least`` seconds have passed."""
+        now = self._read()
+        if now is None or self._began is None or now[0] - self._began[0] < least:
+            return None
+        wall, busy, own = (b - a for a, b in zip(self._began, now, strict=True))
+        return max(0.0, busy - own) / wall
+
+    def _read(self) -> tuple[float, float, float] | None:
+        """(wall clock, the CPUs' busy seconds, this process's and its children's CPU)."""
+        if self._cpus is None:
+            return None
+        wall = time.perf_counter()
+        try:
+            with open("/proc/stat", "rb") as stat:
+                lines = stat.read().split(b"\n")
+        except OSError:
+            return None
+        busy = 0
+        for line in lines:
+            fields = line.split()
+            if fields and fields[0][3:].isdigit() and int(fields[0][3:]) in self._cpus:
+                # user nice system idle iowait irq softirq steal: all but idle and iowait.
+                ticks = [int(f) for f in fields[1:9]]
+                busy += sum(ticks) - ticks[3] - ticks[4]
+        times = os.times()
+        own = time.process_time() + times.children_user + times.children_system
+        return wall, busy / _TICKS, own
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _own_cpus(cores: int) -> set[int] | None:
+    """The CPUs this process may run on, if they are all its ``cores`` (None otherwise)."""
+    if not hasattr(os, "sched_getaffinity") or not os.path.exists("/proc/stat"):
+        return None
+    cpus = os.sched_getaffinity(0)
+    return cpus if len(cpus) == cores else None
+
+
 class SchedStat:
     """The calling thread's scheduler counts, readable from any thread while it lives: seconds
     on a core, and seconds waiting, runnable, for one (``/proc/thread-self/schedstat``; zeros

@@ -187,15 +187,19 @@ def predict(costs: Costs) -> Option:
         # What it asks of the cores beyond the loop: its native threads', its children's.
         elsewhere = max(0.0, (ev.process_cpu or 0.0) - ev.cpu) + ev.child_cpu
         for k in costs.counts({little}):
-            per = max(ev.wall / k, blocks + ASYNC_ITEM, (blocks + elsewhere) / cores)
+            per = max(
+                ev.wall / k,
+                costs.one_core(blocks) + ASYNC_ITEM,
+                (blocks + elsewhere) / costs.usable(k * (blocks + elsewhere) / ev.wall),
+            )
             best = better(best, Option(MODEL.name, k, 1, LOOP_START + costs.n * per, per))
     else:
         for k in costs.counts(thread_counts(cores)):
             view = costs.view(k)
             per = max(
                 view.ev.wall / k,
-                (view.cpu + ev.child_cpu) / cores,
-                view.g + TO_THREAD_ITEM,
+                costs.computing(view, k),
+                costs.one_core(view.g) + TO_THREAD_ITEM,
                 view.floor,
                 costs.past_the_knee(k),
             )

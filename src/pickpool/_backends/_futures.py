@@ -25,6 +25,21 @@ def run_chunk(fn: Any, task: Task) -> list[Outcome]:
         caller.close()
 
 
+def run_chunk_pickled(fn: Any, task: Task, started: Any) -> bytes:
+    """:func:`run_chunk` in a sub-interpreter, its outcomes pickled as a worker process pickles
+    them: an exception that would not load back as itself (an ``__init__`` with keyword-only
+    arguments) travels by its state, and a result that cannot travel fails its item alone,
+    where the interpreter's own pickling would fail the whole chunk with NotShareableError.
+    The task's id goes to ``started`` first (its timeout counts from there).
+
+    Here, not in the interpreters' module: each new interpreter imports the module this
+    function lives in, and this one needs neither the cost model nor worker processes."""
+    from .._pickling import dumps_outcomes
+
+    started.put(task[0])
+    return dumps_outcomes(run_chunk(fn, task))
+
+
 def failed_task(task: Task, error: BaseException) -> list[Outcome]:
     """Every item of ``task`` failed with ``error`` (its chunk could not run or come back)."""
     return [(i, ERROR, error, format_traceback(error)) for i in task_indices(task)]

@@ -15,7 +15,9 @@ import concurrent.futures
 import concurrent.futures.thread  # (see available)
 import importlib.util
 import math
+import os
 import sys
+import threading
 import time
 from typing import Any, Final
 
@@ -23,10 +25,10 @@ from .. import _native
 from .._costs import Costs, Option
 from .._errors import BackendUnavailable
 from .._log import logger
-from .._pickling import dumps_outcomes, loads_outcomes
-from .._task import Outcome, Task
+from .._pickling import loads_outcomes
+from .._task import ERROR, Outcome, Task
 from . import Model, Setup, Traits, every_core
-from ._futures import failed_task, overdue, run_chunk, wait_for
+from ._futures import failed_task, overdue, run_chunk_pickled, wait_for
 from ._processes import ProcessesBackend, predict_pickled
 from ._threads import CANCEL_GRACE
 
@@ -64,6 +66,48 @@ def check_available() -> None:
 LOOK: Final = 0.05
 
 
+class _WarmPool:
+    """One pool of sub-interpreters kept between runs, as worker processes are: creating an
+    interpreter and importing in it what the calls need (pickpool's running half, the
+    function's module) takes ~60 ms a worker on 3.14, most of a short run. A run of the
+    same size takes it; what the calls left in their interpreters' modules stays there, as
+    in a warm worker process. A pool is kept only after a run that ended normally, its
+    chunks all ended (as for processes, not after a cancelled or a ``fresh`` one)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: tuple[int, Any] | None = None  # (workers, pool)
+
+    def take(self, workers: int) -> Any | None:
+        with self._lock:
+            if self._idle is None or self._idle[0] != workers:
+                return None
+            pool, self._idle = self._idle[1], None
+            return pool
+
+    def park(self, workers: int, pool: Any) -> None:
+        with self._lock:
+            old, self._idle = self._idle, (workers, pool)
+        if old is not None:
+            old[1].shutdown(wait=True)
+
+    def clear(self) -> None:
+        """Stop the idle pool's interpreters and threads, and wait for them (in tests)."""
+        with self._lock:
+            old, self._idle = self._idle, None
+        if old is not None:
+            old[1].shutdown(wait=True)
+
+    def forget(self) -> None:
+        """In a forked child: the pool's threads stayed in the parent."""
+        self._idle = None
+        self._lock = threading.Lock()
+
+
+warm = _WarmPool()
+os.register_at_fork(after_in_child=warm.forget)
+
+
 class InterpretersBackend:
     def __init__(self, setup: Setup) -> None:
         check_available()
@@ -71,7 +115,8 @@ class InterpretersBackend:
 
         self._setup = setup
         pool_class: Any = concurrent.futures.InterpreterPoolExecutor  # type: ignore[attr-defined]
-        self._pool = pool_class(max_workers=setup.workers)
+        parked = None if setup.fresh else warm.take(setup.workers)
+        self._pool = parked or pool_class(max_workers=setup.workers)
         # Each chunk's future, its task and when it started in its interpreter (inf until
         # then): a timeout counts from there. Creating an interpreter and importing what the
         # function needs in it (pickpool itself: ~0.3 s on 3.14) is not the items' time.
@@ -79,6 +124,7 @@ class InterpretersBackend:
         self._started: Any = interpreters.create_queue()  # chunks' ids, as each starts
         self._empty: type[Exception] = interpreters.QueueEmpty
         self._closed = False
+        self._left: list[concurrent.futures.Future[Any]] = []  # overdue, left to finish
         # Interpreters share the process, and with it each native library's thread pool.
         self._inner = _native.Held(_native.limit_for(setup.inner_threads, setup.workers))
         # Worker processes, once the function's module refuses to load in a sub-interpreter.
@@ -130,19 +176,34 @@ class InterpretersBackend:
             task, _ = self._futures.pop(future)
             error = future.exception()
             if error is None:
-                outcomes += loads_outcomes(future.result(), task)
+                outcomes += self._run_refused(loads_outcomes(future.result(), task), task)
             elif refuses_interpreters(error):
                 # (Its function could not even load: no item of it ran.)
                 self._fall_back(error).submit(task)
             else:  # it could not reach the interpreter, or its result could not come back
                 outcomes += failed_task(task, error)
         if limit is not None:
+            before = list(self._futures)
             outcomes += overdue(
                 self._futures,
                 limit,
                 "; a sub-interpreter's thread cannot be killed and was left to finish",
             )
+            self._left += [future for future in before if future not in self._futures]
         return outcomes
+
+    def _run_refused(self, outcomes: list[Outcome], task: Task) -> list[Outcome]:
+        """``outcomes`` of ``task``, but for items whose call imported a module that refused
+        the sub-interpreter: those are run again on worker processes (in the interpreter,
+        the call got as far as that import)."""
+        refused = [o for o in outcomes if o[1] == ERROR and refuses_interpreters(o[2])]
+        if not refused:
+            return outcomes
+        fallback = self._fall_back(refused[0][2])
+        for index, *_ in refused:
+            fallback.submit((task[0], index, [task[2][index - task[1]]]))
+        again = {o[0] for o in refused}
+        return [o for o in outcomes if o[0] not in again]
 
     def _fall_back(self, error: BaseException) -> ProcessesBackend:
         if self._fallback is None:
@@ -163,6 +224,11 @@ class InterpretersBackend:
         self._closed = True
         running = list(self._futures)
         self._futures.clear()
+        ended = all(future.done() for future in (*running, *self._left))
+        if ended and not (cancel or self._setup.fresh or getattr(self._pool, "_broken", False)):
+            warm.park(self._setup.workers, self._pool)  # (nothing runs in it)
+            self._inner.close()
+            return
         self._pool.shutdown(wait=not cancel, cancel_futures=True)
         if cancel:
             # A chunk that runs cannot be stopped inside its interpreter: as under threads, it
@@ -205,16 +271,6 @@ def prepare(client: Any, workers: Any) -> tuple[Any, Any]:
     """At the call: sub-interpreters exist in this Python, or a clear error says so."""
     check_available()
     return client, workers
-
-
-def run_chunk_pickled(fn: Any, task: Task, started: Any) -> bytes:
-    """:func:`run_chunk` in a sub-interpreter, its outcomes pickled as a worker process pickles
-    them: an exception that would not load back as itself (an ``__init__`` with keyword-only
-    arguments) travels by its state, and a result that cannot travel fails its item alone,
-    where the interpreter's own pickling would fail the whole chunk with NotShareableError.
-    The task's id goes to ``started`` first (its timeout counts from there)."""
-    started.put(task[0])
-    return dumps_outcomes(run_chunk(fn, task))
 
 
 # A sub-interpreter and its thread start in this long (measured on 3.13: 19 ms).

@@ -981,14 +981,15 @@ def predict_pickled(
         )
         unpickle = LOADS_PER_DUMPS * ev.item_pickle + ev.result_pickle + worker_item
         worker = wall + unpickle + pipe
-        cpu = view.cpu + ev.child_cpu + unpickle + parent
+        # (Pickling computes on the same cores as the calls.)
+        cpu = costs.computing(view, k) + (unpickle + parent) / costs.usable(k)
         # Threads that compute free of the GIL and still do not scale may queue on what
         # processes share too (memory bandwidth), or on what they do not: GIL hand-offs
         # between many short sections (scikit-learn's fits), one address space's page
         # faults and allocator. Measured, processes won such cases: the floor binds them
         # only for calls that wait (a server, a disk, a lock between processes).
         floor = view.floor if ev.cpu_share < 0.5 else 0.0
-        per = max(parent, worker / k, cpu / m.cores, floor, costs.past_the_knee(k))
+        per = max(parent, worker / k, cpu, floor, costs.past_the_knee(k))
         if (ev.item_bytes + ev.result_bytes) * ch > PIPELINED_BYTES:
             # Large chunks are not queued behind a busy worker: parent and workers
             # partly take turns.

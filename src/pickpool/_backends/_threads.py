@@ -494,8 +494,8 @@ def predict(costs: Costs) -> Option:
         ch = costs.chunk(k, _chunks.CHEAP_HANDOFF_SECONDS)
         per = max(
             (ev.wall + extra) / k,
-            (view.cpu + ev.child_cpu) / cores,
-            view.g + extra + THREADS_ITEM + THREADS_CHUNK / ch,
+            costs.computing(view, k),
+            costs.one_core(view.g) + extra + THREADS_ITEM + THREADS_CHUNK / ch,
             view.floor,
             costs.fewer_than_measured(k),
             costs.past_the_knee(k),
