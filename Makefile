@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all test-joblib test-cpython bench bench-native bench-busy bench-joblib bench-capacity lint types pytest clean
+.PHONY: demo test test-all test-joblib test-cpython test-pythons bench bench-native bench-busy bench-joblib bench-capacity lint types pytest clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pickpool needs Python 3.11+; set PYTHON=python3.11")'
@@ -85,6 +85,77 @@ test-all:
 	    $(MAKE) --no-print-directory test-cpython PYTHON=$$py VENV=.venv-$$v || exit 1; \
 	  fi; \
 	done
+
+# The pytest suite on Pythons Debian 12 lacks: CPython 3.14 and a free-threaded 3.13t (3.14t too
+# when tools/more-pythons.sh can get its source), in a Debian testing chroot the script builds
+# under PYTHONS_DIR, outside the clone (10-20 min once; later its check takes ~5 s and runs
+# quietly, into a log beside the root). Each runs in a venv of its own in the checkout
+# (.venv-3.14, .venv-3.13t: the root sees only the current directory), all of them even when
+# one fails, then a line each (~15 min: each suite 5-7 min, a venv's first install under one).
+# Needs root (chroot, mount namespaces). PY_ROOT=3.13t runs only that one; PYTEST_ARGS narrows
+# the suite.
+PYTHONS_DIR ?= $(HOME)/.cache/pickpool-pythons
+IN_ROOT = $(PYTHONS_DIR)/bin/in-root
+PY_ROOT ?=
+PYTEST_ARGS ?=
+test-pythons:
+ifneq ($(shell id -u),0)
+	@echo "== test-pythons: skipped: the suite runs in a chroot, which needs root (every run):" >&2
+	@echo "   sudo make test-pythons   (the first run builds the Pythons in $(PYTHONS_DIR), 10-20 min)" >&2
+else
+	@if [ -x "$(IN_ROOT)" ]; then \
+	  echo "tools/more-pythons.sh $(PYTHONS_DIR) > $(PYTHONS_DIR)/more-pythons.log"; \
+	  tools/more-pythons.sh "$(PYTHONS_DIR)" > "$(PYTHONS_DIR)/more-pythons.log" 2>&1 \
+	    || { tail -40 "$(PYTHONS_DIR)/more-pythons.log"; exit 1; }; \
+	  grep -E 'WARNING|^  /[^ ]*/bin/python[^ ]* +3\.' "$(PYTHONS_DIR)/more-pythons.log" || true; \
+	else \
+	  echo "tools/more-pythons.sh $(PYTHONS_DIR)  (the first time: 10-20 min)"; \
+	  tools/more-pythons.sh "$(PYTHONS_DIR)"; \
+	fi
+	@vs="$(PY_ROOT)"; \
+	[ -n "$$vs" ] || vs=$$(cd "$(PYTHONS_DIR)/bin" && ls python3.* | sed 's/^python//' | sort -V); \
+	summary=$$(mktemp); fail=0; \
+	for v in $$vs; do \
+	  echo "== Python $$v: $(PYTHONS_DIR)/bin/python$$v, venv .venv-$$v"; \
+	  t0=$$(date +%s); \
+	  if ! $(MAKE) --no-print-directory .venv-$$v/.installed-in-root; then \
+	    echo "  $$v: FAILED to install (see above)" >> $$summary; fail=1; continue; \
+	  fi; \
+	  t1=$$(date +%s); \
+	  { $(IN_ROOT) .venv-$$v/bin/python -m pytest $(PYTEST_ARGS); \
+	    echo $$? > .venv-$$v/pytest.rc; } 2>&1 \
+	    | tee .venv-$$v/pytest.log; \
+	  t2=$$(date +%s); rc=$$(cat .venv-$$v/pytest.rc); \
+	  if [ "$$rc" = 0 ]; then ok=ok; else ok="FAILED (exit $$rc)"; fail=1; fi; \
+	  without=$$(cat .venv-$$v/.installed-in-root); \
+	  printf '  %s: %s: %s; suite %d s, install %d s%s (log: .venv-%s/pytest.log)\n' "$$v" "$$ok" \
+	    "$$(tail -1 .venv-$$v/pytest.log | tr -d '=' | sed 's/^ *//; s/ *$$//')" $$((t2 - t1)) \
+	    $$((t1 - t0)) "$${without:+; $$without}" "$$v" >> $$summary; \
+	done; \
+	echo "== test-pythons:"; cat $$summary; rm -f $$summary; exit $$fail
+endif
+
+# A venv per interpreter of the root, made and used through in-root; reinstalled when
+# pyproject.toml or a pin changes. Free-threaded builds (a name ending in t) take
+# constraints-ft.txt and --prefer-binary too (see there), and leave out mypy (its ast-serialize
+# needs Rust to build there; tests/test_types.py skips) and psycopg[binary] (no cp313t wheel; the
+# root has no PostgreSQL for tests/test_real_servers.py anyway). The demo and dask extras go in
+# where they install: without them their tests skip, and the stamp and the summary line say so.
+ROOT_PIP = $(IN_ROOT) .venv-$*/bin/python -m pip install --quiet -c tools/constraints.txt \
+  $(if $(filter %t,$*),--prefer-binary -c tools/constraints-ft.txt)
+.venv-%/.installed-in-root: pyproject.toml tools/constraints.txt tools/constraints-ft.txt
+	@test -x "$(PYTHONS_DIR)/bin/python$*" || { echo "no python$* in $(PYTHONS_DIR)/bin" >&2; exit 1; }
+	$(IN_ROOT) .venv-$*/bin/python -c '' 2>/dev/null || $(PYTHONS_DIR)/bin/python$* -m venv --clear .venv-$*
+	$(IN_ROOT) .venv-$*/bin/python -m pip install --quiet --upgrade pip
+	$(IN_ROOT) .venv-$*/bin/python tools/requirements.py dev \
+	  $(if $(filter %t,$*),--without mypy psycopg) > .venv-$*/requirements-dev.txt
+	$(ROOT_PIP) -e . -r .venv-$*/requirements-dev.txt
+	@missing=""; for extra in demo dask; do \
+	  echo "$(ROOT_PIP) -e '.[$$extra]'"; \
+	  $(ROOT_PIP) -e ".[$$extra]" || { missing="$$missing $$extra"; \
+	    echo "== Python $*: the $$extra extra does not install; its tests will skip" >&2; }; \
+	done; \
+	echo "$${missing:+without$$missing (their tests skip)}" > $@
 
 clean:
 	rm -rf $(VENV) .venv-* .pytest_cache .mypy_cache .ruff_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import threading
 import time
@@ -22,6 +23,14 @@ GIL = _machine.gil_enabled()
 # For tests of what only a GIL build has (a GIL to read; RSS that returns freed memory).
 needs_the_gil = pytest.mark.skipif(not GIL, reason="on a build without the GIL")
 
+
+# dask's sampling profiler runs a thread that reads every other thread's frames
+# (sys._current_frames()): on a free-threaded 3.13 that can crash the process (fixed in 3.14,
+# not in 3.13), ours with its in-process cluster, or a worker mid-task. The clusters the tests
+# start run without it there (read from the environment when dask is imported, and passed on
+# to the worker processes).
+if not GIL and sys.version_info < (3, 14):
+    os.environ.setdefault("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "False")
 
 # Every model every interpreter has, from the registry. The others (interpreters, dask) need
 # more than the interpreter: test_contract.py runs them with skip marks, and they have their

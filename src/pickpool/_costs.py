@@ -80,25 +80,29 @@ def better(best: Option | None, new: Option) -> Option:
 
 
 def usable(demand: float, cores: int, others: float) -> float:
-    """Cores that threads asking for ``demand`` cores' worth at once get beside ``others``
-    cores' worth of other programs' computing: what they ask, up to the machine's ``cores``,
-    less what the others take (the scheduler shares the cores among the threads that can
-    run: ``demand`` beside ``others`` gets demand/(demand + others) of them)."""
-    demand = max(demand, 1e-9)
-    if demand + others <= cores:
-        return demand
-    return cores * demand / (demand + others)
+    """The most cores threads asking for ``demand`` cores' worth at once compute on, beside
+    ``others`` cores' worth of other programs' computing: what they ask, up to the machine's
+    ``cores``, less what the others take (the scheduler shares the cores among the threads
+    that can run: ``demand`` beside ``others`` gets demand/(demand + others) of them).
+
+    Under one core's worth counts as one: a thread that computes part of the time computes at
+    a whole thread's share while it does. Over the cores counts as the cores: more computing
+    threads than cores would take a larger share from the other programs (32 threads beside
+    two busy programs get 1.9 of 2 cores), and pickpool does not oversubscribe the cores to
+    outrun them."""
+    demand = min(float(cores), max(1.0, demand))
+    return demand * min(1.0, cores / (demand + others))
 
 
 def quiet_scaling(ev: Evidence, machine: Machine) -> float | None:
     """The scaling test's reading as a quiet machine would give it. Beside other programs'
     computing, n threads free of the GIL gain usable(n)/usable(1) over one thread, not
-    min(n, cores) (two threads beside two busy programs on two cores: 1.33x); a reading in
+    min(n, cores) (two threads beside two busy programs on two cores: 1.5x); a reading in
     that narrower range is stretched onto the quiet one, so that the GIL is not blamed for
     the cores the other programs hold."""
     s, n, others = ev.scaling, ev.threads, ev.others
-    if s is None or not n or others <= 0:
-        return s
+    if s is None or not n or others <= 0 or s <= 1:
+        return s  # (no gain is no gain on any machine)
     quiet = min(n, machine.cores)
     busy = usable(n, machine.cores, others) / usable(1, machine.cores, others)
     if busy <= 1 or busy >= quiet:
@@ -287,6 +291,12 @@ class Costs:
         runs faster than the cores allow."""
         cpu = view.cpu + self.ev.child_cpu
         return cpu / self.usable(k * cpu / max(view.ev.wall, 1e-12))
+
+    def stretch(self, view: View) -> float:
+        """A call's wall time (as ``view`` runs it) beside the other programs: the part its
+        thread computes takes longer, at one thread's share of the cores; its waits do not."""
+        computed = min(view.ev.cpu, view.ev.wall)
+        return view.ev.wall + self.one_core(computed) - computed
 
     def one_core(self, seconds: float) -> float:
         """``seconds`` of computing on one thread (the one holding the GIL, an event loop's),

@@ -197,7 +197,7 @@ def predict(costs: Costs) -> Option:
         for k in costs.counts(thread_counts(cores)):
             view = costs.view(k)
             per = max(
-                view.ev.wall / k,
+                costs.stretch(view) / k,
                 costs.computing(view, k),
                 costs.one_core(view.g) + TO_THREAD_ITEM,
                 view.floor,

@@ -119,7 +119,7 @@ class InterpretersBackend:
         self._pool = parked or pool_class(max_workers=setup.workers)
         # Each chunk's future, its task and when it started in its interpreter (inf until
         # then): a timeout counts from there. Creating an interpreter and importing what the
-        # function needs in it (pickpool itself: ~0.3 s on 3.14) is not the items' time.
+        # function needs in it (a few tenths of a second on 3.14) is not the items' time.
         self._futures: dict[concurrent.futures.Future[Any], tuple[Task, float]] = {}
         self._started: Any = interpreters.create_queue()  # chunks' ids, as each starts
         self._empty: type[Exception] = interpreters.QueueEmpty

@@ -970,7 +970,7 @@ def predict_pickled(
     best: Option | None = None
     for k in costs.counts(candidates):
         view = costs.view(k)
-        wall = view.ev.wall + costs.coroutine_call()
+        wall = costs.stretch(view) + costs.coroutine_call()
         ch = costs.chunk(k, _chunks.COSTLY_HANDOFF_SECONDS)
         parent = (
             PROCESS_ITEM

@@ -71,8 +71,8 @@ def predict(costs: Costs) -> Option:
     ch = costs.chunk(1, _chunks.INLINE_SECONDS)
     if costs.chunksize is None:
         ch = min(ch, _chunks.INLINE_MAX)
-    # (Beside other programs' computing, the loop's share of a core stretches its calls.)
-    wall = max(view.ev.wall, costs.computing(view, 1))
+    # (Beside other programs' computing, the loop's share of the cores stretches its calls.)
+    wall = max(costs.stretch(view), costs.computing(view, 1))
     per = wall + SERIAL_ITEM + SERIAL_CHUNK / ch + costs.coroutine_call()
     return Option(MODEL.name, 1, ch, costs.n * per, per, view.inner)
 

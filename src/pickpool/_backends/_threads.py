@@ -493,7 +493,7 @@ def predict(costs: Costs) -> Option:
         ev = view.ev
         ch = costs.chunk(k, _chunks.CHEAP_HANDOFF_SECONDS)
         per = max(
-            (ev.wall + extra) / k,
+            (costs.stretch(view) + extra) / k,
             costs.computing(view, k),
             costs.one_core(view.g) + extra + THREADS_ITEM + THREADS_CHUNK / ch,
             view.floor,
