@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all test-joblib test-cpython test-pythons bench bench-native bench-busy bench-joblib bench-capacity lint types pytest clean
+.PHONY: demo test test-all test-joblib test-cpython test-pythons bench bench-native bench-busy bench-beyond bench-joblib bench-capacity lint types pytest clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pickpool needs Python 3.11+; set PYTHON=python3.11")'
@@ -38,6 +38,19 @@ bench-busy: $(STAMP) $(BENCH_STAMP)
 # scikit-learn's n_jobs on loky and on pickpool's joblib backend, call after call (~30 s).
 bench-joblib: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/joblib_backend.py --markdown bench-joblib.md
+
+# Pure Python, C that releases the GIL and shared data under serial, threads, processes,
+# sub-interpreters and auto: on this venv's Python, then on CPython 3.14 and free-threaded 3.13t
+# where `make test-pythons` made their venvs (~2 min each). One table, bench-beyond.md.
+bench-beyond: $(STAMP) $(BENCH_STAMP)
+	rm -f bench-beyond.md
+	$(BIN)/python benchmarks/beyond.py --markdown bench-beyond.md
+	@for v in 3.14 3.13t; do \
+	  if [ -x .venv-$$v/bin/python ] && [ -x "$(IN_ROOT)" ]; then \
+	    echo "$(IN_ROOT) .venv-$$v/bin/python benchmarks/beyond.py --markdown bench-beyond.md"; \
+	    $(IN_ROOT) .venv-$$v/bin/python benchmarks/beyond.py --markdown bench-beyond.md || exit 1; \
+	  else echo "== Python $$v: no .venv-$$v (make test-pythons makes it), skipped"; fi; \
+	done
 
 # auto against fixed thread counts on servers with a finite capacity, PostgreSQL, Redis and
 # nginx among them where installed (~5 min; ITEMS=3000 for long jobs, ~20 min).

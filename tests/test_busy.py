@@ -92,7 +92,7 @@ def test_other_programs_are_read_from_the_run_delay_of_calls_alone(
 def test_a_threads_reading_beside_busy_programs_is_put_on_a_quiet_scale() -> None:
     # Two threads beside two busy programs on two cores can gain 1.5x (2 x 2/4 of the cores
     # against 2/3 for one): that reading means what 2x means on a quiet machine, 1.25x what
-    # 1.5x means. No gain (or a loss) stays as it is; nothing goes past the quiet ideal.
+    # 1.5x means. No gain (or a loss) stays as it is.
     from pickpool._costs import quiet_scaling
     from tests.test_advise import TWO_CORES, evidence
 
@@ -102,6 +102,10 @@ def test_a_threads_reading_beside_busy_programs_is_put_on_a_quiet_scale() -> Non
     assert quiet(1.5, 2.0) == pytest.approx(2.0)
     assert quiet(1.25, 2.0) == pytest.approx(1.5)
     assert quiet(1.8, 2.0) == 2.0
+    assert quiet(1.0, 2.0) == 1.0
+    # Calls that wait: 32 threads 32x faster, busy programs or not.
+    waiting = evidence(threads=32, scaling=32.0, others=2.0)
+    assert quiet_scaling(waiting, TWO_CORES) == 32.0
     assert quiet(0.25, 2.0) == 0.25
     assert quiet(1.2, 0.0) == 1.2
 

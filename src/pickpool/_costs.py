@@ -99,7 +99,8 @@ def quiet_scaling(ev: Evidence, machine: Machine) -> float | None:
     computing, n threads free of the GIL gain usable(n)/usable(1) over one thread, not
     min(n, cores) (two threads beside two busy programs on two cores: 1.5x); a reading in
     that narrower range is stretched onto the quiet one, so that the GIL is not blamed for
-    the cores the other programs hold."""
+    the cores the other programs hold. A reading past it is of calls that wait, which other
+    programs do not slow: as it is."""
     s, n, others = ev.scaling, ev.threads, ev.others
     if s is None or not n or others <= 0 or s <= 1:
         return s  # (no gain is no gain on any machine)
@@ -107,7 +108,9 @@ def quiet_scaling(ev: Evidence, machine: Machine) -> float | None:
     busy = usable(n, machine.cores, others) / usable(1, machine.cores, others)
     if busy <= 1 or busy >= quiet:
         return s
-    return min(float(quiet), 1 + (s - 1) * (quiet - 1) / (busy - 1))
+    if s > busy:
+        return max(s, float(quiet))  # (past what computing allows there: the calls wait too)
+    return 1 + (s - 1) * (quiet - 1) / (busy - 1)
 
 
 def _serialised(ev: Evidence, machine: Machine) -> float | None:
