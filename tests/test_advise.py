@@ -502,7 +502,8 @@ def test_beside_other_programs_every_model_gets_the_cores_left() -> None:
     # Calls that wait are not slowed by the programs beside them: still many threads.
     waits = evidence(wall=0.01, cpu=5e-5, threads=32, scaling=31.0, others=2.0, length=80)
     advice = decide(waits, items=80, machine=TWO_CORES)
-    assert advice.model == "threads" and advice.workers >= 32, str(advice)
+    assert advice.model == "threads", str(advice)
+    assert advice.workers >= 32, str(advice)
 
 
 def test_the_advice_says_when_another_model_is_close() -> None:

@@ -47,6 +47,21 @@ def test_all_is_exactly_the_public_api() -> None:
         assert getattr(pickpool, name).__doc__, f"{name} has no docstring"
 
 
+def test_importing_pickpool_loads_only_what_is_used() -> None:
+    # A worker (a process, a sub-interpreter) imports pickpool to run calls: the probe and
+    # the cost model load on first use of a name that needs them, and every public name
+    # finds its module.
+    code = (
+        "import sys, pickpool\n"
+        "assert 'pickpool._advise' not in sys.modules, sorted(sys.modules)\n"
+        "assert set(pickpool._HOMES) == set(pickpool.__all__)\n"
+        "from pickpool import *\n"
+        "assert 'pickpool._advise' in sys.modules\n"
+        "assert pickpool.map is map and 'map' in dir(pickpool)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 @pytest.mark.parametrize("name", ["map", "advise", "Executor", "bench"])
 def test_help_names_every_parameter(name: str) -> None:
     """help() is where users look first; the others (imap, amap...) take map's options and

@@ -4,6 +4,7 @@ runs where this interpreter has it."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
@@ -163,6 +164,12 @@ def test_interpreters_are_weighed_where_they_exist() -> None:
     assert cold.model == "interpreters", str(cold)
     warm = decide(evidence(gil_held=0.97), items=8, machine=cold_or_warm(server_running=True))
     assert warm.predicted["processes"] < warm.predicted["interpreters"], str(warm)
+    # Interpreters kept warm from an earlier run of two: a run of two starts in no time.
+    up = cold_or_warm(server_running=True)
+    kept = dataclasses.replace(up, facts={**up.facts, "interpreters": _interpreters.Ready(2)})
+    again = decide(evidence(gil_held=0.97), items=8, machine=kept)
+    assert again.predicted["interpreters"] < warm.predicted["interpreters"], str(again)
+    assert again.sizes["interpreters"][0] == 2
 
 
 # A dask cluster --------------------------------------------------------------------------------

@@ -97,8 +97,9 @@ class Evidence:
     # which a call alone on a loop of its own pays, the loop's idle turns included: that is
     # what each call costs on threads or processes, this what it costs on one shared loop.
     loop_cpu: float | None = None
-    # Cores' worth of other programs computing beside the calls alone, read from the time they
-    # waited, runnable, for a core (0: they waited too little to tell; see Readings.others).
+    # Cores' worth of other programs computing beside the probe: from the time calls alone
+    # waited, runnable, for a core, and from the kernel's busy time on this process's CPUs
+    # less its own (0: under half a core, none to tell from the system's own chores).
     others: float = 0.0
 
     @property

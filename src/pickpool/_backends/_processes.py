@@ -954,11 +954,18 @@ def predict(costs: Costs) -> Option | None:
 
 
 def predict_pickled(
-    costs: Costs, name: str, *, start_each: float, server: float, worker_item: float = 0.0
+    costs: Costs,
+    name: str,
+    *,
+    start_each: float,
+    server: float,
+    worker_item: float = 0.0,
+    warm: int = 0,
 ) -> Option:
     """Workers that each run Python with a GIL of their own, everything crossing to them and
     back pickled (processes; sub-interpreters too), ``start_each`` seconds to start one after
-    ``server`` seconds once, ``worker_item`` seconds of a worker's bookkeeping per item."""
+    ``server`` seconds once, ``worker_item`` seconds of a worker's bookkeeping per item;
+    ``warm``: a run of that many workers finds them started."""
     ev, m = costs.ev, costs.m
     if ev.unpicklable:
         return Option(name, m.cores, 1, math.inf)
@@ -997,7 +1004,7 @@ def predict_pickled(
         # The function is pickled once and sent down each worker's pipe, where it is
         # loaded: what it closes over (a 60 MB table) is paid per worker, not per item.
         ship = ev.fn_pickle + k * ev.fn_bytes * PIPE_BYTE + LOADS_PER_DUMPS * ev.fn_pickle
-        fixed = server + k * (start_each + WORKER_STOP) + ship
+        fixed = (0.0 if k == warm else server + k * start_each) + k * WORKER_STOP + ship
         seconds = fixed + costs.n * per + 0.5 * ch * wall
         best = better(best, Option(name, k, ch, seconds, per, view.inner))
     assert best is not None
