@@ -45,6 +45,16 @@ def test_free_threaded_heavy_pickling_favours_threads_even_more() -> None:
     assert decide(ev, items=200, machine=FREE_THREADED).model == "threads"
 
 
+@pytest.mark.parametrize("others", [0.0, 2.0])
+def test_free_threaded_tiny_calls_stay_in_a_loop(others: float) -> None:
+    # Calls too short to time side by side: no GIL to hold them back, but no speedup measured
+    # either, and the hand-off costs more than the call. Beside other programs' computing the
+    # loop's calls take longer, and so would the threads'.
+    ev = evidence(wall=2e-7, cpu=2e-7, gil_held=None, length=100_000, others=others)
+    advice = decide(ev, items=100_000, machine=FREE_THREADED)
+    assert advice.model == "serial", str(advice)
+
+
 @pytest.mark.skipif(
     getattr(sys, "_is_gil_enabled", lambda: True)(), reason="needs a free-threaded build"
 )

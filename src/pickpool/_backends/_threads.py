@@ -499,7 +499,7 @@ def predict(costs: Costs) -> Option:
             view.floor,
             costs.fewer_than_measured(k),
             costs.past_the_knee(k),
-            costs.unmeasured(ev.wall) + THREADS_ITEM + THREADS_CHUNK / ch,
+            costs.unmeasured(costs.stretch(view)) + THREADS_ITEM + THREADS_CHUNK / ch,
         )
         seconds = k * THREAD_START + costs.n * per + (ch - 1) * ev.wall
         best = better(best, Option(MODEL.name, k, ch, seconds, per, view.inner))
