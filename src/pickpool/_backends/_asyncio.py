@@ -190,7 +190,7 @@ def predict(costs: Costs) -> Option:
             per = max(
                 ev.wall / k,
                 costs.one_core(blocks) + ASYNC_ITEM,
-                (blocks + elsewhere) / costs.usable(k * (blocks + elsewhere) / ev.wall),
+                (blocks + elsewhere) / costs.usable(k * (blocks + elsewhere) / max(ev.wall, 1e-12)),
             )
             best = better(best, Option(MODEL.name, k, 1, LOOP_START + costs.n * per, per))
     else:
