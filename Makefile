@@ -41,12 +41,13 @@ bench-joblib: $(STAMP) $(BENCH_STAMP)
 
 # Pure Python, C that releases the GIL and shared data under serial, threads, processes,
 # sub-interpreters and auto: on this venv's Python, then on CPython 3.14 and free-threaded 3.13t
-# where `make test-pythons` made their venvs (~2 min each). One table, bench-beyond.md.
+# where `make test-pythons` made their venvs (~2 min each; a venv's pyvenv.cfg, since its python
+# links into the root). One table, bench-beyond.md.
 bench-beyond: $(STAMP) $(BENCH_STAMP)
 	rm -f bench-beyond.md
 	$(BIN)/python benchmarks/beyond.py --markdown bench-beyond.md
 	@for v in 3.14 3.13t; do \
-	  if [ -x .venv-$$v/bin/python ] && [ -x "$(IN_ROOT)" ]; then \
+	  if [ -f .venv-$$v/pyvenv.cfg ] && [ -x "$(IN_ROOT)" ]; then \
 	    echo "$(IN_ROOT) .venv-$$v/bin/python benchmarks/beyond.py --markdown bench-beyond.md"; \
 	    $(IN_ROOT) .venv-$$v/bin/python benchmarks/beyond.py --markdown bench-beyond.md || exit 1; \
 	  else echo "== Python $$v: no .venv-$$v (make test-pythons makes it), skipped"; fi; \

@@ -45,6 +45,22 @@ def test_free_threaded_heavy_pickling_favours_threads_even_more() -> None:
     assert decide(ev, items=200, machine=FREE_THREADED).model == "threads"
 
 
+@pytest.mark.parametrize(("threads", "scaling"), [(2, 1.3), (3, 1.5), (4, 1.6)])
+def test_free_threaded_threads_that_contend_are_held_to_their_reading(
+    threads: int, scaling: float
+) -> None:
+    # Without a GIL, threads that count references to one object they share (on 3.13t, a
+    # function's numeric constant) read well short of the cores: more threads than the test
+    # ran share the same two cores, so none is predicted past the reading, and processes,
+    # which share nothing, are advised. The advice says what the reading means.
+    ev = evidence(gil_held=0.0, threads=threads, scaling=scaling)
+    advice = decide(ev, items=200, machine=FREE_THREADED)
+    assert advice.model == "processes", str(advice)
+    assert advice.predicted["threads"] >= 200 * ev.wall / scaling, str(advice)
+    assert advice.predicted["asyncio"] >= 200 * ev.wall / scaling, str(advice)
+    assert "short of the 2x the cores allow" in str(advice), str(advice)
+
+
 @pytest.mark.parametrize("others", [0.0, 2.0])
 def test_free_threaded_tiny_calls_stay_in_a_loop(others: float) -> None:
     # Calls too short to time side by side: no GIL to hold them back, but no speedup measured
@@ -61,18 +77,21 @@ def test_free_threaded_tiny_calls_stay_in_a_loop(others: float) -> None:
 def test_free_threaded_for_real() -> None:
     # Without the GIL, pure Python goes to threads where threads are seen to scale, and not
     # where they are not. Which one this function is on 3.13t varies from run to run (its
-    # threads ran 0.8x to 1.8x a loop, CPython's own ThreadPoolExecutor alike: threads share
-    # the function's constants, whose reference counts 3.13t updates atomically), so the
-    # advice is held to what its own probe measured.
+    # threads ran 0.75x to 1.7x a loop, CPython's own ThreadPoolExecutor alike: threads share
+    # the function's numeric constant, whose reference count 3.13t updates atomically), so
+    # the advice is held to what its own probe measured.
     advice = pickpool.advise(pickpool.lab.crunch, range(20))
     ev = advice.evidence
+    ideal = min(ev.threads, _machine.cores())
     assert advice.kind == "cpu-nogil", str(advice)
     assert ev.scaling is not None, str(advice)
-    if ev.scaling >= 0.8 * min(ev.threads, _machine.cores()):
+    if ev.scaling >= 0.9 * ideal:
         assert advice.model == "threads", str(advice)
     elif ev.scaling < 1.2:
         assert advice.model != "threads", str(advice)
         assert "more threads do not help" in str(advice)
+    elif ev.scaling < 0.8 * ideal:
+        assert "short of the" in str(advice)
 
 
 # Sub-interpreters -------------------------------------------------------------------------------

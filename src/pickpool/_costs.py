@@ -306,20 +306,28 @@ class Costs:
         as long as they take beside other programs' computing."""
         return seconds / self.usable(1.0)
 
-    def fewer_than_measured(self, k: int) -> float:
-        """Seconds per item with ``k`` threads, fewer than the scaling test ran, at its efficiency.
+    def as_measured(self, k: int) -> float:
+        """Seconds per item with ``k`` threads, no better than the scaling test's n threads
+        allow.
 
-        The test saw n threads scale ``scaling``x. Efficiency falls as threads are added, so k < n
-        threads do at least as well per thread, but how much better is unknown: when the n
-        threads hit a limit, the model cannot tell how few would hit it too, and is kept from
-        trading measured throughput for a guess.
+        Fewer than n: efficiency falls as threads are added, so k < n threads do at least as
+        well per thread, but how much better is unknown: when the n threads hit a limit, the
+        model cannot tell how few would hit it too, and is kept from trading measured
+        throughput for a guess. As many or more, when the n threads already had every core
+        computing: more threads share the same cores, so none does better than the n did
+        (on free-threaded 3.13, threads that count references to one shared object, such as
+        a function's numeric constant, read 1.5x on two cores where processes run 1.9x).
         """
         ev = self.ev
         scaling = quiet_scaling(ev, self.m)
-        if scaling is None or not ev.threads or k >= ev.threads:
+        if scaling is None or not ev.threads:
             return 0.0
-        efficiency = min(1.0, scaling / ev.threads)
-        return ev.wall / (k * efficiency)
+        if k < ev.threads:
+            efficiency = min(1.0, scaling / ev.threads)
+            return ev.wall / (k * efficiency)
+        if ev.threads >= self.m.cores and ev.cpu_share >= COMPUTES:
+            return ev.wall / scaling
+        return 0.0
 
     def past_the_knee(self, k: int) -> float:
         """Seconds per item with ``k`` calls at once, from where the probe's ramp broke.

@@ -11,7 +11,7 @@ from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Final
 
 from ._backends import traits
-from ._costs import LOADS_PER_DUMPS, Option, gil_free, gil_share
+from ._costs import LOADS_PER_DUMPS, Option, gil_free, gil_share, quiet_scaling
 from ._machine import Machine
 from ._readings import PARALLEL_CALL, RAMP_FAILING, RAMP_TOLERANCE, Evidence
 from ._text import format_bytes, format_seconds, plural
@@ -116,6 +116,10 @@ def reasons(
 # Another model predicted within this of the chosen one: a measurement as noisy as a busy
 # machine's may rank them either way, so the advice says they are close.
 CLOSE: Final = 1.25
+# Threads free of any GIL that read under this share of what the cores allow are said to
+# contend for something (on free-threaded 3.13, a function's shared numeric constant read
+# 0.75-1.7x on two cores, a copy made by each calling thread 1.8-1.9x).
+SHORT_OF_THE_CORES: Final = 0.85
 
 
 def _close_call(options: Collection[Option], chosen: Option) -> str | None:
@@ -154,38 +158,48 @@ def _together_reason(ev: Evidence, machine: Machine) -> str | None:
         return _ramp_reason(ev)
     if ev.scaling is None:
         return None
+    verdict = _threads_verdict(ev, ev.scaling, machine)
+    return f"{ev.threads} threads ran {ev.scaling:.1f}x as fast as one: {verdict}."
+
+
+def _threads_verdict(ev: Evidence, scaling: float, machine: Machine) -> str:
+    """Why ``ev.threads`` calls side by side ran ``scaling`` x as fast as one."""
     share = ev.cpu_share
-    held = gil_share(ev, machine)
-    parallel = ev.scaling >= 0.6 * min(ev.threads, machine.cores)
     if share < 0.5:
         # What their computing allows at best: the cores for it, and the GIL for the part
         # of it that holds the GIL. Near that, the waits overlapped as well as they can.
         most = scaling_ceiling(ev, machine)
-        if ev.scaling < 0.6 * most:
-            verdict = "something they share (a lock, a device, a server) serialises them"
-        elif most < 0.6 * ev.threads:
-            verdict = (
+        if scaling < 0.6 * most:
+            return "something they share (a lock, a device, a server) serialises them"
+        if most < 0.6 * ev.threads:
+            return (
                 f"their waits overlap, and their computing ({share:.0%} of each call) allows "
                 f"about {most:.1f}x at most"
             )
-        else:
-            verdict = "its waits overlap"
-    elif not machine.gil:
-        verdict = (
-            "this interpreter runs without the GIL"
-            if parallel
-            else "this interpreter runs without the GIL, but more threads do not help "
-            "(memory, a lock, or other programs on the cores)"
-        )
-    elif parallel and (held < 0.5 or gil_free(ev, machine)):
-        verdict = "it runs in code that releases the GIL"
-    elif parallel:
-        verdict = "they computed side by side, so the GIL kept them apart less than it read"
-    elif held >= 0.5 and not gil_free(ev, machine):
-        verdict = "the GIL serialises its computing"
-    else:
-        verdict = "it releases the GIL but more threads do not help (memory or a lock)"
-    return f"{ev.threads} threads ran {ev.scaling:.1f}x as fast as one: {verdict}."
+        return "its waits overlap"
+    ideal = min(ev.threads, machine.cores)
+    parallel = scaling >= 0.6 * ideal
+    if not machine.gil:
+        if not parallel:
+            return (
+                "this interpreter runs without the GIL, but more threads do not help "
+                "(memory, a lock, or other programs on the cores)"
+            )
+        if (quiet_scaling(ev, machine) or 0.0) < SHORT_OF_THE_CORES * ideal:
+            return (
+                f"this interpreter runs without the GIL, but short of the {ideal}x the cores "
+                "allow: they contend for something they share (memory, a lock, or the "
+                "reference counts of objects they all use)"
+            )
+        return "this interpreter runs without the GIL"
+    held = gil_share(ev, machine)
+    if parallel and (held < 0.5 or gil_free(ev, machine)):
+        return "it runs in code that releases the GIL"
+    if parallel:
+        return "they computed side by side, so the GIL kept them apart less than it read"
+    if held >= 0.5 and not gil_free(ev, machine):
+        return "the GIL serialises its computing"
+    return "it releases the GIL but more threads do not help (memory or a lock)"
 
 
 def scaling_ceiling(ev: Evidence, machine: Machine) -> float:

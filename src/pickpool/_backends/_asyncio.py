@@ -201,6 +201,7 @@ def predict(costs: Costs) -> Option:
                 costs.computing(view, k),
                 costs.one_core(view.g) + TO_THREAD_ITEM,
                 view.floor,
+                costs.as_measured(k),
                 costs.past_the_knee(k),
             )
             seconds = LOOP_START + k * THREAD_START + costs.n * per

@@ -497,7 +497,7 @@ def predict(costs: Costs) -> Option:
             costs.computing(view, k),
             costs.one_core(view.g) + extra + THREADS_ITEM + THREADS_CHUNK / ch,
             view.floor,
-            costs.fewer_than_measured(k),
+            costs.as_measured(k),
             costs.past_the_knee(k),
             costs.unmeasured(costs.stretch(view)) + THREADS_ITEM + THREADS_CHUNK / ch,
         )
