@@ -88,6 +88,15 @@ def _wait_until(predicate: Callable[[], object], seconds: float) -> bool:
 
 
 @pytest.fixture(autouse=True)
+def fresh_marks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Late connects are marked process-wide (pickpool.hedge), and a hedged test's marks and
+    # hedging wait would reach the next test's limiter: each test starts with none.
+    from pickpool import _limits
+
+    monkeypatch.setattr(_limits, "marks", _limits.Marks())
+
+
+@pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     threads_before = set(threading.enumerate())
     children_before = _children()

@@ -239,6 +239,57 @@ def test_a_rise_past_the_ceiling_that_breaks_goes_back_to_the_ceiling() -> None:
     assert limiter.limit == 15
 
 
+def test_connects_marked_late_end_slow_start_where_they_began_then_cut_by_half_their_share(
+    clock: LimiterClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hedged connect marks the far side's full listen queue before any call is stuck (see
+    # Marks). A rise waits until its first round's connects could be marked; the first marks
+    # end slow start at the limit in force when the first marked connect began; later ones
+    # cut by half the share of the window marked (DCTCP), the ceiling left where it is.
+    marks = _limits.Marks()
+    marks.horizon = 0.05
+    monkeypatch.setattr(_limits, "marks", marks)
+    limiter = Limiter(start=8, cap=128, baseline=FLOOR)
+    clock.now += FLOOR + marks.horizon
+    clean(limiter, 1)
+    assert limiter.limit == 16
+    clean(limiter, 1)
+    assert limiter.limit == 16  # (its connects could still be marked late: no rise yet)
+    clock.now += FLOOR + marks.horizon
+    clean(limiter, 1)
+    assert limiter.limit == 32
+    clock.now += 0.01
+    marks.note(clock.now - 0.02)  # begun under 16, marked now, read in the next window
+    assert window(limiter, FLOOR)
+    assert limiter.limit == 16
+    clock.now += 1.0
+    clean(limiter, Limiter.RECOVER)
+    assert limiter.limit == 17  # the ceiling is found again, as any ceiling is
+    clock.now += 0.05
+    for _ in range(4):
+        marks.note(clock.now - 0.01)  # 4 of the window's 8 calls: down by a quarter
+    assert window(limiter, FLOOR)
+    assert limiter.limit == 13
+    clock.now += 1.0
+    marks.note(clock.now - 5.0)  # begun before the last cut: it tells of the old limit
+    clean(limiter, 3)
+    assert limiter.limit == 17  # (back up to the ceiling, which later marks left as it was)
+
+
+def test_stuck_calls_are_judged_past_cuts_of_other_kinds(clock: LimiterClock) -> None:
+    # Cuts for queueing (or marks) come every few windows; calls stuck since before them are
+    # still a drop, not yet acted on.
+    limiter = Limiter(start=32, cap=128, baseline=FLOOR)
+    started = clock.now
+    window(limiter, 3 * FLOOR)  # queueing: cut
+    assert limiter.limit == 21
+    clock.now += 1.5
+    assert limiter.next_look([started, started]) == 0.0
+    assert limiter.completed([], [started, started])
+    assert limiter.limit <= 16
+    assert limiter.next_look([started, started]) is None  # acted on once
+
+
 def test_stuck_calls_go_back_below_the_limit_they_started_under(clock: LimiterClock) -> None:
     # A far side that drops past ~12: the limit doubled to 64 before the first dropped calls
     # could show (a dropped connection shows only when its retry is due). Calls stuck that

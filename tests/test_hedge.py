@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pickpool import hedge
+from pickpool import _limits, hedge
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,6 +48,20 @@ def test_the_first_to_connect_wins_and_the_other_is_closed_unused() -> None:
                     received.append(b"".join(chunks))
     # One connection carried the request; the other was closed before any byte of it.
     assert sorted(received) == [b"", b"the request"]
+
+
+def test_a_connect_past_its_hedging_wait_is_marked_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The mark tells a run's limiter in this process that the far side's queue is full (see
+    # pickpool._limits.Marks): once per connect that waited, none for one that did not.
+    marks = _limits.Marks()
+    monkeypatch.setattr(_limits, "marks", marks)
+    with listening() as server:
+        port = server.getsockname()[1]
+        hedge.create_connection(("127.0.0.1", port), timeout=10, after=10).close()
+        assert marks.read(0.0, 0.0) == []
+        hedge.create_connection(("127.0.0.1", port), timeout=10, after=0).close()
+    [(noted, began)] = marks.read(0.0, 0.0)
+    assert began <= noted
 
 
 def test_a_refused_connect_raises_as_the_standard_one_does() -> None:

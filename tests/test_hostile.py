@@ -448,6 +448,8 @@ def test_ctrl_c_stops_amap_at_once(model: str) -> None:
     finally:
         proc.kill()
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()  # (communicate() that timed out leaves it open)
     assert "interrupted" in out
     assert proc.returncode == 3
     assert took < 5.0, f"{took:.1f} s to stop"
@@ -528,6 +530,8 @@ def test_a_second_ctrl_c_still_stops_every_worker() -> None:
     finally:
         proc.kill()
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()  # (communicate() that timed out leaves it open)
         assert proc.stdout is not None
         proc.stdout.close()
         for pid in workers:

@@ -88,6 +88,8 @@ def test_ctrl_c_stops_the_run_and_its_workers(model: str, kind: str) -> None:
     finally:
         proc.kill()
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()  # (communicate() that timed out leaves it open)
     assert workers <= (tree if model == "processes" else {proc.pid})
     # What imap had handed out stays handed out: every result the consumer printed, [0, 1]
     # and whatever else came before the signal landed (a thread's sleep, woken by the signal,
@@ -99,6 +101,49 @@ def test_ctrl_c_stops_the_run_and_its_workers(model: str, kind: str) -> None:
     # The workers are stopped before the program exits; multiprocessing's fork server and
     # resource tracker follow it out a moment later.
     assert not still_running(tree, within=5.0)
+
+
+WORKER_SIGNAL_SCRIPT = r"""
+import os, signal, sys, threading, time, pickpool
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+def slow(x):
+    if x == 0:
+        # The kernel may hand a process's SIGINT to any of its threads: here, to this one.
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+    time.sleep(30)
+    return x
+
+try:
+    for result in pickpool.imap(slow, range(4), model=sys.argv[1], workers=2, chunksize=1):
+        pass
+except KeyboardInterrupt:
+    os.write(1, b"interrupted\n")
+    sys.exit(3)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("model", ["threads", "asyncio"])
+def test_ctrl_c_handed_to_a_worker_thread_still_stops_the_run(model: str) -> None:
+    # Python runs signal handlers in the main thread only; one that a worker thread received
+    # must not wait for the main thread's next outcome (30 s here) to be seen.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKER_SIGNAL_SCRIPT, model],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert out == "interrupted\n"
+    assert proc.returncode == 3
 
 
 def _running(pid: int) -> bool:

@@ -274,6 +274,8 @@ def test_ctrl_c_while_workers_start_prints_no_traceback(attempt: int) -> None:
         if cli.poll() is None:
             os.killpg(cli.pid, signal.SIGKILL)
             cli.wait()
+        if cli.stderr is not None:
+            cli.stderr.close()  # (communicate() that timed out leaves it open)
     assert "Traceback" not in stderr, stderr
     if cli.returncode == 0:
         # Known and open: inside the whole suite of a fresh clone, the Ctrl-C is sometimes not

@@ -35,6 +35,11 @@ class Cancelled(Exception):
 # one fed by a live input (see _cursor.Prefetched) at the input, if its backend cannot be woken.
 _CANCEL_POLL: Final = 0.05
 _LIVE_POLL: Final = 0.05
+# How often the main thread looks up while it waits for outcomes. Python runs signal handlers
+# in the main thread only, and a signal the kernel hands to another thread (a worker asleep in
+# a call) does not wake a main thread blocked on a lock: Ctrl-C waited for the next outcome,
+# 30 s away in a test, forever for a call that never returns (1 run in ~100 on a busy machine).
+_SIGNAL_POLL: Final = 0.1
 
 
 @overload
@@ -80,6 +85,7 @@ def drive(
     (the items handed out, the most calls at once, the seconds).
     """
     began = time.perf_counter()
+    signals = _SIGNAL_POLL if threading.current_thread() is threading.main_thread() else None
     backend = open_backend(setup)
     step = Step(items, plan, start=start, blocks=blocks)
     source = step.schedule.source
@@ -91,7 +97,7 @@ def drive(
                 leg.workers = max(leg.workers, 1)
             dones = _inline(step, inline, cancel)
         else:
-            poll = _CANCEL_POLL if cancel is not None else None
+            poll = _least(_CANCEL_POLL if cancel is not None else None, signals)
             if source.live:
                 # An item that comes while the loop waits for outcomes wakes it.
                 if isinstance(backend, Wakeable):

@@ -4,14 +4,16 @@
 a server, a database, an API with a quota); :class:`Climber` follows throughput (hill climbing,
 for calls that compute). Both are plain bookkeeping, fed by a backend with what it sees (the
 threads backend's workers, asyncio's item runner): no threads, no I/O, tested on made-up
-samples.
+samples. :class:`Marks` carries what a client saw before the calls ended (late connects).
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import statistics
+import threading
 import time
 from collections.abc import Iterable
 
@@ -64,6 +66,41 @@ class Climber:
         return True
 
 
+class Marks:
+    """Signs, noted by the client, that the far side is at its limit before the calls show
+    it, as ECN marks a packet before a router drops one (RFC 3168): :mod:`pickpool.hedge`
+    notes a connect not completed within its hedging wait (a SYN that a full listen queue
+    dropped). A dropped SYN costs a call a second; a hedged one costs it 50 ms, and the
+    :class:`Limiter` that reads the mark stops the rise that would drop both SYNs of a
+    connect. Process-wide: the calls of a run on threads note them where the limiter reads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._noted: collections.deque[tuple[float, float]] = collections.deque(maxlen=4096)
+        # Seconds after it begins that a late connect is marked (0: nothing marks them here).
+        self.horizon = 0.0
+
+    def note(self, began: float) -> None:
+        """A connect that began at ``began`` (``time.monotonic()``) is late."""
+        with self._lock:
+            self._noted.append((time.monotonic(), began))
+
+    def read(self, noted_after: float, began_after: float) -> list[tuple[float, float]]:
+        """(noted, began) of the marks noted after ``noted_after``, of connects that began
+        after ``began_after``."""
+        found = []
+        with self._lock:
+            for noted, began in reversed(self._noted):  # (noted in order, under the lock)
+                if noted <= noted_after:
+                    break
+                if began > began_after:
+                    found.append((noted, began))
+        return found
+
+
+marks = Marks()
+
+
 # One controller's rules, each tested on made-up samples: they share its whole state.
 # (Long on purpose: the limit, its ceiling and its window move together.)
 class Limiter:
@@ -84,6 +121,8 @@ class Limiter:
       there, which rises again only after :data:`REPROBE` times the penalty the stuck calls
       paid, twice that each time it drops calls again. Each such call costs a second, more
       than many whole batches;
+    * connects the client marked late (:class:`Marks`: SYNs a full listen queue dropped,
+      which hedged connects got through): down by half the share marked, the ceiling there;
     * a window's median latency above :data:`TOLERANCE` times the no-load latency (queueing
       at the far side), and no more completions per second than the last window (by Little's
       law, calls at once over latency: on a busy machine 64 calls at twice the latency still
@@ -128,6 +167,10 @@ class Limiter:
         self._calls = 0
         self._busiest = 0
         self._acted = 0.0  # calls started before this tell of an old limit: not judged
+        # Calls started before this were running when stuck calls were last acted on: not
+        # judged stuck again. (Other cuts leave them judged: marks cut every few windows, and
+        # calls stuck behind them were never seen.)
+        self._unstuck = 0.0
         self._at_ceiling = 0  # clean windows spent at the ceiling
         self._recover = self.RECOVER  # of them, before it rises by one
         self._probing = False  # the ceiling just rose: no clean window above the old one yet
@@ -141,6 +184,7 @@ class Limiter:
         # and the wait doubles each time it drops calls again.
         self._reprobe_at = 0.0
         self._reprobe_wait = 0.0
+        self._marks_read = time.monotonic()  # marks noted before this were read
         self.history: list[tuple[int, float, float]] = []  # (limit, median latency, failed)
 
     @property
@@ -165,20 +209,22 @@ class Limiter:
 
     def next_look(self, running: Iterable[float]) -> float | None:
         """Seconds until calls now running (their starts, ``time.monotonic()``, oldest first)
-        would count as stuck, or None if none can (all started before the last cut): a caller
+        would count as stuck, or None if none can (all started before the last cut for stuck
+        calls): a caller
         waiting for completions looks again by then, since stuck calls complete nothing.
 
         Stuck means two calls past :attr:`stuck_after` (or the only one judged): one slow call
         is a far side's tail latency, several at once are connections it dropped. Only the
         oldest are read, up to the second judged: a thousand coroutines in flight cost no more
-        than two, but for those that started before the last cut (within a latency of it)."""
+        than two, but for those that started before stuck calls were last cut for (within a
+        latency of it)."""
         return self._look(self._judged(running))
 
     def _judged(self, running: Iterable[float]) -> list[float]:
-        """The two oldest starts judged (after the last cut's latency), or fewer."""
+        """The two oldest starts judged (after the last stuck calls' cut), or fewer."""
         judged: list[float] = []
         for start in running:
-            if start > self._acted:
+            if start > self._unstuck:
                 judged.append(start)
                 if len(judged) == 2:
                     break
@@ -219,6 +265,8 @@ class Limiter:
         window, self._latencies = self._latencies, []
         failures, self._failures = self._failures, 0
         calls, self._calls = self._calls, 0
+        read, self._marks_read = self._marks_read, time.monotonic()
+        late = marks.read(read, self._acted)
         busiest, self._busiest = self._busiest, 0
         before = self.limit
         # The median: one slow call (a busy moment at this end) is no queue at the far side.
@@ -230,9 +278,12 @@ class Limiter:
         throughput, last = (before / typical if typical else 0.0), self._throughput
         self._throughput = throughput
         if stuck:
-            self._stuck(before, judged[0])
+            self._dropped(before, judged[0], max(self.stuck_after, time.monotonic() - judged[0]))
         elif failed > self.FAILING:
             self._refused(before, failed)
+        elif late:
+            began = min(began for _, began in late)
+            self._marked(before, self._in_force(began), min(1.0, len(late) / max(1, calls)))
         elif typical > self.TOLERANCE * self._floor:
             if not throughput > last > 0:  # (rising: more calls still get more done; hold)
                 self._cut(max(1, round(before * self.TOLERANCE * self._floor / typical)))
@@ -244,29 +295,32 @@ class Limiter:
     def _validated(self, oldest: float | None) -> bool:
         """Whether the limit may rise, the oldest running call started at ``oldest``: every
         call started before its last rise has finished (a round at the new limit is
-        complete), and none runs past :data:`HOLD` times the no-load latency (a call that
-        slow may be one the far side dropped, not yet stuck)."""
+        complete), none runs past :data:`HOLD` times the no-load latency (a call that slow
+        may be one the far side dropped, not yet stuck), and the connects begun since the
+        rise have had the time to be marked late, where a client marks them."""
+        now = time.monotonic()
+        if marks.horizon and now < self._rose + self._floor + marks.horizon:
+            return False  # (its first round's connects could still be marked late: Marks)
         if oldest is None:
             return True
-        return oldest >= self._rose and oldest >= time.monotonic() - self.HOLD * self._floor
+        return oldest >= self._rose and oldest >= now - self.HOLD * self._floor
 
-    def _stuck(self, before: int, oldest: float) -> None:
-        """Calls stuck at ``before``, the oldest judged one started at ``oldest``: back to the
-        last limit that ran clean below the one in force when it started (half that, if none
-        did), the ceiling there, tried again after :data:`REPROBE` times what a stuck call
-        costs, doubling each time. (A far side that drops past 16 dropped calls started at 64
-        and at 32 alike: from the one in force at the start, one step down, not one per
-        second of stuck calls.)"""
-        failed_at = before
-        if oldest >= self._levels[0][0]:
-            failed_at = next(limit for since, limit in reversed(self._levels) if since <= oldest)
+    def _dropped(self, before: int, oldest: float, penalty: float) -> None:
+        """Calls dropped at ``before`` (stuck, or connects marked late), the oldest of them
+        started at ``oldest``, each costing ``penalty`` seconds: back to the last limit that
+        ran clean below the one in force when it started (half that, if none did), the
+        ceiling there, tried again after :data:`REPROBE` times the penalty, doubling each
+        time. (A far side that drops past 16 dropped calls started at 64 and at 32 alike:
+        from the one in force at the start, one step down, not one per stuck call; and a
+        connect marked late 50 ms in is marked two doublings after its limit was set.)"""
+        failed_at = before if oldest < self._levels[0][0] else self._in_force(oldest)
         self._clean = {limit for limit in self._clean if limit < failed_at}
         known = max(self._clean, default=max(1, failed_at // 2))
         self._cut(max(1, min(self._ceiling, known)))
         self._set_ceiling(self.limit)
-        penalty = max(self.stuck_after, time.monotonic() - oldest)
         self._reprobe_wait = max(self.REPROBE * penalty, 2 * self._reprobe_wait)
         self._reprobe_at = time.monotonic() + self._reprobe_wait
+        self._unstuck = self._acted
 
     def _refused(self, before: int, failed: float) -> None:
         """A window with ``failed`` of its calls failing, at ``before``."""
@@ -282,6 +336,24 @@ class Limiter:
         # The calls that went through measure what the far side takes: keep that many, and at
         # least half (failures that are not the far side's capacity speaking).
         self._cut(max(1, before // 2, min(before - 1, math.floor(before * (1 - failed)))))
+
+    def _marked(self, before: int, at: int, share: float) -> None:
+        """A window at ``before`` in which the client marked connects late, the first begun
+        under the limit ``at``, ``share`` of as many as the window's calls (:class:`Marks`):
+        the far side's listen queue overflows from ``at`` on, and the hedged connects got
+        through. As DCTCP (RFC 8257) answers marks: down by half the share marked. The first
+        marks, in slow start, also end its overshoot: no higher than ``at`` (the ceiling,
+        found again as any ceiling is; later marks leave it be, since a marked connect costs
+        its call only the hedging wait, and a ceiling lowered at each would sink)."""
+        if self._growing:
+            self._set_ceiling(max(1, min(self._ceiling, at)))
+        self._cut(max(1, min(self._ceiling, round(before * (1 - share / 2)))))
+
+    def _in_force(self, when: float) -> int:
+        """The limit in force at ``when`` (``time.monotonic()``)."""
+        if when < self._levels[0][0]:
+            return self.limit
+        return next(limit for since, limit in reversed(self._levels) if since <= when)
 
     def _grow(self, before: int, low: float) -> None:
         """A clean window that used the limit ``before``, its calls at ``low`` latency at

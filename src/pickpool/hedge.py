@@ -40,6 +40,8 @@ import time
 import urllib.request
 from typing import Any
 
+from . import _limits
+
 __all__ = [
     "HTTPConnection",
     "HTTPHandler",
@@ -63,7 +65,9 @@ _hedged = 0
 def _wait_before_hedging() -> float:
     with _lock:
         usual = statistics.median(_recent) if _recent else 0.0
-    return max(LEAST_WAIT, TYPICAL_TIMES * usual)
+    wait = max(LEAST_WAIT, TYPICAL_TIMES * usual)
+    _limits.marks.horizon = wait  # (a run's limiter gives a new limit the time to be marked)
+    return wait
 
 
 def _may_hedge() -> bool:
@@ -158,6 +162,7 @@ def create_connection(
                     raise TimeoutError(f"connect to {host}:{port} timed out after {timeout} s")
                 if now >= hedge_at:
                     hedge_at = float("inf")  # (one hedge per connect, or none)
+                    _limits.marks.note(began)  # (a run's limiter stops rising: see Marks)
                     if len(sockets) == 1 and _may_hedge():
                         with contextlib.suppress(OSError):  # (no hedge: the first goes on)
                             sockets.append(_start(current, source_address))
