@@ -122,7 +122,8 @@ class Limiter:
       paid, twice that each time it drops calls again. Each such call costs a second, more
       than many whole batches;
     * connects the client marked late (:class:`Marks`: SYNs a full listen queue dropped,
-      which hedged connects got through): down by half the share marked, the ceiling there;
+      which hedged connects got through): the first, in slow start, end it at the limit in
+      force when they began (the ceiling there); later ones cut by half the share marked;
     * a window's median latency above :data:`TOLERANCE` times the no-load latency (queueing
       at the far side), and no more completions per second than the last window (by Little's
       law, calls at once over latency: on a busy machine 64 calls at twice the latency still
@@ -210,8 +211,8 @@ class Limiter:
     def next_look(self, running: Iterable[float]) -> float | None:
         """Seconds until calls now running (their starts, ``time.monotonic()``, oldest first)
         would count as stuck, or None if none can (all started before the last cut for stuck
-        calls): a caller
-        waiting for completions looks again by then, since stuck calls complete nothing.
+        calls): a caller waiting for completions looks again by then, since stuck calls
+        complete nothing.
 
         Stuck means two calls past :attr:`stuck_after` (or the only one judged): one slow call
         is a far side's tail latency, several at once are connections it dropped. Only the
@@ -278,7 +279,7 @@ class Limiter:
         throughput, last = (before / typical if typical else 0.0), self._throughput
         self._throughput = throughput
         if stuck:
-            self._dropped(before, judged[0], max(self.stuck_after, time.monotonic() - judged[0]))
+            self._stuck(before, judged[0])
         elif failed > self.FAILING:
             self._refused(before, failed)
         elif late:
@@ -305,19 +306,19 @@ class Limiter:
             return True
         return oldest >= self._rose and oldest >= now - self.HOLD * self._floor
 
-    def _dropped(self, before: int, oldest: float, penalty: float) -> None:
-        """Calls dropped at ``before`` (stuck, or connects marked late), the oldest of them
-        started at ``oldest``, each costing ``penalty`` seconds: back to the last limit that
-        ran clean below the one in force when it started (half that, if none did), the
-        ceiling there, tried again after :data:`REPROBE` times the penalty, doubling each
-        time. (A far side that drops past 16 dropped calls started at 64 and at 32 alike:
-        from the one in force at the start, one step down, not one per stuck call; and a
-        connect marked late 50 ms in is marked two doublings after its limit was set.)"""
-        failed_at = before if oldest < self._levels[0][0] else self._in_force(oldest)
+    def _stuck(self, before: int, oldest: float) -> None:
+        """Calls stuck at ``before``, the oldest judged one started at ``oldest``: back to the
+        last limit that ran clean below the one in force when it started (half that, if none
+        did), the ceiling there, tried again after :data:`REPROBE` times what a stuck call
+        costs, doubling each time. (A far side that drops past 16 dropped calls started at 64
+        and at 32 alike: from the one in force at the start, one step down, not one per
+        second of stuck calls.)"""
+        failed_at = self._in_force(oldest)  # (before, if older than every level kept)
         self._clean = {limit for limit in self._clean if limit < failed_at}
         known = max(self._clean, default=max(1, failed_at // 2))
         self._cut(max(1, min(self._ceiling, known)))
         self._set_ceiling(self.limit)
+        penalty = max(self.stuck_after, time.monotonic() - oldest)
         self._reprobe_wait = max(self.REPROBE * penalty, 2 * self._reprobe_wait)
         self._reprobe_at = time.monotonic() + self._reprobe_wait
         self._unstuck = self._acted
