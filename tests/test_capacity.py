@@ -239,23 +239,23 @@ def test_a_rise_past_the_ceiling_that_breaks_goes_back_to_the_ceiling() -> None:
     assert limiter.limit == 15
 
 
-def test_connects_marked_late_end_slow_start_where_they_began_then_cut_by_half_their_share(
+def test_connects_marked_late_end_the_climb_where_they_began_then_cut_by_half_their_share(
     clock: LimiterClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A hedged connect marks the far side's full listen queue before any call is stuck (see
-    # Marks). A rise waits until its first round's connects could be marked; the first marks
-    # end slow start at the limit in force when the first marked connect began; later ones
-    # cut by half the share of the window marked (DCTCP), the ceiling left where it is.
+    # Marks). A rise waits until its first two rounds' connects could be marked; the first
+    # marks end the climb at the limit in force when the first marked connect began; later
+    # ones cut by half the share of the window marked (DCTCP), the ceiling left where it is.
     marks = _limits.Marks()
     marks.horizon = 0.05
     monkeypatch.setattr(_limits, "marks", marks)
     limiter = Limiter(start=8, cap=128, baseline=FLOOR)
-    clock.now += FLOOR + marks.horizon
+    clock.now += 2 * FLOOR + marks.horizon + 0.001
     clean(limiter, 1)
     assert limiter.limit == 16
     clean(limiter, 1)
     assert limiter.limit == 16  # (its connects could still be marked late: no rise yet)
-    clock.now += FLOOR + marks.horizon
+    clock.now += 2 * FLOOR + marks.horizon + 0.001
     clean(limiter, 1)
     assert limiter.limit == 32
     clock.now += 0.01

@@ -122,8 +122,8 @@ class Limiter:
       paid, twice that each time it drops calls again. Each such call costs a second, more
       than many whole batches;
     * connects the client marked late (:class:`Marks`: SYNs a full listen queue dropped,
-      which hedged connects got through): the first, in slow start, end it at the limit in
-      force when they began (the ceiling there); later ones cut by half the share marked;
+      which hedged connects got through): down by half the share marked, and the first
+      end the climb at the limit in force when they began (the ceiling there);
     * a window's median latency above :data:`TOLERANCE` times the no-load latency (queueing
       at the far side), and no more completions per second than the last window (by Little's
       law, calls at once over latency: on a busy machine 64 calls at twice the latency still
@@ -186,6 +186,7 @@ class Limiter:
         self._reprobe_at = 0.0
         self._reprobe_wait = 0.0
         self._marks_read = time.monotonic()  # marks noted before this were read
+        self._marked_before = False
         self.history: list[tuple[int, float, float]] = []  # (limit, median latency, failed)
 
     @property
@@ -297,11 +298,13 @@ class Limiter:
         """Whether the limit may rise, the oldest running call started at ``oldest``: every
         call started before its last rise has finished (a round at the new limit is
         complete), none runs past :data:`HOLD` times the no-load latency (a call that slow
-        may be one the far side dropped, not yet stuck), and the connects begun since the
-        rise have had the time to be marked late, where a client marks them."""
+        may be one the far side dropped, not yet stuck), and, where a client marks late
+        connects, those of the first two rounds at the new limit have had the time to be
+        marked (one round's, a few in a hundred of them marked where drops begin, let slow
+        start pass 64 calls unmarked on the way to 128, where the calls stalled for seconds)."""
         now = time.monotonic()
-        if marks.horizon and now < self._rose + self._floor + marks.horizon:
-            return False  # (its first round's connects could still be marked late: Marks)
+        if marks.horizon and now < self._rose + 2 * self._floor + marks.horizon:
+            return False  # (its first rounds' connects could still be marked late: Marks)
         if oldest is None:
             return True
         return oldest >= self._rose and oldest >= now - self.HOLD * self._floor
@@ -343,10 +346,11 @@ class Limiter:
         under the limit ``at``, ``share`` of as many as the window's calls (:class:`Marks`):
         the far side's listen queue overflows from ``at`` on, and the hedged connects got
         through. As DCTCP (RFC 8257) answers marks: down by half the share marked. The first
-        marks, in slow start, also end its overshoot: no higher than ``at`` (the ceiling,
-        found again as any ceiling is; later marks leave it be, since a marked connect costs
-        its call only the hedging wait, and a ceiling lowered at each would sink)."""
-        if self._growing:
+        marks also end the climb: no higher than ``at`` (the ceiling, found again as any
+        ceiling is; later marks leave it be, since a marked connect costs its call only the
+        hedging wait, and a ceiling lowered at each would sink)."""
+        if not self._marked_before:
+            self._marked_before = True
             self._set_ceiling(max(1, min(self._ceiling, at)))
         self._cut(max(1, min(self._ceiling, round(before * (1 - share / 2)))))
 
