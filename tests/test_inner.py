@@ -253,8 +253,10 @@ def test_the_gil_held_between_calls_is_not_read_as_the_calls() -> None:
     held_all, watched_all = everything.stop()
     held, watched = calls.stop()
     # (On a busy machine the pure Python between calls may leave no reading: see
-    # test_a_knocker_that_mostly_waited_for_a_core_gives_no_reading.)
-    assert held_all > 0.25 or watched_all == 0, held_all
+    # test_a_knocker_that_mostly_waited_for_a_core_gives_no_reading. It holds the GIL half
+    # of the time; beside two spinning programs, which take the cores from the knocker too,
+    # the reading went as low as 0.24.)
+    assert held_all > 0.2 or watched_all == 0, held_all
     assert held < 0.1, held
     assert 0.02 < watched < 0.2 or watched == 0, watched
 

@@ -5,6 +5,8 @@ client's kernel sends it again only after a second (RFC 6298's initial timeout),
 four... Nothing warns before it: connect times stay flat until the drop. Calls of 20 ms that
 wait a second each for a retried SYN make a batch several times slower, whatever limits the
 calls at once (``model="auto"``'s limiter sees the stuck calls only after they are stuck).
+A hedged connect is also a warning: one that waited past the hedging wait is marked late for
+``model="auto"``'s limiter in this process, which then stops raising the calls at once.
 
 A hedged connect sends a second SYN, on a new socket, when the first has not completed after
 ``max(50 ms, 3x the usual connect time)``; the first to complete is used, the other closed,
