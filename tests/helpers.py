@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pickpool._backends._processes import Starts
@@ -118,3 +122,25 @@ class ExitsWhenPickled:
 
 def exits_when_pickled(x: int) -> object:
     return ExitsWhenPickled() if x == 1 else x
+
+
+@contextlib.contextmanager
+def python_script(
+    script: str, *args: str, text: bool = True, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[Any]]:
+    """``python -c script *args``, its output unbuffered and piped to ``stdout``; on exit it
+    is killed if still running, reaped, and its pipe closed (a ``communicate()`` that timed
+    out leaves it open, and its ResourceWarning would fail a later test)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        text=text,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -34,6 +34,7 @@ import pickpool
 from pickpool._api import Model, OnError
 from tests import hostile_helpers as hh
 from tests.conftest import needs_the_gil
+from tests.helpers import python_script
 
 MODELS = ["serial", "threads", "processes", "asyncio", "auto"]
 
@@ -431,13 +432,7 @@ except KeyboardInterrupt:
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("model", ["serial", "auto"])
 def test_ctrl_c_stops_amap_at_once(model: str) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", AMAP_SCRIPT, model],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
+    with python_script(AMAP_SCRIPT, model) as proc:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line == "running\n", line
@@ -445,11 +440,6 @@ def test_ctrl_c_stops_amap_at_once(model: str) -> None:
         sent = time.monotonic()
         out, _ = proc.communicate(timeout=20)
         took = time.monotonic() - sent
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()  # (communicate() that timed out leaves it open)
     assert "interrupted" in out
     assert proc.returncode == 3
     assert took < 5.0, f"{took:.1f} s to stop"
@@ -504,36 +494,26 @@ except KeyboardInterrupt:
 
 @pytest.mark.timeout(30)
 def test_a_second_ctrl_c_still_stops_every_worker() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", STUBBORN_SCRIPT],
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
     workers: set[int] = set()
     try:
-        assert proc.stdout is not None
-        while len(workers) < 2:
-            line = proc.stdout.readline()
-            assert line.startswith(b"worker "), line
-            workers.add(int(line.split()[1]))
-        proc.send_signal(signal.SIGINT)
-        # The user presses Ctrl-C again while the first one's stop waits for the workers.
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pytest.fail("the program did not exit within 10 s of a second Ctrl-C")
-        assert wait_until(lambda: all(gone(pid) for pid in workers), 5.0), {
-            pid for pid in workers if not gone(pid)
-        }
+        with python_script(STUBBORN_SCRIPT, text=False) as proc:
+            assert proc.stdout is not None
+            while len(workers) < 2:
+                line = proc.stdout.readline()
+                assert line.startswith(b"worker "), line
+                workers.add(int(line.split()[1]))
+            proc.send_signal(signal.SIGINT)
+            # The user presses Ctrl-C again while the first one's stop waits for the workers.
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the program did not exit within 10 s of a second Ctrl-C")
+            assert wait_until(lambda: all(gone(pid) for pid in workers), 5.0), {
+                pid for pid in workers if not gone(pid)
+            }
     finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()  # (communicate() that timed out leaves it open)
-        assert proc.stdout is not None
-        proc.stdout.close()
         for pid in workers:
             if not gone(pid):
                 with contextlib.suppress(ProcessLookupError):

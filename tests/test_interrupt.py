@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import psutil
 import pytest
+
+from tests.helpers import python_script
 
 SCRIPT = r"""
 import asyncio, os, signal, sys, time, pickpool
@@ -64,13 +64,7 @@ def test_ctrl_c_stops_the_run_and_its_workers(model: str, kind: str) -> None:
     # raising KeyboardInterrupt, with every worker process gone. A thread cannot be killed:
     # one still running after a second's grace is abandoned, a daemon that cannot keep the
     # program alive.
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, model, kind],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
+    with python_script(SCRIPT, model, kind) as proc:
         assert proc.stdout is not None
         # Wait until the consumer holds the first two results and a worker runs a slow item.
         workers: set[int] = set()
@@ -85,11 +79,6 @@ def test_ctrl_c_stops_the_run_and_its_workers(model: str, kind: str) -> None:
         sent = time.monotonic()
         out, _ = proc.communicate(timeout=20)
         took = time.monotonic() - sent
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()  # (communicate() that timed out leaves it open)
     assert workers <= (tree if model == "processes" else {proc.pid})
     # What imap had handed out stays handed out: every result the consumer printed, [0, 1]
     # and whatever else came before the signal landed (a thread's sleep, woken by the signal,
@@ -129,19 +118,8 @@ except KeyboardInterrupt:
 def test_ctrl_c_handed_to_a_worker_thread_still_stops_the_run(model: str) -> None:
     # Python runs signal handlers in the main thread only; one that a worker thread received
     # must not wait for the main thread's next outcome (30 s here) to be seen.
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WORKER_SIGNAL_SCRIPT, model],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
+    with python_script(WORKER_SIGNAL_SCRIPT, model) as proc:
         out, _ = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
     assert out == "interrupted\n"
     assert proc.returncode == 3
 
@@ -181,16 +159,9 @@ pickpool.map(slow, range(10), model="processes", workers=2)
 def test_workers_do_not_outlive_a_killed_parent(method: str) -> None:
     # SIGKILL leaves the parent no chance to stop anything: its workers, busy in 60 s items,
     # must notice and exit on their own.
-    proc = subprocess.Popen(
-        [sys.executable, "-c", ORPHAN_SCRIPT],
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "PICKPOOL_START_METHOD": method},
-    )
-    assert proc.stdout is not None
-    workers = {int(proc.stdout.readline().split()[1]) for _ in range(2)}
-    proc.kill()
-    proc.wait()
-    proc.stdout.close()
+    with python_script(ORPHAN_SCRIPT, text=False, env={"PICKPOOL_START_METHOD": method}) as proc:
+        assert proc.stdout is not None
+        workers = {int(proc.stdout.readline().split()[1]) for _ in range(2)}
     alive = still_running(workers, within=10.0)
     for pid in alive:
         os.kill(pid, signal.SIGKILL)
