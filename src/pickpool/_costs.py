@@ -292,8 +292,12 @@ class Costs:
         """Seconds per item the computing of ``k`` calls at once takes on the cores they get:
         the calls' own CPU, their native threads' and their child processes', none of which
         runs faster than the cores allow."""
-        cpu = view.cpu + self.ev.child_cpu
-        return cpu / self.usable(k * cpu / max(view.ev.wall, 1e-12))
+        return self.on_cores(view.cpu + self.ev.child_cpu, view.ev.wall, k)
+
+    def on_cores(self, cpu: float, wall: float, k: int) -> float:
+        """Seconds per item that ``cpu`` seconds of computing in each call of ``wall`` seconds
+        take, ``k`` calls at once, on the cores they get (asking cores' worth k x cpu/wall)."""
+        return cpu / self.usable(k * cpu / max(wall, 1e-12))
 
     def stretch(self, view: View) -> float:
         """A call's wall time (as ``view`` runs it) beside the other programs: the part its

@@ -190,7 +190,7 @@ def predict(costs: Costs) -> Option:
             per = max(
                 ev.wall / k,
                 costs.one_core(blocks) + ASYNC_ITEM,
-                (blocks + elsewhere) / costs.usable(k * (blocks + elsewhere) / max(ev.wall, 1e-12)),
+                costs.on_cores(blocks + elsewhere, ev.wall, k),
             )
             best = better(best, Option(MODEL.name, k, 1, LOOP_START + costs.n * per, per))
     else:
