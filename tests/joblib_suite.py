@@ -13,7 +13,8 @@ stays true.
 
 from __future__ import annotations
 
-from typing import Final
+import sys
+from typing import Any, Final
 
 import pytest
 
@@ -67,11 +68,40 @@ def pytest_configure(config: pytest.Config) -> None:
     # (Markers joblib's own configuration declares.)
     config.addinivalue_line("markers", "thread_unsafe: not safe to run in parallel threads")
     config.addinivalue_line("markers", "no_cover: left out of coverage")
+    if _AST_RACE:
+        _serialize_ast_parse()
     import joblib.parallel  # type: ignore[import-untyped]
 
     import pickpool.joblib
 
     joblib.parallel.BACKENDS["loky"] = pickpool.joblib.PickpoolBackend
+
+
+# CPython before 3.11.8 and 3.12.2 kept the AST constructor's recursion depth in state that
+# every thread shares; a garbage collection inside one thread's ast.parse lets another
+# thread's parse move it, and one of them fails with "SystemError: AST constructor recursion
+# depth mismatch" (https://github.com/python/cpython/issues/106905). joblib parses its
+# pre_dispatch expression with ast.parse on every call, so its tests that nest Parallel in
+# threads (test_retrieval_context) fail now and then on those versions, whatever the backend.
+_AST_RACE_FIXED_IN: Final = {(3, 11): 8, (3, 12): 2}  # (the micro release of each)
+_AST_RACE: Final = sys.version_info.micro < _AST_RACE_FIXED_IN.get(sys.version_info[:2], 0)
+
+
+def _serialize_ast_parse() -> None:
+    """Let one thread at a time parse, on the versions whose parser races."""
+    import ast
+    import functools
+    import threading
+
+    parse = ast.parse
+    lock = threading.Lock()
+
+    @functools.wraps(parse)
+    def serialized(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return parse(*args, **kwargs)
+
+    ast.parse = serialized
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
