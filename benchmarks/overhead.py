@@ -3,19 +3,22 @@
     .venv/bin/python benchmarks/overhead.py [N]
 
 Prints, for N trivial items and for N/100 items of ~1 ms of pure-Python work, each model's
-time and its ratio to the plain loop. Ratios, not absolute times, are what to compare across
+time and its ratio to the plain loop; then what starting 1, 2, 4 and 8 workers adds to a run
+of worker processes and of sub-interpreters (where this Python has them), against the same
+run on workers kept from the last one. Ratios, not absolute times, are what to compare across
 machines. (Timing claims live here, never in unit tests.)
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pickpool
-from pickpool._backends import MODELS
+from pickpool._backends import MODELS, _interpreters, _processes
 
 
 def trivial(x: int) -> int:
@@ -57,6 +60,30 @@ def main() -> None:
             f"advise: {advice.model}; a loop predicted {advice.predicted['serial']:.3f} s for "
             f"{advice.items} items, {ratio:.2f}x the loop measured"
         )
+    starts()
+
+
+def starts() -> None:
+    """A cold run (its workers started for it) minus a warm one (workers kept from the last
+    run of the same size), the median of five."""
+    print(f"\nstarting workers (ms a run): {'workers':>7} {'cold':>7} {'warm':>7} {'start':>7}")
+    pools = {"processes": _processes.warm, "interpreters": _interpreters.warm}
+    for model, pool in pools.items():
+        if model == "interpreters" and not _interpreters.available():
+            continue
+        for k in (1, 2, 4, 8):
+            cold, warm = [], []
+            for _ in range(5):
+                pool.clear()
+                cold.append(timed_run(model, k))
+                warm.append(timed_run(model, k))
+            c, w = statistics.median(cold) * 1e3, statistics.median(warm) * 1e3
+            print(f"{model:<27} {k:>7} {c:7.1f} {w:7.1f} {c - w:7.1f}")
+
+
+def timed_run(model: str, workers: int) -> float:
+    """One item a worker, on ``workers`` workers of ``model``."""
+    return timed(lambda: pickpool.map(trivial, range(workers), model=model, workers=workers))  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

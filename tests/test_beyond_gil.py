@@ -211,7 +211,10 @@ def test_interpreters_are_weighed_where_they_exist() -> None:
     kept = dataclasses.replace(up, facts={**up.facts, "interpreters": _interpreters.Ready(2)})
     again = decide(evidence(gil_held=0.97), items=8, machine=kept)
     assert again.predicted["interpreters"] < warm.predicted["interpreters"], str(again)
-    assert again.sizes["interpreters"][0] == 2
+    assert again.sizes["interpreters"][0] == warm.sizes["interpreters"][0] == 2
+    # Each starts in its own thread: two on two cores start in the time of one.
+    started = warm.predicted["interpreters"] - again.predicted["interpreters"]
+    assert started == pytest.approx(_interpreters.INTERPRETER_START), str(warm)
 
 
 # A dask cluster --------------------------------------------------------------------------------

@@ -280,8 +280,12 @@ def prepare(client: Any, workers: Any) -> tuple[Any, Any]:
     return client, workers
 
 
-# A sub-interpreter and its thread start in this long (measured on 3.13: 19 ms).
-INTERPRETER_START: Final = 20e-3
+# A sub-interpreter starts in this long, computing (creating it, importing what its calls
+# need), each in its own thread, so that as many start at a time as there are cores: a
+# run of one item a worker took 54, 58, 127 and 260 ms longer on 1, 2, 4 and 8 new workers
+# than on kept ones, on 2 cores of 3.14 (`benchmarks/overhead.py`; worker processes: 5, 9,
+# 18 and 30 ms).
+INTERPRETER_START: Final = 60e-3
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +308,14 @@ def predict(costs: Costs) -> Option | None:
     if not ready:
         return None
     kept = ready.warm if isinstance(ready, Ready) else 0
-    return predict_pickled(costs, MODEL.name, start_each=INTERPRETER_START, server=0.0, warm=kept)
+    return predict_pickled(
+        costs,
+        MODEL.name,
+        start_each=INTERPRETER_START,
+        server=0.0,
+        warm=kept,
+        at_once=costs.m.cores,
+    )
 
 
 MODEL = Model(

@@ -961,11 +961,13 @@ def predict_pickled(
     server: float,
     worker_item: float = 0.0,
     warm: int = 0,
+    at_once: int = 1,
 ) -> Option:
     """Workers that each run Python with a GIL of their own, everything crossing to them and
     back pickled (processes; sub-interpreters too), ``start_each`` seconds to start one after
-    ``server`` seconds once, ``worker_item`` seconds of a worker's bookkeeping per item;
-    ``warm``: a run of that many workers finds them started."""
+    ``server`` seconds once, ``at_once`` of them starting side by side, ``worker_item``
+    seconds of a worker's bookkeeping per item; ``warm``: a run of that many workers finds
+    them started."""
     ev, m = costs.ev, costs.m
     if ev.unpicklable:
         return Option(name, m.cores, 1, math.inf)
@@ -1004,7 +1006,8 @@ def predict_pickled(
         # The function is pickled once and sent down each worker's pipe, where it is
         # loaded: what it closes over (a 60 MB table) is paid per worker, not per item.
         ship = ev.fn_pickle + k * ev.fn_bytes * PIPE_BYTE + LOADS_PER_DUMPS * ev.fn_pickle
-        fixed = (0.0 if k == warm else server + k * start_each) + k * WORKER_STOP + ship
+        starts = 0.0 if k == warm else server + -(-k // at_once) * start_each
+        fixed = starts + k * WORKER_STOP + ship
         seconds = fixed + costs.n * per + 0.5 * ch * wall
         best = better(best, Option(name, k, ch, seconds, per, view.inner))
     assert best is not None
