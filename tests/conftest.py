@@ -88,19 +88,6 @@ def _wait_until(predicate: Callable[[], object], seconds: float) -> bool:
 
 
 @pytest.fixture(autouse=True)
-def fresh_marks() -> Iterator[None]:
-    # Late connects are marked process-wide (pickpool.hedge), and a hedged test's marks and
-    # hedging wait would reach the next test's limiter: each test starts with none. (Not
-    # through monkeypatch: set up before no_leaks, it would undo a test's patches of os only
-    # after no_leaks had looked at /proc through them.)
-    from pickpool import _limits
-
-    saved, _limits.marks = _limits.marks, _limits.Marks()
-    yield
-    _limits.marks = saved
-
-
-@pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     threads_before = set(threading.enumerate())
     children_before = _children()

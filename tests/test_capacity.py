@@ -247,9 +247,9 @@ def test_connects_marked_late_end_the_climb_where_they_began_then_cut_by_half_th
     # marks end the climb at the limit in force when the first marked connect began; later
     # ones cut by half the share of the window marked (DCTCP), the ceiling left where it is.
     marks = _limits.Marks()
-    marks.horizon = 0.05
     monkeypatch.setattr(_limits, "marks", marks)
     limiter = Limiter(start=8, cap=128, baseline=FLOOR)
+    marks.arm(0.05)  # (the run's calls connect through a client that marks)
     clock.now += 2 * FLOOR + marks.horizon + 0.001
     clean(limiter, 1)
     assert limiter.limit == 16
@@ -274,6 +274,36 @@ def test_connects_marked_late_end_the_climb_where_they_began_then_cut_by_half_th
     marks.note(clock.now - 5.0)  # begun before the last cut: it tells of the old limit
     clean(limiter, 3)
     assert limiter.limit == 17  # (back up to the ceiling, which later marks left as it was)
+
+
+def test_marks_of_earlier_runs_reach_no_later_limiter(
+    clock: LimiterClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client that marked connects in an earlier run (its marks, its hedging wait) tells
+    # nothing of a run whose calls do not connect through it: that run's rises do not wait
+    # to be marked, and no old mark cuts them.
+    marks = _limits.Marks()
+    monkeypatch.setattr(_limits, "marks", marks)
+    marks.arm(0.05)
+    marks.note(clock.now - 0.01)
+    clock.now += 0.01
+    limiter = Limiter(start=8, cap=128, baseline=FLOOR)
+    clean(limiter, 3)
+    assert limiter.limit == 64
+
+
+def test_a_few_marks_beside_a_long_queue_cut_as_the_queue_does(
+    clock: LimiterClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One connect in 32 marked cuts by 1/64 of the limit; calls at four times the no-load
+    # latency say the far side queues them: the larger cut of the two.
+    marks = _limits.Marks()
+    monkeypatch.setattr(_limits, "marks", marks)
+    limiter = Limiter(start=64, cap=128, baseline=FLOOR)
+    clock.now += 0.01
+    marks.note(clock.now - 0.005)
+    assert window(limiter, 4 * FLOOR)
+    assert limiter.limit == round(64 * Limiter.TOLERANCE / 4)
 
 
 def test_stuck_calls_are_judged_past_cuts_of_other_kinds(clock: LimiterClock) -> None:

@@ -93,6 +93,22 @@ def test_a_connect_no_one_answers_times_out_and_leaves_no_socket() -> None:
                 client.close()
 
 
+def test_each_host_is_hedged_on_its_own_connect_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A far host's 100 ms connects are not late beside a near one's 0.1 ms.
+    monkeypatch.setattr(hedge, "_recent", {})
+    for _ in range(5):
+        hedge._note_connect(("far.example", 443), 0.1)
+        hedge._note_connect(("127.0.0.1", 8080), 0.0001)
+    assert hedge._wait_before_hedging(("far.example", 443)) == pytest.approx(0.3)
+    assert hedge._wait_before_hedging(("127.0.0.1", 8080)) == hedge.LEAST_WAIT
+    assert hedge._wait_before_hedging(("new.example", 80)) == hedge.LEAST_WAIT
+    # The hosts least recently connected to are forgotten past a few hundred.
+    for port in range(hedge.MOST_PLACES):
+        hedge._note_connect(("127.0.0.1", port), 0.2)
+    assert ("far.example", 443) not in hedge._recent
+    assert len(hedge._recent) == hedge.MOST_PLACES
+
+
 def test_hedges_stay_a_tenth_of_connects(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hedge, "_connects", 0)
     monkeypatch.setattr(hedge, "_hedged", 0)

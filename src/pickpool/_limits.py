@@ -72,13 +72,25 @@ class Marks:
     notes a connect not completed within its hedging wait (a SYN that a full listen queue
     dropped). A dropped SYN costs a call a second; a hedged one costs it 50 ms, and the
     :class:`Limiter` that reads the mark stops the rise that would drop both SYNs of a
-    connect. Process-wide: the calls of a run on threads note them where the limiter reads."""
+    connect. Process-wide: the calls of a run on threads note them where the limiter reads
+    (two runs at once, against two far sides, read each other's)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._noted: collections.deque[tuple[float, float]] = collections.deque(maxlen=4096)
-        # Seconds after it begins that a late connect is marked (0: nothing marks them here).
+        # Seconds after it begins that the last connect armed would be marked late, and when
+        # it began (time.monotonic(); -inf: none armed here).
         self.horizon = 0.0
+        self.armed = -math.inf
+
+    def arm(self, wait: float) -> None:
+        """A connect begins now that will be marked late if not completed in ``wait`` s."""
+        self.horizon, self.armed = wait, time.monotonic()
+
+    def horizon_since(self, when: float) -> float:
+        """:attr:`horizon`, if a connect was armed since ``when`` (a run whose calls connect
+        through a client that marks); else 0: nothing marks this run's connects."""
+        return self.horizon if self.armed >= when else 0.0
 
     def note(self, began: float) -> None:
         """A connect that began at ``began`` (``time.monotonic()``) is late."""
@@ -122,8 +134,9 @@ class Limiter:
       paid, twice that each time it drops calls again. Each such call costs a second, more
       than many whole batches;
     * connects the client marked late (:class:`Marks`: SYNs a full listen queue dropped,
-      which hedged connects got through): down by half the share marked, and the first
-      end the climb at the limit in force when they began (the ceiling there);
+      which hedged connects got through): down by half the share marked (or as the queue
+      below cuts, if more), and the first end the climb at the limit in force when they
+      began (the ceiling there);
     * a window's median latency above :data:`TOLERANCE` times the no-load latency (queueing
       at the far side), and no more completions per second than the last window (by Little's
       law, calls at once over latency: on a busy machine 64 calls at twice the latency still
@@ -279,16 +292,18 @@ class Limiter:
         self.history.append((before, typical, failed))
         throughput, last = (before / typical if typical else 0.0), self._throughput
         self._throughput = throughput
+        queued = self._queued(before, typical, rising=throughput > last > 0)
         if stuck:
             self._stuck(before, judged[0])
         elif failed > self.FAILING:
             self._refused(before, failed)
         elif late:
             began = min(began for _, began in late)
-            self._marked(before, self._in_force(began), min(1.0, len(late) / max(1, calls)))
+            share = min(1.0, len(late) / max(1, calls))
+            self._marked(before, self._in_force(began), share, queued)
         elif typical > self.TOLERANCE * self._floor:
-            if not throughput > last > 0:  # (rising: more calls still get more done; hold)
-                self._cut(max(1, round(before * self.TOLERANCE * self._floor / typical)))
+            if queued is not None:
+                self._cut(queued)
         elif busiest >= before - before // 8 and self._validated(oldest):
             # (Paced starts may not quite reach the limit.)
             self._grow(before, min(window, default=typical))
@@ -303,7 +318,8 @@ class Limiter:
         marked (one round's, a few in a hundred of them marked where drops begin, let slow
         start pass 64 calls unmarked on the way to 128, where the calls stalled for seconds)."""
         now = time.monotonic()
-        if marks.horizon and now < self._rose + 2 * self._floor + marks.horizon:
+        horizon = marks.horizon_since(self._levels[0][0])
+        if horizon and now < self._rose + 2 * self._floor + horizon:
             return False  # (its first rounds' connects could still be marked late: Marks)
         if oldest is None:
             return True
@@ -341,18 +357,29 @@ class Limiter:
         # least half (failures that are not the far side's capacity speaking).
         self._cut(max(1, before // 2, min(before - 1, math.floor(before * (1 - failed)))))
 
-    def _marked(self, before: int, at: int, share: float) -> None:
+    def _queued(self, before: int, typical: float, rising: bool) -> int | None:
+        """The limit for a window at ``before`` whose median latency was ``typical``, if the
+        far side queues its calls: latency past :data:`TOLERANCE` times the no-load latency,
+        cut in proportion; None if it does not, or if completions per second still
+        ``rising`` say that more calls still get more done (hold)."""
+        if typical <= self.TOLERANCE * self._floor or rising:
+            return None
+        return max(1, round(before * self.TOLERANCE * self._floor / typical))
+
+    def _marked(self, before: int, at: int, share: float, queued: int | None) -> None:
         """A window at ``before`` in which the client marked connects late, the first begun
         under the limit ``at``, ``share`` of as many as the window's calls (:class:`Marks`):
         the far side's listen queue overflows from ``at`` on, and the hedged connects got
         through. As DCTCP (RFC 8257) answers marks: down by half the share marked. The first
         marks also end the climb: no higher than ``at`` (the ceiling, found again as any
         ceiling is; later marks leave it be, since a marked connect costs its call only the
-        hedging wait, and a ceiling lowered at each would sink)."""
+        hedging wait, and a ceiling lowered at each would sink). A few marks beside a long
+        queue (``queued``: :meth:`_queued`) cut as the queue does."""
         if not self._marked_before:
             self._marked_before = True
             self._set_ceiling(max(1, min(self._ceiling, at)))
-        self._cut(max(1, min(self._ceiling, round(before * (1 - share / 2)))))
+        limit = round(before * (1 - share / 2))
+        self._cut(max(1, min(self._ceiling, limit, before if queued is None else queued)))
 
     def _in_force(self, when: float) -> int:
         """The limit in force at ``when`` (``time.monotonic()``)."""

@@ -59,17 +59,28 @@ SHARE = 0.1  # of connects, at most, hedged (beyond a first few)
 FIRST_FEW = 10
 
 _lock = threading.Lock()
-_recent: collections.deque[float] = collections.deque(maxlen=64)  # connect seconds, unhedged
+# Seconds of the last connects not hedged, by (host, port), the most recently used last: a far
+# host's connects are not judged by a near one's.
+_recent: dict[tuple[str, int], collections.deque[float]] = {}
+MOST_PLACES = 256
 _connects = 0
 _hedged = 0
 
 
-def _wait_before_hedging() -> float:
+def _wait_before_hedging(place: tuple[str, int]) -> float:
     with _lock:
-        usual = statistics.median(_recent) if _recent else 0.0
-    wait = max(LEAST_WAIT, TYPICAL_TIMES * usual)
-    _limits.marks.horizon = wait  # (a run's limiter gives a new limit the time to be marked)
-    return wait
+        seconds = _recent.get(place)
+        usual = statistics.median(seconds) if seconds else 0.0
+    return max(LEAST_WAIT, TYPICAL_TIMES * usual)
+
+
+def _note_connect(place: tuple[str, int], seconds: float) -> None:
+    with _lock:
+        kept = _recent.pop(place, None) or collections.deque(maxlen=64)
+        kept.append(seconds)
+        _recent[place] = kept
+        if len(_recent) > MOST_PLACES:
+            del _recent[next(iter(_recent))]
 
 
 def _may_hedge() -> bool:
@@ -126,8 +137,9 @@ def create_connection(
 ) -> socket.socket:
     """:func:`socket.create_connection`, hedged: a second connect, on a new socket, if the
     first has not completed ``after`` seconds in (default ``max(50 ms, 3x the usual connect
-    time)`` in this process); the first to complete is returned, the other closed. As the
-    standard one, it tries the host's addresses in turn while they refuse.
+    time)`` to that host and port in this process); the first to complete is returned, the
+    other closed. As the standard one, it tries the host's addresses in turn while they
+    refuse.
 
     Example::
 
@@ -142,7 +154,9 @@ def create_connection(
     addresses = list(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
     began = time.monotonic()
     deadline = float("inf") if timeout is None else began + timeout
-    hedge_at = began + (_wait_before_hedging() if after is None else after)
+    wait = _wait_before_hedging((host, port)) if after is None else after
+    _limits.marks.arm(wait)  # (a run's limiter gives a new limit the time to be marked)
+    hedge_at = began + wait
     hedged = False
     with _lock:
         _connects += 1
@@ -172,9 +186,8 @@ def create_connection(
                             hedged = True
                 sock, failed = _first_done(selector, sockets, min(hedge_at, deadline) - now)
                 if sock is not None:
-                    if not hedged:
-                        with _lock:  # (the usual connect time: of connects not hedged)
-                            _recent.append(time.monotonic() - began)
+                    if not hedged:  # (the usual connect time: of connects not hedged)
+                        _note_connect((host, port), time.monotonic() - began)
                     sock.setblocking(True)
                     sock.settimeout(timeout)
                     return sock
