@@ -65,6 +65,18 @@ def test_pure_python_cpu_goes_to_processes() -> None:
     assert "GIL was held 97%" in str(advice)
 
 
+def test_idle_worker_processes_are_not_started_again() -> None:
+    from pickpool._backends._processes import WORKER_START, Starts
+
+    idle = dataclasses.replace(
+        TWO_CORES, facts={**TWO_CORES.facts, "processes": Starts("forkserver", True, idle=8)}
+    )
+    cold, warm = (decide(evidence(gil_held=0.97), items=8, machine=m) for m in (TWO_CORES, idle))
+    assert cold.sizes["processes"][0] == warm.sizes["processes"][0] == 2
+    started = cold.predicted["processes"] - warm.predicted["processes"]
+    assert started == pytest.approx(2 * WORKER_START["forkserver"])
+
+
 def test_gil_releasing_cpu_goes_to_threads() -> None:
     advice = decide(evidence(gil_held=0.02, threads=2, scaling=1.9), items=200, machine=TWO_CORES)
     assert (advice.model, advice.kind) == ("threads", "cpu-nogil")

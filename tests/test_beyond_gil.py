@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 
 import pytest
 
@@ -186,6 +187,30 @@ def test_what_a_refusing_module_raises_is_told_apart() -> None:
     assert _interpreters.refuses_interpreters(refused)
     assert _interpreters.refuses_interpreters(outer)
     assert not _interpreters.refuses_interpreters(ImportError("No module named 'numpyy'"))
+
+
+def test_an_idle_pool_of_interpreters_is_let_go_after_its_lifetime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # (The pool's bookkeeping, on a stand-in for the executor, on any Python.)
+    class Pool:
+        def __init__(self) -> None:
+            self.stopped = threading.Event()
+
+        def shutdown(self, wait: bool) -> None:
+            self.stopped.set()
+
+    kept = _interpreters._WarmPool()
+    taken, expiring = Pool(), Pool()
+    kept.park(2, taken)
+    assert kept.take(2) is taken  # (taken before its time: not stopped)
+    monkeypatch.setattr(_interpreters, "IDLE_LIFETIME", 0.05)
+    kept.park(2, expiring)
+    assert expiring.stopped.wait(timeout=30)
+    assert kept.workers == 0
+    assert kept.take(2) is None
+    assert not taken.stopped.is_set()
+    kept.clear()
 
 
 def test_interpreters_are_weighed_where_they_exist() -> None:

@@ -658,6 +658,28 @@ def test_an_item_past_timeout_gets_one_task_timeout_outcome(kind: Kind, beacon: 
         backend.close(cancel=False)
 
 
+@pytest.mark.leaves_threads
+@pytest.mark.timeout(60)
+def test_close_does_not_wait_for_an_item_past_its_timeout(kind: Kind, beacon: Beacon) -> None:
+    # Its call may never return (a thread cannot be killed): the run ends without it.
+    if kind.name in ("serial", "fake"):
+        pytest.skip("serial has no timeout; the fake's hung call never runs")
+    backend = kind.open(kind.setup(perform, workers=2, timeout=0.3))
+    closing = threading.Thread(target=backend.close, kwargs={"cancel": False})
+    try:
+        backend.submit((1, 0, [Hold(beacon.address, 0)]))
+        assert isinstance(collect_all(backend, [0])[0][2], TaskTimeout)
+        closing.start()
+        closing.join(timeout=20)
+        assert not closing.is_alive(), "close() waited for the timed-out call"
+    finally:
+        beacon.release()
+        if closing.ident is None:
+            backend.close(cancel=False)
+        else:
+            closing.join()
+
+
 @pytest.mark.timeout(60)
 def test_processes_that_cannot_start_leave_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
     """A lazy start that fails (fork refused: EAGAIN) raises from submit; close() then

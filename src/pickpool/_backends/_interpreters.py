@@ -31,7 +31,7 @@ from .._task import ERROR, Outcome, Task
 from . import Model, Setup, Traits, every_core
 from ._futures import failed_task, overdue, run_chunk_pickled, wait_for
 from ._processes import ProcessesBackend, predict_pickled
-from ._threads import CANCEL_GRACE
+from ._threads import CANCEL_GRACE, IDLE_LIFETIME
 
 
 def available() -> bool:
@@ -73,11 +73,14 @@ class _WarmPool:
     function's module) takes ~60 ms a worker on 3.14, most of a short run. A run of the
     same size takes it; what the calls left in their interpreters' modules stays there, as
     in a warm worker process. A pool is kept only after a run that ended normally, its
-    chunks all ended (as for processes, not after a cancelled or a ``fresh`` one)."""
+    chunks all ended (as for processes, not after a cancelled or a ``fresh`` one), and
+    for :data:`~pickpool._backends._threads.IDLE_LIFETIME` seconds unused, as kept threads
+    and processes are: then its interpreters, and all they imported, are let go."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._idle: tuple[int, Any] | None = None  # (workers, pool)
+        self._timer: threading.Timer | None = None  # (the idle pool's end)
 
     @property
     def workers(self) -> int:
@@ -90,24 +93,45 @@ class _WarmPool:
             if self._idle is None or self._idle[0] != workers:
                 return None
             pool, self._idle = self._idle[1], None
-            return pool
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        return pool
 
     def park(self, workers: int, pool: Any) -> None:
+        timer = threading.Timer(IDLE_LIFETIME, self._expire, (pool,))
+        timer.daemon = True
         with self._lock:
             old, self._idle = self._idle, (workers, pool)
+            old_timer, self._timer = self._timer, timer
+        timer.start()
+        if old_timer is not None:
+            old_timer.cancel()
+            old_timer.join()
         if old is not None:
             old[1].shutdown(wait=True)
+
+    def _expire(self, pool: Any) -> None:
+        with self._lock:
+            if self._idle is None or self._idle[1] is not pool:
+                return  # (taken, or replaced, in the meantime)
+            self._idle = self._timer = None
+        pool.shutdown(wait=True)
 
     def clear(self) -> None:
         """Stop the idle pool's interpreters and threads, and wait for them (in tests)."""
         with self._lock:
             old, self._idle = self._idle, None
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            timer.join()
         if old is not None:
             old[1].shutdown(wait=True)
 
     def forget(self) -> None:
-        """In a forked child: the pool's threads stayed in the parent."""
-        self._idle = None
+        """In a forked child: the pool's threads, and its timer's, stayed in the parent."""
+        self._idle = self._timer = None
         self._lock = threading.Lock()
 
 
@@ -236,7 +260,9 @@ class InterpretersBackend:
             warm.park(self._setup.workers, self._pool)  # (nothing runs in it)
             self._inner.close()
             return
-        self._pool.shutdown(wait=not cancel, cancel_futures=True)
+        # A chunk past its timeout was left to finish, as under threads: not waited for.
+        overdue = any(not future.done() for future in self._left)
+        self._pool.shutdown(wait=not (cancel or overdue), cancel_futures=True)
         if cancel:
             # A chunk that runs cannot be stopped inside its interpreter: as under threads, it
             # gets a grace period to end, and then the pool's threads are waited for; one still
@@ -313,7 +339,7 @@ def predict(costs: Costs) -> Option | None:
         MODEL.name,
         start_each=INTERPRETER_START,
         server=0.0,
-        warm=kept,
+        started=lambda k: k if k == kept else 0,  # (the idle pool goes whole to a run)
         at_once=costs.m.cores,
     )
 

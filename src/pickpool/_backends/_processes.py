@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .. import _chunks, _machine, _native
@@ -914,17 +914,21 @@ WORKER_STOP: Final = 1e-3
 
 class Starts(NamedTuple):
     """How new worker processes start here: the start method, whether the fork server is up
-    already (new workers then start in ~3 ms), and whether this process may start any (a
-    daemonic process, a ``multiprocessing.Pool``'s worker, may not)."""
+    already (new workers then start in ~3 ms), whether this process may start any (a
+    daemonic process, a ``multiprocessing.Pool``'s worker, may not), and how many are idle,
+    kept from earlier runs (a run takes those before it starts any)."""
 
     method: str
     server_running: bool
     daemonic: bool = False
+    idle: int = 0
 
 
 def observe() -> Starts:
     """How worker processes start here, now."""
-    return Starts(_machine.start_method(), _machine.fork_server_running(), _machine.daemonic())
+    return Starts(
+        _machine.start_method(), _machine.fork_server_running(), _machine.daemonic(), len(warm)
+    )
 
 
 def unavailable() -> str | None:
@@ -949,7 +953,12 @@ def predict(costs: Costs) -> Option | None:
     each = WORKER_START.get(starts.method, WORKER_START["spawn"])
     server = 0.0 if starts.server_running or starts.method != "forkserver" else FORK_SERVER_START
     return predict_pickled(
-        costs, MODEL.name, start_each=each, server=server, worker_item=PROCESS_WORKER_ITEM
+        costs,
+        MODEL.name,
+        start_each=each,
+        server=server,
+        worker_item=PROCESS_WORKER_ITEM,
+        started=lambda k: min(k, starts.idle),
     )
 
 
@@ -960,14 +969,14 @@ def predict_pickled(
     start_each: float,
     server: float,
     worker_item: float = 0.0,
-    warm: int = 0,
+    started: Callable[[int], int] = lambda k: 0,
     at_once: int = 1,
 ) -> Option:
     """Workers that each run Python with a GIL of their own, everything crossing to them and
     back pickled (processes; sub-interpreters too), ``start_each`` seconds to start one after
     ``server`` seconds once, ``at_once`` of them starting side by side, ``worker_item``
-    seconds of a worker's bookkeeping per item; ``warm``: a run of that many workers finds
-    them started."""
+    seconds of a worker's bookkeeping per item; ``started(k)``: how many of a run's ``k``
+    workers it finds started (kept from an earlier run)."""
     ev, m = costs.ev, costs.m
     if ev.unpicklable:
         return Option(name, m.cores, 1, math.inf)
@@ -1006,7 +1015,8 @@ def predict_pickled(
         # The function is pickled once and sent down each worker's pipe, where it is
         # loaded: what it closes over (a 60 MB table) is paid per worker, not per item.
         ship = ev.fn_pickle + k * ev.fn_bytes * PIPE_BYTE + LOADS_PER_DUMPS * ev.fn_pickle
-        starts = 0.0 if k == warm else server + -(-k // at_once) * start_each
+        new = k - started(k)
+        starts = server + -(-new // at_once) * start_each if new else 0.0
         fixed = starts + k * WORKER_STOP + ship
         seconds = fixed + costs.n * per + 0.5 * ch * wall
         best = better(best, Option(name, k, ch, seconds, per, view.inner))
