@@ -81,6 +81,30 @@ def test_other_programs_computing_are_counted_as_cores_they_take() -> None:
     assert advice.predicted["serial"] >= 0.99 * 300 * least, str(advice)
 
 
+def test_run_delay_with_cores_left_idle_is_the_schedulers() -> None:
+    # Calls alone that waited a tenth of their time for a core on 64 cores read as 70 cores'
+    # worth of other programs; the system counted 2 of them busy: the wait was not theirs.
+    from pickpool._readings import _others_of
+
+    assert _others_of(70.1, 2.0, 64) == 2.0
+    assert _others_of(70.1, None, 64) == 70.1  # (no count to check it against)
+    assert _others_of(2.0, 1.3, 2) == 2.0  # two programs beside two cores: both readings agree
+    assert _others_of(1.2, 0.3, 2) == 0.0  # (a third of a core: the system's own chores)
+
+
+def test_busy_time_counted_in_clock_ticks_is_read_for_what_it_can_tell(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two CPUs counted 120 ms busy in 50 ms, this process computed 100 ms of it: the 20 ms
+    # over is within the counts' resolution (a tick a CPU), not another program.
+    reads = iter([(0.0, 0.0, 0.0), (0.05, 0.12, 0.1), (1.0, 2.1, 1.0)])
+    monkeypatch.setattr(_timing, "_own_cpus", lambda cores: {0, 1})
+    monkeypatch.setattr(_timing.Elsewhere, "_read", lambda self: next(reads))
+    elsewhere = _timing.Elsewhere(2)
+    assert elsewhere.cores(least=0.01) == 0.0
+    assert elsewhere.cores(least=0.01) == pytest.approx((1.1 - 2 / _timing._TICKS) / 1.0)
+
+
 def test_other_programs_are_read_from_the_run_delay_of_calls_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -118,6 +142,10 @@ def test_a_threads_reading_beside_busy_programs_is_put_on_a_quiet_scale() -> Non
     assert quiet_scaling(waiting, TWO_CORES) == 32.0
     assert quiet(0.25, 2.0) == 0.25
     assert quiet(1.2, 0.0) == 1.2
+    # Calls that wait 90% of their time on a lock they share: their 1.3x is the lock's, not
+    # the busy programs' (8 threads of them ask 0.8 of a core).
+    locked = evidence(threads=8, scaling=1.3, others=1.0, cpu=0.0025)
+    assert quiet_scaling(locked, TWO_CORES) == 1.3
 
 
 @pytest.mark.skipif(not _timing.SchedStat().known, reason="needs /proc/thread-self/schedstat")

@@ -99,13 +99,16 @@ def quiet_scaling(ev: Evidence, machine: Machine) -> float | None:
     computing, n threads free of the GIL gain usable(n)/usable(1) over one thread, not
     min(n, cores) (two threads beside two busy programs on two cores: 1.5x); a reading in
     that narrower range is stretched onto the quiet one, so that the GIL is not blamed for
-    the cores the other programs hold. A reading past it is of calls that wait, which other
-    programs do not slow: as it is."""
+    the cores the other programs hold. Calls that compute part of the time ask that share of
+    a core each, and a thread's worth or less is not narrowed at all; a reading past the
+    narrower range is of calls that wait, which other programs do not slow: at least the
+    quiet one's."""
     s, n, others = ev.scaling, ev.threads, ev.others
     if s is None or not n or others <= 0 or s <= 1:
         return s  # (no gain is no gain on any machine)
     quiet = min(n, machine.cores)
-    busy = usable(n, machine.cores, others) / usable(1, machine.cores, others)
+    share = ev.demand_share
+    busy = usable(n * share, machine.cores, others) / usable(share, machine.cores, others)
     if busy <= 1 or busy >= quiet:
         return s
     if s > busy:

@@ -247,14 +247,10 @@ class Readings:
         return wall, cpu
 
     def _others(self) -> float:
-        """Cores' worth of other programs' computing beside the probe: what their run delay
-        says the calls alone met, or what the system counted the others using (a program
-        that keeps one of two cores busy makes a call alone wait for nothing), whichever is
-        more; under :data:`BUSY_CORES`, none (the system's own chores)."""
+        """Cores' worth of other programs' computing beside the probe (:func:`_others_of`)."""
         asking = _others_asking(self.alone, self.alone_delays, self.together, self.together_delays)
-        got = self._elsewhere.cores(least=BUSY_SAMPLE * 5) or 0.0
-        others = max(asking, got)
-        return others if others >= BUSY_CORES else 0.0
+        got = self._elsewhere.cores(least=BUSY_SAMPLE * 5)
+        return _others_of(asking, got, _machine.cores())
 
     def evidence(self) -> Evidence:
         """What the readings add up to."""
@@ -358,6 +354,20 @@ def _as_it_ran(wall: float, alone: list[Record], delays: list[float], most: floa
     waited = sum(d for _, d in pairs)
     ran = sum(r[1] for r, _ in pairs) + waited
     return wall / (1 - min(0.9, most, waited / ran)) if ran > 0 else wall
+
+
+def _others_of(asking: float, got: float | None, cores: int) -> float:
+    """Cores' worth of other programs' computing: what the run delay of calls alone says they
+    asked for (``asking``: :func:`_others_asking`), or what the system counted them using
+    (``got``; None: unknown), whichever is more (a program that keeps one of two cores busy
+    makes a call alone wait for nothing); under :data:`BUSY_CORES`, none (the system's own
+    chores). Programs that got less than half the other cores left cores idle, and made no
+    call wait: the calls' run delay was then the scheduler's (a tenth of a call's time
+    waiting reads as 70 busy cores on 64), and only what they got counts."""
+    if got is not None and got < (cores - 1) / 2:
+        asking = 0.0
+    others = max(asking, got or 0.0)
+    return others if others >= BUSY_CORES else 0.0
 
 
 def _others_asking(

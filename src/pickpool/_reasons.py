@@ -95,7 +95,7 @@ def reasons(
     out = [f"Each {what} took {format_seconds(t)} alone, {share:.0%} of it on the CPU{rest}."]
     if ev.others > 0:
         out.append(
-            f"Other programs asked for about {ev.others:.1f} cores' worth of computing "
+            f"Other programs were computing about {ev.others:.1f} cores' worth "
             f"beside it, on {plural(machine.cores, 'core')}: each model is predicted on the "
             "share of the cores they leave it."
         )

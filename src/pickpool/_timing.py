@@ -396,10 +396,14 @@ class Elsewhere:
     Unknown (None) without those counts, and where the process's cores are fewer than the
     CPUs it may run on (a cgroup quota: the other CPUs' time is not what it shares)."""
 
-    __slots__ = ("_began", "_cpus")
+    __slots__ = ("_began", "_cpus", "_margin")
 
     def __init__(self, cores: int) -> None:
         self._cpus = _own_cpus(cores)
+        # The system counts busy time in clock ticks: a CPU's count can be a tick short at
+        # either end (on two CPUs over 50 ms, 0.4 cores' worth), and a reading is not taken
+        # for more than it can tell.
+        self._margin = len(self._cpus or ()) / _TICKS
         self._began = self._read()
 
     def cores(self, least: float) -> float | None:
@@ -408,7 +412,7 @@ class Elsewhere:
         if now is None or self._began is None or now[0] - self._began[0] < least:
             return None
         wall, busy, own = (b - a for a, b in zip(self._began, now, strict=True))
-        return max(0.0, busy - own) / wall
+        return max(0.0, busy - own - self._margin) / wall
 
     def _read(self) -> tuple[float, float, float] | None:
         """(wall clock, the CPUs' busy seconds, this process's and its children's CPU)."""
