@@ -239,6 +239,27 @@ def test_a_rise_past_the_ceiling_that_breaks_goes_back_to_the_ceiling() -> None:
     assert limiter.limit == 15
 
 
+def test_refusals_cut_no_lower_than_the_goodput_of_late_sustains(clock: LimiterClock) -> None:
+    # A far side that takes 100 calls a second refuses every call for up to a second after a
+    # burst. 100 calls a second of 20 ms is two at once: windows of refusals halve the limit
+    # down to two, not one, and the ceiling stays where they went down to it.
+    limiter = Limiter(start=64, cap=128, baseline=FLOOR)
+    for _ in range(4):  # 1.28 s of 100 calls a second that succeeded (not a busy limit)
+        clock.now += 0.32
+        window(limiter, FLOOR, busy=False)
+    assert limiter.limit == 64
+    seen = []
+    for _ in range(8):
+        clock.now += FLOOR + 0.001
+        window(limiter, FLOOR, failed=max(4, limiter.limit // 2))
+        seen.append(limiter.limit)
+    assert seen == [32, 16, 8, 4, 2, 2, 2, 2]
+    # Clean again: back up to the ceiling, just below where refusals last cut (3).
+    clock.now += 0.5
+    clean(limiter, 2)
+    assert limiter.limit == 3
+
+
 def test_connects_marked_late_end_the_climb_where_they_began_then_cut_by_half_their_share(
     clock: LimiterClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

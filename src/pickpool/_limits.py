@@ -123,8 +123,12 @@ class Limiter:
     window sees less). In windows of a few completions (tens of milliseconds for 20 ms calls):
 
     * failures rising above :data:`FAILING` of the window: at once, down to as many calls as
-      went through (at most halved), with a ceiling just below where it broke; a rise past
-      the ceiling that breaks goes back to the ceiling, where calls ran clean;
+      went through (at most halved), with a ceiling just below where it broke; but not below
+      the calls at once that the far side's goodput over the last :data:`GOODPUT_HORIZON`
+      seconds sustains at the no-load latency (a rate limit refuses every call for up to a
+      second after a burst, and halving at each window of refusals would end at one call,
+      half what 100 calls a second of 20 ms take); a rise past the ceiling that breaks goes
+      back to the ceiling, where calls ran clean;
     * two calls running :data:`STUCK` times the no-load latency, and at least
       :data:`STUCK_LEAST` (connections dropped past a listen backlog, which the client's kernel
       retries only after a second, RFC 6298's initial timeout; one slow call among others is
@@ -167,6 +171,7 @@ class Limiter:
     REPROBE = 8.0
     HOLD = 4.0
     FAILING = 0.1
+    GOODPUT_HORIZON = 2.0  # seconds (two of the usual rate limit's, of a second)
     RECOVER = 8
     MOST_RECOVER = 64
 
@@ -199,6 +204,7 @@ class Limiter:
         self._reprobe_at = 0.0
         self._reprobe_wait = 0.0
         self._marks_read = time.monotonic()  # marks noted before this were read
+        self._goodput: collections.deque[tuple[float, int]] = collections.deque()  # (when, items)
         self._marked_before = False
         self.history: list[tuple[int, float, float]] = []  # (limit, median latency, failed)
 
@@ -260,14 +266,7 @@ class Limiter:
         """Calls finished: (start, seconds per item, failed items, items) each; ``running``:
         when each call still running started (``time.monotonic()``, oldest first). True if
         it moved."""
-        for start, latency, bad, items in samples:
-            if start < self._acted:
-                continue  # started before the last cut: it tells of the old limit, not this one
-            self._calls += items
-            self._failures += bad
-            if not bad:
-                # (A failure's latency is no measure of the far side's queue: a 429 is quick.)
-                self._latencies += [latency] * items
+        self._note(samples)
         # Calls stuck that long are one signal, acted on once: the cut that follows lets the
         # calls already running finish, and they cannot be hurried.
         # Only the oldest running calls are read (thousands of coroutines may be in flight).
@@ -308,6 +307,20 @@ class Limiter:
             # (Paced starts may not quite reach the limit.)
             self._grow(before, min(window, default=typical))
         return self.limit != before
+
+    def _note(self, samples: list[tuple[float, float, int, int]]) -> None:
+        """Add finished calls to the window, and their items that succeeded to the goodput."""
+        now = time.monotonic()
+        for start, latency, bad, items in samples:
+            if items > bad:
+                self._goodput.append((now, items - bad))
+            if start < self._acted:
+                continue  # started before the last cut: it tells of the old limit, not this one
+            self._calls += items
+            self._failures += bad
+            if not bad:
+                # (A failure's latency is no measure of the far side's queue: a 429 is quick.)
+                self._latencies += [latency] * items
 
     def _validated(self, oldest: float | None) -> bool:
         """Whether the limit may rise, the oldest running call started at ``oldest``: every
@@ -352,10 +365,25 @@ class Limiter:
             self._set_ceiling(max(1, min(self._ceiling, before - 1)))
             self._cut(self._ceiling)
             return
-        self._set_ceiling(max(1, min(self._ceiling, before - 1)))
         # The calls that went through measure what the far side takes: keep that many, and at
-        # least half (failures that are not the far side's capacity speaking).
-        self._cut(max(1, before // 2, min(before - 1, math.floor(before * (1 - failed)))))
+        # least half (failures that are not the far side's capacity speaking), and what its
+        # goodput of late sustains.
+        limit = max(1, before // 2, min(before - 1, math.floor(before * (1 - failed))))
+        limit = max(limit, min(before, self._carried()))
+        if limit < before:
+            self._set_ceiling(max(1, min(self._ceiling, before - 1)))
+            self._cut(limit)
+
+    def _carried(self) -> int:
+        """Calls at once that the far side's goodput sustains: the items that succeeded over
+        the last :data:`GOODPUT_HORIZON` seconds (at least 8 no-load latencies; no more than
+        the limiter has seen, at least 4 of them) per second, times the no-load latency."""
+        now = time.monotonic()
+        horizon = max(self.GOODPUT_HORIZON, 8 * self._floor)
+        while self._goodput and self._goodput[0][0] < now - horizon:
+            self._goodput.popleft()
+        span = max(4 * self._floor, min(horizon, now - self._levels[0][0]))
+        return round(sum(items for _, items in self._goodput) / span * self._floor)
 
     def _queued(self, before: int, typical: float, rising: bool) -> int | None:
         """The limit for a window at ``before`` whose median latency was ``typical``, if the
