@@ -305,6 +305,8 @@ def test_marks_of_earlier_runs_reach_no_later_limiter(
     # to be marked, and no old mark cuts them.
     marks = _limits.Marks()
     monkeypatch.setattr(_limits, "marks", marks)
+    marks.arm(math.inf)  # (a connect never hedged arms nothing)
+    assert marks.horizon_since(clock.now) == 0.0
     marks.arm(0.05)
     marks.note(clock.now - 0.01)
     clock.now += 0.01

@@ -84,8 +84,10 @@ class Marks:
         self.armed = -math.inf
 
     def arm(self, wait: float) -> None:
-        """A connect begins now that will be marked late if not completed in ``wait`` s."""
-        self.horizon, self.armed = wait, time.monotonic()
+        """A connect begins now that will be marked late if not completed in ``wait`` s
+        (never, if that is infinite)."""
+        if wait < math.inf:
+            self.horizon, self.armed = wait, time.monotonic()
 
     def horizon_since(self, when: float) -> float:
         """:attr:`horizon`, if a connect was armed since ``when`` (a run whose calls connect
@@ -311,6 +313,7 @@ class Limiter:
     def _note(self, samples: list[tuple[float, float, int, int]]) -> None:
         """Add finished calls to the window, and their items that succeeded to the goodput."""
         now = time.monotonic()
+        self._forget_goodput(now)
         for start, latency, bad, items in samples:
             if items > bad:
                 self._goodput.append((now, items - bad))
@@ -379,11 +382,16 @@ class Limiter:
         the last :data:`GOODPUT_HORIZON` seconds (at least 8 no-load latencies; no more than
         the limiter has seen, at least 4 of them) per second, times the no-load latency."""
         now = time.monotonic()
+        horizon = self._forget_goodput(now)
+        span = max(4 * self._floor, min(horizon, now - self._levels[0][0]))
+        return round(sum(items for _, items in self._goodput) / span * self._floor)
+
+    def _forget_goodput(self, now: float) -> float:
+        """Drop the goodput older than the horizon (returned, in seconds)."""
         horizon = max(self.GOODPUT_HORIZON, 8 * self._floor)
         while self._goodput and self._goodput[0][0] < now - horizon:
             self._goodput.popleft()
-        span = max(4 * self._floor, min(horizon, now - self._levels[0][0]))
-        return round(sum(items for _, items in self._goodput) / span * self._floor)
+        return horizon
 
     def _queued(self, before: int, typical: float, rising: bool) -> int | None:
         """The limit for a window at ``before`` whose median latency was ``typical``, if the
