@@ -126,8 +126,12 @@ def test_interpreters_stay_warm_between_runs_of_the_same_size(
         return set(got)
 
     first = ids(2)
+    assert (_interpreters.warm.workers, _interpreters.warm.started) == (2, 2)
     assert ids(2) <= first
     assert not ids(1) & first
+    # The pool starts its workers as chunks come: one item, one of three started.
+    pickpool.map(interpreter_helpers.interpreter_id, [0], model="interpreters", workers=3)
+    assert (_interpreters.warm.workers, _interpreters.warm.started) == (3, 1)
     # A run that left a chunk running past its timeout keeps no pool: one of its threads is
     # still busy.
     ids(2)
@@ -233,13 +237,19 @@ def test_interpreters_are_weighed_where_they_exist() -> None:
     assert warm.predicted["processes"] < warm.predicted["interpreters"], str(warm)
     # Interpreters kept warm from an earlier run of two: a run of two starts in no time.
     up = cold_or_warm(server_running=True)
-    kept = dataclasses.replace(up, facts={**up.facts, "interpreters": _interpreters.Ready(2)})
+    kept = dataclasses.replace(up, facts={**up.facts, "interpreters": _interpreters.Ready(2, 2)})
     again = decide(evidence(gil_held=0.97), items=8, machine=kept)
     assert again.predicted["interpreters"] < warm.predicted["interpreters"], str(again)
     assert again.sizes["interpreters"][0] == warm.sizes["interpreters"][0] == 2
     # Each starts in its own thread: two on two cores start in the time of one.
     started = warm.predicted["interpreters"] - again.predicted["interpreters"]
     assert started == pytest.approx(_interpreters.INTERPRETER_START), str(warm)
+    # A pool of two kept from a run of one item started one worker: the other starts now.
+    half = dataclasses.replace(up, facts={**up.facts, "interpreters": _interpreters.Ready(2, 1)})
+    one_more = decide(evidence(gil_held=0.97), items=8, machine=half)
+    assert one_more.sizes["interpreters"][0] == 2
+    started = one_more.predicted["interpreters"] - again.predicted["interpreters"]
+    assert started == pytest.approx(_interpreters.INTERPRETER_START), str(one_more)
 
 
 # A dask cluster --------------------------------------------------------------------------------

@@ -88,6 +88,12 @@ class _WarmPool:
         idle = self._idle
         return 0 if idle is None else idle[0]
 
+    @property
+    def started(self) -> int:
+        """Workers of the idle pool that started (its threads: it starts them as chunks come)."""
+        idle = self._idle
+        return 0 if idle is None else min(idle[0], len(getattr(idle[1], "_threads", ())))
+
     def take(self, workers: int) -> Any | None:
         with self._lock:
             if self._idle is None or self._idle[0] != workers:
@@ -317,14 +323,16 @@ INTERPRETER_START: Final = 60e-3
 @dataclass(frozen=True, slots=True)
 class Ready:
     """Sub-interpreters can run here; ``warm``: workers of the idle pool kept from an earlier
-    run (0: none), which a run of that size starts in no time."""
+    run (0: none), which a run of that size takes, ``started`` of them already running (a
+    pool starts its workers as chunks come: a run of 8 workers and 3 items started 3)."""
 
     warm: int = 0
+    started: int = 0
 
 
 def observe() -> Ready | None:
     """What the cost model reads of sub-interpreters here (None: there are none)."""
-    return Ready(warm.workers) if available() else None
+    return Ready(warm.workers, warm.started) if available() else None
 
 
 def predict(costs: Costs) -> Option | None:
@@ -333,13 +341,13 @@ def predict(costs: Costs) -> Option | None:
     ready = costs.m.facts.get(MODEL.name)
     if not ready:
         return None
-    kept = ready.warm if isinstance(ready, Ready) else 0
+    kept, started = (ready.warm, ready.started) if isinstance(ready, Ready) else (0, 0)
     return predict_pickled(
         costs,
         MODEL.name,
         start_each=INTERPRETER_START,
         server=0.0,
-        started=lambda k: k if k == kept else 0,  # (the idle pool goes whole to a run)
+        started=lambda k: started if k == kept else 0,  # (the idle pool goes whole to a run)
         at_once=costs.m.cores,
     )
 
