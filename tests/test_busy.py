@@ -81,24 +81,6 @@ def test_other_programs_computing_are_counted_as_cores_they_take() -> None:
     assert advice.predicted["serial"] >= 0.99 * 300 * least, str(advice)
 
 
-def test_an_unclear_gil_reading_is_settled_by_what_threads_gained() -> None:
-    # Pure Python beside two busy programs: the knocker read the GIL held 47% of the time
-    # (neither clearly free nor held), two threads 1.26x. Read as the knocker's alone, two
-    # threads fit under the GIL and tie processes; their gain says it was held 74% of the
-    # time: processes, and the kind "cpu". A clear reading is left as it is.
-    from pickpool._advise import decide
-    from tests.test_advise import TWO_CORES, evidence
-
-    def advice(held: float, scaling: float) -> tuple[str, str]:
-        ev = evidence(gil_held=held, threads=2, scaling=scaling, others=2.9, wall=0.015, cpu=0.015)
-        got = decide(ev, items=50, machine=TWO_CORES)
-        return got.model, got.kind
-
-    assert advice(0.47, 1.26) == ("processes", "cpu")
-    assert advice(0.1, 1.26) == ("threads", "cpu-nogil")  # (free: the busy cores' fault)
-    assert advice(0.35, 1.55) == ("threads", "cpu-nogil")  # (threads gained what they could)
-
-
 def test_run_delay_with_cores_left_idle_is_the_schedulers() -> None:
     # Calls alone that waited a tenth of their time for a core on 64 cores read as 70 cores'
     # worth of other programs; the system counted 2 of them busy: the wait was not theirs.

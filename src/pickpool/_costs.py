@@ -48,8 +48,6 @@ HANDOFF: Final = 5e-6
 # threads no overlap either. (Beside busy programs the knocker reads pure Python's hold as
 # low as 0.63-0.8: read as it stood, threads x8 were predicted 1.3x a loop on it.)
 CLEARLY_HELD: Final = 0.7
-# A knocker reading under this says the calls compute free of the GIL (the rest is its noise).
-GIL_FREE: Final = 0.3
 COMPUTES: Final = 0.8
 # A share of its time a coroutine blocks the loop that counts as blocking it.
 LOOP_BLOCKED: Final = 0.1
@@ -108,11 +106,6 @@ def quiet_scaling(ev: Evidence, machine: Machine) -> float | None:
     s, n, others = ev.scaling, ev.threads, ev.others
     if s is None or not n or others <= 0 or s <= 1:
         return s  # (no gain is no gain on any machine)
-    if ev.gil_held is not None and ev.gil_held >= GIL_FREE:
-        # The knocker saw the GIL held: a small gain may be the GIL's as much as the other
-        # programs', and stretched it would grow into threads' win (pure Python beside two
-        # busy programs read 1.26x, and stretched to 1.44x, tied with processes).
-        return s
     quiet = min(n, machine.cores)
     share = ev.demand_share
     busy = usable(n * share, machine.cores, others) / usable(share, machine.cores, others)
@@ -137,7 +130,7 @@ def _serialised(ev: Evidence, machine: Machine) -> float | None:
 def gil_free(ev: Evidence, machine: Machine) -> bool:
     """Whether the calls compute free of the GIL: a build without one, or the knocker saw it
     held less than 30% of the time."""
-    return not machine.gil or (ev.gil_held is not None and ev.gil_held < GIL_FREE)
+    return not machine.gil or (ev.gil_held is not None and ev.gil_held < 0.3)
 
 
 def clearly_gil_bound(gil_held: float | None, cpu_share: float) -> bool:
@@ -154,7 +147,7 @@ def gil_time(ev: Evidence, machine: Machine) -> float:
     if ev.scaling is None and clearly_gil_bound(ev.gil_held, ev.cpu_share):
         return c
     knocked = None if ev.gil_held is None else min(t, ev.gil_held * t)
-    if knocked is not None and ev.gil_held is not None and ev.gil_held < GIL_FREE:
+    if knocked is not None and ev.gil_held is not None and ev.gil_held < 0.3:
         # A low reading is mostly the knocker's noise: a thread holds the GIL only while it runs.
         knocked = min(knocked, c)
     queued = _serialised(ev, machine)
@@ -164,30 +157,10 @@ def gil_time(ev: Evidence, machine: Machine) -> float:
         return knocked if knocked is not None and gil_free(ev, machine) else queued
     scaling = quiet_scaling(ev, machine)
     if scaling is not None:
-        unsure = ambiguous_hold(ev, machine)
-        if knocked is not None and unsure is not None:
-            knocked = max(knocked, unsure * c)
         return min(t / scaling, c if knocked is None else knocked)
     if knocked is not None:
         return knocked
     return c  # no evidence: assume computing holds the GIL, as pure Python does
-
-
-def ambiguous_hold(ev: Evidence, machine: Machine) -> float | None:
-    """Where the knocker saw the GIL held neither clearly little nor clearly throughout (from
-    :data:`GIL_FREE` to :data:`CLEARLY_HELD` of the time: pure Python beside busy programs
-    reads 0.3-0.5), the share of their computing that the threads' own gain says the calls
-    held it (none with n threads: all of it; min(n, cores)x: none); else None. The larger of
-    the two readings is taken: threads that turn out to hold the GIL gain nothing, and
-    processes taken for calls that did not lose little."""
-    held, n = ev.gil_held, ev.threads
-    if held is None or not GIL_FREE <= held < CLEARLY_HELD or not n:
-        return None
-    scaling = quiet_scaling(ev, machine)
-    ideal = min(n, machine.cores)
-    if scaling is None or ideal <= 1:
-        return None
-    return min(1.0, max(0.0, (ideal - scaling) / (ideal - 1)))
 
 
 def gil_share(ev: Evidence, machine: Machine) -> float:
@@ -195,8 +168,7 @@ def gil_share(ev: Evidence, machine: Machine) -> float:
     if not machine.gil:
         return 0.0
     if ev.gil_held is not None:
-        knocked = ev.gil_held / max(ev.cpu_share, ev.gil_held, 1e-9)
-        return max(knocked, ambiguous_hold(ev, machine) or 0.0)
+        return ev.gil_held / max(ev.cpu_share, ev.gil_held, 1e-9)
     scaling = quiet_scaling(ev, machine)
     if scaling is not None and ev.threads:
         # 1x with n threads: held throughout; the ideal min(n, cores)x: never held.
