@@ -248,6 +248,8 @@ def test_refusals_cut_no_lower_than_the_goodput_of_late_sustains(clock: LimiterC
         clock.now += 0.32
         window(limiter, FLOOR, busy=False)
     assert limiter.limit == 64
+    for _ in range(70):  # (a long run's many limits, set just now: the horizon is the run's)
+        limiter._set(64)
     seen = []
     for _ in range(8):
         clock.now += FLOOR + 0.001

@@ -195,9 +195,12 @@ class Limiter:
         self._at_ceiling = 0  # clean windows spent at the ceiling
         self._recover = self.RECOVER  # of them, before it rises by one
         self._probing = False  # the ceiling just rose: no clean window above the old one yet
+        # Since when it runs: its goodput, and the marks its calls' connects arm, are read from
+        # then on. (Not the oldest level kept below: only the last 64 are.)
+        self._born = time.monotonic()
         # Every limit set, (since when, limit), for what was in force when a stuck call
         # started; and the limits whose calls all ran clean (each rise's start).
-        self._levels: list[tuple[float, int]] = [(time.monotonic(), self.limit)]
+        self._levels: list[tuple[float, int]] = [(self._born, self.limit)]
         self._clean: set[int] = set()
         self._rose = 0.0  # when the limit last rose: calls started before it tell of the old
         self._throughput = 0.0  # the last window's calls at once over its median latency
@@ -334,7 +337,7 @@ class Limiter:
         marked (one round's, a few in a hundred of them marked where drops begin, let slow
         start pass 64 calls unmarked on the way to 128, where the calls stalled for seconds)."""
         now = time.monotonic()
-        horizon = marks.horizon_since(self._levels[0][0])
+        horizon = marks.horizon_since(self._born)
         if horizon and now < self._rose + 2 * self._floor + horizon:
             return False  # (its first rounds' connects could still be marked late: Marks)
         if oldest is None:
@@ -383,7 +386,7 @@ class Limiter:
         the limiter has seen, at least 4 of them) per second, times the no-load latency."""
         now = time.monotonic()
         horizon = self._forget_goodput(now)
-        span = max(4 * self._floor, min(horizon, now - self._levels[0][0]))
+        span = max(4 * self._floor, min(horizon, now - self._born))
         return round(sum(items for _, items in self._goodput) / span * self._floor)
 
     def _forget_goodput(self, now: float) -> float:
