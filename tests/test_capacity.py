@@ -184,6 +184,14 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> LimiterClock:
     return moved
 
 
+@pytest.fixture
+def marks(monkeypatch: pytest.MonkeyPatch) -> _limits.Marks:
+    """The process's late-connect marks, new for the test."""
+    fresh = _limits.Marks()
+    monkeypatch.setattr(_limits, "marks", fresh)
+    return fresh
+
+
 def clean(limiter: Limiter, windows: int) -> None:
     """``windows`` windows of calls at the no-load latency, none failed."""
     for _ in range(windows):
@@ -263,14 +271,12 @@ def test_refusals_cut_no_lower_than_the_goodput_of_late_sustains(clock: LimiterC
 
 
 def test_connects_marked_late_end_the_climb_where_they_began_then_cut_by_half_their_share(
-    clock: LimiterClock, monkeypatch: pytest.MonkeyPatch
+    clock: LimiterClock, marks: _limits.Marks
 ) -> None:
     # A hedged connect marks the far side's full listen queue before any call is stuck (see
     # Marks). A rise waits until its first two rounds' connects could be marked; the first
     # marks end the climb at the limit in force when the first marked connect began; later
     # ones cut by half the share of the window marked (DCTCP), the ceiling left where it is.
-    marks = _limits.Marks()
-    monkeypatch.setattr(_limits, "marks", marks)
     limiter = Limiter(start=8, cap=128, baseline=FLOOR)
     marks.arm(0.05)  # (the run's calls connect through a client that marks)
     clock.now += 2 * FLOOR + marks.horizon + 0.001
@@ -300,13 +306,11 @@ def test_connects_marked_late_end_the_climb_where_they_began_then_cut_by_half_th
 
 
 def test_marks_of_earlier_runs_reach_no_later_limiter(
-    clock: LimiterClock, monkeypatch: pytest.MonkeyPatch
+    clock: LimiterClock, marks: _limits.Marks
 ) -> None:
     # A client that marked connects in an earlier run (its marks, its hedging wait) tells
     # nothing of a run whose calls do not connect through it: that run's rises do not wait
     # to be marked, and no old mark cuts them.
-    marks = _limits.Marks()
-    monkeypatch.setattr(_limits, "marks", marks)
     marks.arm(math.inf)  # (a connect never hedged arms nothing)
     assert marks.horizon_since(clock.now) == 0.0
     marks.arm(0.05)
@@ -318,12 +322,10 @@ def test_marks_of_earlier_runs_reach_no_later_limiter(
 
 
 def test_a_few_marks_beside_a_long_queue_cut_as_the_queue_does(
-    clock: LimiterClock, monkeypatch: pytest.MonkeyPatch
+    clock: LimiterClock, marks: _limits.Marks
 ) -> None:
     # One connect in 32 marked cuts by 1/64 of the limit; calls at four times the no-load
     # latency say the far side queues them: the larger cut of the two.
-    marks = _limits.Marks()
-    monkeypatch.setattr(_limits, "marks", marks)
     limiter = Limiter(start=64, cap=128, baseline=FLOOR)
     clock.now += 0.01
     marks.note(clock.now - 0.005)
